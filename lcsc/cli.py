@@ -1,0 +1,199 @@
+"""Command line: `python -m lcsc <stage> ...`, the same in a terminal, a rule, a conda env or a
+SLURM job. Paths default to the results layout, so `lcsc search --config my.yaml` works alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, stage_config, validate
+from .paths import Layout
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _config(args) -> dict:
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.iterations=100")
+        overrides[key] = _parse_value(value)
+    if args.config_json:
+        cfg = json.loads(args.config_json)
+        for dotted, value in overrides.items():
+            node = cfg
+            *parents, last = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        return validate(cfg, cross_checks=False)
+    return load_config(args.config, overrides)
+
+
+def _wildcards(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    return dict(item.split("=", 1) for item in text.split(",") if item)
+
+
+def _setup(args, stage: str):
+    import torch
+
+    from .config import resolve_device
+    from .tracking import StageRun
+
+    cfg = _config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(cfg)
+    run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage))
+    return cfg, Layout.of(cfg), device, run
+
+
+def cmd_train_dm(args) -> None:
+    from .diffusion import VPDiffusion
+    from .data import load_split
+    from .nets import build_unet
+    from .train import train
+
+    cfg, layout, device, run = _setup(args, "train_dm")
+    out_dir = Path(args.out_dir or layout.trail_dir("dm"))
+    with run:
+        data = load_split(cfg["data"], "train")
+        import torch
+
+        torch.manual_seed(cfg["seed"])
+        model = build_unet(cfg["model"], cfg["data"]["channels"])
+        print(f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
+              f"{len(data.images)} training images, device {device}", flush=True)
+        diffusion = VPDiffusion.from_config(cfg["diffusion"])
+        manifest = train(model, diffusion.loss, data.images, cfg["train"], out_dir, seed=cfg["seed"],
+                         device=device, run=run, desc="train_dm",
+                         manifest_extra={"kind": "dm", "model_config": cfg["model"],
+                                         "diffusion": cfg["diffusion"], "data": cfg["data"]})
+        run.log_artifact(manifest)
+
+
+def cmd_train_features(args) -> None:
+    from .features import run_train_features
+
+    cfg, layout, device, run = _setup(args, "train_features")
+    with run:
+        meta = run_train_features(cfg, args.out or layout.feature_net(cfg["features"]["kind"]), device, run)
+        run.log_metrics({"final_test_accuracy": meta["test_accuracy"]}, step=0)
+
+
+def cmd_reference_stats(args) -> None:
+    from .features import run_reference_stats
+    from .paths import dataset_name
+
+    cfg, layout, device, run = _setup(args, "reference_stats")
+    kind = cfg["features"]["kind"]
+    out = args.out or layout.stats(dataset_name(cfg["data"]), args.split, kind)
+    with run:
+        info = run_reference_stats(cfg, args.features or layout.feature_net(kind), args.split, out, device)
+        run.set_tags({"lcsc.feature_hash": info["feature_hash"]})
+        run.log_metrics({"images": info["n"]}, step=0)
+
+
+def _stats_path(cfg, layout, args) -> Path:
+    from .paths import dataset_name
+
+    return Path(args.stats or layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"]))
+
+
+def cmd_search(args) -> None:
+    from .search import run_search
+
+    cfg, layout, device, run = _setup(args, "search")
+    nfe = cfg["search"]["nfe"]
+    out_dir = Path(args.out_dir or layout.search_dir(args.model, nfe))
+    with run:
+        result = run_search(cfg, args.manifest or layout.manifest(args.model),
+                            args.features or layout.feature_net(cfg["features"]["kind"]),
+                            _stats_path(cfg, layout, args), out_dir, device, run)
+        run.log_metrics({"best_fitness_final": result["fitness"]}, step=0)
+        run.log_artifact(out_dir / "coefficients.json")
+        run.log_artifact(out_dir / "history.csv")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import run_evaluate
+
+    cfg, layout, device, run = _setup(args, "evaluate")
+    out = Path(args.out or layout.eval_json(args.model, args.variant))
+    grid = Path(args.grid or layout.eval_grid(args.model, args.variant))
+    coefficients = args.coefficients
+    if args.variant == "lcsc" and coefficients is None:
+        coefficients = layout.coefficients(args.model, cfg["search"]["nfe"])
+    with run:
+        run_evaluate(cfg, args.model, args.variant, args.manifest or layout.manifest(args.model),
+                     args.features or layout.feature_net(cfg["features"]["kind"]),
+                     _stats_path(cfg, layout, args), out, grid, device, coefficients, run)
+        run.log_artifact(out)
+        run.log_artifact(grid)
+
+
+def cmd_tabulate(args) -> None:
+    from .profiles import variant_names
+    from .report import run_tabulate
+    from .tracking import StageRun
+
+    cfg = _config(args)
+    variants = args.variants or variant_names(cfg["train"])
+    with StageRun(cfg, "tabulate", _wildcards(args.wildcards), stage_config(cfg, "tabulate")) as run:
+        summary = run_tabulate(cfg, args.models, variants, run)
+    print(summary.read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcsc", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML config file (default: all schema defaults)")
+        p.add_argument("--config-json", help="validated config as JSON (what the workflow passes)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--wildcards", help="k=v,... naming this job in MLflow")
+        p.set_defaults(func=func)
+        return p
+
+    stage("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail") \
+        .add_argument("--out-dir")
+    stage("train-features", cmd_train_features, "train the FID feature classifier").add_argument("--out")
+    p = stage("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--features")
+    p.add_argument("--out")
+    p = stage("search", cmd_search, "search LCSC coefficients with nevergrad")
+    p.add_argument("--model", default="dm")
+    for name in ("--manifest", "--features", "--stats", "--out-dir"):
+        p.add_argument(name)
+    p = stage("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep")
+    p.add_argument("--model", default="dm")
+    p.add_argument("--variant", required=True)
+    for name in ("--manifest", "--features", "--stats", "--coefficients", "--out", "--grid"):
+        p.add_argument(name)
+    p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
+    p.add_argument("--models", nargs="+", default=["dm"])
+    p.add_argument("--variants", nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"lcsc: {exc}", file=sys.stderr)
+        return 2
+    return 0

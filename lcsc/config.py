@@ -1,0 +1,161 @@
+"""Typed, validated configuration: the schema in workflow/schemas fills defaults and rejects bad keys."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+# The config sections each stage reads: a stage's job reruns only when one of these changes.
+STAGE_SECTIONS = {
+    "train_dm": ["seed", "device", "data", "model", "diffusion", "train"],
+    "train_features": ["seed", "device", "data", "features"],
+    "reference_stats": ["device", "data", "features"],
+    "search": ["device", "data", "model", "diffusion", "search"],
+    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate"],
+    "tabulate": ["search", "evaluate", "train"],
+}
+ALWAYS = ["experiment", "results_dir", "mlflow"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(schema: dict, instance: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and "properties" in sub:
+            _fill_defaults(sub, instance[key])
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _cross_checks(cfg: dict) -> list[str]:
+    errors = []
+    if cfg["search"]["nfe"] not in cfg["evaluate"]["nfe"]:
+        errors.append(
+            f"search.nfe: {cfg['search']['nfe']} is not in evaluate.nfe {cfg['evaluate']['nfe']}; "
+            "the search NFE must be one of the evaluated NFEs"
+        )
+    if cfg["train"]["checkpoint_every"] > cfg["train"]["iterations"]:
+        errors.append(
+            f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
+            f"{cfg['train']['iterations']}; it must be at most the number of iterations"
+        )
+    if cfg["search"]["seed"] == cfg["evaluate"]["seed"]:
+        errors.append(
+            f"evaluate.seed: {cfg['evaluate']['seed']} equals search.seed; the evaluation must use "
+            "seeds the search never saw"
+        )
+    lo, hi = cfg["search"]["bounds"]
+    if not lo < hi:
+        errors.append(f"search.bounds: {[lo, hi]} must be [lower, upper] with lower < upper")
+    if cfg["data"]["dataset"] == "folder" and not cfg["data"]["folder"]:
+        errors.append("data.folder: required when data.dataset is 'folder'")
+    if cfg["data"]["dataset"] == "digits" and cfg["data"]["channels"] != 1:
+        errors.append(f"data.channels: {cfg['data']['channels']} but digits are grey; use 1")
+    size, levels = cfg["data"]["image_size"], len(cfg["model"]["channel_mult"])
+    if size % (2 ** (levels - 1)):
+        errors.append(
+            f"data.image_size: {size} is not divisible by 2^{levels - 1}, which "
+            f"model.channel_mult with {levels} levels needs"
+        )
+    return errors
+
+
+def validate(config: dict | None, cross_checks: bool = True) -> dict:
+    """Return a copy of `config` with defaults filled in; raise ConfigError naming every bad key.
+
+    `cross_checks=False` is for a stage's slice of an already validated config, whose other
+    sections hold defaults that need not agree with each other.
+    """
+    import jsonschema
+
+    cfg = copy.deepcopy(config or {})
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"<top level>: the config must be a mapping, got {type(cfg).__name__}")
+    schema = _schema()
+    _fill_defaults(schema, cfg)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            for key in extra:
+                errors.append(
+                    f"{_dotted([*err.absolute_path, key])}: unknown key; allowed here: {', '.join(allowed)}"
+                )
+        else:
+            errors.append(f"{_dotted(err.absolute_path)}: {err.message}")
+    if not errors and cross_checks:
+        errors = _cross_checks(cfg)
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config file (or none: all defaults), apply overrides, validate."""
+    cfg: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    for dotted, value in (overrides or {}).items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate(cfg)
+
+
+def stage_config(cfg: dict, stage: str) -> dict:
+    """The slice of a validated config that `stage` reads."""
+    keys = ALWAYS + STAGE_SECTIONS[stage]
+    return {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for MLflow params: {'train': {'lr': 1}} -> {'train.lr': 1}."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def experiment_dir(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / cfg["experiment"]
+
+
+def resolve_device(cfg: dict):
+    import torch
+
+    if cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' was asked for but torch sees no GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,146 @@
+"""One evaluator for every variant: weights -> samples at an NFE -> FID against reference stats.
+
+The search scores candidates with it on fixed noise; the evaluate stage scores each variant
+(last, each EMA, uniform, lcsc) at every NFE of the sweep on seeds the search never saw.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import profiles
+from .diffusion import VPDiffusion
+from .features import FeatureNet
+from .fid import feature_stats, frechet_distance, load_stats
+from .io import load_tensors, read_json, write_json
+from .nets import build_unet
+from .progress import progress
+from .trail import FlatLoader, Trail, check_state, combine, flatten_state
+
+WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
+
+
+def make_noise(n: int, shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
+    """Latent noise drawn on the CPU from `seed`: the same on every machine and device."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+class Scorer:
+    def __init__(self, cfg: dict, trail: Trail, features: str | Path, stats: str | Path,
+                 device: torch.device, batch_size: int):
+        self.device = device
+        self.batch_size = batch_size
+        self.trail = trail
+        self.channels = cfg["data"]["channels"]
+        self.shape = (self.channels, cfg["data"]["image_size"], cfg["data"]["image_size"])
+        self.model = build_unet(trail.model_config, self.channels).to(device).eval()
+        self.loader = FlatLoader(self.model)
+        self.diffusion = VPDiffusion.from_config(cfg["diffusion"])
+        self.features = FeatureNet(features, device)
+        self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
+        self._W: torch.Tensor | None = None
+
+    @property
+    def W(self) -> torch.Tensor:
+        """The trail stacked as [K, P] on the device, loaded on first use."""
+        if self._W is None:
+            self._W = self.trail.stack(self.loader.shapes, device=self.device)
+        return self._W
+
+    def weights_of(self, coefficients) -> torch.Tensor:
+        return combine(self.W, coefficients)
+
+    def weights_from_file(self, path: str | Path) -> torch.Tensor:
+        state = load_tensors(path, self.device)
+        check_state(state, self.loader.shapes, path)
+        return flatten_state(state, self.loader.keys)
+
+    @torch.no_grad()
+    def sample(self, flat: torch.Tensor, nfe: int, noise: torch.Tensor) -> torch.Tensor:
+        self.loader.load(flat)
+        out = [self.diffusion.sample(self.model, noise[i:i + self.batch_size], nfe)
+               for i in range(0, len(noise), self.batch_size)]
+        return torch.cat(out)
+
+    def fid(self, flat: torch.Tensor, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+        images = self.sample(flat, nfe, noise)
+        if not torch.isfinite(images).all():
+            warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
+            return WORST_FID, images
+        mu, sigma = feature_stats(self.features(images, self.batch_size))
+        return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma, self.device), images
+
+
+def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | None) -> tuple[torch.Tensor, list | None]:
+    """Flat weights of a named variant, and its coefficients over the trail where it has them."""
+    k = len(scorer.trail)
+    if variant == "last":
+        c = profiles.last(k)
+    elif variant == "uniform":
+        c = profiles.uniform(k)
+    elif variant == "lcsc":
+        if coefficients is None:
+            raise ValueError("variant 'lcsc' needs the search's coefficients file")
+        c = np.asarray(read_json(coefficients)["coefficients"])
+    elif variant.startswith("ema_"):
+        decay = float(variant[4:])
+        paths = scorer.trail.ema_paths()
+        if decay not in paths:
+            raise ValueError(f"variant {variant}: the trail has EMA decays {sorted(paths)} only")
+        return scorer.weights_from_file(paths[decay]), None
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return scorer.weights_of(c), c.tolist()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
+    """Images in [-1, 1] as one PNG grid."""
+    from PIL import Image
+
+    from .io import atomic_path
+
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    grid = torch.full((c, ncol * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
+    arr = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr).resize((arr.shape[1] * 4, arr.shape[0] * 4), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def run_evaluate(cfg: dict, model: str, variant: str, manifest: str | Path, features: str | Path,
+                 stats: str | Path, out: str | Path, grid: str | Path, device: torch.device,
+                 coefficients: str | Path | None = None, run=None) -> dict:
+    ecfg = cfg["evaluate"]
+    scorer = Scorer(cfg, Trail.open(manifest), features, stats, device, ecfg["batch_size"])
+    flat, coeffs = variant_weights(scorer, variant, coefficients)
+    noise = make_noise(ecfg["samples"], scorer.shape, ecfg["seed"], device)
+    fids, seconds = {}, {}
+    bar = progress(total=len(ecfg["nfe"]), desc=f"evaluate {model}/{variant}")
+    for nfe in sorted(ecfg["nfe"]):
+        t0 = time.perf_counter()
+        fids[nfe], images = scorer.fid(flat, nfe, noise)
+        seconds[nfe] = time.perf_counter() - t0
+        if nfe == cfg["search"]["nfe"]:
+            save_grid(images[:ecfg["grid"]], grid)
+        bar.set_postfix(nfe=nfe, fid=f"{fids[nfe]:.2f}")
+        bar.update(1)
+        if run is not None:
+            run.log_metrics({"fid": fids[nfe], "seconds": seconds[nfe]}, step=nfe)
+    bar.close()
+    result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
+              "fid": {str(k): v for k, v in fids.items()},
+              "seconds": {str(k): round(v, 3) for k, v in seconds.items()},
+              "coefficients": coeffs, "trail_steps": scorer.trail.steps}
+    write_json(out, result)
+    return result

@@ -1,0 +1,177 @@
+"""The tabulate stage: every evaluation -> summary.md / summary.csv and the plots people look at."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import profiles
+from .io import atomic_path, read_json, write_text
+from .paths import Layout
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def load_results(layout: Layout, model: str, variants: list[str]) -> dict[str, dict[int, float]]:
+    out = {}
+    for v in variants:
+        res = read_json(layout.eval_json(model, v))
+        out[v] = {int(n): f for n, f in res["fid"].items()}
+    return out
+
+
+def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str:
+    """Variant x NFE table with the best value of each column in bold."""
+    best = {n: min(r[n] for r in results.values()) for n in nfes}
+    lines = ["| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
+    for v, r in results.items():
+        cells = [f"**{_fmt(r[n])}**" if r[n] == best[n] else _fmt(r[n]) for n in nfes]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> list[str]:
+    """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers."""
+    lcsc, last = results["lcsc"], results["last"]
+    emas = {v: r for v, r in results.items() if v.startswith("ema_")}
+    out = []
+    at = search_nfe
+    if emas:
+        best_ema = min(emas, key=lambda v: emas[v][at])
+        verdict = "below" if lcsc[at] < min(last[at], emas[best_ema][at]) else "NOT below"
+        out.append(f"At the search NFE {at}, LCSC's FID {_fmt(lcsc[at])} is {verdict} both the last "
+                   f"checkpoint's {_fmt(last[at])} and the best EMA's ({best_ema}) {_fmt(emas[best_ema][at])}, "
+                   f"on evaluation seeds the search never saw.")
+        for n in nfes:
+            ref = min(r[n] for r in emas.values())
+            cheaper = [m for m in nfes if m < n and lcsc[m] <= ref]
+            if cheaper:
+                m = min(cheaper)
+                out.append(f"LCSC at NFE {m} (FID {_fmt(lcsc[m])}) matches or beats the best EMA at "
+                           f"NFE {n} (FID {_fmt(ref)}).")
+    return out
+
+
+def _plot_fid_vs_nfe(all_results: dict[str, dict], nfes: list[int], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4), squeeze=False)
+    for ax, (model, results) in zip(axes[0], all_results.items()):
+        for v, r in results.items():
+            ax.plot(nfes, [r[n] for n in nfes], marker="o", lw=2.5 if v == "lcsc" else 1.2, label=v)
+        ax.set(xlabel="NFE", ylabel="FID", title=model, xticks=nfes)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_coefficients(searches: dict[str, dict], decays: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(searches), figsize=(6 * len(searches), 4), squeeze=False)
+    for ax, (model, s) in zip(axes[0], searches.items()):
+        steps = s["trail_steps"]
+        ax.bar(steps, s["coefficients"], width=0.8 * (steps[1] - steps[0]) if len(steps) > 1 else 1,
+               color="tab:red", alpha=0.7, label="LCSC")
+        for d in decays:
+            ax.plot(steps, profiles.ema_profile(steps, d), marker=".", label=f"EMA {d} profile")
+        ax.plot(steps, profiles.uniform(len(steps)), ls="--", color="grey", label="uniform")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set(xlabel="training step of checkpoint", ylabel="coefficient", title=model)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], histories.items()):
+        x = [int(r["evaluation"]) for r in rows]
+        ax.scatter(x, [float(r["fitness"]) for r in rows], s=8, alpha=0.5, label="candidate")
+        ax.plot(x, [float(r["best_so_far"]) for r in rows], color="tab:red", label="best so far")
+        ax.axhline(float(rows[0]["fitness"]), ls="--", color="grey", label="starting point")
+        ax.set(xlabel="evaluation", ylabel="fitness (FID, search seeds)", title=model)
+        fit = np.array([float(r["fitness"]) for r in rows])
+        ax.set_ylim(fit.min() * 0.95, np.percentile(fit, 90) * 1.05)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_tabulate(cfg: dict, models: list[str], variants: list[str], run=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    layout = Layout.of(cfg)
+    out = layout.report_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    nfes = sorted(cfg["evaluate"]["nfe"])
+    search_nfe = cfg["search"]["nfe"]
+    all_results, searches, histories = {}, {}, {}
+    for model in models:
+        all_results[model] = load_results(layout, model, variants)
+        searches[model] = read_json(layout.coefficients(model, search_nfe))
+        with open(layout.history(model, search_nfe)) as fh:
+            histories[model] = list(csv.DictReader(fh))
+
+    with atomic_path(out / "summary.csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["model", "variant", *[f"nfe{n}" for n in nfes]])
+            for model, results in all_results.items():
+                for v, r in results.items():
+                    w.writerow([model, v, *[f"{r[n]:.4f}" for n in nfes]])
+
+    _plot_fid_vs_nfe(all_results, nfes, out / "fid_vs_nfe.png")
+    _plot_coefficients(searches, cfg["train"]["ema_decays"], out / "coefficients.png")
+    _plot_search_curve(histories, out / "search_curve.png")
+    grids = []
+    for model in models:
+        for v in variants:
+            dst = out / f"samples_{model}_{v}.png"
+            shutil.copyfile(layout.eval_grid(model, v), dst)
+            grids.append(dst)
+
+    ecfg = cfg["evaluate"]
+    md = [f"# LCSC report: {cfg['experiment']}", "",
+          f"FID ({cfg.get('features', {}).get('kind', 'classifier')} features) of {ecfg['samples']} samples "
+          f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates on "
+          f"{cfg['search']['samples']} samples with seed {cfg['search']['seed']} at NFE {search_nfe}. "
+          "Lower is better; the best value of each column is in bold.", ""]
+    for model, results in all_results.items():
+        s = searches[model]
+        md += [f"## {model}", "", markdown_table(results, nfes), ""]
+        md += [f"- {line}" for line in claims(results, search_nfe, nfes)]
+        md += [f"- Search: {s['optimizer']}, {s['budget']} evaluations over {len(s['trail_steps'])} "
+               f"checkpoints ({s['parametrization']}); fitness {_fmt(s['start_fitness'])} at the start, "
+               f"{_fmt(s['fitness'])} at the best (evaluation {s['evaluation']}).", ""]
+    md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
+           "![search curve](search_curve.png)", "", "## Samples at the search NFE", ""]
+    md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]
+    write_text(out / "summary.md", "\n".join(md) + "\n")
+
+    if run is not None:
+        for p in [out / "summary.md", out / "summary.csv", out / "fid_vs_nfe.png", out / "coefficients.png",
+                  out / "search_curve.png", *grids]:
+            run.log_artifact(p, "report")
+        for model, results in all_results.items():
+            for v, r in results.items():
+                for n in nfes:
+                    run.log_metrics({f"fid.{model}.{v}": r[n]}, step=n)
+    return out / "summary.md"

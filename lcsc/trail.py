@@ -1,0 +1,118 @@
+"""A checkpoint trail: the manifest that lists a training run's saved weights, and the stacked
+[K, P] matrix that turns a coefficient vector c into weights theta = c @ W in one product."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import load_tensors, read_json, sha256
+
+MANIFEST_FORMAT = "lcsc-trail/1"
+
+
+class TrailError(ValueError):
+    """A manifest disagrees with its files; the message names the file."""
+
+
+@dataclass
+class Trail:
+    root: Path
+    manifest: dict
+    steps: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, manifest_path: str | Path, verify: bool = True) -> "Trail":
+        manifest_path = Path(manifest_path)
+        manifest = read_json(manifest_path)
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {manifest.get('format')!r})")
+        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]])
+        if verify:
+            for entry in manifest["checkpoints"] + manifest.get("ema", []):
+                path = trail.root / entry["file"]
+                if not path.exists():
+                    raise TrailError(f"{path}: listed in {manifest_path} but missing")
+                if sha256(path) != entry["sha256"]:
+                    raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}")
+        return trail
+
+    def __len__(self) -> int:
+        return len(self.manifest["checkpoints"])
+
+    @property
+    def model_config(self) -> dict:
+        return self.manifest["model_config"]
+
+    @property
+    def iterations(self) -> int:
+        return self.manifest["iterations"]
+
+    def checkpoint_path(self, i: int) -> Path:
+        return self.root / self.manifest["checkpoints"][i]["file"]
+
+    def ema_paths(self) -> dict[float, Path]:
+        return {e["decay"]: self.root / e["file"] for e in self.manifest.get("ema", [])}
+
+    def stack(self, shapes: dict[str, tuple], device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """All checkpoints as rows of one [K, P] matrix, flattened in the order of `shapes`
+        (the model's state_dict names and shapes, which every checkpoint must match)."""
+        rows = []
+        for i in range(len(self)):
+            sd = load_tensors(self.checkpoint_path(i))
+            check_state(sd, shapes, self.checkpoint_path(i))
+            rows.append(torch.cat([sd[k].reshape(-1).to(dtype) for k in shapes]))
+        return torch.stack(rows).to(device)
+
+
+def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) -> None:
+    """Raise TrailError naming `path` unless `state` has exactly the model's tensors and shapes."""
+    missing = [k for k in shapes if k not in state]
+    extra = [k for k in state if k not in shapes]
+    wrong = [k for k in shapes if k in state and tuple(state[k].shape) != tuple(shapes[k])]
+    if missing or extra or wrong:
+        detail = "; ".join(
+            part for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(shapes[wrong[0]])}" if wrong else "",
+            ) if part)
+        raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail})")
+
+
+def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].reshape(-1).float() for k in keys])
+
+
+class FlatLoader:
+    """Writes a flat parameter vector into one model instance in place (no state_dict copies)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        state = model.state_dict(keep_vars=True)
+        self.tensors = list(state.values())
+        self.keys = list(state.keys())
+        self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+        self.numel = sum(t.numel() for t in self.tensors)
+
+    @torch.no_grad()
+    def load(self, flat: torch.Tensor) -> nn.Module:
+        if flat.numel() != self.numel:
+            raise ValueError(f"flat vector has {flat.numel()} entries, model has {self.numel}")
+        offset = 0
+        for t in self.tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+        return self.model
+
+
+def combine(W: torch.Tensor, coefficients) -> torch.Tensor:
+    """theta = sum_i c_i theta_i over the stacked trail W [K, P]."""
+    c = torch.as_tensor(coefficients, dtype=W.dtype, device=W.device)
+    if c.shape != (W.shape[0],):
+        raise ValueError(f"{c.numel()} coefficients for a trail of {W.shape[0]} checkpoints")
+    return c @ W

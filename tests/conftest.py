@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny config and a tiny trained trail, made once per session."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from lcsc.config import validate
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "experiment": "tiny",
+    "model": {"channels": 8, "channel_mult": [1, 2]},
+    "train": {"iterations": 40, "checkpoint_every": 10, "batch_size": 32, "log_every": 5,
+              "ema_decays": [0.9, 0.99], "warmup": 5},
+    "features": {"epochs": 3, "dim": 16, "width": 8},
+    "search": {"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64},
+    "evaluate": {"nfe": [1, 2], "samples": 96, "batch_size": 96, "grid": 16},
+    "mlflow": {"enabled": False},
+}
+
+
+def tiny_config(results_dir: Path, **overrides) -> dict:
+    cfg = copy.deepcopy(TINY)
+    cfg["results_dir"] = str(results_dir)
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return validate(cfg)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny DM trail, feature net and reference stats shared by the stage tests."""
+    from lcsc.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = tiny_config(root / "results")
+    cfg_file = root / "tiny.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    for stage in (["train-dm"], ["train-features"], ["reference-stats", "--split", "train"]):
+        assert main([*stage, "--config", str(cfg_file)]) == 0
+    return cfg, cfg_file

@@ -1,0 +1,92 @@
+"""Every stage on the tiny config, through the same functions the CLI calls."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lcsc.cli import main
+from lcsc.evaluate import Scorer, make_noise
+from lcsc.io import load_tensors
+from lcsc.paths import Layout, dataset_name
+from lcsc.trail import Trail
+
+
+def test_features_and_stats(trained):
+    cfg, _ = trained
+    layout = Layout.of(cfg)
+    with np.load(layout.stats(dataset_name(cfg["data"]), "train", "classifier")) as z:
+        assert z["mu"].shape == (16,) and z["sigma"].shape == (16, 16)
+        assert str(z["split"]) == "train" and int(z["n"]) == 1438
+        np.testing.assert_allclose(z["sigma"], z["sigma"].T)
+
+
+def test_search_outputs_and_fitness_is_reproducible(trained):
+    cfg, cfg_file = trained
+    assert main(["search", "--config", str(cfg_file)]) == 0
+    layout = Layout.of(cfg)
+    result = json.loads(layout.coefficients("dm", 2).read_text())
+    with open(layout.history("dm", 2)) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == cfg["search"]["budget"]
+    fitness = [float(r["fitness"]) for r in rows]
+    assert result["fitness"] == min(fitness) and result["evaluation"] == int(np.argmin(fitness))
+    assert float(rows[-1]["best_so_far"]) == min(fitness)
+    c = np.array(result["coefficients"])
+    assert c.shape == (4,) and c.sum() == pytest.approx(1.0)  # sum_to_one
+    # the first candidate is the starting point, the uniform average
+    first = np.array([float(rows[0][f"c{i:03d}"]) for i in range(4)])
+    np.testing.assert_allclose(first, 0.25)
+    # re-scoring the best coefficients on the search's noise gives its fitness bit for bit
+    scorer = Scorer(cfg, Trail.open(layout.manifest("dm")), layout.feature_net("classifier"),
+                    layout.stats(dataset_name(cfg["data"]), "train", "classifier"), torch.device("cpu"), 64)
+    noise = make_noise(cfg["search"]["samples"], scorer.shape, cfg["search"]["seed"], "cpu")
+    again, _ = scorer.fid(scorer.weights_of(c), 2, noise)
+    assert again == result["fitness"]
+    # best.safetensors holds exactly that combination
+    best = load_tensors(layout.best_weights("dm", 2))
+    scorer.loader.load(scorer.weights_of(c))
+    for key, value in scorer.model.state_dict().items():
+        assert torch.equal(best[key], value)
+
+
+def test_evaluate_every_variant_and_tabulate(trained):
+    cfg, cfg_file = trained
+    layout = Layout.of(cfg)
+    if not layout.coefficients("dm", 2).exists():
+        assert main(["search", "--config", str(cfg_file)]) == 0
+    variants = ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
+    for v in variants:
+        assert main(["evaluate", "--config", str(cfg_file), "--variant", v]) == 0
+        res = json.loads(layout.eval_json("dm", v).read_text())
+        assert sorted(res["fid"]) == ["1", "2"] and all(np.isfinite(list(res["fid"].values())))
+        assert res["seed"] == cfg["evaluate"]["seed"] != cfg["search"]["seed"]
+        assert layout.eval_grid("dm", v).stat().st_size > 100
+    last = json.loads(layout.eval_json("dm", "last").read_text())
+    assert last["coefficients"] == [0, 0, 0, 1]
+    # evaluate is deterministic: the same variant twice gives the same FIDs bit for bit
+    assert main(["evaluate", "--config", str(cfg_file), "--variant", "last"]) == 0
+    assert json.loads(layout.eval_json("dm", "last").read_text())["fid"] == last["fid"]
+    assert main(["tabulate", "--config", str(cfg_file)]) == 0
+    report = layout.report_dir()
+    for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png", "search_curve.png",
+                 "samples_dm_lcsc.png"):
+        assert (report / name).stat().st_size > 0, name
+    with open(report / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["variant"] for r in rows] == variants
+    lcsc_row = next(r for r in rows if r["variant"] == "lcsc")
+    lcsc_eval = json.loads(layout.eval_json("dm", "lcsc").read_text())
+    assert float(lcsc_row["nfe2"]) == pytest.approx(lcsc_eval["fid"]["2"], abs=1e-4)
+    md = (report / "summary.md").read_text()
+    assert "| lcsc |" in md and "At the search NFE 2" in md
+
+
+def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
+    cfg, cfg_file = trained
+    with pytest.raises(ValueError, match="unknown variant 'best'"):
+        main(["evaluate", "--config", str(cfg_file), "--variant", "best"])
+    assert main(["search", "--config", str(cfg_file), "--set", "search.nfe=9"]) == 2
+    assert "search.nfe: 9 is not in evaluate.nfe" in capsys.readouterr().err

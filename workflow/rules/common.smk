@@ -1,0 +1,87 @@
+# Paths, config slices and MLflow hooks shared by every rule. Logic lives in the lcsc package.
+
+import json
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from lcsc.config import ConfigError, stage_config, validate
+from lcsc.profiles import variant_names
+from lcsc.paths import Layout, dataset_name
+from lcsc.tracking import PARENT_ENV
+
+try:
+    config = validate(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+LAYOUT = Layout.of(config)
+FEATURES = config["features"]["kind"]
+DATASET = dataset_name(config["data"])
+SEARCH_NFE = config["search"]["nfe"]
+MODELS = ["dm"]
+VARIANTS = variant_names(config["train"])
+# Rules run the package from this checkout, also inside conda envs (which drop PYTHONPATH).
+LCSC = f"PYTHONPATH={workflow.basedir} python -m lcsc"
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    variant="|".join(v.replace(".", r"\.") for v in VARIANTS),
+    split="train|test",
+
+
+def stage_json(stage):
+    """The config slice a stage reads, as JSON: a job reruns only when its own slice changes."""
+    return json.dumps(stage_config(config, stage), sort_keys=True)
+
+
+def feature_net():
+    return LAYOUT.feature_net(FEATURES)
+
+
+def reference_stats(split="train"):
+    return LAYOUT.stats(DATASET, split, FEATURES)
+
+
+def evaluate_inputs(wildcards):
+    inputs = {
+        "manifest": LAYOUT.manifest(wildcards.model),
+        "features": feature_net(),
+        "stats": reference_stats(),
+    }
+    if wildcards.variant == "lcsc":
+        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, SEARCH_NFE)
+    return inputs
+
+
+def coefficients_arg(wildcards, input):
+    return f"--coefficients {input.coefficients}" if wildcards.variant == "lcsc" else ""
+
+
+def report_outputs():
+    out = LAYOUT.report_dir()
+    return [out / name for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png",
+                                    "search_curve.png")]
+
+
+onstart:
+    from lcsc.tracking import start_parent
+
+    run_id = start_parent(config)
+    if run_id:
+        os.environ[PARENT_ENV] = run_id
+        print(f"MLflow parent run {run_id} ({config['experiment']})")
+
+
+onsuccess:
+    from lcsc.tracking import end_parent
+
+    end_parent(config, os.environ.get(PARENT_ENV), ok=True)
+
+
+onerror:
+    from lcsc.tracking import end_parent
+
+    end_parent(config, os.environ.get(PARENT_ENV), ok=False)

@@ -1,0 +1,22 @@
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        result=LAYOUT.eval_json("{model}", "{variant}"),
+        grid=LAYOUT.eval_grid("{model}", "{variant}"),
+    log:
+        LAYOUT.log("evaluate", "{model}-{variant}"),
+    params:
+        cfg=stage_json("evaluate"),
+        coefficients=coefficients_arg,
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "{LCSC} evaluate --config-json {params.cfg:q} --threads {threads}"
+        " --wildcards model={wildcards.model},variant={wildcards.variant}"
+        " --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest}"
+        " --features {input.features} --stats {input.stats} {params.coefficients}"
+        " --out {output.result} --grid {output.grid} 2>&1 | tee {log}"

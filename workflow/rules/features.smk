@@ -1,0 +1,31 @@
+rule train_features:
+    output:
+        net=feature_net(),
+    log:
+        LAYOUT.log("train_features", FEATURES),
+    params:
+        cfg=stage_json("train_features"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    shell:
+        "{LCSC} train-features --config-json {params.cfg:q} --threads {threads}"
+        " --out {output.net} 2>&1 | tee {log}"
+
+
+rule reference_stats:
+    input:
+        features=feature_net(),
+    output:
+        stats=LAYOUT.stats(DATASET, "{split}", FEATURES),
+    log:
+        LAYOUT.log("reference_stats", "{split}"),
+    params:
+        cfg=stage_json("reference_stats"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    shell:
+        "{LCSC} reference-stats --config-json {params.cfg:q} --threads {threads}"
+        " --wildcards split={wildcards.split} --split {wildcards.split}"
+        " --features {input.features} --out {output.stats} 2>&1 | tee {log}"

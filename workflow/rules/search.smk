@@ -1,0 +1,24 @@
+rule search:
+    input:
+        manifest=LAYOUT.manifest("{model}"),
+        features=feature_net(),
+        stats=reference_stats(),
+    output:
+        coefficients=LAYOUT.coefficients("{model}", SEARCH_NFE),
+        history=LAYOUT.history("{model}", SEARCH_NFE),
+        best=LAYOUT.best_weights("{model}", SEARCH_NFE),
+    log:
+        LAYOUT.log("search", "{model}"),
+    params:
+        cfg=stage_json("search"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.coefficients),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "{LCSC} search --config-json {params.cfg:q} --threads {threads}"
+        " --wildcards model={wildcards.model},nfe={SEARCH_NFE} --model {wildcards.model}"
+        " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
+        " --out-dir {params.out_dir} 2>&1 | tee {log}"
