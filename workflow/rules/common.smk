@@ -23,7 +23,7 @@ SEARCH_NFE = config["search"]["nfe"]
 MODELS = ["dm"]
 VARIANTS = variant_names(config["train"])
 # Rules run the package from this checkout, also inside conda envs (which drop PYTHONPATH).
-LCSC = f"PYTHONPATH={workflow.basedir} python -m lcsc"
+shell.prefix(f"export PYTHONPATH={workflow.basedir}; ")
 
 
 wildcard_constraints:

@@ -15,7 +15,7 @@ rule evaluate:
     resources:
         gpu=1,
     shell:
-        "{LCSC} evaluate --config-json {params.cfg:q} --threads {threads}"
+        "python -m lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},variant={wildcards.variant}"
         " --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest}"
         " --features {input.features} --stats {input.stats} {params.coefficients}"

@@ -12,13 +12,14 @@ rule search:
     params:
         cfg=stage_json("search"),
         out_dir=lambda wildcards, output: os.path.dirname(output.coefficients),
+        nfe=SEARCH_NFE,
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=1,
     shell:
-        "{LCSC} search --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards model={wildcards.model},nfe={SEARCH_NFE} --model {wildcards.model}"
+        "python -m lcsc search --config-json {params.cfg:q} --threads {threads}"
+        " --wildcards model={wildcards.model},nfe={params.nfe} --model {wildcards.model}"
         " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
         " --out-dir {params.out_dir} 2>&1 | tee {log}"
