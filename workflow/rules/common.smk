@@ -2,7 +2,10 @@
 
 import json
 import os
+import shlex
 import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
@@ -22,8 +25,15 @@ DATASET = dataset_name(config["data"])
 SEARCH_NFE = config["search"]["nfe"]
 MODELS = ["dm"]
 VARIANTS = variant_names(config["train"])
-# Rules run the package from this checkout, also inside conda envs (which drop PYTHONPATH).
-shell.prefix(f"export PYTHONPATH={workflow.basedir}; ")
+# Rules call `lcsc <stage>`: the package from this checkout (conda envs drop PYTHONPATH) run by
+# the env's python under --use-conda, else by the interpreter that runs Snakemake (so an
+# unactivated .venv/bin/snakemake works). Bash strict mode, as Snakemake's default prefix has it.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
+    f'lcsc() {{{{ {PYTHON} -m lcsc "$@"; }}}}; '  # braces doubled: Snakemake formats the prefix
+)
 
 
 wildcard_constraints:

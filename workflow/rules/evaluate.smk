@@ -15,7 +15,7 @@ rule evaluate:
     resources:
         gpu=1,
     shell:
-        "python -m lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
+        "lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},variant={wildcards.variant}"
         " --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest}"
         " --features {input.features} --stats {input.stats} {params.coefficients}"

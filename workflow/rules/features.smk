@@ -9,7 +9,7 @@ rule train_features:
         "../../envs/torch.yaml"
     threads: 1
     shell:
-        "python -m lcsc train-features --config-json {params.cfg:q} --threads {threads}"
+        "lcsc train-features --config-json {params.cfg:q} --threads {threads}"
         " --out {output.net} 2>&1 | tee {log}"
 
 
@@ -26,6 +26,6 @@ rule reference_stats:
         "../../envs/torch.yaml"
     threads: 1
     shell:
-        "python -m lcsc reference-stats --config-json {params.cfg:q} --threads {threads}"
+        "lcsc reference-stats --config-json {params.cfg:q} --threads {threads}"
         " --wildcards split={wildcards.split} --split {wildcards.split}"
         " --features {input.features} --out {output.stats} 2>&1 | tee {log}"

@@ -16,5 +16,5 @@ rule tabulate:
         "../../envs/report.yaml"
     threads: 1
     shell:
-        "python -m lcsc tabulate --config-json {params.cfg:q} --models {params.models}"
+        "lcsc tabulate --config-json {params.cfg:q} --models {params.models}"
         " --variants {params.variants} 2>&1 | tee {log}"

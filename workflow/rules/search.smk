@@ -19,7 +19,7 @@ rule search:
     resources:
         gpu=1,
     shell:
-        "python -m lcsc search --config-json {params.cfg:q} --threads {threads}"
+        "lcsc search --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},nfe={params.nfe} --model {wildcards.model}"
         " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
         " --out-dir {params.out_dir} 2>&1 | tee {log}"

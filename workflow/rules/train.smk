@@ -12,5 +12,5 @@ rule train_dm:
     resources:
         gpu=1,
     shell:
-        "python -m lcsc train-dm --config-json {params.cfg:q} --threads {threads} --wildcards model=dm"
+        "lcsc train-dm --config-json {params.cfg:q} --threads {threads} --wildcards model=dm"
         " --out-dir {params.out_dir} 2>&1 | tee {log}"
