@@ -57,11 +57,12 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
             f"{cfg['train']['iterations']}; it must be at most the number of iterations"
         )
-    if cfg["search"]["seed"] == cfg["evaluate"]["seed"]:
-        errors.append(
-            f"evaluate.seed: {cfg['evaluate']['seed']} equals search.seed; the evaluation must use "
-            "seeds the search never saw"
-        )
+    for key in ("seed", "rescore_seed"):
+        if cfg["search"][key] == cfg["evaluate"]["seed"]:
+            errors.append(
+                f"evaluate.seed: {cfg['evaluate']['seed']} equals search.{key}; the evaluation must use "
+                "seeds the search never saw"
+            )
     lo, hi = cfg["search"]["bounds"]
     if not lo < hi:
         errors.append(f"search.bounds: {[lo, hi]} must be [lower, upper] with lower < upper")

@@ -100,11 +100,17 @@ def _plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), squeeze=False)
     for ax, (model, rows) in zip(axes[0], histories.items()):
-        x = [int(r["evaluation"]) for r in rows]
-        ax.scatter(x, [float(r["fitness"]) for r in rows], s=8, alpha=0.5, label="candidate")
-        ax.plot(x, [float(r["best_so_far"]) for r in rows], color="tab:red", label="best so far")
-        ax.axhline(float(rows[0]["fitness"]), ls="--", color="grey", label="starting point")
-        ax.set(xlabel="evaluation", ylabel="fitness (FID, search seeds)", title=model)
+        screen = [r for r in rows if r["phase"] != "rescore"]
+        rescore = [r for r in rows if r["phase"] == "rescore"]
+        x = [int(r["evaluation"]) for r in screen]
+        ax.scatter(x, [float(r["fitness"]) for r in screen], s=8, alpha=0.5, label="candidate")
+        ax.plot(x, [float(r["best_so_far"]) for r in screen], color="tab:red", label="best so far")
+        starts = [float(r["fitness"]) for r in screen if r["phase"] == "start"]
+        ax.axhline(min(starts), ls="--", color="grey", label="best starting profile")
+        if rescore:
+            ax.scatter([int(r["evaluation"]) for r in rescore], [float(r["fitness"]) for r in rescore],
+                       marker="x", color="black", label="top candidates re-scored")
+        ax.set(xlabel="evaluation", ylabel="fitness (FID)", title=model)
         fit = np.array([float(r["fitness"]) for r in rows])
         ax.set_ylim(fit.min() * 0.95, np.percentile(fit, 90) * 1.05)
         ax.legend()
@@ -158,9 +164,13 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str], run=None) ->
         s = searches[model]
         md += [f"## {model}", "", markdown_table(results, nfes), ""]
         md += [f"- {line}" for line in claims(results, search_nfe, nfes)]
+        starts = ", ".join(f"{n} {_fmt(f)}" for n, f in s["starts"].items())
         md += [f"- Search: {s['optimizer']}, {s['budget']} evaluations over {len(s['trail_steps'])} "
-               f"checkpoints ({s['parametrization']}); fitness {_fmt(s['start_fitness'])} at the start, "
-               f"{_fmt(s['fitness'])} at the best (evaluation {s['evaluation']}).", ""]
+               f"checkpoints ({s['parametrization']}). Starting points scored: {starts}; the optimizer "
+               f"started at {s['start']['name']}. Kept: evaluation {s['evaluation']}, screening fitness "
+               f"{_fmt(s['fitness'])}"
+               + (f", re-scored {_fmt(s['rescore_fitness'])} on other noise." if s["rescore_fitness"] is not None else "."),
+               ""]
     md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
            "![search curve](search_curve.png)", "", "## Samples at the search NFE", ""]
     md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]

@@ -18,13 +18,22 @@ from .progress import progress
 from .trail import Trail
 
 
-def make_parametrization(k: int, scfg: dict):
+def start_profiles(trail: Trail) -> dict[str, np.ndarray]:
+    """Named starting points over the trail: the uniform average, the last checkpoint and the
+    profile of every EMA decay the training kept."""
+    k = len(trail)
+    starts = {"uniform": profiles.uniform(k), "last": profiles.last(k)}
+    for entry in trail.manifest.get("ema", []):
+        starts[f"ema_{entry['decay']}_profile"] = profiles.ema_profile(trail.steps, entry["decay"])
+    return starts
+
+
+def make_parametrization(init: np.ndarray, scfg: dict):
     import nevergrad as ng
 
     lo, hi = scfg["bounds"]
-    init = profiles.uniform(k) if scfg["init"] == "uniform" else profiles.last(k)
     if not (lo <= init.min() and init.max() <= hi):
-        raise ValueError(f"search.bounds {scfg['bounds']} exclude the starting point search.init={scfg['init']}")
+        raise ValueError(f"search.bounds {scfg['bounds']} exclude the starting point {np.round(init, 3).tolist()}")
     param = ng.p.Array(init=init).set_bounds(lo, hi, full_range_sampling=False)
     param.set_mutation(sigma=scfg["sigma"])
     param.random_state = np.random.RandomState(scfg["seed"])
@@ -39,8 +48,20 @@ def to_coefficients(z: np.ndarray, parametrization: str) -> np.ndarray:
     return z
 
 
+def _write_history(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str | Path,
                out_dir: str | Path, device: torch.device, run=None) -> dict:
+    """Three phases, all in history.csv: `start` scores the named profiles and starts the
+    optimizer at the best of them; `search` asks and tells the optimizer until the budget is
+    spent; `rescore` scores the top candidates again on more samples with another seed and
+    keeps the best of those, which removes most of the luck of the screening noise."""
     import nevergrad as ng
 
     scfg = cfg["search"]
@@ -48,52 +69,75 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
     out_dir.mkdir(parents=True, exist_ok=True)
     trail = Trail.open(manifest)
     scorer = Scorer(cfg, trail, features, stats, device, scfg["batch_size"])
-    k = len(trail)
-    param = make_parametrization(k, scfg)
     try:
         opt_cls = ng.optimizers.registry[scfg["optimizer"]]
     except KeyError:
         raise ValueError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
-    opt = opt_cls(parametrization=param, budget=scfg["budget"], num_workers=scfg["num_workers"])
-    opt.suggest(param.value)  # the starting point is scored exactly, so the search never ends worse
     noise = make_noise(scfg["samples"], scorer.shape, scfg["seed"], device)
-    print(f"[search] {k} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
+    starts = start_profiles(trail) if scfg["init"] == "best_profile" else {scfg["init"]: start_profiles(trail)[scfg["init"]]}
+    print(f"[search] {len(trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
           f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}", flush=True)
 
-    rows, best = [], (float("inf"), None, -1)
-    bar = progress(total=scfg["budget"], desc="search")
+    rows: list[dict] = []
+    best = (float("inf"), None)
+    bar = progress(total=scfg["budget"] + scfg["rescore_top"], desc="search")
+
+    def record(phase: str, c: np.ndarray, fitness: float, seconds: float, name: str = "") -> None:
+        nonlocal best
+        if phase != "rescore" and fitness < best[0]:
+            best = (fitness, c)
+        rows.append({"evaluation": len(rows), "phase": phase, "name": name, "fitness": fitness,
+                     "best_so_far": best[0], "seconds": round(seconds, 4),
+                     **{f"c{i:03d}": v for i, v in enumerate(c)}})
+        bar.update(1)
+        bar.set_postfix(best=f"{best[0]:.2f}", last=f"{fitness:.2f}")
+        if run is not None:
+            key = "rescore_fitness" if phase == "rescore" else "fitness"
+            run.log_metrics({key: fitness, "best_fitness": best[0], "seconds": seconds}, step=len(rows) - 1)
+
+    def score(c: np.ndarray, nfe_noise: torch.Tensor) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        fitness, _ = scorer.fid(scorer.weights_of(c), scfg["nfe"], nfe_noise)
+        return fitness, time.perf_counter() - t0
+
+    for name, c in list(starts.items())[:scfg["budget"]]:
+        record("start", c, *score(c, noise), name=name)
+    start_row = min(rows, key=lambda r: r["fitness"])
+    init = np.array([start_row[f"c{i:03d}"] for i in range(len(trail))])
+    opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"] - len(rows),
+                  num_workers=scfg["num_workers"])
     while len(rows) < scfg["budget"]:
         batch = [opt.ask() for _ in range(min(scfg["num_workers"], scfg["budget"] - len(rows)))]
         for cand in batch:
-            t0 = time.perf_counter()
             c = to_coefficients(cand.value, scfg["parametrization"])
-            fitness, _ = scorer.fid(scorer.weights_of(c), scfg["nfe"], noise)
+            fitness, seconds = score(c, noise)
             opt.tell(cand, fitness)
-            seconds = time.perf_counter() - t0
-            if fitness < best[0]:
-                best = (fitness, c, len(rows))
-            rows.append({"evaluation": len(rows), "fitness": fitness, "best_so_far": best[0],
-                         "seconds": round(seconds, 4), **{f"c{i:03d}": v for i, v in enumerate(c)}})
-            bar.update(1)
-            bar.set_postfix(best=f"{best[0]:.2f}", last=f"{fitness:.2f}")
-            if run is not None:
-                run.log_metrics({"fitness": fitness, "best_fitness": best[0], "seconds": seconds},
-                                step=len(rows) - 1)
-    bar.close()
+            record("search", c, fitness, seconds)
 
-    with atomic_path(out_dir / "history.csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    fitness, c, index = best
+    chosen = min(rows, key=lambda r: r["fitness"])
+    rescored = None
+    if scfg["rescore_top"] > 0:
+        rescore_noise = make_noise(scfg["rescore_samples"], scorer.shape, scfg["rescore_seed"], device)
+        top = sorted(rows, key=lambda r: r["fitness"])[:scfg["rescore_top"]]
+        results = []
+        for row in top:
+            c = np.array([row[f"c{i:03d}"] for i in range(len(trail))])
+            fitness, seconds = score(c, rescore_noise)
+            record("rescore", c, fitness, seconds, name=f"of evaluation {row['evaluation']}")
+            results.append((fitness, row))
+        rescored, chosen = min(results, key=lambda x: x[0])
+    bar.close()
+    _write_history(out_dir / "history.csv", rows)
+
+    c = np.array([chosen[f"c{i:03d}"] for i in range(len(trail))])
     scorer.loader.load(scorer.weights_of(c))
     save_tensors(out_dir / "best.safetensors", scorer.model.state_dict())
-    result = {"coefficients": c.tolist(), "fitness": fitness, "evaluation": index,
-              "trail_steps": trail.steps, "nfe": scfg["nfe"], "samples": scfg["samples"],
-              "seed": scfg["seed"], "optimizer": scfg["optimizer"], "budget": scfg["budget"],
-              "parametrization": scfg["parametrization"],
-              "start_fitness": rows[0]["fitness"]}
+    result = {"coefficients": c.tolist(), "fitness": chosen["fitness"], "evaluation": chosen["evaluation"],
+              "rescore_fitness": rescored, "trail_steps": trail.steps, "nfe": scfg["nfe"],
+              "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
+              "budget": scfg["budget"], "parametrization": scfg["parametrization"],
+              "start": {"name": start_row["name"], "fitness": start_row["fitness"]},
+              "starts": {r["name"]: r["fitness"] for r in rows if r["phase"] == "start"}}
     write_json(out_dir / "coefficients.json", result)
     return result

@@ -44,6 +44,7 @@ def test_schema_rejects_with_key_name(config, key, needle):
     ({"search": {"nfe": 7}}, "search.nfe"),
     ({"train": {"iterations": 10, "checkpoint_every": 20}}, "train.checkpoint_every"),
     ({"search": {"seed": 5}, "evaluate": {"seed": 5}}, "evaluate.seed"),
+    ({"search": {"rescore_seed": 2000}}, "search.rescore_seed"),
     ({"search": {"bounds": [2.0, -1.0]}}, "search.bounds"),
     ({"data": {"dataset": "folder"}}, "data.folder"),
     ({"data": {"image_size": 10}, "model": {"channel_mult": [1, 2, 2]}}, "data.image_size"),

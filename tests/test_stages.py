@@ -30,15 +30,22 @@ def test_search_outputs_and_fitness_is_reproducible(trained):
     result = json.loads(layout.coefficients("dm", 2).read_text())
     with open(layout.history("dm", 2)) as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == cfg["search"]["budget"]
-    fitness = [float(r["fitness"]) for r in rows]
-    assert result["fitness"] == min(fitness) and result["evaluation"] == int(np.argmin(fitness))
-    assert float(rows[-1]["best_so_far"]) == min(fitness)
+    phases = [r["phase"] for r in rows]
+    # the named starting profiles, then the optimizer up to the budget, then the top 3 re-scored
+    assert phases == ["start"] * 4 + ["search"] * 4 + ["rescore"] * 3
+    assert [r["name"] for r in rows[:4]] == ["uniform", "last", "ema_0.9_profile", "ema_0.99_profile"]
+    np.testing.assert_allclose([float(rows[0][f"c{i:03d}"]) for i in range(4)], 0.25)
+    screen = {int(r["evaluation"]): float(r["fitness"]) for r in rows if r["phase"] != "rescore"}
+    assert float(rows[7]["best_so_far"]) == min(screen.values())
+    # the optimizer starts at the best starting profile
+    assert result["start"]["fitness"] == min(screen[i] for i in range(4))
+    # the kept candidate is the best re-score among the 3 best screening candidates
+    top3 = sorted(screen, key=screen.get)[:3]
+    rescored = [float(r["fitness"]) for r in rows[8:]]
+    assert result["evaluation"] == top3[int(np.argmin(rescored))]
+    assert result["rescore_fitness"] == min(rescored) and result["fitness"] == screen[result["evaluation"]]
     c = np.array(result["coefficients"])
-    assert c.shape == (4,) and c.sum() == pytest.approx(1.0)  # sum_to_one
-    # the first candidate is the starting point, the uniform average
-    first = np.array([float(rows[0][f"c{i:03d}"]) for i in range(4)])
-    np.testing.assert_allclose(first, 0.25)
+    assert c.shape == (4,) and c.sum() == pytest.approx(1.0)  # every candidate sums to one
     # re-scoring the best coefficients on the search's noise gives its fitness bit for bit
     scorer = Scorer(cfg, Trail.open(layout.manifest("dm")), layout.feature_net("classifier"),
                     layout.stats(dataset_name(cfg["data"]), "train", "classifier"), torch.device("cpu"), 64)

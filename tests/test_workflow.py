@@ -91,8 +91,10 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     search = children["search[model=dm,nfe=2]"]
     fitness = client.get_metric_history(search.info.run_id, "fitness")
     assert sorted(m.step for m in fitness) == list(range(8))
+    rescore = client.get_metric_history(search.info.run_id, "rescore_fitness")
+    assert sorted(m.step for m in rescore) == [8, 9, 10]
     coeffs = json.loads((root / "results" / "tiny-wf" / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
-    assert min(m.value for m in fitness) == pytest.approx(coeffs["fitness"])
+    assert min(m.value for m in rescore) == pytest.approx(coeffs["rescore_fitness"])
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"coefficients.json", "history.csv"}
 
     ev = children["evaluate[model=dm,variant=lcsc]"]
