@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config, stage_config, validate
+from .config import ConfigError, apply_overrides, load_config, stage_config, validate
 from .paths import Layout
 
 
@@ -26,14 +26,7 @@ def _config(args) -> dict:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.iterations=100")
         overrides[key] = _parse_value(value)
     if args.config_json:
-        cfg = json.loads(args.config_json)
-        for dotted, value in overrides.items():
-            node = cfg
-            *parents, last = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-        return validate(cfg, cross_checks=False)
+        return validate(apply_overrides(json.loads(args.config_json), overrides), cross_checks=False)
     return load_config(args.config, overrides)
 
 

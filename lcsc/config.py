@@ -117,13 +117,18 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         with open(path) as fh:
             cfg = yaml.safe_load(fh) or {}
+    return validate(apply_overrides(cfg, overrides))
+
+
+def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
+    """Set dotted keys in place: {'train.iterations': 100} -> cfg['train']['iterations'] = 100."""
     for dotted, value in (overrides or {}).items():
         node = cfg
         *parents, last = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
-    return validate(cfg)
+    return cfg
 
 
 def stage_config(cfg: dict, stage: str) -> dict:

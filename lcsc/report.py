@@ -112,7 +112,7 @@ def _plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
                        marker="x", color="black", label="top candidates re-scored")
         ax.set(xlabel="evaluation", ylabel="fitness (FID)", title=model)
         fit = np.array([float(r["fitness"]) for r in rows])
-        ax.set_ylim(fit.min() * 0.95, np.percentile(fit, 90) * 1.05)
+        ax.set_ylim(fit.min() * 0.95, max(np.percentile(fit, 90), min(starts)) * 1.05)
         ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
