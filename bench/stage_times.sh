@@ -9,7 +9,7 @@ shift $(( $# >= 2 ? 2 : $# ))
 py=${PYTHON:-python3}
 common=(--config "$config" --set "results_dir=$results" --set mlflow.enabled=false "$@")
 variants=$($py -c "import sys; from lcsc.config import load_config; from lcsc.profiles import variant_names; \
-print(' '.join(variant_names(load_config(sys.argv[1])['train'])))" "$config")
+print(' '.join(variant_names(load_config(sys.argv[1]))))" "$config")
 rm -rf "$results"
 printf '%-28s %10s\n' stage seconds > "$results.times"
 run() {
@@ -21,6 +21,7 @@ run() {
 run train_dm train-dm
 run train_features train-features
 run reference_stats reference-stats --split train
+run baselines baselines
 run search search
 for v in $variants; do run "evaluate[$v]" evaluate --variant "$v"; done
 run tabulate tabulate

@@ -102,6 +102,14 @@ def _stats_path(cfg, layout, args) -> Path:
     return Path(args.stats or layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"]))
 
 
+def _baselines_path(layout, args) -> Path | None:
+    """The baselines stage's file: as given, else where the layout puts it if it exists."""
+    if args.baselines:
+        return Path(args.baselines)
+    default = layout.baselines(args.model)
+    return default if default.exists() else None
+
+
 def cmd_search(args) -> None:
     from .search import run_search
 
@@ -111,10 +119,23 @@ def cmd_search(args) -> None:
     with run:
         result = run_search(cfg, args.manifest or layout.manifest(args.model),
                             args.features or layout.feature_net(cfg["features"]["kind"]),
-                            _stats_path(cfg, layout, args), out_dir, device, run)
+                            _stats_path(cfg, layout, args), out_dir, device, run,
+                            baselines=_baselines_path(layout, args))
         run.log_metrics({"best_fitness_final": result["fitness"]}, step=0)
         run.log_artifact(out_dir / "coefficients.json")
         run.log_artifact(out_dir / "history.csv")
+
+
+def cmd_baselines(args) -> None:
+    from .baselines import run_baselines
+
+    cfg, layout, device, run = _setup(args, "baselines")
+    out = Path(args.out or layout.baselines(args.model))
+    with run:
+        run_baselines(cfg, args.manifest or layout.manifest(args.model),
+                      args.features or layout.feature_net(cfg["features"]["kind"]),
+                      _stats_path(cfg, layout, args), out, device, run)
+        run.log_artifact(out)
 
 
 def cmd_evaluate(args) -> None:
@@ -129,7 +150,8 @@ def cmd_evaluate(args) -> None:
     with run:
         run_evaluate(cfg, args.model, args.variant, args.manifest or layout.manifest(args.model),
                      args.features or layout.feature_net(cfg["features"]["kind"]),
-                     _stats_path(cfg, layout, args), out, grid, device, coefficients, run)
+                     _stats_path(cfg, layout, args), out, grid, device, coefficients, run,
+                     baselines=_baselines_path(layout, args))
         run.log_artifact(out)
         run.log_artifact(grid)
 
@@ -140,7 +162,7 @@ def cmd_tabulate(args) -> None:
     from .tracking import StageRun
 
     cfg = _config(args)
-    variants = args.variants or variant_names(cfg["train"])
+    variants = args.variants or variant_names(cfg)
     with StageRun(cfg, "tabulate", _wildcards(args.wildcards), stage_config(cfg, "tabulate")) as run:
         summary = run_tabulate(cfg, args.models, variants, run)
     print(summary.read_text())
@@ -167,14 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--features")
     p.add_argument("--out")
+    p = stage("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search")
+    p.add_argument("--model", default="dm")
+    for name in ("--manifest", "--features", "--stats", "--out"):
+        p.add_argument(name)
     p = stage("search", cmd_search, "search LCSC coefficients with nevergrad")
     p.add_argument("--model", default="dm")
-    for name in ("--manifest", "--features", "--stats", "--out-dir"):
+    for name in ("--manifest", "--features", "--stats", "--baselines", "--out-dir"):
         p.add_argument(name)
     p = stage("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep")
     p.add_argument("--model", default="dm")
     p.add_argument("--variant", required=True)
-    for name in ("--manifest", "--features", "--stats", "--coefficients", "--out", "--grid"):
+    for name in ("--manifest", "--features", "--stats", "--coefficients", "--baselines", "--out", "--grid"):
         p.add_argument(name)
     p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
     p.add_argument("--models", nargs="+", default=["dm"])

@@ -17,9 +17,10 @@ STAGE_SECTIONS = {
     "train_dm": ["seed", "device", "data", "model", "diffusion", "train"],
     "train_features": ["seed", "device", "data", "features"],
     "reference_stats": ["device", "data", "features"],
-    "search": ["device", "data", "model", "diffusion", "search"],
-    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate"],
-    "tabulate": ["search", "evaluate", "train"],
+    "baselines": ["device", "data", "model", "diffusion", "search", "baselines"],
+    "search": ["device", "data", "model", "diffusion", "search", "baselines"],
+    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate", "baselines"],
+    "tabulate": ["search", "evaluate", "train", "baselines"],
 }
 ALWAYS = ["experiment", "results_dir", "mlflow"]
 
@@ -63,6 +64,10 @@ def _cross_checks(cfg: dict) -> list[str]:
                 f"evaluate.seed: {cfg['evaluate']['seed']} equals search.{key}; the evaluation must use "
                 "seeds the search never saw"
             )
+    n_checkpoints = -(-cfg["train"]["iterations"] // cfg["train"]["checkpoint_every"])
+    for n in cfg["baselines"]["lawa_last"]:
+        if n > n_checkpoints:
+            errors.append(f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the trail will hold")
     lo, hi = cfg["search"]["bounds"]
     if not lo < hi:
         errors.append(f"search.bounds: {[lo, hi]} must be [lower, upper] with lower < upper")

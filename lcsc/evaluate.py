@@ -76,25 +76,36 @@ class Scorer:
         return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma, self.device), images
 
 
-def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | None) -> tuple[torch.Tensor, list | None]:
-    """Flat weights of a named variant, and its coefficients over the trail where it has them."""
-    k = len(scorer.trail)
-    if variant == "last":
-        c = profiles.last(k)
-    elif variant == "uniform":
-        c = profiles.uniform(k)
-    elif variant == "lcsc":
+def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | None = None,
+                    baselines: str | Path | None = None,
+                    baselines_cfg: dict | None = None) -> tuple[torch.Tensor, list | None]:
+    """Flat weights of a named variant, and its coefficients over the trail where it has them.
+
+    `lcsc` comes from the search's coefficients file, `ema_<decay>` from the EMA kept during
+    training, profiles from the baselines stage's file (or, without one, from `baselines_cfg`).
+    """
+    if variant == "lcsc":
         if coefficients is None:
             raise ValueError("variant 'lcsc' needs the search's coefficients file")
         c = np.asarray(read_json(coefficients)["coefficients"])
-    elif variant.startswith("ema_"):
+        return scorer.weights_of(c), c.tolist()
+    if variant.startswith("ema_") and not variant.endswith("_profile"):
         decay = float(variant[4:])
         paths = scorer.trail.ema_paths()
         if decay not in paths:
             raise ValueError(f"variant {variant}: the trail has EMA decays {sorted(paths)} only")
         return scorer.weights_from_file(paths[decay]), None
+    if baselines is not None:
+        known = read_json(baselines)["profiles"]
     else:
-        raise ValueError(f"unknown variant {variant!r}")
+        if baselines_cfg is None:
+            raise ValueError(f"variant {variant!r} needs the baselines file or the baselines config")
+        known = {n: {"coefficients": c} for n, c in profiles.trail_profiles(scorer.trail.steps, baselines_cfg).items()}
+    if variant not in known:
+        where = f"in {baselines}" if baselines else "without the baselines stage's file"
+        raise ValueError(f"unknown variant {variant!r} ({where} the variants are: "
+                         f"lcsc, ema_<decay> kept in training, {', '.join(known)})")
+    c = np.asarray(known[variant]["coefficients"], dtype=np.float64)
     return scorer.weights_of(c), c.tolist()
 
 
@@ -120,10 +131,11 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 def run_evaluate(cfg: dict, model: str, variant: str, manifest: str | Path, features: str | Path,
                  stats: str | Path, out: str | Path, grid: str | Path, device: torch.device,
-                 coefficients: str | Path | None = None, run=None) -> dict:
+                 coefficients: str | Path | None = None, run=None,
+                 baselines: str | Path | None = None) -> dict:
     ecfg = cfg["evaluate"]
     scorer = Scorer(cfg, Trail.open(manifest), features, stats, device, ecfg["batch_size"])
-    flat, coeffs = variant_weights(scorer, variant, coefficients)
+    flat, coeffs = variant_weights(scorer, variant, coefficients, baselines, cfg["baselines"])
     noise = make_noise(ecfg["samples"], scorer.shape, ecfg["seed"], device)
     fids, seconds = {}, {}
     bar = progress(total=len(ecfg["nfe"]), desc=f"evaluate {model}/{variant}")

@@ -36,6 +36,9 @@ class Layout:
     def stats(self, dataset: str, split: str, kind: str) -> Path:
         return self.root / "stats" / f"{dataset}-{split}-{kind}.npz"
 
+    def baselines(self, model: str) -> Path:
+        return self.root / model / "baselines.json"
+
     def search_dir(self, model: str, nfe) -> Path:
         return self.root / model / "search" / f"nfe{nfe}"
 

@@ -25,13 +25,22 @@ def load_results(layout: Layout, model: str, variants: list[str]) -> dict[str, d
     return out
 
 
+def best_baselines(results: dict[str, dict[int, float]], nfes: list[int]) -> dict[int, str]:
+    """The best variant other than lcsc at each NFE."""
+    return {n: min((v for v in results if v != "lcsc"), key=lambda v: results[v][n]) for n in nfes}
+
+
 def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str:
-    """Variant x NFE table with the best value of each column in bold."""
+    """Variant x NFE table: the best value of each column in bold, the best baseline marked †."""
     best = {n: min(r[n] for r in results.values()) for n in nfes}
+    base = best_baselines(results, nfes)
     lines = ["| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
     for v, r in results.items():
-        cells = [f"**{_fmt(r[n])}**" if r[n] == best[n] else _fmt(r[n]) for n in nfes]
+        cells = []
+        for n in nfes:
+            cell = f"**{_fmt(r[n])}**" if r[n] == best[n] else _fmt(r[n])
+            cells.append(cell + (" †" if base[n] == v else ""))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -39,7 +48,7 @@ def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str
 def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> list[str]:
     """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers."""
     lcsc, last = results["lcsc"], results["last"]
-    emas = {v: r for v, r in results.items() if v.startswith("ema_")}
+    emas = {v: r for v, r in results.items() if v.startswith("ema_") and not v.endswith("_profile")}
     out = []
     at = search_nfe
     if emas:
@@ -48,6 +57,15 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
         out.append(f"At the search NFE {at}, LCSC's FID {_fmt(lcsc[at])} is {verdict} both the last "
                    f"checkpoint's {_fmt(last[at])} and the best EMA's ({best_ema}) {_fmt(emas[best_ema][at])}, "
                    f"on evaluation seeds the search never saw.")
+    base = best_baselines(results, nfes)[at]
+    verdict = "beats" if lcsc[at] < results[base][at] else "does NOT beat"
+    out.append(f"At NFE {at} LCSC {verdict} the best baseline, {base} ({_fmt(results[base][at])}).")
+    for v in emas:
+        if f"{v}_profile" in results:
+            out.append(f"The EMA {v[4:]} kept during training scores {_fmt(emas[v][at])} at NFE {at}; the same "
+                       f"EMA computed afterwards from the sparse trail ({v}_profile) scores "
+                       f"{_fmt(results[v + '_profile'][at])}.")
+    if emas:
         for n in nfes:
             ref = min(r[n] for r in emas.values())
             cheaper = [m for m in nfes if m < n and lcsc[m] <= ref]
@@ -64,11 +82,12 @@ def _plot_fid_vs_nfe(all_results: dict[str, dict], nfes: list[int], path: Path) 
     fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4), squeeze=False)
     for ax, (model, results) in zip(axes[0], all_results.items()):
         for v, r in results.items():
-            ax.plot(nfes, [r[n] for n in nfes], marker="o", lw=2.5 if v == "lcsc" else 1.2, label=v)
+            ax.plot(nfes, [r[n] for n in nfes], marker="o", lw=2.5 if v == "lcsc" else 1.0,
+                    color="black" if v == "lcsc" else None, label=v)
         ax.set(xlabel="NFE", ylabel="FID", title=model, xticks=nfes)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -159,7 +178,11 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str], run=None) ->
           f"FID ({cfg.get('features', {}).get('kind', 'classifier')} features) of {ecfg['samples']} samples "
           f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates on "
           f"{cfg['search']['samples']} samples with seed {cfg['search']['seed']} at NFE {search_nfe}. "
-          "Lower is better; the best value of each column is in bold.", ""]
+          "Lower is better; the best value of each column is in bold, and † marks the best baseline "
+          "(every variant but lcsc). Variants: `last`; `ema_<decay>`, the EMA kept during training; "
+          "`uniform`; `lawa_<k>`, the average of the last k checkpoints; `ema_<decay>_profile`, that EMA "
+          "computed afterwards from the sparse trail; `power_<sigma_rel>`, EDM2's post-hoc power-function "
+          "EMA; `greedy_soup`; `lcsc`, the searched combination.", ""]
     for model, results in all_results.items():
         s = searches[model]
         md += [f"## {model}", "", markdown_table(results, nfes), ""]

@@ -13,19 +13,9 @@ import torch
 
 from . import profiles
 from .evaluate import Scorer, make_noise
-from .io import atomic_path, save_tensors, write_json
+from .io import atomic_path, read_json, save_tensors, write_json
 from .progress import progress
 from .trail import Trail
-
-
-def start_profiles(trail: Trail) -> dict[str, np.ndarray]:
-    """Named starting points over the trail: the uniform average, the last checkpoint and the
-    profile of every EMA decay the training kept."""
-    k = len(trail)
-    starts = {"uniform": profiles.uniform(k), "last": profiles.last(k)}
-    for entry in trail.manifest.get("ema", []):
-        starts[f"ema_{entry['decay']}_profile"] = profiles.ema_profile(trail.steps, entry["decay"])
-    return starts
 
 
 def make_parametrization(init: np.ndarray, scfg: dict):
@@ -57,11 +47,13 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 
 def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str | Path,
-               out_dir: str | Path, device: torch.device, run=None) -> dict:
-    """Three phases, all in history.csv: `start` scores the named profiles and starts the
-    optimizer at the best of them; `search` asks and tells the optimizer until the budget is
-    spent; `rescore` scores the top candidates again on more samples with another seed and
-    keeps the best of those, which removes most of the luck of the screening noise."""
+               out_dir: str | Path, device: torch.device, run=None,
+               baselines: str | Path | None = None) -> dict:
+    """Three phases, all in history.csv: `start` lists the baseline profiles with their fitness
+    (read from the baselines stage's file, or scored here when there is none) and the optimizer
+    starts at the best; `search` asks and tells the optimizer for `budget` evaluations; `rescore`
+    scores the top candidates again on more samples with another seed and keeps the best of
+    those, which removes most of the luck of the screening noise."""
     import nevergrad as ng
 
     scfg = cfg["search"]
@@ -75,13 +67,24 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
         raise ValueError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
     noise = make_noise(scfg["samples"], scorer.shape, scfg["seed"], device)
-    starts = start_profiles(trail) if scfg["init"] == "best_profile" else {scfg["init"]: start_profiles(trail)[scfg["init"]]}
+    known: dict[str, float] = {}
+    if baselines is not None:
+        scored = read_json(baselines)
+        if (scored["nfe"], scored["samples"], scored["seed"], scored["trail_steps"]) != \
+                (scfg["nfe"], scfg["samples"], scfg["seed"], trail.steps):
+            raise ValueError(f"{baselines}: scored with other search settings or another trail; rerun baselines")
+        starts = {n: np.asarray(p["coefficients"]) for n, p in scored["profiles"].items()}
+        known = {n: p["fitness"] for n, p in scored["profiles"].items()}
+    else:
+        starts = profiles.trail_profiles(trail.steps, cfg["baselines"])
+    if scfg["init"] != "best_profile":
+        starts = {scfg["init"]: starts[scfg["init"]]}
     print(f"[search] {len(trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
           f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}", flush=True)
 
     rows: list[dict] = []
     best = (float("inf"), None)
-    bar = progress(total=scfg["budget"] + scfg["rescore_top"], desc="search")
+    bar = progress(total=len(starts) + scfg["budget"] + scfg["rescore_top"], desc="search")
 
     def record(phase: str, c: np.ndarray, fitness: float, seconds: float, name: str = "") -> None:
         nonlocal best
@@ -101,14 +104,15 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
         fitness, _ = scorer.fid(scorer.weights_of(c), scfg["nfe"], nfe_noise)
         return fitness, time.perf_counter() - t0
 
-    for name, c in list(starts.items())[:scfg["budget"]]:
-        record("start", c, *score(c, noise), name=name)
+    for name, c in starts.items():
+        record("start", c, *((known[name], 0.0) if name in known else score(c, noise)), name=name)
     start_row = min(rows, key=lambda r: r["fitness"])
     init = np.array([start_row[f"c{i:03d}"] for i in range(len(trail))])
-    opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"] - len(rows),
+    opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"],
                   num_workers=scfg["num_workers"])
-    while len(rows) < scfg["budget"]:
-        batch = [opt.ask() for _ in range(min(scfg["num_workers"], scfg["budget"] - len(rows)))]
+    end = len(rows) + scfg["budget"]
+    while len(rows) < end:
+        batch = [opt.ask() for _ in range(min(scfg["num_workers"], end - len(rows)))]
         for cand in batch:
             c = to_coefficients(cand.value, scfg["parametrization"])
             fitness, seconds = score(c, noise)

@@ -18,6 +18,7 @@ TINY = {
     "train": {"iterations": 40, "checkpoint_every": 10, "batch_size": 32, "log_every": 5,
               "ema_decays": [0.9, 0.99], "warmup": 5},
     "features": {"epochs": 3, "dim": 16, "width": 8},
+    "baselines": {"lawa_last": [2], "ema_decays": [0.9, 0.99], "power_sigma_rels": [0.05, 0.1]},
     "search": {"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
                "rescore_top": 3, "rescore_samples": 128},
     "evaluate": {"nfe": [1, 2], "samples": 96, "batch_size": 96, "grid": 16},

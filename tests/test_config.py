@@ -45,6 +45,7 @@ def test_schema_rejects_with_key_name(config, key, needle):
     ({"train": {"iterations": 10, "checkpoint_every": 20}}, "train.checkpoint_every"),
     ({"search": {"seed": 5}, "evaluate": {"seed": 5}}, "evaluate.seed"),
     ({"search": {"rescore_seed": 2000}}, "search.rescore_seed"),
+    ({"baselines": {"lawa_last": [99]}}, "baselines.lawa_last"),
     ({"search": {"bounds": [2.0, -1.0]}}, "search.bounds"),
     ({"data": {"dataset": "folder"}}, "data.folder"),
     ({"data": {"image_size": 10}, "model": {"channel_mult": [1, 2, 2]}}, "data.image_size"),
@@ -55,10 +56,10 @@ def test_cross_key_rules(config, key):
 
 
 def test_overrides_and_slices():
-    cfg = load_config(None, {"train.iterations": 256, "search.budget": 3})
-    assert cfg["train"]["iterations"] == 256 and cfg["search"]["budget"] == 3
+    cfg = load_config(None, {"train.iterations": 640, "search.budget": 3})
+    assert cfg["train"]["iterations"] == 640 and cfg["search"]["budget"] == 3
     sliced = stage_config(cfg, "train_dm")
-    assert "search" not in sliced and sliced["train"]["iterations"] == 256
+    assert "search" not in sliced and sliced["train"]["iterations"] == 640
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
 
 

@@ -23,25 +23,50 @@ def test_features_and_stats(trained):
         np.testing.assert_allclose(z["sigma"], z["sigma"].T)
 
 
+BASELINES = ["last", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile", "power_0.05", "power_0.1",
+             "greedy_soup"]
+VARIANTS = ["last", "ema_0.9", "ema_0.99", *BASELINES[1:], "lcsc"]
+
+
+def test_baselines_stage(trained):
+    cfg, cfg_file = trained
+    assert main(["baselines", "--config", str(cfg_file)]) == 0
+    layout = Layout.of(cfg)
+    result = json.loads(layout.baselines("dm").read_text())
+    assert list(result["profiles"]) == BASELINES
+    for name, p in result["profiles"].items():
+        assert sum(p["coefficients"]) == pytest.approx(1.0), name
+        assert np.isfinite(p["fitness"])
+    soup = result["profiles"]["greedy_soup"]
+    members = [i for i, c in enumerate(soup["coefficients"]) if c > 0]
+    assert soup["steps"][0]["added"] == members[0] or len(members) > 1
+    # the soup is never worse than its best single checkpoint (the first step)
+    assert soup["fitness"] <= soup["steps"][0]["fitness"]
+
+
 def test_search_outputs_and_fitness_is_reproducible(trained):
     cfg, cfg_file = trained
-    assert main(["search", "--config", str(cfg_file)]) == 0
     layout = Layout.of(cfg)
+    if not layout.baselines("dm").exists():
+        assert main(["baselines", "--config", str(cfg_file)]) == 0
+    assert main(["search", "--config", str(cfg_file)]) == 0
     result = json.loads(layout.coefficients("dm", 2).read_text())
     with open(layout.history("dm", 2)) as fh:
         rows = list(csv.DictReader(fh))
     phases = [r["phase"] for r in rows]
-    # the named starting profiles, then the optimizer up to the budget, then the top 3 re-scored
-    assert phases == ["start"] * 4 + ["search"] * 4 + ["rescore"] * 3
-    assert [r["name"] for r in rows[:4]] == ["uniform", "last", "ema_0.9_profile", "ema_0.99_profile"]
-    np.testing.assert_allclose([float(rows[0][f"c{i:03d}"]) for i in range(4)], 0.25)
+    # the baseline profiles as starting points, the optimizer's budget of 8, the top 3 re-scored
+    assert phases == ["start"] * 8 + ["search"] * 8 + ["rescore"] * 3
+    assert [r["name"] for r in rows[:8]] == BASELINES
+    baselines = json.loads(layout.baselines("dm").read_text())["profiles"]
+    assert [float(r["fitness"]) for r in rows[:8]] == [baselines[n]["fitness"] for n in BASELINES]
     screen = {int(r["evaluation"]): float(r["fitness"]) for r in rows if r["phase"] != "rescore"}
-    assert float(rows[7]["best_so_far"]) == min(screen.values())
-    # the optimizer starts at the best starting profile
-    assert result["start"]["fitness"] == min(screen[i] for i in range(4))
+    assert float(rows[15]["best_so_far"]) == min(screen.values())
+    # the optimizer starts at the best baseline, so the search never ends worse than it
+    assert result["start"]["fitness"] == min(screen[i] for i in range(8))
+    assert min(screen.values()) <= result["start"]["fitness"]
     # the kept candidate is the best re-score among the 3 best screening candidates
     top3 = sorted(screen, key=screen.get)[:3]
-    rescored = [float(r["fitness"]) for r in rows[8:]]
+    rescored = [float(r["fitness"]) for r in rows[16:]]
     assert result["evaluation"] == top3[int(np.argmin(rescored))]
     assert result["rescore_fitness"] == min(rescored) and result["fitness"] == screen[result["evaluation"]]
     c = np.array(result["coefficients"])
@@ -64,7 +89,7 @@ def test_evaluate_every_variant_and_tabulate(trained):
     layout = Layout.of(cfg)
     if not layout.coefficients("dm", 2).exists():
         assert main(["search", "--config", str(cfg_file)]) == 0
-    variants = ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
+    variants = VARIANTS
     for v in variants:
         assert main(["evaluate", "--config", str(cfg_file), "--variant", v]) == 0
         res = json.loads(layout.eval_json("dm", v).read_text())
@@ -73,6 +98,11 @@ def test_evaluate_every_variant_and_tabulate(trained):
         assert layout.eval_grid("dm", v).stat().st_size > 100
     last = json.loads(layout.eval_json("dm", "last").read_text())
     assert last["coefficients"] == [0, 0, 0, 1]
+    # a profile evaluated from the baselines file equals the closed form computed without it
+    assert main(["evaluate", "--config", str(cfg_file), "--variant", "power_0.1", "--out",
+                 str(layout.root / "p.json"), "--grid", str(layout.root / "p.png")]) == 0
+    with_file = json.loads((layout.root / "p.json").read_text())
+    assert with_file["fid"] == json.loads(layout.eval_json("dm", "power_0.1").read_text())["fid"]
     # evaluate is deterministic: the same variant twice gives the same FIDs bit for bit
     assert main(["evaluate", "--config", str(cfg_file), "--variant", "last"]) == 0
     assert json.loads(layout.eval_json("dm", "last").read_text())["fid"] == last["fid"]
@@ -88,12 +118,14 @@ def test_evaluate_every_variant_and_tabulate(trained):
     lcsc_eval = json.loads(layout.eval_json("dm", "lcsc").read_text())
     assert float(lcsc_row["nfe2"]) == pytest.approx(lcsc_eval["fid"]["2"], abs=1e-4)
     md = (report / "summary.md").read_text()
-    assert "| lcsc |" in md and "At the search NFE 2" in md
+    assert "| lcsc |" in md and "At the search NFE 2" in md and "the best baseline" in md
+    assert md.count("†") >= 2 + 1  # one per NFE column, plus the legend
+    assert "computed afterwards from the sparse trail (ema_0.99_profile)" in md
 
 
 def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
     cfg, cfg_file = trained
-    with pytest.raises(ValueError, match="unknown variant 'best'"):
+    with pytest.raises(ValueError, match="unknown variant 'best'.*greedy_soup"):
         main(["evaluate", "--config", str(cfg_file), "--variant", "best"])
     assert main(["search", "--config", str(cfg_file), "--set", "search.nfe=9"]) == 2
     assert "search.nfe: 9 is not in evaluate.nfe" in capsys.readouterr().err

@@ -58,9 +58,9 @@ def test_workflow_produces_the_report(workflow_run):
                  "samples_dm_lcsc.png", "samples_dm_last.png"):
         assert (report / name).stat().st_size > 0, name
     md = (report / "summary.md").read_text()
-    assert "| lcsc |" in md and "| ema_0.99 |" in md
+    assert "| lcsc |" in md and "| ema_0.99 |" in md and "| greedy_soup |" in md and "| power_0.05 |" in md
     logs = list((root / "results" / "tiny-wf" / "logs").rglob("*.log"))
-    assert len(logs) == 10  # one per job
+    assert len(logs) == 17  # one per job
     again = _snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -77,8 +77,10 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     parent = parents[0]
     assert parent.data.params["search.budget"] == "8"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    expected = {"train_dm[model=dm]", "train_features", "reference_stats[split=train]", "search[model=dm,nfe=2]",
-                "tabulate", *[f"evaluate[model=dm,variant={v}]" for v in ("last", "ema_0.9", "ema_0.99", "uniform", "lcsc")]}
+    variants = ("last", "ema_0.9", "ema_0.99", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile",
+                "power_0.05", "power_0.1", "greedy_soup", "lcsc")
+    expected = {"train_dm[model=dm]", "train_features", "reference_stats[split=train]", "baselines[model=dm]",
+                "search[model=dm,nfe=2]", "tabulate", *[f"evaluate[model=dm,variant={v}]" for v in variants]}
     assert set(children) == expected
     assert all(r.info.status == "FINISHED" for r in children.values())
 
@@ -90,9 +92,9 @@ def test_mlflow_parent_and_child_runs(workflow_run):
 
     search = children["search[model=dm,nfe=2]"]
     fitness = client.get_metric_history(search.info.run_id, "fitness")
-    assert sorted(m.step for m in fitness) == list(range(8))
+    assert sorted(m.step for m in fitness) == list(range(16))  # 8 baselines, then 8 candidates
     rescore = client.get_metric_history(search.info.run_id, "rescore_fitness")
-    assert sorted(m.step for m in rescore) == [8, 9, 10]
+    assert sorted(m.step for m in rescore) == [16, 17, 18]
     coeffs = json.loads((root / "results" / "tiny-wf" / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
     assert min(m.value for m in rescore) == pytest.approx(coeffs["rescore_fitness"])
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"coefficients.json", "history.csv"}

@@ -10,7 +10,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, workflow.basedir)
 
 from lcsc.config import ConfigError, stage_config, validate
-from lcsc.profiles import variant_names
+from lcsc.profiles import profile_names, variant_names
 from lcsc.paths import Layout, dataset_name
 from lcsc.tracking import PARENT_ENV
 
@@ -24,7 +24,11 @@ FEATURES = config["features"]["kind"]
 DATASET = dataset_name(config["data"])
 SEARCH_NFE = config["search"]["nfe"]
 MODELS = ["dm"]
-VARIANTS = variant_names(config["train"])
+VARIANTS = variant_names(config)
+# Variants whose coefficients the baselines stage writes (the others: lcsc and the kept EMAs).
+PROFILE_VARIANTS = ["last", *profile_names(config["baselines"])] + (
+    ["greedy_soup"] if config["baselines"]["greedy_soup"] else []
+)
 # Rules call `lcsc <stage>`: the package from this checkout (conda envs drop PYTHONPATH) run by
 # the env's python under --use-conda, else by the interpreter that runs Snakemake (so an
 # unactivated .venv/bin/snakemake works). Bash strict mode, as Snakemake's default prefix has it.
@@ -63,11 +67,18 @@ def evaluate_inputs(wildcards):
     }
     if wildcards.variant == "lcsc":
         inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, SEARCH_NFE)
+    if wildcards.variant in PROFILE_VARIANTS:
+        inputs["baselines"] = LAYOUT.baselines(wildcards.model)
     return inputs
 
 
-def coefficients_arg(wildcards, input):
-    return f"--coefficients {input.coefficients}" if wildcards.variant == "lcsc" else ""
+def variant_args(wildcards, input):
+    """Where the variant's weights come from, as evaluate's arguments."""
+    if wildcards.variant == "lcsc":
+        return f"--coefficients {input.coefficients}"
+    if wildcards.variant in PROFILE_VARIANTS:
+        return f"--baselines {input.baselines}"
+    return ""
 
 
 def report_outputs():

@@ -8,7 +8,7 @@ rule evaluate:
         LAYOUT.log("evaluate", "{model}-{variant}"),
     params:
         cfg=stage_json("evaluate"),
-        coefficients=coefficients_arg,
+        sources=variant_args,
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -18,5 +18,5 @@ rule evaluate:
         "lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},variant={wildcards.variant}"
         " --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest}"
-        " --features {input.features} --stats {input.stats} {params.coefficients}"
+        " --features {input.features} --stats {input.stats} {params.sources}"
         " --out {output.result} --grid {output.grid} 2>&1 | tee {log}"

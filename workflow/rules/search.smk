@@ -1,8 +1,32 @@
+rule baselines:
+    input:
+        manifest=LAYOUT.manifest("{model}"),
+        features=feature_net(),
+        stats=reference_stats(),
+    output:
+        baselines=LAYOUT.baselines("{model}"),
+    log:
+        LAYOUT.log("baselines", "{model}"),
+    params:
+        cfg=stage_json("baselines"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "lcsc baselines --config-json {params.cfg:q} --threads {threads}"
+        " --wildcards model={wildcards.model} --model {wildcards.model}"
+        " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
+        " --out {output.baselines} 2>&1 | tee {log}"
+
+
 rule search:
     input:
         manifest=LAYOUT.manifest("{model}"),
         features=feature_net(),
         stats=reference_stats(),
+        baselines=LAYOUT.baselines("{model}"),
     output:
         coefficients=LAYOUT.coefficients("{model}", SEARCH_NFE),
         history=LAYOUT.history("{model}", SEARCH_NFE),
@@ -22,4 +46,4 @@ rule search:
         "lcsc search --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},nfe={params.nfe} --model {wildcards.model}"
         " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
-        " --out-dir {params.out_dir} 2>&1 | tee {log}"
+        " --baselines {input.baselines} --out-dir {params.out_dir} 2>&1 | tee {log}"
