@@ -1,8 +1,9 @@
 """The baselines stage: every baseline profile over the trail, scored with the search's own
 fitness (same NFE, samples and noise), plus the greedy soup, which needs those scores to exist.
 
-Greedy soup (after Wortsman et al. 2022): order the checkpoints by their own FID, then add them
-one by one to a uniform soup while the soup's FID improves.
+Greedy soup (after Wortsman et al. 2022, with an early stop): order the checkpoints by their own
+FID, then add them one by one to a uniform soup and stop at the first one that does not improve
+the soup's FID (Wortsman et al. skip it and go on; stopping keeps the cost at most 2K scores).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def run_baselines(cfg: dict, manifest: str | Path, features: str | Path, stats: 
 
     bar = progress(total=len(profiles) + (k if bcfg["greedy_soup"] else 0), desc="baselines")
     result = {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"], "trail_steps": trail.steps,
+              "trail_sha256": trail.fingerprint, "feature_hash": scorer.features.hash,
+              "sampler": cfg["diffusion"]["sampler"], "clip_denoised": cfg["diffusion"]["clip_denoised"],
               "profiles": {}}
     for name, c in profiles.items():
         t0 = time.perf_counter()

@@ -210,9 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .trail import TrailError
+
     try:
         args.func(args)
-    except ConfigError as exc:
-        print(f"lcsc: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, TrailError, FileNotFoundError) as exc:
+        print(f"lcsc {args.stage}: {exc}", file=sys.stderr)
         return 2
     return 0

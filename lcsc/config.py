@@ -64,6 +64,9 @@ def _cross_checks(cfg: dict) -> list[str]:
                 f"evaluate.seed: {cfg['evaluate']['seed']} equals search.{key}; the evaluation must use "
                 "seeds the search never saw"
             )
+    too_many = [n for n in cfg["evaluate"]["nfe"] if n > cfg["diffusion"]["timesteps"]]
+    if too_many:
+        errors.append(f"evaluate.nfe: {too_many} exceed diffusion.timesteps {cfg['diffusion']['timesteps']}")
     n_checkpoints = -(-cfg["train"]["iterations"] // cfg["train"]["checkpoint_every"])
     for n in cfg["baselines"]["lawa_last"]:
         if n > n_checkpoints:
@@ -156,10 +159,6 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def experiment_dir(cfg: dict) -> Path:
-    return Path(cfg["results_dir"]) / cfg["experiment"]
 
 
 def resolve_device(cfg: dict):

@@ -19,9 +19,9 @@ class VPDiffusion:
         self.T = timesteps
         self.sampler = sampler
         self.clip = clip_denoised
-        if schedule == "linear":  # DDPM's betas, rescaled so that other T keep the same total noise
+        if schedule == "linear":  # DDPM's betas, rescaled by 1000/T so other T end near the same noise
             scale = 1000 / timesteps
-            betas = np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
+            betas = np.clip(np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64), 0, 0.999)
         elif schedule == "cosine":  # Nichol & Dhariwal 2021, eq. 17
             s = 0.008
             f = np.cos((np.arange(timesteps + 1) / timesteps + s) / (1 + s) * math.pi / 2) ** 2

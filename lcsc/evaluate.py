@@ -38,6 +38,12 @@ class Scorer:
         self.trail = trail
         self.channels = cfg["data"]["channels"]
         self.shape = (self.channels, cfg["data"]["image_size"], cfg["data"]["image_size"])
+        for section, keys in (("diffusion", ("schedule", "timesteps")), ("data", ("image_size", "channels"))):
+            trained = trail.manifest.get(section, {})
+            for key in keys:
+                if key in trained and trained[key] != cfg[section][key]:
+                    raise ValueError(f"{section}.{key}: {cfg[section][key]!r} in the config, but the trail "
+                                     f"{trail.root / 'manifest.json'} was trained with {trained[key]!r}")
         self.model = build_unet(trail.model_config, self.channels).to(device).eval()
         self.loader = FlatLoader(self.model)
         self.diffusion = VPDiffusion.from_config(cfg["diffusion"])
@@ -87,7 +93,9 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
     if variant == "lcsc":
         if coefficients is None:
             raise ValueError("variant 'lcsc' needs the search's coefficients file")
-        c = np.asarray(read_json(coefficients)["coefficients"])
+        found = read_json(coefficients)
+        scorer.trail.check_fingerprint(found.get("trail_sha256"), coefficients)
+        c = np.asarray(found["coefficients"])
         return scorer.weights_of(c), c.tolist()
     if variant.startswith("ema_") and not variant.endswith("_profile"):
         decay = float(variant[4:])
@@ -96,7 +104,9 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
             raise ValueError(f"variant {variant}: the trail has EMA decays {sorted(paths)} only")
         return scorer.weights_from_file(paths[decay]), None
     if baselines is not None:
-        known = read_json(baselines)["profiles"]
+        scored = read_json(baselines)
+        scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
+        known = scored["profiles"]
     else:
         if baselines_cfg is None:
             raise ValueError(f"variant {variant!r} needs the baselines file or the baselines config")

@@ -27,14 +27,16 @@ class FeatureNet:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"feature network not found: {path} (the train_features stage writes it)")
-        with safe_open(str(path), "pt") as fh:
-            meta = json.loads(fh.metadata()["lcsc"])
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = json.loads((fh.metadata() or {})["lcsc"])
+        except Exception as exc:
+            raise ValueError(f"{path}: not a feature network written by train_features ({exc!r})") from exc
         self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
         self.net.load_state_dict(load_tensors(path))
         self.net.to(device).eval()
         self.device = device
         self.hash = sha256(path)[:16]
-        self.dim = meta["dim"]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:

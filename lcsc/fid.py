@@ -58,6 +58,8 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
     if not path.exists():
         raise FileNotFoundError(f"reference stats not found: {path} (the reference_stats stage writes it)")
     with np.load(path, allow_pickle=False) as z:
+        if not {"mu", "sigma", "feature_hash"} <= set(z.files):
+            raise ValueError(f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has {z.files})")
         if feature_hash is not None and str(z["feature_hash"]) != feature_hash:
             raise ValueError(f"{path}: made with feature network {z['feature_hash']}, "
                              f"but the one in use is {feature_hash}; rerun reference_stats")

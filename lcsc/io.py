@@ -7,9 +7,14 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -21,6 +26,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -38,8 +44,16 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

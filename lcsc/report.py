@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import profiles
-from .io import atomic_path, read_json, write_text
+from .io import atomic_path, copy_file, read_json, write_text
 from .paths import Layout
 
 
@@ -164,13 +163,13 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str], run=None) ->
                     w.writerow([model, v, *[f"{r[n]:.4f}" for n in nfes]])
 
     _plot_fid_vs_nfe(all_results, nfes, out / "fid_vs_nfe.png")
-    _plot_coefficients(searches, cfg["train"]["ema_decays"], out / "coefficients.png")
+    _plot_coefficients(searches, cfg["baselines"]["ema_decays"], out / "coefficients.png")
     _plot_search_curve(histories, out / "search_curve.png")
     grids = []
     for model in models:
         for v in variants:
             dst = out / f"samples_{model}_{v}.png"
-            shutil.copyfile(layout.eval_grid(model, v), dst)
+            copy_file(layout.eval_grid(model, v), dst)
             grids.append(dst)
 
     ecfg = cfg["evaluate"]

@@ -70,9 +70,12 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
     known: dict[str, float] = {}
     if baselines is not None:
         scored = read_json(baselines)
-        if (scored["nfe"], scored["samples"], scored["seed"], scored["trail_steps"]) != \
-                (scfg["nfe"], scfg["samples"], scfg["seed"], trail.steps):
-            raise ValueError(f"{baselines}: scored with other search settings or another trail; rerun baselines")
+        trail.check_fingerprint(scored.get("trail_sha256"), baselines)
+        settings = (scfg["nfe"], scfg["samples"], scfg["seed"], scorer.features.hash,
+                    cfg["diffusion"]["sampler"], cfg["diffusion"]["clip_denoised"])
+        if tuple(scored.get(k) for k in ("nfe", "samples", "seed", "feature_hash", "sampler", "clip_denoised")) != settings:
+            raise ValueError(f"{baselines}: scored with other fitness settings (NFE, samples, seed, features or "
+                             "sampler) than this search; rerun the baselines stage")
         starts = {n: np.asarray(p["coefficients"]) for n, p in scored["profiles"].items()}
         known = {n: p["fitness"] for n, p in scored["profiles"].items()}
     else:
@@ -138,7 +141,8 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
     scorer.loader.load(scorer.weights_of(c))
     save_tensors(out_dir / "best.safetensors", scorer.model.state_dict())
     result = {"coefficients": c.tolist(), "fitness": chosen["fitness"], "evaluation": chosen["evaluation"],
-              "rescore_fitness": rescored, "trail_steps": trail.steps, "nfe": scfg["nfe"],
+              "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
+              "nfe": scfg["nfe"],
               "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
               "budget": scfg["budget"], "parametrization": scfg["parametrization"],
               "start": {"name": start_row["name"], "fitness": start_row["fitness"]},

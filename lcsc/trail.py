@@ -48,8 +48,14 @@ class Trail:
         return self.manifest["model_config"]
 
     @property
-    def iterations(self) -> int:
-        return self.manifest["iterations"]
+    def fingerprint(self) -> list[str]:
+        """The checkpoints' sha256s: files computed from this trail record it and are checked on read."""
+        return [c["sha256"] for c in self.manifest["checkpoints"]]
+
+    def check_fingerprint(self, recorded: list[str] | None, path) -> None:
+        if recorded != self.fingerprint:
+            raise TrailError(f"{path}: computed from another checkpoint trail than {self.root / 'manifest.json'}; "
+                             "rerun the stage that wrote it")
 
     def checkpoint_path(self, i: int) -> Path:
         return self.root / self.manifest["checkpoints"][i]["file"]

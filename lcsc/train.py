@@ -85,7 +85,7 @@ def train(
         from safetensors import safe_open
 
         with safe_open(str(resume_path), "pt") as fh:
-            meta = fh.metadata()
+            meta = fh.metadata() or {}
         if meta.get("resume_key") == resume_key and int(meta["step"]) <= iterations:
             state = load_tensors(resume_path)
             model.load_state_dict({k: state[f"model.{k}"] for k in keys})
@@ -96,6 +96,9 @@ def train(
             gen.set_state(state["rng.train"])
             torch.set_rng_state(state["rng.global"])
             step, wall, entries = int(meta["step"]), float(meta["wall"]), json.loads(meta["entries"])
+            # the last step of a shorter earlier run is off the checkpoint grid: a run that goes on
+            # from there would not have saved it
+            entries = [e for e in entries if e["step"] % every == 0 or e["step"] == iterations]
             print(f"[{desc}] resuming from step {step} ({resume_path})", flush=True)
         else:
             print(f"[{desc}] {resume_path} was written with other settings; starting from step 0", flush=True)
@@ -116,8 +119,9 @@ def train(
             last = entries[-1]["file"] if entries else "none yet"
             raise TrainingError(
                 f"[{desc}] loss is {loss.item()} at step {step + 1}; stopped. "
-                f"The last good checkpoint is {out_dir / last if entries else last}; lower train.lr or "
-                f"raise train.grad_clip and rerun (it resumes from there)."
+                f"The last good checkpoint is {out_dir / last if entries else last} (its resume state "
+                f"is {resume_path}); a rerun with the same settings resumes there, a rerun with other "
+                f"train settings (e.g. a lower train.lr) starts again from step 0."
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -46,6 +46,7 @@ def test_schema_rejects_with_key_name(config, key, needle):
     ({"search": {"seed": 5}, "evaluate": {"seed": 5}}, "evaluate.seed"),
     ({"search": {"rescore_seed": 2000}}, "search.rescore_seed"),
     ({"baselines": {"lawa_last": [99]}}, "baselines.lawa_last"),
+    ({"diffusion": {"timesteps": 100}, "evaluate": {"nfe": [5, 200]}}, "evaluate.nfe"),
     ({"search": {"bounds": [2.0, -1.0]}}, "search.bounds"),
     ({"data": {"dataset": "folder"}}, "data.folder"),
     ({"data": {"image_size": 10}, "model": {"channel_mult": [1, 2, 2]}}, "data.image_size"),

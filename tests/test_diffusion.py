@@ -49,6 +49,37 @@ def test_exact_denoiser_lands_on_the_data_point(schedule, sampler):
         torch.testing.assert_close(out, x0.expand_as(out), atol=1e-9, rtol=0)
 
 
+class GaussianEps(nn.Module):
+    """The exact eps-predictor for data N(m, s^2) per pixel: E[eps | x_t] = sigma (x_t - a m) / (a^2 s^2 + sigma^2)."""
+
+    def __init__(self, diffusion, m, s):
+        super().__init__()
+        self.ab, self.m, self.s = diffusion.alpha_bar, m, s
+
+    def forward(self, x, t):
+        ab = self.ab[t.long()].to(x.dtype)[:, None, None, None]
+        a, sig = ab.sqrt(), (1 - ab).sqrt()
+        return sig * (x - a * self.m) / (a * a * self.s ** 2 + sig * sig)
+
+
+def test_samplers_converge_to_the_exact_ode_solution_at_their_order():
+    """For Gaussian data the probability-flow ODE keeps x standardised: from x_T it ends at
+    m + s (x_T - a_T m) / sqrt(a_T^2 s^2 + sigma_T^2). DDIM is first order (error halves when NFE
+    doubles); DPM-Solver++(2M) second order (error drops about 4x)."""
+    m, s = 0.3, 0.5
+    errors = {}
+    for sampler in ("ddim", "dpmpp2m"):
+        d = VPDiffusion(sampler=sampler, clip_denoised=False)
+        x_T = torch.randn(16, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        ab = d.alpha_bar[d.timesteps(1)[0]]
+        exact = m + s * (x_T - ab.sqrt() * m) / (ab * s * s + 1 - ab).sqrt()
+        errors[sampler] = [float((d.sample(GaussianEps(d, m, s), x_T, n) - exact).abs().max()) for n in (16, 32, 64)]
+    ddim, dpm = errors["ddim"], errors["dpmpp2m"]
+    assert 1.7 < ddim[1] / ddim[2] < 2.3 and 1.7 < ddim[0] / ddim[1] < 2.3
+    assert dpm[1] / dpm[2] > 3.5 and dpm[0] / dpm[1] > 3.5
+    assert dpm[2] < 0.005 < ddim[2]
+
+
 def test_sampling_is_deterministic():
     d = VPDiffusion()
     torch.manual_seed(0)

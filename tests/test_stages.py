@@ -129,3 +129,33 @@ def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
         main(["evaluate", "--config", str(cfg_file), "--variant", "best"])
     assert main(["search", "--config", str(cfg_file), "--set", "search.nfe=9"]) == 2
     assert "search.nfe: 9 is not in evaluate.nfe" in capsys.readouterr().err
+
+
+def test_stale_inputs_are_refused_with_the_file_named(trained, tmp_path):
+    cfg, cfg_file = trained
+    layout = Layout.of(cfg)
+    if not layout.baselines("dm").exists():
+        assert main(["baselines", "--config", str(cfg_file)]) == 0
+    from lcsc.io import read_json, write_json
+    from lcsc.search import run_search
+    from lcsc.trail import TrailError
+
+    stale = read_json(layout.baselines("dm"))
+    stale["trail_sha256"][0] = "0" * 64
+    write_json(tmp_path / "stale.json", stale)
+    stats = layout.stats(dataset_name(cfg["data"]), "train", "classifier")
+    with pytest.raises(TrailError, match="stale.json: computed from another checkpoint trail"):
+        run_search(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, tmp_path / "s",
+                   torch.device("cpu"), baselines=tmp_path / "stale.json")
+    other = dict(cfg, diffusion=dict(cfg["diffusion"], timesteps=500))
+    with pytest.raises(ValueError, match=r"diffusion.timesteps: 500 in the config.*manifest.json was trained with 1000"):
+        Scorer(other, Trail.open(layout.manifest("dm")), layout.feature_net("classifier"), stats,
+               torch.device("cpu"), 64)
+    # outputs get the usual file mode, not mkstemp's 0600
+    import os
+    import stat
+
+    mode = stat.S_IMODE(os.stat(layout.baselines("dm")).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
