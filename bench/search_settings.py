@@ -77,7 +77,7 @@ def main() -> None:
         if layout.root not in baselines_done:
             baselines_done.add(layout.root)
             for variant in ["last", *[f"ema_{d}" for d in cfg["train"]["ema_decays"]]]:
-                flat, _ = variant_weights(scorer, variant, None)
+                flat, _ = variant_weights(scorer, variant, baselines_cfg=cfg["baselines"])
                 rows.append((f"[{variant}]", layout.root.name, scorer.fid(flat, nfe, noise)[0], None, None, 0.0))
         print(rows[-1], flush=True)
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
