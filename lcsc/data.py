@@ -33,11 +33,18 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _folder(folder: Path, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image, centre-cropped to a square and resized to `size`: folders of mixed sizes
+    work as long as no image is smaller than `size`."""
     from PIL import Image, UnidentifiedImageError
 
     if not folder.is_dir():
         raise DataError(f"data.folder: {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    everything = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    others = [p for p in everything if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise DataError(f"data.folder: {others[0]} is not a PNG or JPEG image ({len(others)} such files); "
+                        "move non-image files out of the data folder")
+    files = everything
     if not files:
         raise DataError(f"data.folder: {folder} holds no PNG or JPEG images")
     classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
@@ -47,6 +54,9 @@ def _folder(folder: Path, channels: int, size: int) -> tuple[np.ndarray, np.ndar
     for path in files:
         try:
             with Image.open(path) as im:
+                if min(im.size) < size:
+                    raise DataError(f"{path}: {im.width}x{im.height} is smaller than data.image_size {size}; "
+                                    "upsampling would invent detail. Lower data.image_size or remove the image")
                 im = im.convert(mode)
                 side = min(im.size)  # centre crop to a square, then resize
                 left, top = (im.width - side) // 2, (im.height - side) // 2

@@ -78,7 +78,11 @@ class Scorer:
         if not torch.isfinite(images).all():
             warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
             return WORST_FID, images
-        mu, sigma = feature_stats(self.features(images, self.batch_size))
+        features = self.features(images, self.batch_size)
+        if not torch.isfinite(features).all():
+            warnings.warn(f"non-finite features at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
+            return WORST_FID, images
+        mu, sigma = feature_stats(features)
         return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma, self.device), images
 
 

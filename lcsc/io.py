@@ -21,17 +21,29 @@ os.umask(_UMASK)
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and str(path) not in str(exc):
+            # disk full, permission denied, read-only file system: say which output failed
+            raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
         raise
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete temp files that a killed job left behind in `folder` (SIGKILL skips all cleanup)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -73,7 +85,11 @@ def load_tensors(path: str | Path, device="cpu") -> dict:
     if not path.exists():
         raise FileNotFoundError(f"tensor file not found: {path}")
     if path.suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location=device, weights_only=True)
+        try:  # weights_only: a pickle may hold only tensors and plain containers, never code
+            obj = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path}: refused to load; not a plain tensor file (weights_only=True): "
+                             f"{str(exc).splitlines()[0]}") from exc
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return obj

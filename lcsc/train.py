@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import config_hash
-from .io import load_tensors, save_tensors, sha256, write_json
+from .io import load_tensors, remove_stale_temps, save_tensors, sha256, write_json
 from .progress import progress
 from .trail import MANIFEST_FORMAT
 
@@ -67,6 +67,7 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     iterations, every = train_cfg["iterations"], train_cfg["checkpoint_every"]
     decays = list(train_cfg["ema_decays"])
     model.to(device).train()

@@ -38,7 +38,7 @@ def test_image_folder_with_classes(tmp_path):
         for i in range(5):
             arr = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
-    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_text("hidden files are skipped")
     cfg = validate({"data": {"dataset": "folder", "folder": str(tmp_path), "channels": 3, "image_size": 8,
                              "test_fraction": 0.3}})["data"]
     split = load_split(cfg, "all")
@@ -54,4 +54,12 @@ def test_empty_folder_and_bad_image_name_the_path(tmp_path):
         load_split(cfg, "train")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
+        load_split(cfg, "train")
+    (tmp_path / "broken.png").unlink()
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(np.zeros((6, 30), dtype=np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(DataError, match=r"small.png: 30x6 is smaller than data.image_size 12"):
+        load_split(cfg, "train")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"notes.txt is not a PNG or JPEG image"):
         load_split(cfg, "train")
