@@ -21,6 +21,14 @@ from .progress import progress
 from .trail import Trail
 
 
+def fitness_settings(cfg: dict, scorer: Scorer) -> dict:
+    """Everything a search fitness depends on besides the trail: scores made under other
+    settings must not be compared with the search's own."""
+    scfg, dcfg = cfg["search"], cfg["diffusion"]
+    return {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"],
+            "feature_hash": scorer.features.hash, "sampler": dcfg["sampler"], "clip_denoised": dcfg["clip_denoised"]}
+
+
 def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]:
     """Greedy soup over k checkpoints with `score(c) -> fitness`; returns (c, fitness, steps taken)."""
     own = []
@@ -64,9 +72,7 @@ def run_baselines(cfg: dict, manifest: str | Path, features: str | Path, stats: 
         return scorer.fid(scorer.weights_of(c), scfg["nfe"], noise)[0]
 
     bar = progress(total=len(profiles) + (k if bcfg["greedy_soup"] else 0), desc="baselines")
-    result = {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"], "trail_steps": trail.steps,
-              "trail_sha256": trail.fingerprint, "feature_hash": scorer.features.hash,
-              "sampler": cfg["diffusion"]["sampler"], "clip_denoised": cfg["diffusion"]["clip_denoised"],
+    result = {**fitness_settings(cfg, scorer), "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
               "profiles": {}}
     for name, c in profiles.items():
         t0 = time.perf_counter()

@@ -4,6 +4,7 @@ half-written file that looks complete, and checkpoints are data (safetensors), n
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -13,8 +14,12 @@ from pathlib import Path
 
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+@functools.cache
+def _umask() -> int:
+    """The process umask (reading it means setting it; done once, on the first write)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -27,7 +32,7 @@ def atomic_path(path: str | Path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import profiles
+from .baselines import fitness_settings
 from .evaluate import Scorer, make_noise
 from .io import atomic_path, read_json, save_tensors, write_json
 from .progress import progress
@@ -71,9 +72,8 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
     if baselines is not None:
         scored = read_json(baselines)
         trail.check_fingerprint(scored.get("trail_sha256"), baselines)
-        settings = (scfg["nfe"], scfg["samples"], scfg["seed"], scorer.features.hash,
-                    cfg["diffusion"]["sampler"], cfg["diffusion"]["clip_denoised"])
-        if tuple(scored.get(k) for k in ("nfe", "samples", "seed", "feature_hash", "sampler", "clip_denoised")) != settings:
+        settings = fitness_settings(cfg, scorer)
+        if {k: scored.get(k) for k in settings} != settings:
             raise ValueError(f"{baselines}: scored with other fitness settings (NFE, samples, seed, features or "
                              "sampler) than this search; rerun the baselines stage")
         starts = {n: np.asarray(p["coefficients"]) for n, p in scored["profiles"].items()}
@@ -86,21 +86,21 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
           f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}", flush=True)
 
     rows: list[dict] = []
-    best = (float("inf"), None)
+    best = float("inf")  # best screening fitness so far
     bar = progress(total=len(starts) + scfg["budget"] + scfg["rescore_top"], desc="search")
 
     def record(phase: str, c: np.ndarray, fitness: float, seconds: float, name: str = "") -> None:
         nonlocal best
-        if phase != "rescore" and fitness < best[0]:
-            best = (fitness, c)
+        if phase != "rescore":
+            best = min(best, fitness)
         rows.append({"evaluation": len(rows), "phase": phase, "name": name, "fitness": fitness,
-                     "best_so_far": best[0], "seconds": round(seconds, 4),
+                     "best_so_far": best, "seconds": round(seconds, 4),
                      **{f"c{i:03d}": v for i, v in enumerate(c)}})
         bar.update(1)
-        bar.set_postfix(best=f"{best[0]:.2f}", last=f"{fitness:.2f}")
+        bar.set_postfix(best=f"{best:.2f}", last=f"{fitness:.2f}")
         if run is not None:
             key = "rescore_fitness" if phase == "rescore" else "fitness"
-            run.log_metrics({key: fitness, "best_fitness": best[0], "seconds": seconds}, step=len(rows) - 1)
+            run.log_metrics({key: fitness, "best_fitness": best, "seconds": seconds}, step=len(rows) - 1)
 
     def score(c: np.ndarray, nfe_noise: torch.Tensor) -> tuple[float, float]:
         t0 = time.perf_counter()
