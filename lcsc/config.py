@@ -110,6 +110,10 @@ def validate(config: dict | None, cross_checks: bool = True) -> dict:
                 errors.append(
                     f"{_dotted([*err.absolute_path, key])}: unknown key; allowed here: {', '.join(allowed)}"
                 )
+        elif err.validator == "anyOf":  # name the accepted forms instead of "not valid under any schema"
+            forms = [f"{sub['const']!r}" if "const" in sub else f"a non-empty list of {sub['items']['type']}s"
+                     if sub.get("type") == "array" else str(sub.get("type")) for sub in err.validator_value]
+            errors.append(f"{_dotted(err.absolute_path)}: {err.instance!r} is not one of: {' or '.join(forms)}")
         else:
             errors.append(f"{_dotted(err.absolute_path)}: {err.message}")
     if not errors and cross_checks:

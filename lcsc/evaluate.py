@@ -20,7 +20,7 @@ from .fid import feature_stats, frechet_distance, load_stats
 from .io import load_tensors, read_json, write_json
 from .nets import build_unet
 from .progress import progress
-from .trail import FlatLoader, Trail, check_state, combine, flatten_state
+from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatten_state
 
 WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
 
@@ -32,8 +32,9 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device) -> torch.Tenso
 
 class Scorer:
     def __init__(self, cfg: dict, trail: Trail, features: str | Path, stats: str | Path,
-                 device: torch.device, batch_size: int):
-        self.device = device
+                 device: torch.device, batch_size: int, chunk_mb: float | None = None):
+        self.device = torch.device(device)
+        self.chunk_mb = chunk_mb
         self.batch_size = batch_size
         self.trail = trail
         self.channels = cfg["data"]["channels"]
@@ -52,14 +53,41 @@ class Scorer:
         self._W: torch.Tensor | None = None
 
     @property
-    def W(self) -> torch.Tensor:
-        """The trail stacked as [K, P] on the device, loaded on first use."""
+    def trail_bytes(self) -> int:
+        return len(self.trail) * self.loader.numel * 4
+
+    def trail_placement(self) -> str:
+        """Where the stacked trail lives: whole on the device, or streamed from host memory in
+        chunks when `chunk_mb` is set, or (chunk_mb None) when it needs more than half the free
+        device memory."""
+        mb = self.trail_bytes / 2**20
+        if self.chunk_mb is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if self.trail_bytes > free / 2:
+                self.chunk_mb = 256.0
+        if self.chunk_mb:
+            return f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB in host memory, " \
+                   f"streamed to {self.device} in chunks of {self.chunk_mb:g} MB"
+        return f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB on {self.device}"
+
+    @property
+    def W(self) -> "torch.Tensor | ChunkedTrail":
+        """The trail stacked as [K, P], loaded on first use: on the device, or chunked in host memory."""
         if self._W is None:
-            self._W = self.trail.stack(self.loader.shapes, device=self.device)
+            self.trail_placement()
+            if self.chunk_mb:
+                self._W = ChunkedTrail(self.trail.stack(self.loader.shapes), self.chunk_mb, self.device)
+            else:
+                self._W = self.trail.stack(self.loader.shapes, device=self.device)
         return self._W
 
     def weights_of(self, coefficients) -> torch.Tensor:
         return combine(self.W, coefficients)
+
+    def score(self, coefficients, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """FID of the combination c @ W, written straight into the model's parameters."""
+        self.loader.combine_into(self.W, coefficients)
+        return self.fid(None, nfe, noise)
 
     def weights_from_file(self, path: str | Path) -> torch.Tensor:
         state = load_tensors(path, self.device)
@@ -67,13 +95,15 @@ class Scorer:
         return flatten_state(state, self.loader.keys)
 
     @torch.no_grad()
-    def sample(self, flat: torch.Tensor, nfe: int, noise: torch.Tensor) -> torch.Tensor:
-        self.loader.load(flat)
+    def sample(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> torch.Tensor:
+        """Samples of the weights `flat` (None: the weights already in the model)."""
+        if flat is not None:
+            self.loader.load(flat)
         out = [self.diffusion.sample(self.model, noise[i:i + self.batch_size], nfe)
                for i in range(0, len(noise), self.batch_size)]
         return torch.cat(out)
 
-    def fid(self, flat: torch.Tensor, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def fid(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
         images = self.sample(flat, nfe, noise)
         if not torch.isfinite(images).all():
             warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)

@@ -1,11 +1,32 @@
 """LCSC's coefficient search: a nevergrad optimizer over one coefficient per checkpoint, with
 fitness = FID of `samples` images at the target NFE, on noise that is the same for every
-candidate (common random numbers)."""
+candidate (common random numbers).
+
+Resumable without pickles. Every evaluation and every candidate the optimizer asks for goes to
+an append-only journal (`state/journal.jsonl`, one JSON record per line, flushed and fsynced as
+it is written; a line torn by a kill is dropped when the journal is reopened). A rerun rebuilds
+the optimizer from its seed and replays the journal: the optimizer asks the same candidates
+again (each is checked against the journal), and every fitness already measured is read back
+instead of computed. So a search killed at any moment and rerun ends with the same history and
+the same best coefficients as one that was never interrupted, and loses at most the evaluations
+in flight when it was killed.
+
+Evaluations are keyed by a hash of the coefficients and everything the fitness depends on
+(trail, NFE, samples, seed, feature net, reference stats, sampler, batch size): no candidate is
+evaluated twice, within a run or across reruns, and changing the optimizer's settings still
+reuses every fitness measured under the same fitness settings.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
+import queue
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +35,11 @@ import torch
 from . import profiles
 from .baselines import fitness_settings
 from .evaluate import Scorer, make_noise
-from .io import atomic_path, read_json, save_tensors, write_json
+from .io import atomic_path, read_json, remove_stale_temps, save_tensors, sha256, write_json
 from .progress import progress
 from .trail import Trail
+
+JOURNAL_FORMAT = "lcsc-search-journal/1"
 
 
 def make_parametrization(init: np.ndarray, scfg: dict):
@@ -39,6 +62,129 @@ def to_coefficients(z: np.ndarray, parametrization: str) -> np.ndarray:
     return z
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def fitness_key(coefficients, settings_digest: str) -> str:
+    """The cache key of one evaluation: the coefficients' float64 bytes under fitness settings."""
+    h = hashlib.sha256(settings_digest.encode())
+    h.update(np.ascontiguousarray(coefficients, dtype="<f8").tobytes())
+    return h.hexdigest()[:32]
+
+
+class Journal:
+    """Append-only JSON-lines record of a search. Each record is written with one write, then
+    flushed and fsynced; on open, a last line torn by a kill (no newline, or not JSON) is
+    dropped and cut from the file, so what remains is exactly the records that were saved."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = []
+        self.dropped = 0
+        if self.path.exists():
+            data = self.path.read_bytes()
+            good = 0
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    self.records.append(json.loads(line))
+                except ValueError:
+                    break
+                good += len(line)
+            self.dropped = len(data) - good
+            if self.dropped:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(good)
+        if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
+            raise ValueError(f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
+                             "move it away to start the search afresh")
+        try:
+            self._fh = open(self.path, "ab")
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
+        self.records.append(record)
+
+    def start(self) -> None:
+        """Write the header record of a new journal."""
+        if not self.records:
+            self.append({"type": "header", "format": JOURNAL_FORMAT})
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
+    """`search.devices`: a list of devices, or `auto` = every visible GPU when the stage runs on
+    CUDA (each evaluates its share of a batch), else the stage's one device."""
+    if scfg["devices"] != "auto":
+        return [torch.device(d) for d in scfg["devices"]]
+    if device.type == "cuda":
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [device]
+
+
+class Evaluator:
+    """Scores batches of coefficient vectors with one Scorer per device (each its own model,
+    stacked trail and copy of the noise). With several devices, each scores its share of a batch
+    in its own thread; results come back in the main thread as they finish."""
+
+    def __init__(self, scorers: list[Scorer]):
+        self.scorers = scorers
+        self._noise: dict[tuple, torch.Tensor] = {}
+
+    def noise(self, scorer: Scorer, samples: int, seed: int) -> torch.Tensor:
+        key = (str(scorer.device), samples, seed)
+        if key not in self._noise:
+            self._noise[key] = make_noise(samples, scorer.shape, seed, scorer.device)
+        return self._noise[key]
+
+    def _score(self, scorer: Scorer, c: np.ndarray, nfe: int, samples: int, seed: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        fitness, _ = scorer.score(c, nfe, self.noise(scorer, samples, seed))
+        if scorer.device.type == "cuda":
+            torch.cuda.synchronize(scorer.device)
+        return fitness, time.perf_counter() - t0
+
+    def evaluate(self, cs: list[np.ndarray], nfe: int, samples: int, seed: int, on_result) -> None:
+        """Calls on_result(i, fitness, seconds) for every cs[i] as soon as it is scored."""
+        if len(self.scorers) == 1 or len(cs) == 1:
+            for i, c in enumerate(cs):
+                on_result(i, *self._score(self.scorers[0], c, nfe, samples, seed))
+            return
+        done: queue.Queue = queue.Queue()
+
+        def work(scorer: Scorer, share: list[int]) -> None:
+            try:
+                for i in share:
+                    done.put((i, *self._score(scorer, cs[i], nfe, samples, seed)))
+            except BaseException as exc:  # surfaced in the main thread
+                done.put((None, exc, None))
+
+        threads = [threading.Thread(target=work, args=(s, list(range(k, len(cs), len(self.scorers)))), daemon=True)
+                   for k, s in enumerate(self.scorers)]
+        for t in threads:
+            t.start()
+        for _ in range(len(cs)):
+            i, fitness, seconds = done.get()
+            if i is None:
+                raise fitness
+            on_result(i, fitness, seconds)
+        for t in threads:
+            t.join()
+
+
 def _write_history(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -52,45 +198,70 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
                baselines: str | Path | None = None) -> dict:
     """Three phases, all in history.csv: `start` lists the baseline profiles with their fitness
     (read from the baselines stage's file, or scored here when there is none) and the optimizer
-    starts at the best; `search` asks and tells the optimizer for `budget` evaluations; `rescore`
-    scores the top candidates again on more samples with another seed and keeps the best of
-    those, which removes most of the luck of the screening noise."""
+    starts at the best (or at `search.init`); `search` asks and tells the optimizer for `budget`
+    evaluations, `num_workers` at a time; `rescore` scores the top candidates again on more
+    samples with another seed and keeps the best of those, which removes most of the luck of the
+    screening noise. The result is never worse, on the search's own fitness, than any start."""
     import nevergrad as ng
 
     scfg = cfg["search"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     trail = Trail.open(manifest)
-    scorer = Scorer(cfg, trail, features, stats, device, scfg["batch_size"])
+    devices = search_devices(scfg, torch.device(device))
+    scorers = [Scorer(cfg, trail, features, stats, d, scfg["batch_size"], scfg["trail_chunk_mb"]) for d in devices]
+    scorer = scorers[0]
+    evaluator = Evaluator(scorers)
     try:
         opt_cls = ng.optimizers.registry[scfg["optimizer"]]
     except KeyError:
         raise ValueError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
-    noise = make_noise(scfg["samples"], scorer.shape, scfg["seed"], device)
+    settings = fitness_settings(cfg, scorer)
+    fitness_common = {**settings, "trail_sha256": trail.fingerprint, "stats_sha256": sha256(stats),
+                      "batch_size": scfg["batch_size"], "schedule": cfg["diffusion"]["schedule"],
+                      "timesteps": cfg["diffusion"]["timesteps"]}
+    screen_digest = _digest(fitness_common)
+    rescore_digest = _digest({**fitness_common, "samples": scfg["rescore_samples"], "seed": scfg["rescore_seed"]})
+
     known: dict[str, float] = {}
     if baselines is not None:
         scored = read_json(baselines)
         trail.check_fingerprint(scored.get("trail_sha256"), baselines)
-        settings = fitness_settings(cfg, scorer)
         if {k: scored.get(k) for k in settings} != settings:
             raise ValueError(f"{baselines}: scored with other fitness settings (NFE, samples, seed, features or "
                              "sampler) than this search; rerun the baselines stage")
-        starts = {n: np.asarray(p["coefficients"]) for n, p in scored["profiles"].items()}
+        starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
         known = {n: p["fitness"] for n, p in scored["profiles"].items()}
     else:
         starts = profiles.trail_profiles(trail.steps, cfg["baselines"])
-    if scfg["init"] != "best_profile":
-        starts = {scfg["init"]: starts[scfg["init"]]}
+    if scfg["init"] != "best_profile" and scfg["init"] not in starts:
+        raise ValueError(f"search.init: {scfg['init']!r} is not among the baseline profiles {sorted(starts)}")
+
+    journal = Journal(out_dir / "state" / "journal.jsonl")
+    journal.start()
+    cache: dict[str, dict] = {r["key"]: r for r in journal.records if r.get("type") == "eval"}
+    resumed_evals = len(cache)
     print(f"[search] {len(trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
-          f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}", flush=True)
+          f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}, "
+          f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
+    print(f"[search] trail: {scorer.trail_placement()}", flush=True)
+    if journal.dropped:
+        print(f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
+              flush=True)
 
     rows: list[dict] = []
     best = float("inf")  # best screening fitness so far
     bar = progress(total=len(starts) + scfg["budget"] + scfg["rescore_top"], desc="search")
+    stats_count = {"evaluated": 0, "cached": 0}
 
-    def record(phase: str, c: np.ndarray, fitness: float, seconds: float, name: str = "") -> None:
+    row_keys: set[str] = set()
+
+    def record(phase: str, c: np.ndarray, rec: dict, name: str = "") -> None:
         nonlocal best
+        fitness, seconds = rec["fitness"], rec["seconds"]
+        row_keys.add(rec["key"])
         if phase != "rescore":
             best = min(best, fitness)
         rows.append({"evaluation": len(rows), "phase": phase, "name": name, "fitness": fitness,
@@ -102,43 +273,83 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
             key = "rescore_fitness" if phase == "rescore" else "fitness"
             run.log_metrics({key: fitness, "best_fitness": best, "seconds": seconds}, step=len(rows) - 1)
 
-    def score(c: np.ndarray, nfe_noise: torch.Tensor) -> tuple[float, float]:
-        t0 = time.perf_counter()
-        fitness, _ = scorer.fid(scorer.weights_of(c), scfg["nfe"], nfe_noise)
-        return fitness, time.perf_counter() - t0
+    def measure(cs: list[np.ndarray], digest: str, samples: int, seed: int) -> list[dict]:
+        """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
+        keys = [fitness_key(c, digest) for c in cs]
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        first = {k: cs[keys.index(k)] for k in todo}
+        stats_count["cached"] += len(keys) - len(todo)
 
+        def on_result(i: int, fitness: float, seconds: float) -> None:
+            rec = {"type": "eval", "key": todo[i], "fitness": float(fitness), "seconds": round(seconds, 4)}
+            journal.append(rec)
+            cache[todo[i]] = rec
+            stats_count["evaluated"] += 1
+
+        evaluator.evaluate([first[k] for k in todo], scfg["nfe"], samples, seed, on_result)
+        return [cache[k] for k in keys]
+
+    # start: the baseline profiles (their fitness from the baselines stage when it ran)
     for name, c in starts.items():
-        record("start", c, *((known[name], 0.0) if name in known else score(c, noise)), name=name)
-    start_row = min(rows, key=lambda r: r["fitness"])
+        if name in known:
+            k = fitness_key(c, screen_digest)
+            cache.setdefault(k, {"key": k, "fitness": known[name], "seconds": 0.0})
+    start_recs = measure(list(starts.values()), screen_digest, scfg["samples"], scfg["seed"])
+    for (name, c), rec in zip(starts.items(), start_recs):
+        record("start", c, rec, name=name)
+    start_row = (min(rows, key=lambda r: r["fitness"]) if scfg["init"] == "best_profile"
+                 else next(r for r in rows if r["name"] == scfg["init"]))
     init = np.array([start_row[f"c{i:03d}"] for i in range(len(trail))])
+
+    # search: ask num_workers candidates, score them as one batch, tell; replayed from the journal
     opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"],
                   num_workers=scfg["num_workers"])
+    run_key = _digest({"fitness": screen_digest, "init": init.tolist(),
+                       **{k: scfg[k] for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds",
+                                               "parametrization")}})[:16]
+    asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
+    if resumed_evals:
+        print(f"[search] resuming from {journal.path}: {resumed_evals} evaluations measured earlier, "
+              f"{len(asked)} candidates asked earlier are replayed", flush=True)
+    n_asked, replay_ok = 0, True
     end = len(rows) + scfg["budget"]
     while len(rows) < end:
         batch = [opt.ask() for _ in range(min(scfg["num_workers"], end - len(rows)))]
         for cand in batch:
-            c = to_coefficients(cand.value, scfg["parametrization"])
-            fitness, seconds = score(c, noise)
-            opt.tell(cand, fitness)
-            record("search", c, fitness, seconds)
+            z = np.asarray(cand.value, dtype=np.float64)
+            if n_asked < len(asked):
+                if replay_ok and not np.array_equal(np.asarray(asked[n_asked]), z):
+                    replay_ok = False
+                    warnings.warn(f"{journal.path}: the optimizer's candidate {n_asked} differs from the one "
+                                  "recorded (another nevergrad version?); the search goes on from here with "
+                                  "new candidates, reusing every fitness measured before", stacklevel=2)
+            else:
+                journal.append({"type": "ask", "run": run_key, "index": n_asked, "z": z.tolist()})
+            n_asked += 1
+        cs = [to_coefficients(cand.value, scfg["parametrization"]) for cand in batch]
+        for cand, c, rec in zip(batch, cs, measure(cs, screen_digest, scfg["samples"], scfg["seed"])):
+            opt.tell(cand, rec["fitness"])
+            record("search", c, rec)
 
+    # rescore: the top candidates on more samples and another seed
     chosen = min(rows, key=lambda r: r["fitness"])
     rescored = None
     if scfg["rescore_top"] > 0:
-        rescore_noise = make_noise(scfg["rescore_samples"], scorer.shape, scfg["rescore_seed"], device)
         top = sorted(rows, key=lambda r: r["fitness"])[:scfg["rescore_top"]]
+        cs = [np.array([row[f"c{i:03d}"] for i in range(len(trail))]) for row in top]
         results = []
-        for row in top:
-            c = np.array([row[f"c{i:03d}"] for i in range(len(trail))])
-            fitness, seconds = score(c, rescore_noise)
-            record("rescore", c, fitness, seconds, name=f"of evaluation {row['evaluation']}")
-            results.append((fitness, row))
+        for row, c, rec in zip(top, cs, measure(cs, rescore_digest, scfg["rescore_samples"], scfg["rescore_seed"])):
+            record("rescore", c, rec, name=f"of evaluation {row['evaluation']}")
+            results.append((rec["fitness"], row))
         rescored, chosen = min(results, key=lambda x: x[0])
     bar.close()
+    journal.close()
+    print(f"[search] {stats_count['evaluated']} evaluations computed in this run, {stats_count['cached']} "
+          "fitnesses reused (from the baselines stage, the journal or an identical candidate)", flush=True)
     _write_history(out_dir / "history.csv", rows)
 
     c = np.array([chosen[f"c{i:03d}"] for i in range(len(trail))])
-    scorer.loader.load(scorer.weights_of(c))
+    scorer.loader.combine_into(scorer.W, c)
     save_tensors(out_dir / "best.safetensors", scorer.model.state_dict())
     result = {"coefficients": c.tolist(), "fitness": chosen["fitness"], "evaluation": chosen["evaluation"],
               "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
@@ -146,6 +357,7 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
               "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
               "budget": scfg["budget"], "parametrization": scfg["parametrization"],
               "start": {"name": start_row["name"], "fitness": start_row["fitness"]},
-              "starts": {r["name"]: r["fitness"] for r in rows if r["phase"] == "start"}}
+              "starts": {r["name"]: r["fitness"] for r in rows if r["phase"] == "start"},
+              "distinct_evaluations": len(row_keys)}
     write_json(out_dir / "coefficients.json", result)
     return result

@@ -94,31 +94,90 @@ def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tens
 
 
 class FlatLoader:
-    """Writes a flat parameter vector into one model instance in place (no state_dict copies)."""
+    """One model instance whose parameters and buffers are views into a single flat vector, so a
+    candidate's weights are written in place: `load` is one copy, `combine_into` one product
+    straight into the model (no state_dict copies, no model rebuilds)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         state = model.state_dict(keep_vars=True)
-        self.tensors = list(state.values())
         self.keys = list(state.keys())
         self.shapes = {k: tuple(v.shape) for k, v in state.items()}
-        self.numel = sum(t.numel() for t in self.tensors)
+        self.numel = sum(v.numel() for v in state.values())
+        first = next(iter(state.values()))
+        self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
+        offset = 0
+        with torch.no_grad():
+            for key, tensor in state.items():
+                n = tensor.numel()
+                view = self.flat[offset:offset + n].view_as(tensor)
+                view.copy_(tensor)
+                module_name, _, attr = key.rpartition(".")
+                module = model.get_submodule(module_name)
+                if attr in module._parameters:
+                    module._parameters[attr].data = view
+                else:
+                    module._buffers[attr] = view
+                offset += n
+        self.tensors = list(model.state_dict(keep_vars=True).values())
 
     @torch.no_grad()
     def load(self, flat: torch.Tensor) -> nn.Module:
         if flat.numel() != self.numel:
             raise ValueError(f"flat vector has {flat.numel()} entries, model has {self.numel}")
-        offset = 0
-        for t in self.tensors:
-            n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
-            offset += n
+        self.flat.copy_(flat.reshape(-1))
+        return self.model
+
+    @torch.no_grad()
+    def combine_into(self, W: "torch.Tensor | ChunkedTrail", coefficients) -> nn.Module:
+        """theta = c @ W written into the model's own parameter storage."""
+        if isinstance(W, ChunkedTrail):
+            W.combine(coefficients, out=self.flat)
+        else:
+            c = _coefficient_tensor(W, coefficients)
+            torch.matmul(c.unsqueeze(0), W, out=self.flat.view(1, -1))
         return self.model
 
 
-def combine(W: torch.Tensor, coefficients) -> torch.Tensor:
-    """theta = sum_i c_i theta_i over the stacked trail W [K, P]."""
+class ChunkedTrail:
+    """The stacked trail kept in host memory as column blocks of at most `chunk_mb` MB, for trails
+    that do not fit on the device: each product streams the blocks through the device."""
+
+    def __init__(self, W: torch.Tensor, chunk_mb: float, device):
+        k, p = W.shape
+        cols = max(1, int(chunk_mb * 2**20 / (4 * k)))
+        pin = torch.device(device).type == "cuda"
+        self.blocks = [W[:, a:a + cols].contiguous() for a in range(0, p, cols)]
+        if pin:
+            self.blocks = [b.pin_memory() for b in self.blocks]
+        self.shape = (k, p)
+        self.dtype = W.dtype
+        self.device = torch.device(device)
+
+    def combine(self, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
+        c = torch.as_tensor(coefficients, dtype=self.dtype)
+        if c.shape != (self.shape[0],):
+            raise ValueError(f"{c.numel()} coefficients for a trail of {self.shape[0]} checkpoints")
+        out = torch.empty(self.shape[1], dtype=self.dtype, device=self.device) if out is None else out
+        c_dev = c.to(self.device)
+        offset = 0
+        for block in self.blocks:
+            n = block.shape[1]
+            torch.matmul(c_dev.unsqueeze(0), block.to(self.device, non_blocking=True),
+                         out=out[offset:offset + n].view(1, -1))
+            offset += n
+        return out
+
+
+def _coefficient_tensor(W: torch.Tensor, coefficients) -> torch.Tensor:
     c = torch.as_tensor(coefficients, dtype=W.dtype, device=W.device)
     if c.shape != (W.shape[0],):
         raise ValueError(f"{c.numel()} coefficients for a trail of {W.shape[0]} checkpoints")
-    return c @ W
+    return c
+
+
+def combine(W: "torch.Tensor | ChunkedTrail", coefficients) -> torch.Tensor:
+    """theta = sum_i c_i theta_i over the stacked trail W [K, P]."""
+    if isinstance(W, ChunkedTrail):
+        return W.combine(coefficients)
+    return _coefficient_tensor(W, coefficients) @ W

@@ -23,6 +23,8 @@ def test_embedded_default_config_is_valid():
 
 # (config, the dotted key the message must name, a piece of the message: the bad value or what is allowed)
 BAD_CONFIGS = [
+    ({"search": {"devices": "gpu"}}, "search.devices", "'gpu' is not one of: 'auto' or a non-empty list of strings"),
+    ({"search": {"trail_chunk_mb": 0}}, "search.trail_chunk_mb", "less than or equal to the minimum of 0"),
     ({"trian": {}}, "trian", "unknown key; allowed here: baselines, data, device"),
     ({"train": {"iters": 3}}, "train.iters", "unknown key; allowed here: batch_size, checkpoint_every"),
     ({"train": {"iterations": "abc"}}, "train.iterations", "'abc' is not of type 'integer'"),

@@ -1,0 +1,212 @@
+"""Throughput of one search evaluation (sample `search.samples` images at `search.nfe`, features,
+FID), three ways on the same trail, candidates and noise:
+
+  engine  the search's path: the trail stacked once as [K, P] on the device, c @ W written into
+          one model's parameters in place, Frechet distance by eigh on the device;
+  naive   per candidate: the checkpoints read from disk, combined tensor by tensor into a state
+          dict, a fresh model built and load_state_dict'ed, FID with scipy.linalg.sqrtm;
+  vmap    the engine's combination, with `num_workers` candidates sampled at once through
+          torch.func.vmap over stacked parameter sets.
+
+For each: evaluations/s, and the share of wall time inside the network forward passes (the
+U-Net while sampling plus the feature net) against everything else. Prints one table naming
+the machine. Trains the default trail first when the results folder has none.
+
+    python bench/search_engine.py --config config/config.yaml --results /tmp/lcsc-bench --candidates 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from lcsc.config import load_config, resolve_device
+from lcsc.evaluate import Scorer, make_noise
+from lcsc.fid import feature_stats
+from lcsc.io import load_tensors
+from lcsc.nets import build_unet
+from lcsc.paths import Layout, dataset_name
+from lcsc.trail import Trail
+
+
+class Clock:
+    """Wall time spent inside wrapped callables (synchronizing CUDA so the time is the work's)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def timing(self):
+        self.sync()
+        t0 = time.perf_counter()
+        yield
+        self.sync()
+        self.seconds += time.perf_counter() - t0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            with self.timing():
+                return fn(*args, **kwargs)
+        return timed
+
+
+def candidates(k: int, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        z = np.full(k, 1.0 / k) + 0.1 * rng.standard_normal(k)
+        out.append(z + (1.0 - z.sum()) / k)
+    return out
+
+
+def scipy_fid(mu1, s1, mu2, s2) -> float:
+    from scipy import linalg
+
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def run_engine(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
+    scorer.model.forward = clock.wrap(scorer.model.forward)
+    scorer.features.net.features = clock.wrap(scorer.features.net.features)
+    return [scorer.score(c, nfe, noise)[0] for c in cs]
+
+
+def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
+    trail, device = scorer.trail, scorer.device
+    feats = scorer.features
+    feats.net.features = clock.wrap(feats.net.features)
+    out = []
+    for c in cs:
+        states = [load_tensors(trail.checkpoint_path(i)) for i in range(len(trail))]
+        combined = {key: sum(float(ci) * s[key].float() for ci, s in zip(c, states)) for key in states[0]}
+        model = build_unet(trail.model_config, scorer.channels)
+        model.load_state_dict(combined)
+        model.to(device).eval()
+        model.forward = clock.wrap(model.forward)
+        with torch.no_grad():
+            images = torch.cat([scorer.diffusion.sample(model, noise[i:i + scorer.batch_size], nfe)
+                                for i in range(0, len(noise), scorer.batch_size)])
+        f = feats(images, scorer.batch_size).cpu().numpy()
+        mu, sigma = np.mean(f, axis=0), np.cov(f, rowvar=False)
+        out.append(scipy_fid(mu, sigma, scorer.ref_mu, scorer.ref_sigma))
+    return out
+
+
+def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
+    from torch.func import functional_call, vmap
+
+    from lcsc.fid import frechet_distance
+
+    shapes, keys = scorer.loader.shapes, scorer.loader.keys
+    sizes = [int(np.prod(shapes[k])) for k in keys]
+    base = scorer.model
+    W = scorer.W
+    feats = scorer.features
+    feats.net.features = clock.wrap(feats.net.features)
+    out = []
+    for g in range(0, len(cs), group):
+        batch = torch.as_tensor(np.stack(cs[g:g + group]), dtype=W.dtype, device=W.device) @ W  # [B, P]
+        params = {k: t.reshape(len(batch), *shapes[k]) for k, t in zip(keys, batch.split(sizes, dim=1))}
+
+        def sample_one(p, x):
+            net = lambda xx, tt: functional_call(base, p, (xx, tt))  # noqa: E731
+            return scorer.diffusion.sample(net, x, nfe)
+
+        with torch.no_grad(), clock.timing():
+            images = torch.cat([vmap(sample_one, in_dims=(0, None))(params, noise[i:i + scorer.batch_size])
+                                for i in range(0, len(noise), scorer.batch_size)], dim=1)  # [B, n, ...]
+        for img in images:
+            mu, sigma = feature_stats(feats(img, scorer.batch_size))
+            out.append(frechet_distance(mu, sigma, scorer.ref_mu, scorer.ref_sigma, scorer.device))
+    return out
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--results", default="/tmp/lcsc-bench")
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "vmap"])
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, {"results_dir": args.results, "mlflow.enabled": False})
+    layout = Layout.of(cfg)
+    if not layout.manifest("dm").exists():
+        from lcsc.cli import main as lcsc_main
+
+        sets = ["--set", f"results_dir={args.results}", "--set", "mlflow.enabled=false"]
+        for stage in (["train-dm"], ["train-features"], ["reference-stats", "--split", "train"]):
+            lcsc_main([*stage, "--config", args.config, *sets])
+    device = resolve_device(cfg)
+    scfg = cfg["search"]
+    trail = Trail.open(layout.manifest("dm"))
+    stats = layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"])
+
+    def scorer():
+        return Scorer(cfg, trail, layout.feature_net(cfg["features"]["kind"]), stats, device, scfg["batch_size"])
+
+    cs = candidates(len(trail), args.candidates, seed=0)
+    noise = make_noise(scfg["samples"], scorer().shape, scfg["seed"], device)
+    print(f"{len(trail)} checkpoints x {scorer().loader.numel} parameters; {args.candidates} candidates, "
+          f"{scfg['samples']} samples at NFE {scfg['nfe']}, batch {scfg['batch_size']}; {machine(device)}",
+          flush=True)
+    paths = {"engine": lambda s, clk, cs: run_engine(s, cs, scfg["nfe"], noise, clk)}
+    if "naive" not in args.skip:
+        paths["naive"] = lambda s, clk, cs: run_naive(s, cfg, cs, scfg["nfe"], noise, clk)
+    if "vmap" not in args.skip:
+        paths["vmap"] = lambda s, clk, cs: run_vmap(s, cs, scfg["nfe"], noise, clk, scfg["num_workers"])
+    rows, fids = [], {}
+    for name, fn in paths.items():
+        fn(scorer(), Clock(device), cs[:scfg["num_workers"]])  # warm-up: allocator, kernels, file cache
+        s = scorer()
+        s.W  # the search stacks the trail once before it starts, outside the loop timed here
+        clock = Clock(device)
+        t0 = time.perf_counter()
+        fids[name] = fn(s, clock, cs)
+        clock.sync()
+        wall = time.perf_counter() - t0
+        rows.append((name, len(cs) / wall, wall, clock.seconds / wall))
+        print(f"  {name}: {wall:.2f} s", flush=True)
+    base = dict((r[0], r[1]) for r in rows).get("naive")
+    print(f"\n| path | evaluations/s | s/evaluation | in forward passes | outside | vs naive |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, wall, share in rows:
+        speed = f"{rate / base:.2f}x" if base else "-"
+        print(f"| {name} | {rate:.3f} | {wall / len(cs):.3f} | {100 * share:.1f}% | {100 * (1 - share):.1f}% | {speed} |")
+    for name in fids:
+        if name != "engine":
+            diff = max(abs(a - b) / abs(b) for a, b in zip(fids[name], fids["engine"]))
+            print(f"largest relative FID difference, {name} vs engine: {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
