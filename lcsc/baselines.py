@@ -26,7 +26,9 @@ def fitness_settings(cfg: dict, scorer: Scorer) -> dict:
     settings must not be compared with the search's own."""
     scfg, dcfg = cfg["search"], cfg["diffusion"]
     return {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"],
-            "feature_hash": scorer.features.hash, "sampler": dcfg["sampler"], "clip_denoised": dcfg["clip_denoised"]}
+            "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
+            "sampler": dcfg["sampler"], "clip_denoised": dcfg["clip_denoised"], "schedule": dcfg["schedule"],
+            "timesteps": dcfg["timesteps"], "batch_size": scfg["batch_size"]}
 
 
 def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]:

@@ -143,10 +143,19 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
     return cfg
 
 
+# Keys that only say how the search runs, not what it computes: other stages that read the
+# search section (for its fitness settings) must not rerun when they change.
+SEARCH_ENGINE_KEYS = ("devices", "trail_chunk_mb")
+
+
 def stage_config(cfg: dict, stage: str) -> dict:
     """The slice of a validated config that `stage` reads."""
     keys = ALWAYS + STAGE_SECTIONS[stage]
-    return {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
+    out = {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
+    if stage != "search" and "search" in out:
+        for key in SEARCH_ENGINE_KEYS:
+            out["search"].pop(key, None)
+    return out
 
 
 def config_hash(cfg: dict) -> str:

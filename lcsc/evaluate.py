@@ -17,7 +17,7 @@ from . import profiles
 from .diffusion import VPDiffusion
 from .features import FeatureNet
 from .fid import feature_stats, frechet_distance, load_stats
-from .io import load_tensors, read_json, write_json
+from .io import load_tensors, read_json, sha256, write_json
 from .nets import build_unet
 from .progress import progress
 from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatten_state
@@ -50,6 +50,7 @@ class Scorer:
         self.diffusion = VPDiffusion.from_config(cfg["diffusion"])
         self.features = FeatureNet(features, device)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
+        self.stats_hash = sha256(stats)[:16]
         self._W: torch.Tensor | None = None
 
     @property

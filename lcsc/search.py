@@ -20,6 +20,7 @@ reuses every fitness measured under the same fitness settings.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import torch
 from . import profiles
 from .baselines import fitness_settings
 from .evaluate import Scorer, make_noise
-from .io import atomic_path, read_json, remove_stale_temps, save_tensors, sha256, write_json
+from .io import atomic_path, read_json, remove_stale_temps, save_tensors, write_json
 from .progress import progress
 from .trail import Trail
 
@@ -75,36 +76,50 @@ def fitness_key(coefficients, settings_digest: str) -> str:
 
 class Journal:
     """Append-only JSON-lines record of a search. Each record is written with one write, then
-    flushed and fsynced; on open, a last line torn by a kill (no newline, or not JSON) is
-    dropped and cut from the file, so what remains is exactly the records that were saved."""
+    flushed and fsynced. Opened for writing (the search does), a last line torn by a kill (no
+    newline, or not JSON) is dropped and cut from the file; a bad line anywhere else is an error,
+    never a silent loss. An exclusive lock keeps a second search off the same journal; opened
+    read-only (`readonly=True`) it neither locks nor changes the file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = []
         self.dropped = 0
-        if self.path.exists():
-            data = self.path.read_bytes()
-            good = 0
-            for line in data.splitlines(keepends=True):
+        self._fh = None
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._fh = open(self.path, "ab")
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._fh.close()
+                raise RuntimeError(f"{self.path}: another search is running on this journal "
+                                   "(it holds the lock); wait for it or stop it first") from None
+        data = self.path.read_bytes() if self.path.exists() else b""
+        lines = data.splitlines(keepends=True)
+        good = 0
+        for number, line in enumerate(lines, start=1):
+            try:
                 if not line.endswith(b"\n"):
-                    break
-                try:
-                    self.records.append(json.loads(line))
-                except ValueError:
-                    break
-                good += len(line)
-            self.dropped = len(data) - good
-            if self.dropped:
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(good)
+                    raise ValueError("no newline")
+                self.records.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
+                                     "the journal was changed by hand or by another program. Move it away "
+                                     "to start the search afresh") from None
+                break
+            good += len(line)
+        self.dropped = len(data) - good
+        if self.dropped and not readonly:
+            self._fh.truncate(good)
         if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
+            self.close()
             raise ValueError(f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
                              "move it away to start the search afresh")
-        try:
-            self._fh = open(self.path, "ab")
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
@@ -122,17 +137,27 @@ class Journal:
             self.append({"type": "header", "format": JOURNAL_FORMAT})
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()  # also releases the lock
+            self._fh = None
 
 
 def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
-    """`search.devices`: a list of devices, or `auto` = every visible GPU when the stage runs on
-    CUDA (each evaluates its share of a batch), else the stage's one device."""
-    if scfg["devices"] != "auto":
-        return [torch.device(d) for d in scfg["devices"]]
-    if device.type == "cuda":
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [device]
+    """`search.devices`: `auto` is the stage's one device (the one its resources reserve); a list
+    spreads every batch over those devices (reserve them all, e.g. `--resources gpu=2`)."""
+    if scfg["devices"] == "auto":
+        return [device]
+    out = []
+    for name in scfg["devices"]:
+        try:
+            d = torch.device(name)
+        except RuntimeError as exc:
+            raise ValueError(f"search.devices: {name!r} is not a torch device name ({exc})") from None
+        if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"search.devices: {name!r} is not available here "
+                             f"({torch.cuda.device_count()} CUDA devices visible)")
+        out.append(d)
+    return out
 
 
 class Evaluator:
@@ -157,32 +182,44 @@ class Evaluator:
             torch.cuda.synchronize(scorer.device)
         return fitness, time.perf_counter() - t0
 
-    def evaluate(self, cs: list[np.ndarray], nfe: int, samples: int, seed: int, on_result) -> None:
-        """Calls on_result(i, fitness, seconds) for every cs[i] as soon as it is scored."""
-        if len(self.scorers) == 1 or len(cs) == 1:
+    def evaluate(self, cs: list[np.ndarray], keys: list[str], nfe: int, samples: int, seed: int,
+                 on_result) -> None:
+        """Calls on_result(i, fitness, seconds) for every cs[i] as soon as it is scored. With several
+        devices, a candidate goes to the device its key picks, so it is scored on the same device
+        whether it comes in a fresh batch or in what is left of one after a resume."""
+        if len(self.scorers) == 1:
             for i, c in enumerate(cs):
                 on_result(i, *self._score(self.scorers[0], c, nfe, samples, seed))
             return
         done: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        shares = [[] for _ in self.scorers]
+        for i, key in enumerate(keys):
+            shares[int(key, 16) % len(self.scorers)].append(i)
 
         def work(scorer: Scorer, share: list[int]) -> None:
             try:
                 for i in share:
+                    if stop.is_set():
+                        return
                     done.put((i, *self._score(scorer, cs[i], nfe, samples, seed)))
             except BaseException as exc:  # surfaced in the main thread
                 done.put((None, exc, None))
 
-        threads = [threading.Thread(target=work, args=(s, list(range(k, len(cs), len(self.scorers)))), daemon=True)
-                   for k, s in enumerate(self.scorers)]
+        threads = [threading.Thread(target=work, args=(s, share), daemon=True)
+                   for s, share in zip(self.scorers, shares) if share]
         for t in threads:
             t.start()
-        for _ in range(len(cs)):
-            i, fitness, seconds = done.get()
-            if i is None:
-                raise fitness
-            on_result(i, fitness, seconds)
-        for t in threads:
-            t.join()
+        try:
+            for _ in range(len(cs)):
+                i, fitness, seconds = done.get()
+                if i is None:
+                    raise fitness
+                on_result(i, fitness, seconds)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -219,9 +256,9 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
         raise ValueError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
     settings = fitness_settings(cfg, scorer)
-    fitness_common = {**settings, "trail_sha256": trail.fingerprint, "stats_sha256": sha256(stats),
-                      "batch_size": scfg["batch_size"], "schedule": cfg["diffusion"]["schedule"],
-                      "timesteps": cfg["diffusion"]["timesteps"]}
+    # what a fitness depends on; the device type too, so that resuming on other hardware rescores
+    fitness_common = {**settings, "trail_sha256": trail.fingerprint,
+                      "device": sorted({d.type for d in devices})}
     screen_digest = _digest(fitness_common)
     rescore_digest = _digest({**fitness_common, "samples": scfg["rescore_samples"], "seed": scfg["rescore_seed"]})
 
@@ -230,8 +267,9 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
         scored = read_json(baselines)
         trail.check_fingerprint(scored.get("trail_sha256"), baselines)
         if {k: scored.get(k) for k in settings} != settings:
-            raise ValueError(f"{baselines}: scored with other fitness settings (NFE, samples, seed, features or "
-                             "sampler) than this search; rerun the baselines stage")
+            diff = sorted(k for k in settings if scored.get(k) != settings[k])
+            raise ValueError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
+                             "rerun the baselines stage")
         starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
         known = {n: p["fitness"] for n, p in scored["profiles"].items()}
     else:
@@ -241,123 +279,128 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
 
     journal = Journal(out_dir / "state" / "journal.jsonl")
     journal.start()
-    cache: dict[str, dict] = {r["key"]: r for r in journal.records if r.get("type") == "eval"}
-    resumed_evals = len(cache)
-    print(f"[search] {len(trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
-          f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}, "
-          f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
-    print(f"[search] trail: {scorer.trail_placement()}", flush=True)
-    if journal.dropped:
-        print(f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
-              flush=True)
+    try:
+        cache: dict[str, dict] = {r["key"]: r for r in journal.records if r.get("type") == "eval"}
+        resumed_evals = len(cache)
+        print(f"[search] {len(trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
+              f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}, "
+              f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
+        print(f"[search] trail: {scorer.trail_placement()}", flush=True)
+        if journal.dropped:
+            print(f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
+                  flush=True)
 
-    rows: list[dict] = []
-    best = float("inf")  # best screening fitness so far
-    bar = progress(total=len(starts) + scfg["budget"] + scfg["rescore_top"], desc="search")
-    stats_count = {"evaluated": 0, "cached": 0}
+        rows: list[dict] = []
+        best = float("inf")  # best screening fitness so far
+        bar = progress(total=len(starts) + scfg["budget"] + scfg["rescore_top"], desc="search")
+        stats_count = {"evaluated": 0, "cached": 0}
 
-    row_keys: set[str] = set()
+        row_key: dict[int, str] = {}  # evaluation -> fitness key
 
-    def record(phase: str, c: np.ndarray, rec: dict, name: str = "") -> None:
-        nonlocal best
-        fitness, seconds = rec["fitness"], rec["seconds"]
-        row_keys.add(rec["key"])
-        if phase != "rescore":
-            best = min(best, fitness)
-        rows.append({"evaluation": len(rows), "phase": phase, "name": name, "fitness": fitness,
-                     "best_so_far": best, "seconds": round(seconds, 4),
-                     **{f"c{i:03d}": v for i, v in enumerate(c)}})
-        bar.update(1)
-        bar.set_postfix(best=f"{best:.2f}", last=f"{fitness:.2f}")
-        if run is not None:
-            key = "rescore_fitness" if phase == "rescore" else "fitness"
-            run.log_metrics({key: fitness, "best_fitness": best, "seconds": seconds}, step=len(rows) - 1)
+        def record(phase: str, c: np.ndarray, rec: dict, name: str = "") -> None:
+            nonlocal best
+            fitness, seconds = rec["fitness"], rec["seconds"]
+            row_key[len(rows)] = rec["key"]
+            if phase != "rescore":
+                best = min(best, fitness)
+            rows.append({"evaluation": len(rows), "phase": phase, "name": name, "fitness": fitness,
+                         "best_so_far": best, "seconds": round(seconds, 4),
+                         **{f"c{i:03d}": v for i, v in enumerate(c)}})
+            bar.update(1)
+            bar.set_postfix(best=f"{best:.2f}", last=f"{fitness:.2f}")
+            if run is not None:
+                key = "rescore_fitness" if phase == "rescore" else "fitness"
+                run.log_metrics({key: fitness, "best_fitness": best, "seconds": seconds}, step=len(rows) - 1)
 
-    def measure(cs: list[np.ndarray], digest: str, samples: int, seed: int) -> list[dict]:
-        """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
-        keys = [fitness_key(c, digest) for c in cs]
-        todo = list(dict.fromkeys(k for k in keys if k not in cache))
-        first = {k: cs[keys.index(k)] for k in todo}
-        stats_count["cached"] += len(keys) - len(todo)
+        def measure(cs: list[np.ndarray], digest: str, samples: int, seed: int) -> list[dict]:
+            """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
+            keys = [fitness_key(c, digest) for c in cs]
+            todo = list(dict.fromkeys(k for k in keys if k not in cache))
+            first = {k: cs[keys.index(k)] for k in todo}
+            stats_count["cached"] += len(keys) - len(todo)
 
-        def on_result(i: int, fitness: float, seconds: float) -> None:
-            rec = {"type": "eval", "key": todo[i], "fitness": float(fitness), "seconds": round(seconds, 4)}
-            journal.append(rec)
-            cache[todo[i]] = rec
-            stats_count["evaluated"] += 1
+            def on_result(i: int, fitness: float, seconds: float) -> None:
+                rec = {"type": "eval", "key": todo[i], "fitness": float(fitness), "seconds": round(seconds, 4)}
+                journal.append(rec)
+                cache[todo[i]] = rec
+                stats_count["evaluated"] += 1
 
-        evaluator.evaluate([first[k] for k in todo], scfg["nfe"], samples, seed, on_result)
-        return [cache[k] for k in keys]
+            evaluator.evaluate([first[k] for k in todo], todo, scfg["nfe"], samples, seed, on_result)
+            return [cache[k] for k in keys]
 
-    # start: the baseline profiles (their fitness from the baselines stage when it ran)
-    for name, c in starts.items():
-        if name in known:
-            k = fitness_key(c, screen_digest)
-            cache.setdefault(k, {"key": k, "fitness": known[name], "seconds": 0.0})
-    start_recs = measure(list(starts.values()), screen_digest, scfg["samples"], scfg["seed"])
-    for (name, c), rec in zip(starts.items(), start_recs):
-        record("start", c, rec, name=name)
-    start_row = (min(rows, key=lambda r: r["fitness"]) if scfg["init"] == "best_profile"
-                 else next(r for r in rows if r["name"] == scfg["init"]))
-    init = np.array([start_row[f"c{i:03d}"] for i in range(len(trail))])
+        # start: the baseline profiles (their fitness from the baselines stage when it ran)
+        for name, c in starts.items():
+            if name in known:
+                k = fitness_key(c, screen_digest)
+                cache.setdefault(k, {"key": k, "fitness": known[name], "seconds": 0.0})
+        start_recs = measure(list(starts.values()), screen_digest, scfg["samples"], scfg["seed"])
+        for (name, c), rec in zip(starts.items(), start_recs):
+            record("start", c, rec, name=name)
+        start_row = (min(rows, key=lambda r: r["fitness"]) if scfg["init"] == "best_profile"
+                     else next(r for r in rows if r["name"] == scfg["init"]))
+        init = np.array([start_row[f"c{i:03d}"] for i in range(len(trail))])
 
-    # search: ask num_workers candidates, score them as one batch, tell; replayed from the journal
-    opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"],
-                  num_workers=scfg["num_workers"])
-    run_key = _digest({"fitness": screen_digest, "init": init.tolist(),
-                       **{k: scfg[k] for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds",
-                                               "parametrization")}})[:16]
-    asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
-    if resumed_evals:
-        print(f"[search] resuming from {journal.path}: {resumed_evals} evaluations measured earlier, "
-              f"{len(asked)} candidates asked earlier are replayed", flush=True)
-    n_asked, replay_ok = 0, True
-    end = len(rows) + scfg["budget"]
-    while len(rows) < end:
-        batch = [opt.ask() for _ in range(min(scfg["num_workers"], end - len(rows)))]
-        for cand in batch:
-            z = np.asarray(cand.value, dtype=np.float64)
-            if n_asked < len(asked):
-                if replay_ok and not np.array_equal(np.asarray(asked[n_asked]), z):
-                    replay_ok = False
-                    warnings.warn(f"{journal.path}: the optimizer's candidate {n_asked} differs from the one "
-                                  "recorded (another nevergrad version?); the search goes on from here with "
-                                  "new candidates, reusing every fitness measured before", stacklevel=2)
-            else:
-                journal.append({"type": "ask", "run": run_key, "index": n_asked, "z": z.tolist()})
-            n_asked += 1
-        cs = [to_coefficients(cand.value, scfg["parametrization"]) for cand in batch]
-        for cand, c, rec in zip(batch, cs, measure(cs, screen_digest, scfg["samples"], scfg["seed"])):
-            opt.tell(cand, rec["fitness"])
-            record("search", c, rec)
+        # search: ask num_workers candidates, score them as one batch, tell; replayed from the journal
+        opt = opt_cls(parametrization=make_parametrization(init, scfg), budget=scfg["budget"],
+                      num_workers=scfg["num_workers"])
+        run_key = _digest({"fitness": screen_digest, "init": init.tolist(),
+                           **{k: scfg[k] for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds",
+                                                   "parametrization")}})[:16]
+        asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
+        if resumed_evals:
+            print(f"[search] resuming from {journal.path}: {resumed_evals} evaluations measured earlier, "
+                  f"{len(asked)} candidates asked earlier are replayed", flush=True)
+        n_asked, replay_ok = 0, True
+        end = len(rows) + scfg["budget"]
+        while len(rows) < end:
+            batch = [opt.ask() for _ in range(min(scfg["num_workers"], end - len(rows)))]
+            for cand in batch:
+                z = np.asarray(cand.value, dtype=np.float64)
+                if n_asked < len(asked):
+                    if replay_ok and not np.array_equal(np.asarray(asked[n_asked]), z):
+                        replay_ok = False
+                        warnings.warn(f"{journal.path}: the optimizer's candidate {n_asked} differs from the one "
+                                      "recorded (another nevergrad version?); the search goes on from here with "
+                                      "new candidates, reusing every fitness measured before", stacklevel=2)
+                else:
+                    journal.append({"type": "ask", "run": run_key, "index": n_asked, "z": z.tolist()})
+                n_asked += 1
+            cs = [to_coefficients(cand.value, scfg["parametrization"]) for cand in batch]
+            for cand, c, rec in zip(batch, cs, measure(cs, screen_digest, scfg["samples"], scfg["seed"])):
+                opt.tell(cand, rec["fitness"])
+                record("search", c, rec)
 
-    # rescore: the top candidates on more samples and another seed
-    chosen = min(rows, key=lambda r: r["fitness"])
-    rescored = None
-    if scfg["rescore_top"] > 0:
-        top = sorted(rows, key=lambda r: r["fitness"])[:scfg["rescore_top"]]
-        cs = [np.array([row[f"c{i:03d}"] for i in range(len(trail))]) for row in top]
-        results = []
-        for row, c, rec in zip(top, cs, measure(cs, rescore_digest, scfg["rescore_samples"], scfg["rescore_seed"])):
-            record("rescore", c, rec, name=f"of evaluation {row['evaluation']}")
-            results.append((rec["fitness"], row))
-        rescored, chosen = min(results, key=lambda x: x[0])
-    bar.close()
-    journal.close()
-    print(f"[search] {stats_count['evaluated']} evaluations computed in this run, {stats_count['cached']} "
-          "fitnesses reused (from the baselines stage, the journal or an identical candidate)", flush=True)
-    _write_history(out_dir / "history.csv", rows)
+        # rescore: the top candidates on more samples and another seed
+        chosen = min(rows, key=lambda r: r["fitness"])
+        rescored = None
+        if scfg["rescore_top"] > 0:
+            distinct: dict[str, dict] = {}
+            for row in sorted(rows, key=lambda r: r["fitness"]):  # the same coefficients are re-scored once
+                distinct.setdefault(row_key[row["evaluation"]], row)
+            top = list(distinct.values())[:scfg["rescore_top"]]
+            cs = [np.array([row[f"c{i:03d}"] for i in range(len(trail))]) for row in top]
+            results = []
+            for row, c, rec in zip(top, cs, measure(cs, rescore_digest, scfg["rescore_samples"], scfg["rescore_seed"])):
+                record("rescore", c, rec, name=f"of evaluation {row['evaluation']}")
+                results.append((rec["fitness"], row))
+            rescored, chosen = min(results, key=lambda x: x[0])
+        bar.close()
+        print(f"[search] {stats_count['evaluated']} evaluations computed in this run, {stats_count['cached']} "
+              "fitnesses reused (from the baselines stage, the journal or an identical candidate)", flush=True)
+        _write_history(out_dir / "history.csv", rows)
 
-    c = np.array([chosen[f"c{i:03d}"] for i in range(len(trail))])
-    scorer.loader.combine_into(scorer.W, c)
-    save_tensors(out_dir / "best.safetensors", scorer.model.state_dict())
-    result = {"coefficients": c.tolist(), "fitness": chosen["fitness"], "evaluation": chosen["evaluation"],
-              "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
-              "nfe": scfg["nfe"],
-              "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
-              "budget": scfg["budget"], "parametrization": scfg["parametrization"],
-              "start": {"name": start_row["name"], "fitness": start_row["fitness"]},
-              "starts": {r["name"]: r["fitness"] for r in rows if r["phase"] == "start"},
-              "distinct_evaluations": len(row_keys)}
-    write_json(out_dir / "coefficients.json", result)
-    return result
+        c = np.array([chosen[f"c{i:03d}"] for i in range(len(trail))])
+        scorer.loader.combine_into(scorer.W, c)
+        save_tensors(out_dir / "best.safetensors", scorer.model.state_dict())
+        result = {"coefficients": c.tolist(), "fitness": chosen["fitness"], "evaluation": chosen["evaluation"],
+                  "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
+                  "nfe": scfg["nfe"],
+                  "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
+                  "budget": scfg["budget"], "parametrization": scfg["parametrization"],
+                  "start": {"name": start_row["name"], "fitness": start_row["fitness"]},
+                  "starts": {r["name"]: r["fitness"] for r in rows if r["phase"] == "start"},
+                  "distinct_evaluations": len(set(row_key.values()))}
+        write_json(out_dir / "coefficients.json", result)
+        return result
+    finally:
+        journal.close()  # holds the lock until the outputs are written

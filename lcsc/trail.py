@@ -105,6 +105,10 @@ class FlatLoader:
         self.shapes = {k: tuple(v.shape) for k, v in state.items()}
         self.numel = sum(v.numel() for v in state.values())
         first = next(iter(state.values()))
+        mixed = [k for k, v in state.items() if v.dtype != first.dtype or v.device != first.device]
+        if mixed:
+            raise ValueError(f"FlatLoader needs one dtype and device for every tensor; {mixed[0]} is "
+                             f"{state[mixed[0]].dtype} on {state[mixed[0]].device}, not {first.dtype} on {first.device}")
         self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
         offset = 0
         with torch.no_grad():
@@ -119,18 +123,28 @@ class FlatLoader:
                 else:
                     module._buffers[attr] = view
                 offset += n
-        self.tensors = list(model.state_dict(keep_vars=True).values())
+        self._first = next(iter(model.state_dict(keep_vars=True).values()))
+
+    def _check(self) -> None:
+        if self._first.data_ptr() != self.flat.data_ptr():
+            raise RuntimeError("the model's parameters were replaced (moved with .to()/.half()?) after "
+                               "FlatLoader was built; build the FlatLoader after moving the model")
 
     @torch.no_grad()
     def load(self, flat: torch.Tensor) -> nn.Module:
         if flat.numel() != self.numel:
             raise ValueError(f"flat vector has {flat.numel()} entries, model has {self.numel}")
+        self._check()
         self.flat.copy_(flat.reshape(-1))
         return self.model
 
     @torch.no_grad()
     def combine_into(self, W: "torch.Tensor | ChunkedTrail", coefficients) -> nn.Module:
         """theta = c @ W written into the model's own parameter storage."""
+        self._check()
+        if tuple(W.shape)[1] != self.numel:
+            raise ValueError(f"the stacked trail has {tuple(W.shape)[1]} parameters per checkpoint, "
+                             f"the model {self.numel}")
         if isinstance(W, ChunkedTrail):
             W.combine(coefficients, out=self.flat)
         else:
@@ -147,9 +161,11 @@ class ChunkedTrail:
         k, p = W.shape
         cols = max(1, int(chunk_mb * 2**20 / (4 * k)))
         pin = torch.device(device).type == "cuda"
-        self.blocks = [W[:, a:a + cols].contiguous() for a in range(0, p, cols)]
-        if pin:
-            self.blocks = [b.pin_memory() for b in self.blocks]
+        self.blocks = []
+        for a in range(0, p, cols):  # each block copied once, straight into (pinned) memory
+            block = torch.empty((k, min(cols, p - a)), dtype=W.dtype, pin_memory=pin)
+            block.copy_(W[:, a:a + cols])
+            self.blocks.append(block)
         self.shape = (k, p)
         self.dtype = W.dtype
         self.device = torch.device(device)

@@ -77,6 +77,10 @@ def test_overrides_and_slices():
     assert cfg["train"]["iterations"] == 640 and cfg["search"]["budget"] == 3
     sliced = stage_config(cfg, "train_dm")
     assert "search" not in sliced and sliced["train"]["iterations"] == 640
+    # how the search runs (devices, trail chunks) reruns only the search, not baselines or evaluate
+    for stage in ("baselines", "evaluate"):
+        assert not {"devices", "trail_chunk_mb"} & set(stage_config(cfg, stage)["search"])
+    assert {"devices", "trail_chunk_mb"} <= set(stage_config(cfg, "search")["search"])
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
 
 

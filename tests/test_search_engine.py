@@ -41,6 +41,11 @@ def test_candidates_are_written_into_one_model_in_place(trained):
     loader.combine_into(W, c)
     flat_params = torch.cat([v.reshape(-1) for v in model.state_dict().values()])
     assert torch.equal(flat_params, combine(W, c))
+    with pytest.raises(ValueError, match="parameters per checkpoint"):
+        loader.combine_into(W[:, :-1], c)
+    model.double()  # parameters replaced: writing into the old vector would silently do nothing
+    with pytest.raises(RuntimeError, match="parameters were replaced"):
+        loader.combine_into(W, c)
     # the trail streamed in small chunks gives the same weights bit for bit
     chunked = ChunkedTrail(W, chunk_mb=0.01, device="cpu")
     assert len(chunked.blocks) > 3
@@ -71,6 +76,8 @@ def test_journal_keeps_saved_records_and_drops_a_torn_one(tmp_path):
     j.close()
     with open(path, "ab") as fh:  # a record cut short by a kill
         fh.write(b'{"type":"eval","key":"b","fitn')
+    peek = Journal(path, readonly=True)  # a read-only look keeps the torn bytes
+    assert peek.dropped and path.read_bytes().endswith(b'"fitn')
     again = Journal(path)
     assert again.dropped == len(b'{"type":"eval","key":"b","fitn')
     assert [r.get("key") for r in again.records] == [None, "a"]
@@ -78,6 +85,18 @@ def test_journal_keeps_saved_records_and_drops_a_torn_one(tmp_path):
     again.append({"type": "eval", "key": "c", "fitness": 2.0, "seconds": 0.0})
     again.close()
     assert [r.get("key") for r in Journal(path).records] == [None, "a", "c"]
+    # one writer at a time: a second search on the same journal is refused while the first runs
+    first = Journal(path)
+    with pytest.raises(RuntimeError, match="another search is running on this journal"):
+        Journal(path)
+    assert len(Journal(path, readonly=True).records) == 3  # reading is allowed and changes nothing
+    first.close()
+    # a bad line before the last one is never dropped silently
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b'"key":"a"', b'"key":"a'))
+    with pytest.raises(ValueError, match="line 2 of 3 is not a complete JSON record"):
+        Journal(path)
+    assert path.read_bytes() == good.replace(b'"key":"a"', b'"key":"a')  # and the file is left as it was
     path.write_text('{"something": "else"}\n')
     with pytest.raises(ValueError, match="not an lcsc search journal"):
         Journal(path)
@@ -126,11 +145,20 @@ def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
     assert 0 < len(seen) <= 4 + 3  # CMA's first 12 asks repeat; the last batch and its re-scores are new
 
 
-def test_two_devices_score_like_one(trained, tmp_path):
+def test_two_devices_score_like_one(trained, tmp_path, monkeypatch):
     cfg, _ = trained
     one = run_search(cfg, *_paths(cfg), tmp_path / "one", torch.device("cpu"))
     two_cfg = dict(cfg, search=dict(cfg["search"], devices=["cpu", "cpu"]))
+    per_scorer = {}
+    real = Scorer.score
+
+    def score(self, coefficients, nfe, noise):
+        per_scorer[id(self)] = per_scorer.get(id(self), 0) + 1
+        return real(self, coefficients, nfe, noise)
+
+    monkeypatch.setattr(Scorer, "score", score)
     two = run_search(two_cfg, *_paths(cfg), tmp_path / "two", torch.device("cpu"))
+    assert len(per_scorer) == 2 and min(per_scorer.values()) >= 3, per_scorer  # both devices took a share
     a, b = _history(tmp_path / "one" / "history.csv"), _history(tmp_path / "two" / "history.csv")
     assert [r["phase"] for r in a] == [r["phase"] for r in b]
     for ra, rb in zip(a, b):
@@ -161,7 +189,9 @@ KILLER = textwrap.dedent("""
         if mode == "history":  # die while the history file is half written
             from lcsc.io import atomic_path
             with atomic_path(path) as tmp:
-                open(tmp, "w").write("evaluation,pha")
+                fh = open(tmp, "w")
+                fh.write("evaluation,pha")
+                fh.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         write_history(path, rows)
 
@@ -200,7 +230,11 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
         proc = subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *args, "--out-dir", str(killed_dir)],
                               cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == -9, f"{mode} at {at}: not killed\n{proc.stderr[-2000:]}"
-        lengths.append(len(Journal(journal).records))
+        lengths.append(len(Journal(journal, readonly=True).records))
+        if mode == "torn":  # the torn record stays on disk until the next run drops it
+            assert not journal.read_bytes().endswith(b"\n")
+        if mode == "history":
+            assert list(killed_dir.glob(".history.csv.*.tmp"))  # the half-written temp file
     assert lengths == [2, 7, 14, 26, 28]  # each kill loses at most the record being written
     resumed = subprocess.run([sys.executable, "-m", "lcsc", *args, "--out-dir", str(killed_dir)], cwd=REPO,
                              capture_output=True, text=True)
@@ -212,6 +246,6 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
     assert a == b
     assert (killed_dir / "best.safetensors").read_bytes() == (tmp_path / "whole" / "best.safetensors").read_bytes()
     # every evaluation was saved once: no key twice in the journal
-    keys = [r["key"] for r in Journal(journal).records if r["type"] == "eval"]
+    keys = [r["key"] for r in Journal(journal, readonly=True).records if r["type"] == "eval"]
     assert len(keys) == len(set(keys)) == 15
     assert not list(killed_dir.glob(".*.tmp"))  # the temp file of the killed history write is gone
