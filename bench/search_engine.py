@@ -6,7 +6,9 @@ FID), three ways on the same trail, candidates and noise:
   naive   per candidate: the checkpoints read from disk, combined tensor by tensor into a state
           dict, a fresh model built and load_state_dict'ed, FID with scipy.linalg.sqrtm;
   vmap    the engine's combination, with `num_workers` candidates sampled at once through
-          torch.func.vmap over stacked parameter sets.
+          torch.func.vmap over stacked parameter sets;
+  compile the engine with the U-Net under torch.compile (only with --compile: it needs a C++
+          compiler on the CPU and compiles for tens of seconds before the timed loop).
 
 For each: evaluations/s, and the share of wall time inside the network forward passes (the
 U-Net while sampling plus the feature net) against everything else. Prints one table naming
@@ -84,6 +86,13 @@ def run_engine(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
     return [scorer.score(c, nfe, noise)[0] for c in cs]
 
 
+def run_compiled(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
+    compiled = torch.compile(scorer.model.forward)  # reads the parameters updated in place per candidate
+    scorer.model.forward = clock.wrap(compiled)
+    scorer.features.net.features = clock.wrap(scorer.features.net.features)
+    return [scorer.score(c, nfe, noise)[0] for c in cs]
+
+
 def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
     trail, device = scorer.trail, scorer.device
     feats = scorer.features
@@ -155,6 +164,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "vmap"])
+    ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,6 +194,8 @@ def main() -> None:
         paths["naive"] = lambda s, clk, cs: run_naive(s, cfg, cs, scfg["nfe"], noise, clk)
     if "vmap" not in args.skip:
         paths["vmap"] = lambda s, clk, cs: run_vmap(s, cs, scfg["nfe"], noise, clk, scfg["num_workers"])
+    if args.compile:
+        paths["compile"] = lambda s, clk, cs: run_compiled(s, cs, scfg["nfe"], noise, clk)
     rows, fids = [], {}
     for name, fn in paths.items():
         fn(scorer(), Clock(device), cs[:scfg["num_workers"]])  # warm-up: allocator, kernels, file cache

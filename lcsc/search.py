@@ -286,6 +286,9 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
               f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}, "
               f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
         print(f"[search] trail: {scorer.trail_placement()}", flush=True)
+        if resumed_evals:
+            print(f"[search] resuming from {journal.path}: {resumed_evals} evaluations measured earlier are "
+                  "read back, and the optimizer replays its candidates", flush=True)
         if journal.dropped:
             print(f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
                   flush=True)
@@ -347,9 +350,6 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
                            **{k: scfg[k] for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds",
                                                    "parametrization")}})[:16]
         asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
-        if resumed_evals:
-            print(f"[search] resuming from {journal.path}: {resumed_evals} evaluations measured earlier, "
-                  f"{len(asked)} candidates asked earlier are replayed", flush=True)
         n_asked, replay_ok = 0, True
         end = len(rows) + scfg["budget"]
         while len(rows) < end:
