@@ -24,6 +24,9 @@ FEATURES = config["features"]["kind"]
 DATASET = dataset_name(config["data"])
 SEARCH_NFE = config["search"]["nfe"]
 MODELS = ["dm"]
+# GPU stages reserve one GPU (locally through `--resources gpu=N`, on SLURM as --gpus); a config
+# with `device: cpu` asks for none, so it also runs on CPU-only partitions.
+GPUS = 0 if config["device"] == "cpu" else 1
 VARIANTS = variant_names(config)
 # Variants whose coefficients the baselines stage writes (the others: lcsc and the kept EMAs).
 PROFILE_VARIANTS = ["last", *profile_names(config["baselines"])] + (

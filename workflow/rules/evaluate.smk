@@ -13,7 +13,7 @@ rule evaluate:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPUS,
     shell:
         "lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},variant={wildcards.variant}"

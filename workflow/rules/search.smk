@@ -13,7 +13,7 @@ rule baselines:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS,
     shell:
         "lcsc baselines --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model} --model {wildcards.model}"
@@ -41,7 +41,7 @@ rule search:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS,
     shell:
         "lcsc search --config-json {params.cfg:q} --threads {threads}"
         " --wildcards model={wildcards.model},nfe={params.nfe} --model {wildcards.model}"

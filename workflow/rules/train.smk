@@ -10,7 +10,7 @@ rule train_dm:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS,
     shell:
         "lcsc train-dm --config-json {params.cfg:q} --threads {threads} --wildcards model=dm"
         " --out-dir {params.out_dir} 2>&1 | tee {log}"

@@ -1,0 +1,123 @@
+"""The workflow through profiles/slurm on a real single-node SLURM (tests/slurm/cluster.sh brings it
+up on localhost, installing Debian's packages when it can): a job that fails on SLURM fails the
+workflow with its logs named, every job goes through sbatch, a rerun after the fix redoes only
+what failed, and the outputs and MLflow runs are those of a local run."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+PROFILE = REPO / "profiles" / "slurm"
+# Fast polling for a cluster that answers at once, small jobs that share the 2-CPU node, and
+# squeue for the status (this test cluster keeps no accounting database for sacct).
+FAST = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-keep-successful-logs", "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1"]
+# Fewer variants than the other workflow tests: 5 evaluate jobs instead of 11 keep this test short.
+CFG = dict(TINY, experiment="tiny-slurm", results_dir="results", device="cpu", mlflow={"enabled": True},
+           baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False})
+VARIANTS = ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
+
+
+def _state() -> Path:
+    return Path(os.environ.get("LCSC_SLURM_STATE", "/tmp/lcsc-slurm"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        pytest.skip("SLURM cannot start here: no slurmctld and no apt-get to install it")
+    up = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=300)
+    if up.returncode == 3:
+        pytest.skip(f"SLURM cannot start here: {up.stderr.strip()}")
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    if "already up" not in up.stdout:  # stop only a cluster this test started
+        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, timeout=60)
+
+
+def _submitted() -> int:
+    """Batch jobs the controller accepted so far (its log has one line per sbatch)."""
+    return (_state() / "slurmctld.log").read_text().count("_slurm_rpc_submit_batch_job")
+
+
+def _snakemake(root: Path, *args: str, timeout: int = 600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_MLFLOW"))}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                           "--profile", str(PROFILE), "--configfile", "tiny.yaml", "--directory", str(root),
+                           *FAST, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_profile_dry_run_needs_no_slurm(tmp_path):
+    """`snakemake --profile profiles/slurm -n` on a machine without any SLURM command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "sh", "env", "which"):
+        if shutil.which(tool):
+            os.symlink(shutil.which(tool), bin_dir / tool)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{bin_dir}")
+    for profile in (PROFILE, REPO / "profiles" / "local"):
+        dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "-n"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-3000:]
+        assert "search" in dry.stdout and "train_dm" in dry.stdout
+
+
+def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(CFG))
+    # a corrupted input that only the search reads: its journal, damaged before the first line's end
+    journal = tmp_path / "results" / "tiny-slurm" / "dm" / "search" / "nfe2" / "state" / "journal.jsonl"
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"type":"header","format":"lcsc-search-journal/1"}\n{"type":"ev\n{"type":"eval"}\n')
+    before = _submitted()
+    failed = _snakemake(tmp_path, "--keep-going")
+    out = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    retries = yaml.safe_load((PROFILE / "config.yaml").read_text())["retries"]
+    # every job but the search and what needs it went through sbatch once; the search 1 + retries times
+    assert _submitted() - before == 4 + (len(VARIANTS) - 1) + 1 + retries
+    assert "results/tiny-slurm/logs/search/dm.log" in out  # the job's own log is named
+    assert re.search(r"\.snakemake/slurm_logs/rule_search/\S+\.log", out), out[-3000:]  # and SLURM's log of it
+    log = (tmp_path / "results" / "tiny-slurm" / "logs" / "search" / "dm.log").read_text()
+    assert "line 2 of 3 is not a complete JSON record" in log
+
+    # fixed: the rerun submits only the search and what depends on it
+    journal.unlink()
+    before = _submitted()
+    rerun = _snakemake(tmp_path)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
+    assert _submitted() - before == 3
+    ran = set(re.findall(r"rule (\w+):", rerun.stdout + rerun.stderr))
+    assert ran - {"all"} == {"search", "evaluate", "tabulate"}  # `all` is a local rule
+    assert "variant=lcsc" in rerun.stdout + rerun.stderr
+    slurm_logs = (tmp_path / ".snakemake" / "slurm_logs")
+    rules = {p.relative_to(slurm_logs).parts[0] for p in slurm_logs.rglob("*.log")}
+    assert rules == {f"rule_{r}" for r in ("train_dm", "train_features", "reference_stats", "baselines", "search",
+                                           "evaluate", "tabulate")}
+    report = tmp_path / "results" / "tiny-slurm" / "report" / "summary.md"
+    assert all(f"| {v} |" in report.read_text() for v in VARIANTS)
+
+    # MLflow: a parent per invocation, a child per job named as in a local run; the failed search
+    # attempts are FAILED children of the first invocation
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny-slurm").experiment_id], max_results=200)
+    parents = sorted((r for r in runs if r.data.tags.get("lcsc.role") == "invocation"), key=lambda r: r.info.start_time)
+    assert [p.info.status for p in parents] == ["FAILED", "FINISHED"]
+    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+                for p in parents}
+    first, second = (children[p.info.run_id] for p in parents)
+    assert sorted(r.info.run_name for r in first if r.info.status == "FAILED") == ["search[model=dm,nfe=2]"] * (1 + retries)
+    finished = sorted(r.info.run_name for r in first + second if r.info.status == "FINISHED")
+    assert finished == sorted(["train_dm[model=dm]", "train_features", "reference_stats[split=train]",
+                               "baselines[model=dm]", "search[model=dm,nfe=2]", "tabulate",
+                               *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS)])
