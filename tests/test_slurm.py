@@ -20,7 +20,9 @@ PROFILE = REPO / "profiles" / "slurm"
 # Fast polling for a cluster that answers at once, small jobs that share the 2-CPU node, and
 # squeue for the status (this test cluster keeps no accounting database for sacct).
 FAST = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-        "--slurm-keep-successful-logs", "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1"]
+        "--slurm-keep-successful-logs", "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1",
+        "--set-resources", "train_dm:mem_mb=1000", "search:mem_mb=1000",
+        "--set-threads", *(f"{rule}=1" for rule in ("train_dm", "baselines", "search", "evaluate"))]
 # Fewer variants than the other workflow tests: 5 evaluate jobs instead of 11 keep this test short.
 CFG = dict(TINY, experiment="tiny-slurm", results_dir="results", device="cpu", mlflow={"enabled": True},
            baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False})
@@ -33,24 +35,27 @@ def _state() -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-        pytest.skip("SLURM cannot start here: no slurmctld and no apt-get to install it")
-    up = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=300)
-    if up.returncode == 3:
-        pytest.skip(f"SLURM cannot start here: {up.stderr.strip()}")
-    assert up.returncode == 0, up.stdout + up.stderr
-    yield
-    if "already up" not in up.stdout:  # stop only a cluster this test started
-        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, timeout=60)
+    """Opt-in (LCSC_SLURM_TEST=1; .ci/run sets it): as root, this installs Debian's SLURM packages
+    when missing and starts daemons. Once asked for, a cluster that cannot start is a failure."""
+    if os.environ.get("LCSC_SLURM_TEST") != "1":
+        pytest.skip("set LCSC_SLURM_TEST=1 to run it: as root it installs (apt) and starts a single-node "
+                    "SLURM on localhost (tests/slurm/cluster.sh); .ci/run does")
+    up = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, f"tests/slurm/cluster.sh start failed ({up.returncode}):\n{up.stdout}{up.stderr}"
+        yield {}
+    finally:
+        if "already up" not in up.stdout:  # stop only a cluster this test started
+            subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
 
 
 def _submitted() -> int:
-    """Batch jobs the controller accepted so far (its log has one line per sbatch)."""
-    return (_state() / "slurmctld.log").read_text().count("_slurm_rpc_submit_batch_job")
+    """Batch jobs the controller accepted so far (its log has one such line per accepted sbatch)."""
+    return (_state() / "slurmctld.log").read_text().count("_slurm_rpc_submit_batch_job: JobId=")
 
 
-def _snakemake(root: Path, *args: str, timeout: int = 600):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_MLFLOW"))}
+def _snakemake(root: Path, slurm_env: dict, *args: str, timeout: int = 600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_MLFLOW"))} | slurm_env
     return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
                            "--profile", str(PROFILE), "--configfile", "tiny.yaml", "--directory", str(root),
                            *FAST, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
@@ -65,7 +70,8 @@ def test_profile_dry_run_needs_no_slurm(tmp_path):
             os.symlink(shutil.which(tool), bin_dir / tool)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{bin_dir}")
     for profile in (PROFILE, REPO / "profiles" / "local"):
-        dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "-n"], cwd=REPO, env=env,
+        dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "-n", "--forceall"],
+                             cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=120)
         assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-3000:]
         assert "search" in dry.stdout and "train_dm" in dry.stdout
@@ -80,7 +86,7 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     journal.parent.mkdir(parents=True)
     journal.write_text('{"type":"header","format":"lcsc-search-journal/1"}\n{"type":"ev\n{"type":"eval"}\n')
     before = _submitted()
-    failed = _snakemake(tmp_path, "--keep-going")
+    failed = _snakemake(tmp_path, cluster, "--keep-going")
     out = failed.stdout + failed.stderr
     assert failed.returncode != 0
     retries = yaml.safe_load((PROFILE / "config.yaml").read_text())["retries"]
@@ -94,7 +100,7 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     # fixed: the rerun submits only the search and what depends on it
     journal.unlink()
     before = _submitted()
-    rerun = _snakemake(tmp_path)
+    rerun = _snakemake(tmp_path, cluster)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     assert _submitted() - before == 3
     ran = set(re.findall(r"rule (\w+):", rerun.stdout + rerun.stderr))

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # A single-node SLURM on localhost for the tests: munged, slurmctld and slurmd from Debian's
 # packages, no systemd. Needs root (to install the packages and start the daemons).
+# It writes /etc/slurm/slurm.conf (job steps inside a batch job read that path), marked as its
+# own, and refuses to start where a slurm.conf that is not its own exists; `stop` removes it.
+# It writes a munge key only when the package left none.
 #
-#   tests/slurm/cluster.sh start   install if needed, start, wait until the node is idle
-#   tests/slurm/cluster.sh stop    stop the daemons this script started (by their PID files)
+#   tests/slurm/cluster.sh start   install if needed, start with a clean state, wait until idle
+#   tests/slurm/cluster.sh stop    cancel its jobs, stop the daemons this script started (PID files)
 #
-# State, logs and PID files live in $LCSC_SLURM_STATE (default /tmp/lcsc-slurm).
-# Exit codes: 0 up / stopped; 3 SLURM cannot run here (not root, or the packages cannot be installed).
+# State, logs, config and PID files live in $LCSC_SLURM_STATE (default /tmp/lcsc-slurm, which must
+# be root's). Exit codes: 0 done; 3 SLURM cannot run here (not root, or no packages); 1 it failed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 state=${LCSC_SLURM_STATE:-/tmp/lcsc-slurm}
 conf=/etc/slurm/slurm.conf
+marker="# lcsc test cluster (tests/slurm/cluster.sh)"
+
+fail() { echo "cluster.sh: $*" >&2; exit 1; }
 
 have_slurm() {
     for bin in munged slurmctld slurmd sbatch squeue sinfo scancel; do
@@ -19,10 +25,6 @@ have_slurm() {
 }
 
 install_slurm() {
-    if [ "$(id -u)" != 0 ]; then
-        echo "cluster.sh: SLURM is not installed and installing it needs root" >&2
-        exit 3
-    fi
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y -q --no-install-recommends munge slurmctld slurmd slurm-client >"$state/apt.log" 2>&1; then
         apt-get update -q >>"$state/apt.log" 2>&1 || true
@@ -33,6 +35,25 @@ install_slurm() {
     fi
 }
 
+# a PID file's process, if it still runs the program it names
+alive() {
+    local pidfile=$1 name=$2 pid
+    [ -f "$pidfile" ] || return 1
+    pid=$(cat "$pidfile")
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]
+}
+
+stop_pidfile() {
+    local pidfile=$1 name=$2 pid
+    if alive "$pidfile" "$name"; then
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
 wait_idle() {
     for _ in $(seq 1 60); do
         if [ "$(timeout 5 sinfo -h -N -o %T 2>/dev/null | head -1)" = "idle" ]; then
@@ -40,33 +61,27 @@ wait_idle() {
         fi
         sleep 1
     done
-    echo "cluster.sh: the node did not become idle; logs in $state" >&2
     timeout 5 sinfo -N -l >&2 || true
-    exit 1
-}
-
-stop_pidfile() {
-    local pidfile=$1
-    [ -f "$pidfile" ] || return 0
-    local pid
-    pid=$(cat "$pidfile")
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    fail "the node did not become idle; logs in $state"
 }
 
 case "${1:-start}" in
 start)
+    [ "$(id -u)" = 0 ] || { echo "cluster.sh: needs root (to install SLURM and start its daemons)" >&2; exit 3; }
     mkdir -p "$state"
-    if command -v sinfo >/dev/null 2>&1 && [ "$(timeout 5 sinfo -h -N -o %T 2>/dev/null | head -1)" = "idle" ]; then
+    [ "$(stat -c %u "$state")" = 0 ] || fail "$state is not owned by root; set LCSC_SLURM_STATE to another folder"
+    if alive "$state/slurmctld.pid" slurmctld && alive "$state/slurmd.pid" slurmd; then
+        wait_idle
         echo "SLURM already up: $(timeout 5 sinfo -h -N -o '%N %T %c CPUs %m MB')"
         exit 0
     fi
+    if [ -e "$conf" ] && ! head -1 "$conf" | grep -qF "$marker"; then
+        echo "cluster.sh: $conf exists and is not this script's; refusing to replace a real SLURM config" >&2
+        exit 3
+    fi
     have_slurm || install_slurm
-    [ "$(id -u)" = 0 ] || { echo "cluster.sh: starting the SLURM daemons needs root" >&2; exit 3; }
-    mkdir -p "$state/slurmctld" "$state/slurmd" /run/munge /etc/slurm
+    id slurm >/dev/null 2>&1 || fail "no 'slurm' user after installing the packages"
+    mkdir -p "$state/slurmctld" "$state/slurmd" /run/munge
     chown -R slurm:slurm "$state/slurmctld"
     chown munge:munge /run/munge
     if [ ! -s /etc/munge/munge.key ]; then
@@ -75,21 +90,32 @@ start)
         chmod 400 /etc/munge/munge.key
     fi
     # the node as slurmd sees it, renamed localhost, with 1 GB of memory left to the system
-    node=$(/usr/sbin/slurmd -C | head -1 | sed -E 's/NodeName=[^ ]+/NodeName=localhost/; s/RealMemory=[0-9]+//')
+    node=$(/usr/sbin/slurmd -C | head -1 | sed -E 's/NodeName=[^ ]+/NodeName=localhost/; s/RealMemory=[0-9]+//') \
+        || fail "slurmd -C could not describe this node"
     mem=$(( $(free -m | awk '/^Mem:/ {print $2}') - 1024 ))
-    sed -e "s|@NODE@|$node RealMemory=$mem State=UNKNOWN|" -e "s|@STATE@|$state|g" "$here/slurm.conf.in" >"$conf"
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid 2>/dev/null || true
-    cp /run/munge/munged.pid "$state/munged.pid" 2>/dev/null || true
-    /usr/sbin/slurmctld
-    /usr/sbin/slurmd -N localhost
+    mkdir -p /etc/slurm
+    { echo "$marker"; sed -e "s|@NODE@|$node RealMemory=$mem State=UNKNOWN|" -e "s|@STATE@|$state|g" \
+        "$here/slurm.conf.in"; } >"$conf"
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/lcsc-munged.pid || fail "munged did not start"
+        munge -n | unmunge >/dev/null || fail "munge does not work after starting munged"
+    fi
+    /usr/sbin/slurmctld -c || fail "slurmctld did not start; see $state/slurmctld.log"
+    /usr/sbin/slurmd -N localhost || fail "slurmd did not start; see $state/slurmd.log"
     wait_idle
     echo "SLURM is up: $(timeout 5 sinfo -h -N -o '%N %T %c CPUs %m MB')"
     ;;
 stop)
-    stop_pidfile "$state/slurmd.pid"
-    stop_pidfile "$state/slurmctld.pid"
-    stop_pidfile "$state/munged.pid"
-    rm -f /run/munge/munged.pid
+    if alive "$state/slurmctld.pid" slurmctld; then
+        timeout 10 scancel --full --user="$(id -un)" 2>/dev/null || true
+        timeout 10 squeue -h -o %i 2>/dev/null | xargs -r timeout 10 scancel 2>/dev/null || true
+    fi
+    stop_pidfile "$state/slurmd.pid" slurmd
+    stop_pidfile "$state/slurmctld.pid" slurmctld
+    stop_pidfile /run/munge/lcsc-munged.pid munged  # munged runs as munge: its PID file lives in /run/munge
+    if [ -e "$conf" ] && head -1 "$conf" | grep -qF "$marker"; then
+        rm -f "$conf"
+    fi
     ;;
 *)
     echo "usage: $0 start|stop" >&2

@@ -8,6 +8,8 @@ rule train_features:
     conda:
         "../../envs/torch.yaml"
     threads: 1
+    resources:
+        gpu=GPUS,
     shell:
         "lcsc train-features --config-json {params.cfg:q} --threads {threads}"
         " --out {output.net} 2>&1 | tee {log}"
@@ -25,6 +27,8 @@ rule reference_stats:
     conda:
         "../../envs/torch.yaml"
     threads: 1
+    resources:
+        gpu=GPUS,
     shell:
         "lcsc reference-stats --config-json {params.cfg:q} --threads {threads}"
         " --wildcards split={wildcards.split} --split {wildcards.split}"
