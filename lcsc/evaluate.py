@@ -52,20 +52,18 @@ class Scorer:
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
         self.stats_hash = sha256(stats)[:16]
         self._W: torch.Tensor | None = None
+        if chunk_mb is None and self.device.type == "cuda":  # decided once: stream only what does not fit
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self.chunk_mb = 256.0 if self.trail_bytes > free / 2 else None
 
     @property
     def trail_bytes(self) -> int:
         return len(self.trail) * self.loader.numel * 4
 
     def trail_placement(self) -> str:
-        """Where the stacked trail lives: whole on the device, or streamed from host memory in
-        chunks when `chunk_mb` is set, or (chunk_mb None) when it needs more than half the free
-        device memory."""
+        """Where the stacked trail lives: whole on the device, or (with `chunk_mb`, given or chosen
+        because the trail needs more than half the free device memory) streamed from host memory."""
         mb = self.trail_bytes / 2**20
-        if self.chunk_mb is None and self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if self.trail_bytes > free / 2:
-                self.chunk_mb = 256.0
         if self.chunk_mb:
             return f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB in host memory, " \
                    f"streamed to {self.device} in chunks of {self.chunk_mb:g} MB"
@@ -75,7 +73,6 @@ class Scorer:
     def W(self) -> "torch.Tensor | ChunkedTrail":
         """The trail stacked as [K, P], loaded on first use: on the device, or chunked in host memory."""
         if self._W is None:
-            self.trail_placement()
             if self.chunk_mb:
                 self._W = ChunkedTrail(self.trail.stack(self.loader.shapes), self.chunk_mb, self.device)
             else:

@@ -171,9 +171,7 @@ class ChunkedTrail:
         self.device = torch.device(device)
 
     def combine(self, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
-        c = torch.as_tensor(coefficients, dtype=self.dtype)
-        if c.shape != (self.shape[0],):
-            raise ValueError(f"{c.numel()} coefficients for a trail of {self.shape[0]} checkpoints")
+        c = _checked(torch.as_tensor(coefficients, dtype=self.dtype), self.shape[0])
         out = torch.empty(self.shape[1], dtype=self.dtype, device=self.device) if out is None else out
         c_dev = c.to(self.device)
         offset = 0
@@ -185,11 +183,14 @@ class ChunkedTrail:
         return out
 
 
-def _coefficient_tensor(W: torch.Tensor, coefficients) -> torch.Tensor:
-    c = torch.as_tensor(coefficients, dtype=W.dtype, device=W.device)
-    if c.shape != (W.shape[0],):
-        raise ValueError(f"{c.numel()} coefficients for a trail of {W.shape[0]} checkpoints")
+def _checked(c: torch.Tensor, k: int) -> torch.Tensor:
+    if c.shape != (k,):
+        raise ValueError(f"{c.numel()} coefficients for a trail of {k} checkpoints")
     return c
+
+
+def _coefficient_tensor(W: torch.Tensor, coefficients) -> torch.Tensor:
+    return _checked(torch.as_tensor(coefficients, dtype=W.dtype, device=W.device), W.shape[0])
 
 
 def combine(W: "torch.Tensor | ChunkedTrail", coefficients) -> torch.Tensor:
