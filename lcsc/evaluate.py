@@ -15,8 +15,8 @@ import torch
 
 from . import profiles
 from .diffusion import VPDiffusion
-from .features import FeatureNet
-from .fid import feature_stats, frechet_distance, load_stats
+from .features import load_features
+from .fid import Reference, load_stats
 from .io import load_tensors, read_json, sha256, write_json
 from .nets import build_unet
 from .progress import progress
@@ -48,8 +48,9 @@ class Scorer:
         self.model = build_unet(trail.model_config, self.channels).to(device).eval()
         self.loader = FlatLoader(self.model)
         self.diffusion = VPDiffusion.from_config(cfg["diffusion"])
-        self.features = FeatureNet(features, device)
+        self.features = load_features(features, device)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
+        self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
         self.stats_hash = sha256(stats)[:16]
         self._W: torch.Tensor | None = None
         if chunk_mb is None and self.device.type == "cuda":  # decided once: stream only what does not fit
@@ -110,8 +111,7 @@ class Scorer:
         if not torch.isfinite(features).all():
             warnings.warn(f"non-finite features at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
             return WORST_FID, images
-        mu, sigma = feature_stats(features)
-        return frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma, self.device), images
+        return self.reference.fid(features), images
 
 
 def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | None = None,

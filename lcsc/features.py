@@ -1,6 +1,15 @@
-"""The FID feature network for datasets without Inception: a small classifier trained on the
-dataset's labels, whose penultimate layer is the feature space (stages train_features and
-reference_stats)."""
+"""FID feature spaces and reference statistics.
+
+Two kinds (`features.kind`): `classifier`, a small CNN trained on the dataset's labels whose
+penultimate layer is the feature space (stage train_features; the offline default for digits),
+and `inception`, clean-fid's Inception-v3 (lcsc/inception.py; stage inception_features checks the
+weights and writes a small descriptor that the other stages read). `load_features` opens either.
+
+Reference statistics (stage reference_stats) are made from a split of the dataset or from an
+image folder, and cached by content: the key hashes the split's image values (or the folder's
+file names and bytes) and the feature extractor (weights and mode), so another experiment over
+the same data reuses them.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ import torch.nn.functional as F
 from .data import load_split
 from .paths import dataset_name
 from .fid import feature_stats, save_stats
-from .io import load_tensors, save_tensors, sha256
+from .io import copy_file, load_tensors, read_json, save_tensors, sha256, write_json
 from .nets import DigitClassifier
 from .progress import progress
 
@@ -85,12 +94,141 @@ def run_train_features(cfg: dict, out: str | Path, device: torch.device, run=Non
     return meta
 
 
+def run_inception_features(cfg: dict, out: str | Path, device: torch.device) -> dict:
+    """Find (or download, where the config says so) the Inception weights, check that they load
+    and give 2048-d features, and write the descriptor the other stages read."""
+    from .inception import InceptionFeatures, resolve_weights
+
+    fcfg = cfg["features"]
+    path = resolve_weights(fcfg, cache_dir(cfg))
+    net = InceptionFeatures(path, fcfg["mode"], device)
+    dim = net(torch.zeros(2, 3, 32, 32)).shape[1]  # it loads and runs; its feature width
+    if dim != 2048:
+        print(f"[features] note: {path} gives {dim}-d features (Inception-v3 gives 2048)", flush=True)
+    info = {"kind": "inception", "mode": fcfg["mode"], "weights": str(path), "sha256": sha256(path),
+            "dim": int(dim), "hash": net.hash}
+    write_json(out, info)
+    print(f"[features] inception ({fcfg['mode']}): {path} sha256 {info['sha256'][:16]}..., {dim}-d", flush=True)
+    return info
+
+
+def load_features(path: str | Path, device: torch.device):
+    """The feature extractor a features file names: a trained classifier (.safetensors) or an
+    Inception descriptor (.json) whose weights file must still hold the same bytes."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return FeatureNet(path, device)
+    from .inception import FeatureError, InceptionFeatures
+
+    if not path.exists():
+        raise FileNotFoundError(f"feature descriptor not found: {path} (the inception_features stage writes it)")
+    info = read_json(path)
+    weights = Path(info["weights"])
+    if not weights.is_file():
+        raise FeatureError(f"{path}: its Inception weights {weights} are gone (features.weights); "
+                           "restore the file or rerun inception_features")
+    net = InceptionFeatures(weights, info["mode"], device)
+    if net.hash != info["hash"]:
+        raise FeatureError(f"{path}: the weights file {weights} changed since inception_features "
+                           "checked it; rerun it (snakemake -R inception_features)")
+    return net
+
+
+def cache_dir(cfg: dict) -> Path:
+    """Where downloaded weights and content-keyed reference stats are kept (never site-packages)."""
+    return Path(cfg["features"]["cache_dir"] or Path(cfg["results_dir"]) / "cache").expanduser()
+
+
+# clean-fid's image types (PIL reads them all), hidden files skipped as data.folder does
+FOLDER_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+# Bump when the preparation of images for features changes (quantisation, resize): cached
+# reference stats made by the old code then stop matching.
+FEATURE_PIPELINE_VERSION = 1
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    from .data import DataError
+
+    if not folder.is_dir():
+        raise DataError(f"features.reference_folder: {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if len(files) < 2:
+        raise DataError(f"features.reference_folder: {folder} holds {len(files)} images "
+                        f"({', '.join(sorted(FOLDER_SUFFIXES))}); need 2 or more")
+    return files
+
+
+def _folder_batches(folder: Path, files: list[Path], batch_size: int):
+    """The images as clean-fid reads them (8-bit RGB at their own size), streamed in batches of
+    equal-sized images, as [-1, 1] tensors that map back to the same 8-bit values."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import DataError
+
+    batch: list = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"features.reference_folder: cannot read image {path}: {exc}") from exc
+        if batch and (len(batch) == batch_size or batch[0].shape != arr.shape):
+            yield _to_tensor(batch)
+            batch = []
+        batch.append(arr)
+    yield _to_tensor(batch)
+
+
+def _to_tensor(batch) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def run_reference_stats(cfg: dict, features: str | Path, split: str, out: str | Path,
                         device: torch.device) -> dict:
-    net = FeatureNet(features, device)
-    data = load_split(cfg["data"], split)
-    mu, sigma = feature_stats(net(data.images))
-    info = {"dataset": dataset_name(cfg["data"]), "split": split, "features": cfg["features"]["kind"],
-            "feature_hash": net.hash, "n": len(data.images)}
-    save_stats(out, mu, sigma, **info)
+    """Mean and covariance of the reference images' features; `split` is train or test of the
+    dataset, or `folder` (features.reference_folder). Reused from the content-keyed cache."""
+    import hashlib
+
+    from .config import ConfigError
+
+    net = load_features(features, device)
+    fcfg = cfg["features"]
+    content = hashlib.sha256()
+    if split == "folder":  # streamed twice: the file bytes for the key, the images on a miss
+        if not fcfg["reference_folder"]:
+            raise ConfigError("reference-stats --split folder needs features.reference_folder")
+        folder = Path(fcfg["reference_folder"]).expanduser()
+        files = _folder_files(folder)
+        for path in files:
+            content.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            content.update(hashlib.sha256(path.read_bytes()).digest())
+        n, name = len(files), folder.name
+        batches = lambda: _folder_batches(folder, files, 256)  # noqa: E731
+    else:
+        images = load_split(cfg["data"], split).images
+        content.update(str(tuple(images.shape)).encode())  # the exact values of every image, in order
+        content.update(images.float().contiguous().numpy().tobytes())
+        n, name = len(images), dataset_name(cfg["data"])
+        batches = lambda: images.split(256)  # noqa: E731
+    key = hashlib.sha256(f"{content.hexdigest()} {net.hash} v{FEATURE_PIPELINE_VERSION}".encode()).hexdigest()[:24]
+    # keyed by content alone: the same images under another folder name hit the same file
+    cached = next(iter(sorted((cache_dir(cfg) / "stats").glob(f"*-{key}.npz"))),
+                  cache_dir(cfg) / "stats" / f"{name}-{split}-{key}.npz")
+    info = {"dataset": name, "split": split, "features": fcfg["kind"], "feature_hash": net.hash, "n": n,
+            "content_key": key}
+    if cached.exists():
+        print(f"[reference_stats] {n} images, same content and features as {cached}: reused", flush=True)
+    else:
+        bar, feats = progress(total=n, desc=f"reference_stats {name}/{split}"), []
+        for b in batches():
+            feats.append(net(b))
+            bar.update(len(b))
+        bar.close()
+        mu, sigma = feature_stats(torch.cat(feats))
+        save_stats(cached, mu, sigma, **info)
+    copy_file(cached, out)
     return info

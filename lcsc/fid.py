@@ -1,8 +1,10 @@
 """Frechet distance between Gaussians fitted to features, computed the fast way on the device.
 
-FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), and tr((S1 S2)^1/2) equals
-tr((S1^1/2 S2 S1^1/2)^1/2), whose argument is symmetric PSD: two `eigh` calls replace scipy's
-sqrtm (Dowson & Landau 1982; Heusel et al. 2017).
+FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2) (Dowson & Landau 1982; Heusel et al.
+2017). With any factor S1 = A A^T, the eigenvalues of A^T S2 A equal those of S1 S2, and that
+matrix is symmetric PSD, so tr((S1 S2)^1/2) = sum sqrt(eigvalsh(A^T S2 A)): a Cholesky factor (or,
+for a singular S1, the symmetric square root by `eigh`) and one symmetric eigenvalue problem
+replace scipy's general-matrix sqrtm.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp(min=0).sqrt()) @ v.T
 
 
+def _factor(a: torch.Tensor) -> torch.Tensor:
+    """A with A A^T = a (symmetric PSD): the Cholesky factor, or the square root when a is
+    singular (fewer samples than dimensions), where Cholesky fails."""
+    factor, info = torch.linalg.cholesky_ex(a)
+    return factor if int(info) == 0 else _sqrt_psd(a)
+
+
+def _trace_sqrt_product(factor: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """tr((F F^T sigma)^1/2) = sum sqrt(eig(F^T sigma F))."""
+    middle = factor.T @ sigma @ factor
+    return torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, device: str | torch.device = "cpu") -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64 on `device`."""
     m1, m2 = (torch.as_tensor(m, dtype=torch.float64, device=device) for m in (mu1, mu2))
@@ -38,12 +53,47 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, device: str | torch.device = "cpu
     if m1.shape != m2.shape or s1.shape != s2.shape:
         raise ValueError(f"shape mismatch: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, "
                          f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
-    root1 = _sqrt_psd((s1 + s1.T) / 2)
-    middle = root1 @ s2 @ root1
-    eig = torch.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_covmean = eig.clamp(min=0).sqrt().sum()
+    tr_covmean = _trace_sqrt_product(_factor((s1 + s1.T) / 2), s2)
     diff = m1 - m2
     return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+
+
+class Reference:
+    """Reference statistics held on the device, with a factor of their covariance computed once:
+    each FID against them then costs one symmetric eigenvalue problem."""
+
+    def __init__(self, mu, sigma, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.mu = torch.as_tensor(mu, dtype=torch.float64, device=self.device)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.device)
+        if sigma.shape != (self.mu.numel(), self.mu.numel()):
+            raise ValueError(f"reference sigma has shape {tuple(sigma.shape)}, mu has {self.mu.numel()} entries")
+        self.sigma = (sigma + sigma.T) / 2
+        self.factor = _factor(self.sigma)
+        self.trace = torch.trace(self.sigma)
+
+    def moments(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased covariance of [N, D] features, float64 on the reference's device."""
+        f = torch.as_tensor(features).to(self.device, torch.float64)
+        if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] != self.mu.numel():
+            raise ValueError(f"need [N >= 2, {self.mu.numel()}] features, got shape {tuple(f.shape)}")
+        mu = f.mean(0)
+        centred = f - mu
+        return mu, centred.T @ centred / (f.shape[0] - 1)
+
+    def distance(self, mu, sigma) -> float:
+        mu = torch.as_tensor(mu, dtype=torch.float64, device=self.device)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.device)
+        if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
+            raise ValueError(f"shape mismatch: mu {tuple(mu.shape)} vs {tuple(self.mu.shape)}, "
+                             f"sigma {tuple(sigma.shape)} vs {tuple(self.sigma.shape)}")
+        tr_covmean = _trace_sqrt_product(self.factor, sigma)
+        diff = mu - self.mu
+        return float(diff @ diff + torch.trace(sigma) + self.trace - 2 * tr_covmean)
+
+    def fid(self, features: torch.Tensor) -> float:
+        """FID of [N, D] features against the reference."""
+        return self.distance(*self.moments(features))
 
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:

@@ -11,9 +11,24 @@ from pathlib import Path
 
 def dataset_name(data_cfg: dict) -> str:
     """Short name of the configured dataset, used in reference-stats file names."""
-    if data_cfg["dataset"] == "digits":
-        return f"digits{data_cfg['image_size']}"
+    if data_cfg["dataset"] in ("digits", "cifar10"):
+        return f"{data_cfg['dataset']}{data_cfg['image_size']}"
     return f"{Path(data_cfg['folder']).name}{data_cfg['image_size']}"
+
+
+def feature_tag(features_cfg: dict) -> str:
+    """Name of the feature space in file names: `classifier`, or `inception-<mode>`."""
+    if features_cfg["kind"] == "inception":
+        return f"inception-{features_cfg['mode']}"
+    return features_cfg["kind"]
+
+
+def reference_source(cfg: dict) -> tuple[str, str]:
+    """(name, split) of the reference images: the train split, or features.reference_folder."""
+    folder = cfg["features"].get("reference_folder")
+    if folder:
+        return Path(folder).expanduser().name, "folder"
+    return dataset_name(cfg["data"]), "train"
 
 
 class Layout:
@@ -30,8 +45,9 @@ class Layout:
     def manifest(self, model: str) -> Path:
         return self.trail_dir(model) / "manifest.json"
 
-    def feature_net(self, kind: str) -> Path:
-        return self.root / "features" / f"{kind}.safetensors"
+    def feature_net(self, tag: str) -> Path:
+        """The trained classifier's weights, or an Inception descriptor (`inception-<mode>.json`)."""
+        return self.root / "features" / (f"{tag}.safetensors" if tag == "classifier" else f"{tag}.json")
 
     def stats(self, dataset: str, split: str, kind: str) -> Path:
         return self.root / "stats" / f"{dataset}-{split}-{kind}.npz"

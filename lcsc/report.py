@@ -9,7 +9,7 @@ import numpy as np
 
 from . import profiles
 from .io import atomic_path, copy_file, read_json, write_text
-from .paths import Layout
+from .paths import Layout, feature_tag
 
 
 def _fmt(x: float) -> str:
@@ -174,7 +174,7 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str], run=None) ->
 
     ecfg = cfg["evaluate"]
     md = [f"# LCSC report: {cfg['experiment']}", "",
-          f"FID ({cfg.get('features', {}).get('kind', 'classifier')} features) of {ecfg['samples']} samples "
+          f"FID ({feature_tag(cfg['features'])} features) of {ecfg['samples']} samples "
           f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates on "
           f"{cfg['search']['samples']} samples with seed {cfg['search']['seed']} at NFE {search_nfe}. "
           "Lower is better; the best value of each column is in bold, and † marks the best baseline "

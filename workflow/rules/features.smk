@@ -1,8 +1,8 @@
 rule train_features:
     output:
-        net=feature_net(),
+        net=LAYOUT.feature_net("classifier"),
     log:
-        LAYOUT.log("train_features", FEATURES),
+        LAYOUT.log("train_features", "classifier"),
     params:
         cfg=stage_json("train_features"),
     conda:
@@ -15,11 +15,30 @@ rule train_features:
         " --out {output.net} 2>&1 | tee {log}"
 
 
+rule inception_features:
+    input:
+        weights=INCEPTION_WEIGHTS,
+    output:
+        descriptor=LAYOUT.feature_net(f"inception-{config['features']['mode']}"),
+    log:
+        LAYOUT.log("inception_features", config["features"]["mode"]),
+    params:
+        cfg=stage_json("inception_features"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=GPUS,
+    shell:
+        "lcsc inception-features --config-json {params.cfg:q} --threads {threads}"
+        " --out {output.descriptor} 2>&1 | tee {log}"
+
+
 rule reference_stats:
     input:
         features=feature_net(),
     output:
-        stats=LAYOUT.stats(DATASET, "{split}", FEATURES),
+        stats=LAYOUT.stats(REFERENCE if REFERENCE_SPLIT == "folder" else DATASET, "{split}", FEATURES),
     log:
         LAYOUT.log("reference_stats", "{split}"),
     params:
