@@ -226,10 +226,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     for name in ("--manifest", "--features", "--stats", "--coefficients", "--baselines", "--out", "--grid"):
         p.add_argument(name)
+    p = stage("mlflow-server", cmd_mlflow_server,
+              "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1)
+    stage("mlflow-sync", cmd_mlflow_sync,
+          "log to MLflow every recorded run it lacks or holds in part (idempotent)")
     p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
     p.add_argument("--models", nargs="+", default=["dm"])
     p.add_argument("--variants", nargs="+")
     return parser
+
+
+def cmd_mlflow_server(args) -> None:
+    from .tracking import serve
+
+    serve(_config(args), args.host, args.port, args.workers)
+
+
+def cmd_mlflow_sync(args) -> None:
+    from .tracking import experiment_name, records_dir, sync, tracking_uri
+
+    cfg = _config(args)
+    try:
+        counts = sync(cfg)
+    except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
+        raise SystemExit(f"lcsc mlflow-sync: {tracking_uri(cfg)} failed ({exc}); the records in "
+                         f"{records_dir(cfg)} are kept, run it again when the store is back")
+    print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
+          f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
+          f"{counts['complete']} already complete ({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,10 +18,10 @@ STAGE_SECTIONS = {
     "train_features": ["seed", "device", "data", "features"],
     "inception_features": ["device", "features"],
     "reference_stats": ["device", "data", "features"],
-    "baselines": ["device", "data", "model", "diffusion", "search", "baselines"],
-    "search": ["device", "data", "model", "diffusion", "search", "baselines"],
-    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate", "baselines"],
-    "tabulate": ["search", "evaluate", "train", "baselines", "features"],
+    "baselines": ["device", "data", "model", "diffusion", "search", "baselines", "features"],
+    "search": ["device", "data", "model", "diffusion", "search", "baselines", "features"],
+    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate", "baselines", "features"],
+    "tabulate": ["data", "search", "evaluate", "train", "baselines", "features"],
 }
 ALWAYS = ["experiment", "results_dir", "mlflow"]
 
@@ -160,6 +160,9 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
 # Keys that only say how the search runs, not what it computes: other stages that read the
 # search section (for its fitness settings) must not rerun when they change.
 SEARCH_ENGINE_KEYS = ("devices", "trail_chunk_mb")
+# Stages that read only part of `search`: baselines score with the search's fitness settings,
+# evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
+STAGE_SEARCH_KEYS = {"baselines": ("nfe", "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
 # The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
 FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
                      "inception": ("mode", "weights", "reference_folder")}
@@ -169,7 +172,9 @@ def stage_config(cfg: dict, stage: str) -> dict:
     """The slice of a validated config that `stage` reads."""
     keys = ALWAYS + STAGE_SECTIONS[stage]
     out = {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
-    if stage != "search" and "search" in out:
+    if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
+        out["search"] = {k: v for k, v in out["search"].items() if k in STAGE_SEARCH_KEYS[stage]}
+    elif stage != "search" and "search" in out:
         for key in SEARCH_ENGINE_KEYS:
             out["search"].pop(key, None)
     if "features" in out:

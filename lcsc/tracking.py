@@ -1,22 +1,47 @@
-"""MLflow: one parent run per workflow invocation, one child run per job.
+"""MLflow conventions, in one place, and tracking that never loses a result.
 
-The parent is created by the workflow's `onstart` and its id travels to every job in the
-environment variable LCSC_MLFLOW_PARENT_RUN_ID (not MLFLOW_RUN_ID, which would make every job
-resume the parent itself). Results on disk are the source of truth: if the tracking store
-fails, a stage prints one warning and finishes its work.
+Conventions (README, "MLflow"):
+- experiment: `mlflow.experiment`, else the config's `experiment`;
+- one parent run per workflow invocation (`<experiment>@<time>`, tag `lcsc.role=invocation`) and
+  one child run per job, named `<rule>[<wildcards>]`, e.g. `evaluate[model=dm,variant=lcsc]`;
+- tags: `lcsc.stage`, `lcsc.model`, `lcsc.variant`, `lcsc.nfe` (the search NFE, or the evaluated
+  NFEs), `lcsc.dataset`, `lcsc.features`, `lcsc.experiment`, `lcsc.config_hash`, `lcsc.git_commit`,
+  `lcsc.invocation`, and `lcsc.run_key` / `lcsc.logged` for re-logging;
+- params: the config sections the stage reads, as dotted keys (`search.budget`);
+- metrics with steps: `train_loss` by iteration, `fitness` / `best_fitness` by evaluation, `fid`
+  by NFE; artifacts: plots, coefficients and evaluation JSON, the report; never checkpoints.
+
+The parent's id travels to every job in LCSC_MLFLOW_PARENT_RUN_ID (not MLFLOW_RUN_ID, which would
+make every job resume the parent itself), the invocation's id in LCSC_INVOCATION.
+
+Resilience: every run is also written to `<results>/<experiment>/tracking/<invocation>/<name>.json`
+(tags, params, every metric, artifact paths, status) when the job ends. If the tracking store is
+unreachable or fails, the job prints one warning, stops logging and finishes its work;
+`lcsc mlflow-sync` later logs every run from those records that the store lacks or holds only in
+part, and does nothing for runs already complete (tag `lcsc.logged=complete`), so it can be run
+again and again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from .config import config_hash, flatten
 
 PARENT_ENV = "LCSC_MLFLOW_PARENT_RUN_ID"
+INVOCATION_ENV = "LCSC_INVOCATION"
+COMPLETE = "complete"
+# A tracking server that is down must cost a job seconds, not MLflow's default of minutes of
+# retries per request; users can still set these themselves.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -32,11 +57,34 @@ def experiment_name(cfg: dict) -> str:
     return cfg["mlflow"]["experiment"] or cfg["experiment"]
 
 
+def run_name(stage: str, wildcards: dict[str, str]) -> str:
+    return stage + (f"[{','.join(f'{k}={v}' for k, v in wildcards.items())}]" if wildcards else "")
+
+
+def records_dir(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / cfg["experiment"] / "tracking"
+
+
+def _record_path(cfg: dict, invocation: str, name: str) -> Path:
+    return records_dir(cfg) / invocation / (re.sub(r"[^A-Za-z0-9._=,\[\]@-]", "_", name) + ".json")
+
+
+def _write_record(path: Path, record: dict) -> None:
+    from .io import write_json
+
+    try:
+        write_json(path, record)
+    except OSError as exc:  # the stage's own results are already written; say so and go on
+        print(f"[lcsc] could not write the tracking record {path}: {exc}", file=sys.stderr)
+
+
 def _client(cfg: dict):
     """A client whose store is ready. A new SQLite store is created under a file lock: two jobs
     migrating the same fresh database at once leave it half-made."""
     from mlflow.tracking import MlflowClient
 
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = tracking_uri(cfg)
     client = MlflowClient(tracking_uri=uri)
     if uri.startswith("sqlite:///"):
@@ -65,8 +113,10 @@ def _experiment_id(client, cfg: dict) -> str:
         return exp.experiment_id
 
 
-def _retry(fn, tries: int = 4, wait: float = 1.0):
-    """SQLite stores refuse concurrent schema creation and writes now and then: try again."""
+def _retry(fn, cfg: dict, wait: float = 1.0):
+    """SQLite stores refuse concurrent schema creation and writes now and then: try again. A
+    server has its own retries (HTTP_DEFAULTS); one try here."""
+    tries = 4 if tracking_uri(cfg).startswith("sqlite:") else 1
     for attempt in range(tries):
         try:
             return fn()
@@ -91,67 +141,114 @@ def _params(values: dict):
     return [Param(k, str(v)[:6000]) for k, v in flatten(values).items()]
 
 
-def start_parent(cfg: dict) -> str | None:
-    """Create the invocation's parent run; return its id (None when MLflow is off or failing)."""
+def stage_tags(cfg: dict, stage: str, wildcards: dict[str, str], params: dict) -> dict[str, str]:
+    """The tags of a job's run: which stage, model, variant, NFE, dataset and features, and which
+    code and config made it."""
+    from .paths import dataset_name, feature_tag
+
+    tags = {"lcsc.stage": stage, "lcsc.rule": stage, "lcsc.experiment": cfg["experiment"],
+            "lcsc.config_hash": config_hash(params), "lcsc.git_commit": git_commit(),
+            "lcsc.dataset": dataset_name(cfg["data"]), "lcsc.features": feature_tag(cfg["features"])}
+    if stage == "evaluate":
+        tags["lcsc.nfe"] = ",".join(str(n) for n in sorted(cfg["evaluate"]["nfe"]))
+    elif stage in ("search", "baselines"):
+        tags["lcsc.nfe"] = str(cfg["search"]["nfe"])
+    tags |= {f"lcsc.{k}": str(v) for k, v in wildcards.items()}
+    return tags
+
+
+def _invocation() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def start_parent(cfg: dict) -> tuple[str, str | None]:
+    """Begin an invocation: its id, and its parent run's id (None when MLflow is off or failing).
+    The parent's record is written either way, so `lcsc mlflow-sync` can create it later."""
+    invocation = _invocation()
     if not cfg["mlflow"]["enabled"]:
-        return None
+        return invocation, None
+    name = f"{cfg['experiment']}@{time.strftime('%Y-%m-%d %H:%M:%S')}"
+    record = {"key": f"{invocation}/parent", "invocation": invocation, "name": name, "parent_key": None,
+              "tags": {"lcsc.role": "invocation", "lcsc.experiment": cfg["experiment"],
+                       "lcsc.invocation": invocation, "lcsc.config_hash": config_hash(cfg),
+                       "lcsc.git_commit": git_commit()},
+              "params": flatten(cfg), "metrics": [], "artifacts": [], "status": "RUNNING",
+              "start_time": int(time.time() * 1000), "end_time": None}
+    record["tags"]["lcsc.run_key"] = record["key"]
+    _write_record(_record_path(cfg, invocation, "parent"), record)
     try:
-        client = _retry(lambda: _client(cfg))
-        exp_id = _retry(lambda: _experiment_id(client, cfg))
-        run = client.create_run(exp_id, run_name=f"{cfg['experiment']}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                tags={"lcsc.role": "invocation", "lcsc.experiment": cfg["experiment"],
-                                      "lcsc.config_hash": config_hash(cfg), "lcsc.git_commit": git_commit()})
+        client = _retry(lambda: _client(cfg), cfg)
+        exp_id = _retry(lambda: _experiment_id(client, cfg), cfg)
+        run = client.create_run(exp_id, run_name=name, tags=record["tags"], start_time=record["start_time"])
         params = _params(cfg)
         for i in range(0, len(params), 100):
             client.log_batch(run.info.run_id, params=params[i:i + 100])
-        return run.info.run_id
+        return invocation, run.info.run_id
     except Exception as exc:  # results on disk do not depend on MLflow
-        print(f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it",
-              file=sys.stderr)
-        return None
+        print(f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it "
+              "(`lcsc mlflow-sync` logs its runs later)", file=sys.stderr)
+        return invocation, None
 
 
-def end_parent(cfg: dict, run_id: str | None, ok: bool) -> None:
+def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) -> None:
+    status = "FINISHED" if ok else "FAILED"
+    if invocation and cfg["mlflow"]["enabled"]:
+        path = _record_path(cfg, invocation, "parent")
+        try:
+            record = json.loads(path.read_text())
+            record.update(status=status, end_time=int(time.time() * 1000))
+            _write_record(path, record)
+        except (OSError, ValueError) as exc:
+            print(f"[lcsc] could not update the tracking record {path}: {exc}", file=sys.stderr)
     if not run_id:
         return
     try:
-        _client(cfg).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        client = _client(cfg)
+        client.set_terminated(run_id, status)
+        client.set_tag(run_id, "lcsc.logged", COMPLETE)
     except Exception as exc:
         print(f"[lcsc] could not close MLflow run {run_id}: {exc}", file=sys.stderr)
 
 
 class StageRun:
     """A job's child run. Metrics are buffered and sent in batches; any MLflow failure turns the
-    run off with one warning instead of failing the stage."""
+    run off with one warning instead of failing the stage. Everything is also kept for the
+    run's record on disk, written when the job ends."""
 
     def __init__(self, cfg: dict, stage: str, wildcards: dict[str, str], params: dict):
         self.cfg, self.stage, self.wildcards = cfg, stage, wildcards
         self.params = params
         self.client = None
         self.run_id = None
-        self._metrics: list = []
+        self._pending: list = []
         self._last_flush = time.monotonic()
-        self.ok = True
+        self.logged_all = True
+        self.name = run_name(stage, wildcards)
+        self.invocation = os.environ.get(INVOCATION_ENV) or "manual-" + _invocation()
+        parent = os.environ.get(PARENT_ENV)
+        self.record = {"key": f"{self.invocation}/{self.name}", "invocation": self.invocation, "name": self.name,
+                       "parent_key": f"{self.invocation}/parent" if os.environ.get(INVOCATION_ENV) else None,
+                       "tags": stage_tags(cfg, stage, wildcards, params), "params": flatten(params),
+                       "metrics": [], "artifacts": [], "status": "RUNNING",
+                       "start_time": int(time.time() * 1000), "end_time": None}
+        self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"]}
+        if parent:
+            self.record["tags"]["mlflow.parentRunId"] = parent
 
     def _warn(self, what: str, exc: Exception) -> None:
-        print(f"[lcsc] MLflow {what} failed ({exc}); results stay on disk, logging is off for this job",
-              file=sys.stderr)
+        print(f"[lcsc] MLflow {what} failed ({exc}); results stay on disk, logging is off for this job "
+              "(`lcsc mlflow-sync` logs it later)", file=sys.stderr)
         self.client = None
+        self.logged_all = False
 
     def __enter__(self) -> "StageRun":
         if not self.cfg["mlflow"]["enabled"]:
             return self
-        name = self.stage + (f"[{','.join(f'{k}={v}' for k, v in self.wildcards.items())}]" if self.wildcards else "")
-        tags = {"lcsc.stage": self.stage, "lcsc.rule": self.stage, "lcsc.experiment": self.cfg["experiment"],
-                "lcsc.config_hash": config_hash(self.params), "lcsc.git_commit": git_commit()}
-        tags |= {f"lcsc.{k}": str(v) for k, v in self.wildcards.items()}
-        parent = os.environ.get(PARENT_ENV)
-        if parent:
-            tags["mlflow.parentRunId"] = parent
         try:
-            self.client = _retry(lambda: _client(self.cfg))
-            run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg),
-                                                        run_name=name, tags=tags))
+            self.client = _retry(lambda: _client(self.cfg), self.cfg)
+            run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg), run_name=self.name,
+                                                        tags=self.record["tags"],
+                                                        start_time=self.record["start_time"]), self.cfg)
             self.run_id = run.info.run_id
             params = _params(self.params)
             for i in range(0, len(params), 100):
@@ -161,27 +258,30 @@ class StageRun:
         return self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        rows = [[k, float(v), now, int(step)] for k, v in metrics.items()]
+        self.record["metrics"] += rows
         if self.client is None:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._metrics += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        if len(self._metrics) >= 500 or time.monotonic() - self._last_flush > 10:
+        self._pending += rows
+        if len(self._pending) >= 500 or time.monotonic() - self._last_flush > 10:
             self.flush()
 
     def flush(self) -> None:
-        if self.client is None or not self._metrics:
+        if self.client is None or not self._pending:
             return
+        from mlflow.entities import Metric
+
         try:
-            for i in range(0, len(self._metrics), 500):
-                self.client.log_batch(self.run_id, metrics=self._metrics[i:i + 500])
+            for i in range(0, len(self._pending), 500):
+                self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in self._pending[i:i + 500]])
         except Exception as exc:
             self._warn("metric logging", exc)
-        self._metrics.clear()
+        self._pending.clear()
         self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.record["artifacts"].append([str(Path(path).resolve()), folder])
         if self.client is None:
             return
         try:
@@ -190,6 +290,7 @@ class StageRun:
             self._warn("artifact upload", exc)
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        self.record["tags"] |= {k: str(v) for k, v in tags.items()}
         if self.client is None:
             return
         try:
@@ -199,9 +300,105 @@ class StageRun:
             self._warn("tagging", exc)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.cfg["mlflow"]["enabled"]:
+            return
         self.flush()
+        status = "FINISHED" if exc_type is None else "FAILED"
+        self.record.update(status=status, end_time=int(time.time() * 1000))
         if self.client is not None:
             try:
-                self.client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
+                self.client.set_terminated(self.run_id, status, end_time=self.record["end_time"])
+                if self.logged_all:
+                    self.client.set_tag(self.run_id, "lcsc.logged", COMPLETE)
             except Exception as err:
                 self._warn("run closing", err)
+        _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
+
+
+def _find(client, exp_id: str, key: str):
+    runs = client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{key}'", max_results=10)
+    return runs[0] if runs else None
+
+
+def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str:
+    from mlflow.entities import Metric
+
+    tags = dict(record["tags"])
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    else:
+        tags.pop("mlflow.parentRunId", None)
+    run = client.create_run(exp_id, run_name=record["name"], tags=tags, start_time=record["start_time"])
+    rid = run.info.run_id
+    params = _params_from_flat(record["params"])
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i:i + 100])
+    metrics = [Metric(*m) for m in record["metrics"]]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    for path, folder in record["artifacts"]:
+        if Path(path).exists():
+            client.log_artifact(rid, path, folder)
+        else:
+            print(f"[lcsc] {record['name']}: artifact {path} is gone; logged without it", file=sys.stderr)
+    if record["status"] != "RUNNING":
+        client.set_terminated(rid, record["status"], end_time=record["end_time"])
+        client.set_tag(rid, "lcsc.logged", COMPLETE)
+    return rid
+
+
+def _params_from_flat(values: dict):
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def sync(cfg: dict) -> dict[str, int]:
+    """Log every run recorded under the experiment's `tracking/` folder that the store lacks or
+    holds only in part. Complete runs are left alone, so a second sync changes nothing. Child runs
+    logged in part are replaced; a parent is completed in place (its children point to it)."""
+    records = sorted(records_dir(cfg).glob("*/*.json"))
+    counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0}
+    if not records:
+        return counts
+    loaded = [json.loads(p.read_text()) for p in records]
+    client = _client(cfg)
+    exp_id = _experiment_id(client, cfg)
+    parents: dict[str, str] = {}
+    for record in sorted(loaded, key=lambda r: r["parent_key"] is not None):  # parents first
+        found = _find(client, exp_id, record["key"])
+        if found is not None and found.data.tags.get("lcsc.logged") == COMPLETE:
+            counts["complete"] += 1
+            parents[record["key"]] = found.info.run_id
+            continue
+        if record["status"] == "RUNNING" and record["parent_key"] is not None:
+            print(f"[lcsc] {record['name']}: recorded as still running; skipped", file=sys.stderr)
+            continue
+        if found is not None and record["parent_key"] is None and found.data.tags.get("lcsc.role") == "invocation":
+            if record["status"] != "RUNNING":  # the parent: finish it where it is
+                client.set_terminated(found.info.run_id, record["status"], end_time=record["end_time"])
+                client.set_tag(found.info.run_id, "lcsc.logged", COMPLETE)
+                counts["completed"] += 1
+            parents[record["key"]] = found.info.run_id
+            continue
+        if found is not None:  # a child logged in part: replace it with the whole record
+            client.delete_run(found.info.run_id)
+            counts["replaced"] += 1
+        else:
+            counts["created"] += 1
+        parents[record["key"]] = _log_record(client, exp_id, record, parents.get(record["parent_key"]))
+    return counts
+
+
+def serve(cfg: dict, host: str, port: int, workers: int = 1) -> int:
+    """Run a tracking server over the results' store (`mlflow server`, in the foreground)."""
+    uri = tracking_uri(dict(cfg, mlflow=dict(cfg["mlflow"], tracking_uri=None)))
+    artifacts = (Path(cfg["results_dir"]) / "mlartifacts").resolve()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+           "--workers", str(workers)]
+    print(f"[lcsc] MLflow tracking server over {uri} at http://{host}:{port} (runs: "
+          f"http://{host}:{port}/#/experiments); point jobs at it with mlflow.tracking_uri: "
+          f"http://{host}:{port}", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached: the server replaces this process

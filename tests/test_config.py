@@ -94,6 +94,10 @@ def test_overrides_and_slices():
     for stage in ("baselines", "evaluate"):
         assert not {"devices", "trail_chunk_mb"} & set(stage_config(cfg, stage)["search"])
     assert {"devices", "trail_chunk_mb"} <= set(stage_config(cfg, "search")["search"])
+    # nor does a new budget: the baselines keep only the fitness settings, evaluate the NFE
+    assert set(stage_config(cfg, "baselines")["search"]) == {"nfe", "samples", "seed", "batch_size"}
+    assert stage_config(cfg, "evaluate")["search"] == {"nfe": cfg["search"]["nfe"]}
+    assert stage_config(cfg, "tabulate")["search"]["budget"] == 3
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
 
 

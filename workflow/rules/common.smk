@@ -102,21 +102,22 @@ def report_outputs():
 
 
 onstart:
-    from lcsc.tracking import start_parent
+    from lcsc.tracking import INVOCATION_ENV, start_parent
 
-    run_id = start_parent(config)
+    invocation, run_id = start_parent(config)
+    os.environ[INVOCATION_ENV] = invocation
     if run_id:
         os.environ[PARENT_ENV] = run_id
-        print(f"MLflow parent run {run_id} ({config['experiment']})")
+        print(f"MLflow parent run {run_id} ({config['experiment']}, invocation {invocation})")
 
 
 onsuccess:
-    from lcsc.tracking import end_parent
+    from lcsc.tracking import INVOCATION_ENV, end_parent
 
-    end_parent(config, os.environ.get(PARENT_ENV), ok=True)
+    end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=True)
 
 
 onerror:
-    from lcsc.tracking import end_parent
+    from lcsc.tracking import INVOCATION_ENV, end_parent
 
-    end_parent(config, os.environ.get(PARENT_ENV), ok=False)
+    end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=False)
