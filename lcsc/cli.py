@@ -231,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1)
-    stage("mlflow-sync", cmd_mlflow_sync,
-          "log to MLflow every recorded run it lacks or holds in part (idempotent)")
+    p.add_argument("--allowed-hosts", help="Host headers the server answers (default for a non-loopback "
+                   "--host: this machine's names)")
+    p = stage("mlflow-sync", cmd_mlflow_sync,
+              "log to MLflow every recorded run it lacks or holds in part (idempotent)")
+    p.add_argument("--any-store", action="store_true",
+                   help="also log records made for another tracking URI or experiment name")
     p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
     p.add_argument("--models", nargs="+", default=["dm"])
     p.add_argument("--variants", nargs="+")
@@ -242,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_mlflow_server(args) -> None:
     from .tracking import serve
 
-    serve(_config(args), args.host, args.port, args.workers)
+    serve(_config(args), args.host, args.port, args.workers, args.allowed_hosts)
 
 
 def cmd_mlflow_sync(args) -> None:
@@ -250,13 +254,16 @@ def cmd_mlflow_sync(args) -> None:
 
     cfg = _config(args)
     try:
-        counts = sync(cfg)
+        counts = sync(cfg, args.any_store)
     except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
         raise SystemExit(f"lcsc mlflow-sync: {tracking_uri(cfg)} failed ({exc}); the records in "
                          f"{records_dir(cfg)} are kept, run it again when the store is back")
     print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
           f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
-          f"{counts['complete']} already complete ({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
+          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped "
+          f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
+    if counts["failed"]:
+        raise SystemExit(f"lcsc mlflow-sync: {counts['failed']} records failed (see above); run it again")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ COMPLETE = "complete"
 # A tracking server that is down must cost a job seconds, not MLflow's default of minutes of
 # retries per request; users can still set these themselves.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -74,7 +74,7 @@ def _write_record(path: Path, record: dict) -> None:
 
     try:
         write_json(path, record)
-    except OSError as exc:  # the stage's own results are already written; say so and go on
+    except Exception as exc:  # the stage's own results are already written; say so and go on
         print(f"[lcsc] could not write the tracking record {path}: {exc}", file=sys.stderr)
 
 
@@ -147,14 +147,23 @@ def stage_tags(cfg: dict, stage: str, wildcards: dict[str, str], params: dict) -
     from .paths import dataset_name, feature_tag
 
     tags = {"lcsc.stage": stage, "lcsc.rule": stage, "lcsc.experiment": cfg["experiment"],
-            "lcsc.config_hash": config_hash(params), "lcsc.git_commit": git_commit(),
-            "lcsc.dataset": dataset_name(cfg["data"]), "lcsc.features": feature_tag(cfg["features"])}
+            "lcsc.config_hash": config_hash(params), "lcsc.git_commit": git_commit()}
+    # a job holds only the config sections it reads (the others are schema defaults): tag from those
+    if "data" in params:
+        tags["lcsc.dataset"] = dataset_name(cfg["data"])
+    if "features" in params:
+        tags["lcsc.features"] = feature_tag(cfg["features"])
     if stage == "evaluate":
         tags["lcsc.nfe"] = ",".join(str(n) for n in sorted(cfg["evaluate"]["nfe"]))
     elif stage in ("search", "baselines"):
         tags["lcsc.nfe"] = str(cfg["search"]["nfe"])
     tags |= {f"lcsc.{k}": str(v) for k, v in wildcards.items()}
     return tags
+
+
+def _destination(cfg: dict) -> dict:
+    """Where a record was meant to be logged: sync logs it there only."""
+    return {"tracking_uri": tracking_uri(cfg), "experiment": experiment_name(cfg)}
 
 
 def _invocation() -> str:
@@ -173,21 +182,22 @@ def start_parent(cfg: dict) -> tuple[str, str | None]:
                        "lcsc.invocation": invocation, "lcsc.config_hash": config_hash(cfg),
                        "lcsc.git_commit": git_commit()},
               "params": flatten(cfg), "metrics": [], "artifacts": [], "status": "RUNNING",
-              "start_time": int(time.time() * 1000), "end_time": None}
+              "start_time": int(time.time() * 1000), "end_time": None, **_destination(cfg)}
     record["tags"]["lcsc.run_key"] = record["key"]
     _write_record(_record_path(cfg, invocation, "parent"), record)
+    run_id = None
     try:
         client = _retry(lambda: _client(cfg), cfg)
         exp_id = _retry(lambda: _experiment_id(client, cfg), cfg)
-        run = client.create_run(exp_id, run_name=name, tags=record["tags"], start_time=record["start_time"])
+        run_id = client.create_run(exp_id, run_name=name, tags=record["tags"],
+                                   start_time=record["start_time"]).info.run_id
         params = _params(cfg)
         for i in range(0, len(params), 100):
-            client.log_batch(run.info.run_id, params=params[i:i + 100])
-        return invocation, run.info.run_id
+            client.log_batch(run_id, params=params[i:i + 100])
     except Exception as exc:  # results on disk do not depend on MLflow
         print(f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it "
               "(`lcsc mlflow-sync` logs its runs later)", file=sys.stderr)
-        return invocation, None
+    return invocation, run_id  # the run, once it exists, is the children's parent
 
 
 def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) -> None:
@@ -230,7 +240,8 @@ class StageRun:
                        "parent_key": f"{self.invocation}/parent" if os.environ.get(INVOCATION_ENV) else None,
                        "tags": stage_tags(cfg, stage, wildcards, params), "params": flatten(params),
                        "metrics": [], "artifacts": [], "status": "RUNNING",
-                       "start_time": int(time.time() * 1000), "end_time": None}
+                       "start_time": int(time.time() * 1000), "end_time": None,
+                       **(_destination(cfg) if cfg["mlflow"]["enabled"] else {})}
         self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"]}
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
@@ -315,9 +326,8 @@ class StageRun:
         _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
 
 
-def _find(client, exp_id: str, key: str):
-    runs = client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{key}'", max_results=10)
-    return runs[0] if runs else None
+def _find_all(client, exp_id: str, key: str) -> list:
+    return client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{key}'", max_results=100)
 
 
 def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str:
@@ -353,52 +363,107 @@ def _params_from_flat(values: dict):
     return [Param(k, str(v)[:6000]) for k, v in values.items()]
 
 
-def sync(cfg: dict) -> dict[str, int]:
+def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     """Log every run recorded under the experiment's `tracking/` folder that the store lacks or
-    holds only in part. Complete runs are left alone, so a second sync changes nothing. Child runs
-    logged in part are replaced; a parent is completed in place (its children point to it)."""
-    records = sorted(records_dir(cfg).glob("*/*.json"))
-    counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0}
+    holds only in part. Complete runs are left alone (but re-attached to their parent if needed),
+    so a second sync changes nothing. A child logged in part is replaced (duplicates of one
+    record, e.g. from an HTTP retry, are removed); a parent is completed in place, since its
+    children point to it. Records meant for another store are skipped unless `any_store`."""
+    import fcntl
+
+    folder = records_dir(cfg)
+    records = sorted(folder.glob("*/*.json"))
+    counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0,
+              "skipped": 0, "failed": 0}
     if not records:
         return counts
-    loaded = [json.loads(p.read_text()) for p in records]
+    loaded = []
+    for path in records:
+        try:
+            record = json.loads(path.read_text())
+            record["key"], record["name"], record["status"]  # noqa: B018 (the fields sync needs)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"[lcsc] {path}: not a run record ({exc}); skipped", file=sys.stderr)
+            counts["failed"] += 1
+            continue
+        meant = record.get("tracking_uri"), record.get("experiment")
+        if meant != (tracking_uri(cfg), experiment_name(cfg)) and not any_store:
+            counts["skipped"] += 1
+            continue
+        loaded.append(record)
     client = _client(cfg)
     exp_id = _experiment_id(client, cfg)
     parents: dict[str, str] = {}
-    for record in sorted(loaded, key=lambda r: r["parent_key"] is not None):  # parents first
-        found = _find(client, exp_id, record["key"])
-        if found is not None and found.data.tags.get("lcsc.logged") == COMPLETE:
-            counts["complete"] += 1
-            parents[record["key"]] = found.info.run_id
-            continue
-        if record["status"] == "RUNNING" and record["parent_key"] is not None:
-            print(f"[lcsc] {record['name']}: recorded as still running; skipped", file=sys.stderr)
-            continue
-        if found is not None and record["parent_key"] is None and found.data.tags.get("lcsc.role") == "invocation":
-            if record["status"] != "RUNNING":  # the parent: finish it where it is
-                client.set_terminated(found.info.run_id, record["status"], end_time=record["end_time"])
-                client.set_tag(found.info.run_id, "lcsc.logged", COMPLETE)
-                counts["completed"] += 1
-            parents[record["key"]] = found.info.run_id
-            continue
-        if found is not None:  # a child logged in part: replace it with the whole record
-            client.delete_run(found.info.run_id)
-            counts["replaced"] += 1
-        else:
-            counts["created"] += 1
-        parents[record["key"]] = _log_record(client, exp_id, record, parents.get(record["parent_key"]))
+    with open(folder / ".sync.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two syncs at once would both create a missing run
+        for record in sorted(loaded, key=lambda r: r["parent_key"] is not None):  # parents first
+            try:
+                _sync_one(client, exp_id, record, parents, counts)
+            except Exception as exc:  # one bad request must not stop the others
+                print(f"[lcsc] {record['name']}: {exc}", file=sys.stderr)
+                counts["failed"] += 1
     return counts
 
 
-def serve(cfg: dict, host: str, port: int, workers: int = 1) -> int:
-    """Run a tracking server over the results' store (`mlflow server`, in the foreground)."""
+def _sync_one(client, exp_id: str, record: dict, parents: dict[str, str], counts: dict[str, int]) -> None:
+    found = _find_all(client, exp_id, record["key"])
+    complete = [r for r in found if r.data.tags.get("lcsc.logged") == COMPLETE]
+    is_parent = record["parent_key"] is None and record["tags"].get("lcsc.role") == "invocation"
+    parent_id = parents.get(record["parent_key"]) if record["parent_key"] else None
+    if complete:
+        keep = complete[0]
+        for extra in found:
+            if extra.info.run_id != keep.info.run_id:
+                client.delete_run(extra.info.run_id)
+        if parent_id and keep.data.tags.get("mlflow.parentRunId") != parent_id:
+            client.set_tag(keep.info.run_id, "mlflow.parentRunId", parent_id)
+        parents[record["key"]] = keep.info.run_id
+        counts["complete"] += 1
+        return
+    if record["status"] == "RUNNING" and not is_parent:
+        print(f"[lcsc] {record['name']}: recorded as still running; skipped", file=sys.stderr)
+        return
+    if is_parent and found:  # finish the parent where it is: its children point to it
+        run_id = found[0].info.run_id
+        for extra in found[1:]:
+            client.delete_run(extra.info.run_id)
+        params = _params_from_flat(record["params"])
+        for i in range(0, len(params), 100):  # again: logging an identical value is allowed
+            client.log_batch(run_id, params=params[i:i + 100])
+        if record["status"] != "RUNNING":
+            client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+            client.set_tag(run_id, "lcsc.logged", COMPLETE)
+            counts["completed"] += 1
+        parents[record["key"]] = run_id
+        return
+    for partial in found:  # a child logged in part: replace it with the whole record
+        client.delete_run(partial.info.run_id)
+    counts["replaced" if found else "created"] += 1
+    parents[record["key"]] = _log_record(client, exp_id, record, parent_id)
+
+
+def serve(cfg: dict, host: str, port: int, workers: int = 1, allowed_hosts: str | None = None) -> int:
+    """Run a tracking server over the results' store (`mlflow server`, in the foreground).
+    Artifacts stay in `<results_dir>/mlartifacts` as plain files (no artifact proxy), the layout
+    jobs that write to the SQLite file directly use too, so both can be mixed."""
+    import socket
+
     uri = tracking_uri(dict(cfg, mlflow=dict(cfg["mlflow"], tracking_uri=None)))
     artifacts = (Path(cfg["results_dir"]) / "mlartifacts").resolve()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--no-serve-artifacts",
+           "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port),
            "--workers", str(workers)]
-    print(f"[lcsc] MLflow tracking server over {uri} at http://{host}:{port} (runs: "
-          f"http://{host}:{port}/#/experiments); point jobs at it with mlflow.tracking_uri: "
-          f"http://{host}:{port}", flush=True)
+    name = host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        name = socket.gethostname()
+        # MLflow answers only requests addressed to localhost or private IPs unless told otherwise
+        allowed_hosts = allowed_hosts or ",".join(
+            sorted({f"{h}:*" for h in (name, socket.getfqdn(), "localhost", "127.0.0.1")}))
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    print(f"[lcsc] MLflow tracking server over {uri} at http://{name}:{port} (runs: "
+          f"http://{name}:{port}/#/experiments); point jobs at it with mlflow.tracking_uri: "
+          f"http://{name}:{port}. It has no authentication: bind it to a network you trust.", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached: the server replaces this process

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,23 +156,33 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     root, port, server, base = tracked
     cfg = dict(base, search=dict(TINY["search"], budget=10))
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
-    search_log = root / "results" / EXPERIMENT / "logs" / "search" / "dm.log"
-    started = time.time()
+    exp_id = _api(port, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]["experiment_id"]
+    earlier = {r["info"]["run_id"] for r in _search(port, exp_id, "attributes.status != 'x'")}
+    killed = threading.Event()
 
-    def kill_when_the_search_starts():
-        while time.time() - started < 300:
-            if search_log.exists() and search_log.stat().st_mtime > started:
+    def kill_while_the_search_logs():
+        """SIGKILL the server once the new search run exists and is still running: that run is
+        left logged in part, and every job after it finds no server."""
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                runs = _search(port, exp_id, "tags.`lcsc.stage` = 'search' and attributes.status = 'RUNNING'")
+            except OSError:
+                runs = []
+            if any(r["info"]["run_id"] not in earlier for r in runs):
                 server.stop(signal.SIGKILL)
+                killed.set()
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
 
-    killer = threading.Thread(target=kill_when_the_search_starts)
+    started = time.time()
+    killer = threading.Thread(target=kill_while_the_search_logs)
     killer.start()
     res = _snakemake(["--cores", "2", "--configfile", "c.yaml", "--directory", str(root)], root)
     killer.join()
+    assert killed.is_set(), "the search run never showed up while running"
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
-    assert server.proc.poll() is not None  # it was killed during the run
     # nothing lost on disk: the new search and its evaluation are there
     history = (root / "results" / EXPERIMENT / "dm" / "search" / "nfe2" / "history.csv").read_text()
     assert sum(1 for line in history.splitlines()[1:] if ",search," in line) == 10
@@ -188,7 +199,6 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     assert len(mine) == len(logs) + 1  # one record per job that ran, and the parent
 
     server.start()
-    exp_id = _api(port, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]["experiment_id"]
     mine_filter = f"tags.`lcsc.invocation` = '{invocation}'"
     before = [r for r in _search(port, exp_id, mine_filter) if _tags(r).get("lcsc.logged") == "complete"]
     assert len(before) < len(mine)  # the kill left runs missing or logged in part
@@ -196,6 +206,13 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
     first = subprocess.run(sync, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
+    # the search logged in part was replaced, the parent (whose end the dead server missed)
+    # completed in place, the jobs after the kill created; the earlier invocations untouched
+    done = re.search(r"(\d+) runs created, (\d+) logged in part replaced, (\d+) parents completed", first.stdout)
+    created, replaced, completed = map(int, done.groups())
+    assert replaced >= 1 and completed == 1 and created >= 2, first.stdout
+    survivors = {r["info"]["run_id"] for r in _search(port, exp_id, "attributes.status != 'x'")}
+    assert earlier <= survivors
     after = _search(port, exp_id, mine_filter)
     assert sorted(r["info"]["run_name"] for r in after) == sorted(rec["name"] for rec in mine.values())
     assert all(_tags(r)["lcsc.logged"] == "complete" for r in after)
@@ -215,3 +232,44 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     assert second.returncode == 0, second.stderr
     assert "0 runs created, 0 logged in part replaced, 0 parents completed" in second.stdout
     assert len(_search(port, exp_id, "attributes.status != 'x'")) == total
+
+
+def test_sync_removes_duplicates_reattaches_orphans_and_skips_other_stores(tmp_path, monkeypatch):
+    """In process, on a SQLite store: a child logged while the parent could not be created keeps
+    no parent; an HTTP retry left a second, partial run under the same key; a record made for
+    another store sits beside them. Sync fixes the first two and leaves the third alone."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import tiny_config
+    from lcsc import tracking
+    from lcsc.config import stage_config
+
+    cfg = tiny_config(tmp_path / "results", experiment="sync-unit", mlflow={"enabled": True})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    invocation, parent_id = tracking.start_parent(cfg)
+    assert parent_id
+    monkeypatch.setenv(tracking.INVOCATION_ENV, invocation)  # but no parent id: an orphan child
+    with tracking.StageRun(cfg, "search", {"model": "dm", "nfe": "2"}, stage_config(cfg, "search")) as run:
+        run.log_metrics({"fitness": 3.0}, step=0)
+        run.log_metrics({"fitness": 2.0}, step=1)
+    tracking.end_parent(cfg, invocation, parent_id, ok=True)
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    exp_id = client.get_experiment_by_name("sync-unit").experiment_id
+    child_key = f"{invocation}/search[model=dm,nfe=2]"
+    assert "mlflow.parentRunId" not in client.get_run(run.run_id).data.tags
+    client.create_run(exp_id, run_name="search[model=dm,nfe=2]", tags={"lcsc.run_key": child_key})  # the twin
+    record = tracking._record_path(cfg, invocation, "search[model=dm,nfe=2]")
+    foreign = json.loads(record.read_text()) | {"tracking_uri": "http://elsewhere:5000", "key": "other/x"}
+    (record.parent.parent / "other").mkdir()
+    (record.parent.parent / "other" / "x.json").write_text(json.dumps(foreign))
+
+    for _ in range(2):  # the second sync finds nothing to do
+        counts = tracking.sync(cfg)
+        assert counts == {"records": 3, "created": 0, "replaced": 0, "completed": 0, "complete": 2,
+                          "skipped": 1, "failed": 0}
+        runs = client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{child_key}'")
+        assert [r.info.run_id for r in runs] == [run.run_id]  # the partial twin is gone
+        assert runs[0].data.tags["mlflow.parentRunId"] == parent_id  # re-attached
+        assert [m.value for m in client.get_metric_history(run.run_id, "fitness")] == [3.0, 2.0]
+    assert len(client.search_runs([exp_id], filter_string="tags.`lcsc.run_key` LIKE 'other%'")) == 0

@@ -106,6 +106,7 @@ onstart:
 
     invocation, run_id = start_parent(config)
     os.environ[INVOCATION_ENV] = invocation
+    os.environ.pop(PARENT_ENV, None)  # never a parent inherited from an outer process
     if run_id:
         os.environ[PARENT_ENV] = run_id
         print(f"MLflow parent run {run_id} ({config['experiment']}, invocation {invocation})")
