@@ -105,7 +105,7 @@ def run_inception_features(cfg: dict, out: str | Path, device: torch.device) -> 
     dim = net(torch.zeros(2, 3, 32, 32)).shape[1]  # it loads and runs; its feature width
     if dim != 2048:
         print(f"[features] note: {path} gives {dim}-d features (Inception-v3 gives 2048)", flush=True)
-    info = {"kind": "inception", "mode": fcfg["mode"], "weights": str(path), "sha256": sha256(path),
+    info = {"kind": "inception", "mode": fcfg["mode"], "weights": str(path), "sha256": net.sha256,
             "dim": int(dim), "hash": net.hash}
     write_json(out, info)
     print(f"[features] inception ({fcfg['mode']}): {path} sha256 {info['sha256'][:16]}..., {dim}-d", flush=True)

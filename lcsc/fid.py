@@ -17,14 +17,18 @@ import torch
 from .io import atomic_path
 
 
-def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of [N, D] features, in float64."""
-    f = torch.as_tensor(features).double()
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need [N >= 2, D] features, got shape {tuple(f.shape)}")
+def _moments(f: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance of [N, D] float64 features, where they are."""
+    if f.ndim != 2 or f.shape[0] < 2 or (dim is not None and f.shape[1] != dim):
+        raise ValueError(f"need [N >= 2, {dim or 'D'}] features, got shape {tuple(f.shape)}")
     mu = f.mean(0)
     centred = f - mu
-    sigma = centred.T @ centred / (f.shape[0] - 1)
+    return mu, centred.T @ centred / (f.shape[0] - 1)
+
+
+def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of [N, D] features, in float64, as numpy arrays."""
+    mu, sigma = _moments(torch.as_tensor(features).double())
     return mu.cpu().numpy(), sigma.cpu().numpy()
 
 
@@ -48,14 +52,7 @@ def _trace_sqrt_product(factor: torch.Tensor, sigma: torch.Tensor) -> torch.Tens
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, device: str | torch.device = "cpu") -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64 on `device`."""
-    m1, m2 = (torch.as_tensor(m, dtype=torch.float64, device=device) for m in (mu1, mu2))
-    s1, s2 = (torch.as_tensor(s, dtype=torch.float64, device=device) for s in (sigma1, sigma2))
-    if m1.shape != m2.shape or s1.shape != s2.shape:
-        raise ValueError(f"shape mismatch: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, "
-                         f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
-    tr_covmean = _trace_sqrt_product(_factor((s1 + s1.T) / 2), s2)
-    diff = m1 - m2
-    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+    return Reference(mu1, sigma1, device).distance(mu2, sigma2)
 
 
 class Reference:
@@ -74,12 +71,7 @@ class Reference:
 
     def moments(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased covariance of [N, D] features, float64 on the reference's device."""
-        f = torch.as_tensor(features).to(self.device, torch.float64)
-        if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] != self.mu.numel():
-            raise ValueError(f"need [N >= 2, {self.mu.numel()}] features, got shape {tuple(f.shape)}")
-        mu = f.mean(0)
-        centred = f - mu
-        return mu, centred.T @ centred / (f.shape[0] - 1)
+        return _moments(torch.as_tensor(features).to(self.device, torch.float64), self.mu.numel())
 
     def distance(self, mu, sigma) -> float:
         mu = torch.as_tensor(mu, dtype=torch.float64, device=self.device)

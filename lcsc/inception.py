@@ -170,7 +170,8 @@ class InceptionFeatures:
                 raise FeatureError(f"features.weights: {self.path} has no built-in resize "
                                    "(forward(x, return_features)); legacy_tensorflow needs NVIDIA's "
                                    f"{NVIDIA_FILE}")
-        self.hash = f"{sha256(self.path)[:16]}-{mode}"
+        self.sha256 = sha256(self.path)
+        self.hash = f"{self.sha256[:16]}-{mode}"
 
     @staticmethod
     def to_uint8_range(images: torch.Tensor) -> torch.Tensor:

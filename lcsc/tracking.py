@@ -135,10 +135,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _params(values: dict):
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)[:6000]) for k, v in flatten(values).items()]
 
 
 def stage_tags(cfg: dict, stage: str, wildcards: dict[str, str], params: dict) -> dict[str, str]:
@@ -191,7 +187,7 @@ def start_parent(cfg: dict) -> tuple[str, str | None]:
         exp_id = _retry(lambda: _experiment_id(client, cfg), cfg)
         run_id = client.create_run(exp_id, run_name=name, tags=record["tags"],
                                    start_time=record["start_time"]).info.run_id
-        params = _params(cfg)
+        params = _params(record["params"])
         for i in range(0, len(params), 100):
             client.log_batch(run_id, params=params[i:i + 100])
     except Exception as exc:  # results on disk do not depend on MLflow
@@ -261,7 +257,7 @@ class StageRun:
                                                         tags=self.record["tags"],
                                                         start_time=self.record["start_time"]), self.cfg)
             self.run_id = run.info.run_id
-            params = _params(self.params)
+            params = _params(self.record["params"])
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
         except Exception as exc:
@@ -340,7 +336,7 @@ def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str
         tags.pop("mlflow.parentRunId", None)
     run = client.create_run(exp_id, run_name=record["name"], tags=tags, start_time=record["start_time"])
     rid = run.info.run_id
-    params = _params_from_flat(record["params"])
+    params = _params(record["params"])
     for i in range(0, len(params), 100):
         client.log_batch(rid, params=params[i:i + 100])
     metrics = [Metric(*m) for m in record["metrics"]]
@@ -357,10 +353,11 @@ def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str
     return rid
 
 
-def _params_from_flat(values: dict):
+def _params(flat: dict):
+    """MLflow params of dotted keys (values cut to MLflow's length limit)."""
     from mlflow.entities import Param
 
-    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+    return [Param(k, str(v)[:6000]) for k, v in flat.items()]
 
 
 def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
@@ -427,7 +424,7 @@ def _sync_one(client, exp_id: str, record: dict, parents: dict[str, str], counts
         run_id = found[0].info.run_id
         for extra in found[1:]:
             client.delete_run(extra.info.run_id)
-        params = _params_from_flat(record["params"])
+        params = _params(record["params"])
         for i in range(0, len(params), 100):  # again: logging an identical value is allowed
             client.log_batch(run_id, params=params[i:i + 100])
         if record["status"] != "RUNNING":

@@ -11,7 +11,7 @@ sys.path.insert(0, workflow.basedir)
 
 from lcsc.config import ConfigError, stage_config, validate
 from lcsc.profiles import profile_names, variant_names
-from lcsc.paths import Layout, dataset_name, feature_tag, reference_source
+from lcsc.paths import Layout, feature_tag, reference_source
 from lcsc.tracking import PARENT_ENV
 
 try:
@@ -21,7 +21,6 @@ except ConfigError as exc:
 
 LAYOUT = Layout.of(config)
 FEATURES = feature_tag(config["features"])  # classifier, or inception-<mode>
-DATASET = dataset_name(config["data"])
 REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or features.reference_folder
 # A local Inception weights file is an input of inception_features (replacing it reruns the FID
 # stages); a missing one fails here, at parse time, with the config key named.

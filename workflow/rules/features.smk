@@ -38,7 +38,7 @@ rule reference_stats:
     input:
         features=feature_net(),
     output:
-        stats=LAYOUT.stats(REFERENCE if REFERENCE_SPLIT == "folder" else DATASET, "{split}", FEATURES),
+        stats=LAYOUT.stats(REFERENCE, "{split}", FEATURES),
     log:
         LAYOUT.log("reference_stats", "{split}"),
     params:
