@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lcsc.config import load_config, resolve_device
-from lcsc.evaluate import Scorer, make_noise
+from lcsc.evaluate import Scorer
 from lcsc.fid import feature_stats
 from lcsc.io import load_tensors
 from lcsc.nets import build_unet
@@ -107,7 +107,7 @@ def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
         model.to(device).eval()
         model.forward = clock.wrap(model.forward)
         with torch.no_grad():
-            images = torch.cat([scorer.diffusion.sample(model, noise[i:i + scorer.batch_size], nfe)
+            images = torch.cat([scorer.sampler.sample(model, noise[i:i + scorer.batch_size], nfe)
                                 for i in range(0, len(noise), scorer.batch_size)])
         f = feats(images, scorer.batch_size).cpu().numpy()
         mu, sigma = np.mean(f, axis=0), np.cov(f, rowvar=False)
@@ -133,7 +133,7 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
 
         def sample_one(p, x):
             net = lambda xx, tt: functional_call(base, p, (xx, tt))  # noqa: E731
-            return scorer.diffusion.sample(net, x, nfe)
+            return scorer.sampler.sample(net, x, nfe)
 
         with torch.no_grad(), clock.timing():
             images = torch.cat([vmap(sample_one, in_dims=(0, None))(params, noise[i:i + scorer.batch_size])
@@ -175,7 +175,7 @@ def main() -> None:
         return Scorer(cfg, trail, layout.feature_net(feature_tag(cfg["features"])), stats, device, scfg["batch_size"])
 
     cs = candidates(len(trail), args.candidates, seed=0)
-    noise = make_noise(scfg["samples"], scorer().shape, scfg["seed"], device)
+    noise = scorer().make_noise(scfg["samples"], scfg["seed"])
     print(f"{len(trail)} checkpoints x {scorer().loader.numel} parameters; {args.candidates} candidates, "
           f"{scfg['samples']} samples at NFE {scfg['nfe']}, batch {scfg['batch_size']}; {machine(device)}",
           flush=True)

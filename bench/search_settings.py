@@ -18,7 +18,7 @@ import yaml
 
 from lcsc.cli import main as lcsc_main
 from lcsc.config import load_config, resolve_device
-from lcsc.evaluate import Scorer, make_noise, variant_weights
+from lcsc.evaluate import Scorer, variant_weights
 from lcsc.paths import Layout, dataset_name
 from lcsc.search import run_search
 from lcsc.trail import Trail
@@ -70,7 +70,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         scorer = Scorer(cfg, Trail.open(layout.manifest("dm")), layout.feature_net("classifier"), stats, device,
                         cfg["evaluate"]["batch_size"])
-        noise = make_noise(cfg["evaluate"]["samples"], scorer.shape, cfg["evaluate"]["seed"], device)
+        noise = scorer.make_noise(cfg["evaluate"]["samples"], cfg["evaluate"]["seed"])
         nfe = cfg["search"]["nfe"]
         fid, _ = scorer.fid(scorer.weights_of(result["coefficients"]), nfe, noise)
         rows.append((name, layout.root.name, fid, result["fitness"], result["rescore_fitness"], seconds))

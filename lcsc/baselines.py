@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import Scorer, make_noise
+from .evaluate import Scorer
 from .io import write_json
 from .profiles import trail_profiles
 from .progress import progress
@@ -24,11 +24,10 @@ from .trail import Trail
 def fitness_settings(cfg: dict, scorer: Scorer) -> dict:
     """Everything a search fitness depends on besides the trail: scores made under other
     settings must not be compared with the search's own."""
-    scfg, dcfg = cfg["search"], cfg["diffusion"]
+    scfg = cfg["search"]
     return {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"],
             "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
-            "sampler": dcfg["sampler"], "clip_denoised": dcfg["clip_denoised"], "schedule": dcfg["schedule"],
-            "timesteps": dcfg["timesteps"], "batch_size": scfg["batch_size"]}
+            **scorer.sampler.settings(scfg["nfe"]), "batch_size": scfg["batch_size"]}
 
 
 def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]:
@@ -66,7 +65,7 @@ def run_baselines(cfg: dict, manifest: str | Path, features: str | Path, stats: 
     scfg, bcfg = cfg["search"], cfg["baselines"]
     trail = Trail.open(manifest)
     scorer = Scorer(cfg, trail, features, stats, device, scfg["batch_size"])
-    noise = make_noise(scfg["samples"], scorer.shape, scfg["seed"], device)
+    noise = scorer.make_noise(scfg["samples"], scfg["seed"])
     profiles = trail_profiles(trail.steps, bcfg)
     k = len(trail)
 

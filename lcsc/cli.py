@@ -36,17 +36,21 @@ def _wildcards(text: str | None) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if item)
 
 
-def _setup(args, stage: str):
+def _setup(args, stage: str, model: str | None = None):
+    """The config (as `model`'s stages read it, see lcsc.config.for_model), layout, device and run."""
     import torch
 
-    from .config import resolve_device
+    from .config import for_model, model_kind, resolve_device
     from .tracking import StageRun
 
     cfg = _config(args)
+    if model is not None:
+        model_kind(model)  # an unknown model name is an error here, not deep inside a stage
+        cfg = for_model(cfg, model)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(cfg)
-    run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage))
+    run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model))
     return cfg, Layout.of(cfg), device, run
 
 
@@ -70,8 +74,74 @@ def cmd_train_dm(args) -> None:
         manifest = train(model, diffusion.loss, data.images, cfg["train"], out_dir, seed=cfg["seed"],
                          device=device, run=run, desc="train_dm",
                          manifest_extra={"kind": "dm", "model_config": cfg["model"],
-                                         "diffusion": cfg["diffusion"], "data": cfg["data"]})
+                                         "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
+                                         "data": cfg["data"]})
         run.log_artifact(manifest)
+
+
+def cmd_train_cm(args) -> None:
+    import torch
+
+    from .consistency import ConsistencyLoss, Parameterization, VPTeacher
+    from .data import load_split
+    from .diffusion import VPDiffusion
+    from .io import load_tensors, sha256
+    from .nets import build_unet
+    from .train import train
+    from .trail import Trail
+
+    model_name = f"cm_{args.mode}"
+    cfg, layout, device, run = _setup(args, "train_cm", model_name)
+    ccfg = cfg["consistency"]
+    out_dir = Path(args.out_dir or layout.trail_dir(model_name))
+    with run:
+        data = load_split(cfg["data"], "train")
+        extra = {"kind": "cm", "mode": args.mode, "model_config": cfg["model"], "data": cfg["data"],
+                 "consistency": Parameterization.from_config(ccfg).settings(),
+                 "training": {k: ccfg[k] for k in ("p_mean", "p_std", "loss", "huber_c")}}
+        teacher = None
+        if args.mode == "cd":
+            teacher_manifest = Path(args.teacher or layout.manifest("dm"))
+            trail = Trail.open(teacher_manifest)
+            if trail.manifest.get("kind") != "dm":
+                raise ConfigError(f"train-cm --mode cd: the teacher {teacher_manifest} is not a diffusion trail")
+            path = trail.weights_path(ccfg["cd"]["teacher"])
+            net = build_unet(trail.model_config, cfg["data"]["channels"])
+            net.load_state_dict(load_tensors(path))
+            net.to(device).eval().requires_grad_(False)
+            schedule = VPDiffusion(trail.manifest["diffusion"]["schedule"], trail.manifest["diffusion"]["timesteps"])
+            teacher = VPTeacher(net, schedule.alpha_bar, cfg["diffusion"]["clip_denoised"])
+            extra["training"] |= {"cd": ccfg["cd"], "teacher_clip": cfg["diffusion"]["clip_denoised"]}
+            extra["teacher"] = {"manifest": str(teacher_manifest), "weights": ccfg["cd"]["teacher"],
+                                "file": str(path), "sha256": sha256(path)}
+        else:  # the curriculum spans the whole run: another length is another training
+            extra["training"] |= {"ct": ccfg["ct"], "curriculum_iterations": cfg["train"]["iterations"]}
+        loss = ConsistencyLoss(ccfg, args.mode, cfg["train"]["iterations"], teacher)
+        torch.manual_seed(cfg["seed"])
+        model = build_unet(cfg["model"], cfg["data"]["channels"])
+        print(f"[train_cm] consistency {'distillation' if args.mode == 'cd' else 'training'}: "
+              f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
+              f"{cfg['train']['iterations']} iterations, device {device}", flush=True)
+        manifest = train(model, loss, data.images, cfg["train"], out_dir, seed=cfg["seed"], device=device,
+                         run=run, desc=f"train_cm {args.mode}", manifest_extra=extra)
+        run.log_artifact(manifest)
+
+
+def cmd_truncate_trail(args) -> None:
+    from .config import truncation
+    from .trail import truncate
+
+    cfg = _config(args)
+    layout = Layout.of(cfg)
+    fraction = truncation(args.model)
+    if fraction is None:
+        raise ConfigError(f"truncate-trail: {args.model!r} does not name a truncated trail (<model>_first<percent>)")
+    from .config import base_model
+
+    manifest = truncate(args.manifest or layout.manifest(base_model(args.model)), fraction,
+                        args.out or layout.manifest(args.model))
+    print(f"[truncate_trail] {args.model}: {len(manifest['checkpoints'])} checkpoints up to step "
+          f"{manifest['iterations']} of {manifest['truncated_from']['iterations']}")
 
 
 def cmd_train_features(args) -> None:
@@ -123,6 +193,24 @@ def _stats_path(cfg, layout, args) -> Path:
     return Path(args.stats or layout.stats(*reference_source(cfg), feature_tag(cfg["features"])))
 
 
+def _manifest(layout, args) -> Path:
+    """The model's trail manifest (as given, or the layout's), checked to hold that kind of model:
+    sampling a consistency trail as a diffusion model, or the reverse, is an error, not a number."""
+    from .config import base_model, model_kind
+    from .io import read_json
+
+    path = Path(args.manifest or layout.manifest(args.model))
+    if path.exists():
+        manifest = read_json(path)
+        kind = manifest.get("kind", "dm")
+        mode = manifest.get("mode")
+        if kind != model_kind(args.model) or (kind == "cm" and base_model(args.model) != f"cm_{mode}"):
+            trained = "dm" if kind == "dm" else f"cm_{mode}"
+            raise ConfigError(f"--model {args.model}: {path} holds a {trained} trail; pass --model {trained} "
+                              f"(or a truncated name of it)")
+    return path
+
+
 def _baselines_path(layout, args) -> Path | None:
     """The baselines stage's file: as given, else where the layout puts it if it exists."""
     if args.baselines:
@@ -134,11 +222,11 @@ def _baselines_path(layout, args) -> Path | None:
 def cmd_search(args) -> None:
     from .search import run_search
 
-    cfg, layout, device, run = _setup(args, "search")
+    cfg, layout, device, run = _setup(args, "search", args.model)
     nfe = cfg["search"]["nfe"]
     out_dir = Path(args.out_dir or layout.search_dir(args.model, nfe))
     with run:
-        result = run_search(cfg, args.manifest or layout.manifest(args.model),
+        result = run_search(cfg, _manifest(layout, args),
                             _features_path(cfg, layout, args),
                             _stats_path(cfg, layout, args), out_dir, device, run,
                             baselines=_baselines_path(layout, args))
@@ -150,10 +238,10 @@ def cmd_search(args) -> None:
 def cmd_baselines(args) -> None:
     from .baselines import run_baselines
 
-    cfg, layout, device, run = _setup(args, "baselines")
+    cfg, layout, device, run = _setup(args, "baselines", args.model)
     out = Path(args.out or layout.baselines(args.model))
     with run:
-        run_baselines(cfg, args.manifest or layout.manifest(args.model),
+        run_baselines(cfg, _manifest(layout, args),
                       _features_path(cfg, layout, args),
                       _stats_path(cfg, layout, args), out, device, run)
         run.log_artifact(out)
@@ -162,14 +250,14 @@ def cmd_baselines(args) -> None:
 def cmd_evaluate(args) -> None:
     from .evaluate import run_evaluate
 
-    cfg, layout, device, run = _setup(args, "evaluate")
+    cfg, layout, device, run = _setup(args, "evaluate", args.model)
     out = Path(args.out or layout.eval_json(args.model, args.variant))
     grid = Path(args.grid or layout.eval_grid(args.model, args.variant))
     coefficients = args.coefficients
     if args.variant == "lcsc" and coefficients is None:
         coefficients = layout.coefficients(args.model, cfg["search"]["nfe"])
     with run:
-        run_evaluate(cfg, args.model, args.variant, args.manifest or layout.manifest(args.model),
+        run_evaluate(cfg, args.model, args.variant, _manifest(layout, args),
                      _features_path(cfg, layout, args),
                      _stats_path(cfg, layout, args), out, grid, device, coefficients, run,
                      baselines=_baselines_path(layout, args))
@@ -178,14 +266,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_tabulate(args) -> None:
-    from .profiles import variant_names
+    from .config import models
     from .report import run_tabulate
     from .tracking import StageRun
 
     cfg = _config(args)
-    variants = args.variants or variant_names(cfg)
     with StageRun(cfg, "tabulate", _wildcards(args.wildcards), stage_config(cfg, "tabulate")) as run:
-        summary = run_tabulate(cfg, args.models, variants, run)
+        summary = run_tabulate(cfg, args.models or models(cfg), args.variants, run)
     print(summary.read_text())
 
 
@@ -205,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail") \
         .add_argument("--out-dir")
+    p = stage("train-cm", cmd_train_cm, "train a consistency model (cd: distilled from the diffusion "
+              "model's trail; ct: from data), writing its checkpoint trail")
+    p.add_argument("--mode", required=True, choices=["cd", "ct"])
+    p.add_argument("--teacher", help="cd: the diffusion trail's manifest (default: the layout's dm trail)")
+    p.add_argument("--out-dir")
+    p = stage("truncate-trail", cmd_truncate_trail,
+              "the training-cost experiment's trail: the first part of a model's trail (no files copied)")
+    p.add_argument("--model", required=True, help="<model>_first<percent>, e.g. cm_ct_first25")
+    p.add_argument("--manifest", help="the full trail's manifest (default: the layout's)")
+    p.add_argument("--out")
     stage("train-features", cmd_train_features, "train the FID feature classifier").add_argument("--out")
     stage("inception-features", cmd_inception_features,
           "find (or download) and check the Inception weights; write their descriptor").add_argument("--out")
@@ -238,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-store", action="store_true",
                    help="also log records made for another tracking URI or experiment name")
     p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
-    p.add_argument("--models", nargs="+", default=["dm"])
-    p.add_argument("--variants", nargs="+")
+    p.add_argument("--models", nargs="+", help="default: every model the config runs")
+    p.add_argument("--variants", nargs="+", help="default: each model's own variants")
     return parser
 
 

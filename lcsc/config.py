@@ -15,19 +15,91 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 # The config sections each stage reads: a stage's job reruns only when one of these changes.
 STAGE_SECTIONS = {
     "train_dm": ["seed", "device", "data", "model", "diffusion", "train"],
+    "train_cm": ["seed", "device", "data", "model", "diffusion", "train", "consistency"],
+    "truncate_trail": [],  # the fraction is in the model's name
     "train_features": ["seed", "device", "data", "features"],
     "inception_features": ["device", "features"],
     "reference_stats": ["device", "data", "features"],
-    "baselines": ["device", "data", "model", "diffusion", "search", "baselines", "features"],
-    "search": ["device", "data", "model", "diffusion", "search", "baselines", "features"],
-    "evaluate": ["device", "data", "model", "diffusion", "search", "evaluate", "baselines", "features"],
-    "tabulate": ["data", "search", "evaluate", "train", "baselines", "features"],
+    "baselines": ["device", "data", "model", "diffusion", "consistency", "search", "baselines", "features"],
+    "search": ["device", "data", "model", "diffusion", "consistency", "search", "baselines", "features"],
+    "evaluate": ["device", "data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
+                 "features"],
+    "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
 }
 ALWAYS = ["experiment", "results_dir", "mlflow"]
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+# Models: `dm`, the consistency models `cm_cd` and `cm_ct`, and for the training-cost experiment
+# `<model>_first<percent>`, LCSC over the first part of that model's trail.
+TRUNCATED = "_first"
+
+
+def base_model(model: str) -> str:
+    return model.split(TRUNCATED)[0]
+
+
+def model_kind(model: str) -> str:
+    """`dm` or `cm`."""
+    base = base_model(model)
+    if base == "dm":
+        return "dm"
+    if base in ("cm_cd", "cm_ct"):
+        return "cm"
+    raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct and <model>{TRUNCATED}<percent>")
+
+
+def truncated_name(model: str, fraction: float) -> str:
+    return f"{model}{TRUNCATED}{fraction * 100:g}"
+
+
+def truncation(model: str) -> float | None:
+    """The fraction of training a truncated model keeps (None for a full one)."""
+    if TRUNCATED not in model:
+        return None
+    base, _, percent = model.partition(TRUNCATED)
+    try:
+        fraction = float(percent) / 100
+    except ValueError:
+        fraction = None
+    if base not in ("dm", "cm_cd", "cm_ct") or fraction is None or not 0 < fraction < 1:
+        raise ConfigError(f"{model!r} does not name a truncated trail: <dm|cm_cd|cm_ct>{TRUNCATED}<percent>, "
+                          f"with 0 < percent < 100 (e.g. cm_ct{TRUNCATED}25)")
+    return fraction
+
+
+def models(cfg: dict) -> list[str]:
+    """Every model the config runs: dm, the consistency modes, then the truncated trails."""
+    out = ["dm", *[f"cm_{m}" for m in cfg["consistency"]["modes"]]]
+    fraction = cfg["cost"]["fraction"]
+    if fraction is not None:
+        out += [truncated_name(m, fraction) for m in cfg["cost"]["models"] if m in out]
+    return out
+
+
+def for_model(cfg: dict, model: str) -> dict:
+    """The config as `model`'s stages read it. A consistency model trains with `train` updated by
+    the non-null keys of `consistency.train`, searches at `consistency.search_nfe` and evaluates
+    `consistency.evaluate_nfe`; the diffusion model's stages do not see `consistency` at all (so
+    they do not rerun when it changes). Applying it twice changes nothing."""
+    out = copy.deepcopy(cfg)
+    if model_kind(model) == "dm":
+        out.pop("consistency", None)
+        return out
+    c = out.get("consistency")
+    if c is None:
+        return out
+    if "train" in out:
+        out["train"] = {k: (v if c.get("train", {}).get(k) is None else c["train"][k])
+                        for k, v in out["train"].items()}
+    if "search" in out:
+        out["search"]["nfe"] = c["search_nfe"]
+    if "evaluate" in out:
+        out["evaluate"]["nfe"] = list(c["evaluate_nfe"])
+    return out
 
 
 def _schema() -> dict:
@@ -83,6 +155,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
+    errors += _consistency_checks(cfg)
     fcfg = cfg["features"]
     if fcfg["kind"] != "inception":
         for key, default in (("reference_folder", None), ("weights", None), ("mode", "clean")):
@@ -98,6 +171,59 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"data.image_size: {size} is not divisible by 2^{levels - 1}, which "
             f"model.channel_mult with {levels} levels needs"
         )
+    return errors
+
+
+def _consistency_checks(cfg: dict) -> list[str]:
+    c, errors = cfg["consistency"], []
+    if c["search_nfe"] not in c["evaluate_nfe"]:
+        errors.append(f"consistency.search_nfe: {c['search_nfe']} is not in consistency.evaluate_nfe "
+                      f"{c['evaluate_nfe']}; the search NFE must be one of the evaluated NFEs")
+    if max(c["evaluate_nfe"]) > 1 + len(c["sampling_sigmas"]):
+        errors.append(f"consistency.evaluate_nfe: {max(c['evaluate_nfe'])} steps need "
+                      f"{max(c['evaluate_nfe']) - 1} consistency.sampling_sigmas, there are {len(c['sampling_sigmas'])}")
+    if not c["sigma_min"] < c["sigma_max"]:
+        errors.append(f"consistency.sigma_min: {c['sigma_min']} must be below sigma_max {c['sigma_max']}")
+    sig = c["sampling_sigmas"]
+    if any(not c["sigma_min"] < s < c["sigma_max"] for s in sig) or any(a <= b for a, b in zip(sig, sig[1:])):
+        errors.append(f"consistency.sampling_sigmas: {sig} must decrease and lie strictly between "
+                      f"sigma_min {c['sigma_min']} and sigma_max {c['sigma_max']}")
+    if c["ct"]["s1"] < c["ct"]["s0"]:
+        errors.append(f"consistency.ct.s1: {c['ct']['s1']} is below ct.s0 {c['ct']['s0']}")
+    teacher = c["cd"]["teacher"]
+    if "cd" in c["modes"] and teacher != "last":
+        try:
+            decay = float(teacher[4:])
+        except ValueError:
+            decay = None
+        if decay not in cfg["train"]["ema_decays"]:
+            errors.append(f"consistency.cd.teacher: {teacher!r} is not an EMA the diffusion model keeps "
+                          f"(train.ema_decays {cfg['train']['ema_decays']}); use last or one of those")
+    running = models(dict(cfg, cost={"fraction": None, "models": []}))
+    cm = for_model(cfg, "cm_ct")["train"]
+    if c["modes"] and cm["checkpoint_every"] > cm["iterations"]:
+        errors.append(f"consistency.train.checkpoint_every: {cm['checkpoint_every']} exceeds the consistency "
+                      f"models' {cm['iterations']} iterations")
+    elif c["modes"]:
+        n_checkpoints = -(-cm["iterations"] // cm["checkpoint_every"])
+        for n in cfg["baselines"]["lawa_last"]:
+            if n > n_checkpoints:
+                errors.append(f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the consistency "
+                              "models' trails will hold")
+    fraction = cfg["cost"]["fraction"]
+    if fraction is not None:
+        missing = [m for m in cfg["cost"]["models"] if m not in running]
+        if missing:
+            errors.append(f"cost.models: {missing} do not run (the models are {running}; see consistency.modes)")
+        for m in cfg["cost"]["models"]:
+            if m not in running:
+                continue
+            t = for_model(cfg, m)["train"]
+            kept = int(fraction * t["iterations"]) // t["checkpoint_every"]
+            need = max([2, *cfg["baselines"]["lawa_last"]])
+            if kept < need:
+                errors.append(f"cost.fraction: the first {fraction:g} of {m}'s {t['iterations']} iterations holds "
+                              f"{kept} checkpoints (one every {t['checkpoint_every']}); it needs at least {need}")
     return errors
 
 
@@ -163,13 +289,28 @@ SEARCH_ENGINE_KEYS = ("devices", "trail_chunk_mb")
 # Stages that read only part of `search`: baselines score with the search's fitness settings,
 # evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
 STAGE_SEARCH_KEYS = {"baselines": ("nfe", "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
+# The keys of `consistency` that a consistency model's sampling stages read (the training keys
+# reach them through the trail they read).
+_SAMPLING = ("sigma_min", "sigma_max", "sigma_data", "rho", "sampling_sigmas", "search_nfe")
+CONSISTENCY_KEYS = {"baselines": _SAMPLING, "search": _SAMPLING, "evaluate": (*_SAMPLING, "evaluate_nfe")}
+# Training reads only these keys of `diffusion` (the DM its noise schedule; CD how its teacher
+# clips), so a new sampler reruns the sampling stages alone.
+STAGE_DIFFUSION_KEYS = {"train_dm": ("schedule", "timesteps"), "train_cm": ("clip_denoised",)}
+# Stages whose jobs are per model.
+MODEL_STAGES = ("train_cm", "baselines", "search", "evaluate")
 # The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
 FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
                      "inception": ("mode", "weights", "reference_folder")}
 
 
-def stage_config(cfg: dict, stage: str) -> dict:
-    """The slice of a validated config that `stage` reads."""
+def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
+    """The slice of a validated config that `stage` reads (for `model`, as `for_model` gives it)."""
+    if model is None and stage in MODEL_STAGES:
+        if stage == "train_cm":
+            raise ValueError("stage_config: train_cm needs the model (cm_cd or cm_ct)")
+        model = "dm"
+    if model is not None:
+        cfg = for_model(cfg, model)
     keys = ALWAYS + STAGE_SECTIONS[stage]
     out = {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
     if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
@@ -177,6 +318,19 @@ def stage_config(cfg: dict, stage: str) -> dict:
     elif stage != "search" and "search" in out:
         for key in SEARCH_ENGINE_KEYS:
             out["search"].pop(key, None)
+    if model is not None and "consistency" in out:
+        mode = base_model(model)[3:]
+        keep = CONSISTENCY_KEYS.get(stage)
+        if keep is None:  # train_cm: the training keys of its own mode
+            keep = set(out["consistency"]) - {"modes", "search_nfe", "evaluate_nfe", "sampling_sigmas",
+                                              "cd" if mode == "ct" else "ct"}
+        out["consistency"] = {k: v for k, v in out["consistency"].items() if k in keep}
+        if stage in ("baselines", "search"):  # they sample at the search NFE only
+            out["consistency"]["sampling_sigmas"] = out["consistency"]["sampling_sigmas"][:out["consistency"]["search_nfe"] - 1]
+        if stage != "train_cm" or mode == "ct":
+            out.pop("diffusion", None)  # only distillation reads it
+    if stage in STAGE_DIFFUSION_KEYS and "diffusion" in out:
+        out["diffusion"] = {k: v for k, v in out["diffusion"].items() if k in STAGE_DIFFUSION_KEYS[stage]}
     if "features" in out:
         kind = out["features"]["kind"]
         for other, keys in FEATURE_KIND_KEYS.items():

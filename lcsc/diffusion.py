@@ -17,6 +17,7 @@ class VPDiffusion:
     def __init__(self, schedule: str = "linear", timesteps: int = 1000, sampler: str = "ddim",
                  clip_denoised: bool = True):
         self.T = timesteps
+        self.schedule = schedule
         self.sampler = sampler
         self.clip = clip_denoised
         if schedule == "linear":  # DDPM's betas, rescaled by 1000/T so other T end near the same noise
@@ -34,8 +35,8 @@ class VPDiffusion:
     def from_config(cls, cfg: dict) -> "VPDiffusion":
         return cls(cfg["schedule"], cfg["timesteps"], cfg["sampler"], cfg["clip_denoised"])
 
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Simple eps-prediction MSE (Ho et al. 2020, eq. 14)."""
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator, step: int = 0) -> torch.Tensor:
+        """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step."""
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         ab = self.alpha_bar.to(x0.device)[t].float()[:, None, None, None]
@@ -52,6 +53,11 @@ class VPDiffusion:
     def _x0(self, x, eps, ab):
         x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
         return x0.clamp(-1, 1) if self.clip else x0
+
+    def settings(self, nfe: int | None = None) -> dict:
+        """What the samples depend on besides the weights, the noise and the NFE."""
+        return {"sampler": self.sampler, "clip_denoised": self.clip, "schedule": self.schedule,
+                "timesteps": self.T}
 
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from . import profiles
+from .config import ConfigError
+from .consistency import ConsistencySampler, Parameterization
 from .diffusion import VPDiffusion
 from .features import load_features
 from .fid import Reference, load_stats
@@ -25,9 +27,32 @@ from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatte
 WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
 
 
-def make_noise(n: int, shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
-    """Latent noise drawn on the CPU from `seed`: the same on every machine and device."""
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | None = None) -> torch.Tensor:
+    """Latent noise drawn on the CPU from `seed`: the same on every machine and device.
+
+    With `steps`, [n, steps, *shape]: one noise image per sampling step (a consistency model's
+    multistep sampling), drawn step by step, so [:, 0] equals the noise without `steps` and the
+    first k steps do not depend on how many there are."""
+    gen = torch.Generator().manual_seed(seed)
+    if steps is None:
+        return torch.randn((n, *shape), generator=gen).to(device)
+    return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
+
+
+def make_sampler(cfg: dict, trail: Trail):
+    """The sampler of the trail's model kind: the VP diffusion ODE, or consistency sampling."""
+    if trail.manifest.get("kind") != "cm":
+        return VPDiffusion.from_config(cfg["diffusion"])
+    trained = trail.manifest["consistency"]
+    ccfg = cfg.get("consistency")
+    if ccfg is None:
+        raise ConfigError(f"{trail.root / 'manifest.json'} is a consistency model's trail "
+                          f"({trail.manifest.get('mode')}); name the model, e.g. --model cm_{trail.manifest.get('mode')}")
+    for key, value in trained.items():
+        if ccfg[key] != value:
+            raise ConfigError(f"consistency.{key}: {ccfg[key]!r} in the config, but the trail "
+                             f"{trail.root / 'manifest.json'} was trained with {value!r}")
+    return ConsistencySampler(Parameterization(**trained), ccfg["sampling_sigmas"])
 
 
 class Scorer:
@@ -47,7 +72,9 @@ class Scorer:
                                      f"{trail.root / 'manifest.json'} was trained with {trained[key]!r}")
         self.model = build_unet(trail.model_config, self.channels).to(device).eval()
         self.loader = FlatLoader(self.model)
-        self.diffusion = VPDiffusion.from_config(cfg["diffusion"])
+        self.sampler = make_sampler(cfg, trail)
+        # noise images per sample: one for the diffusion ODE, one per step for a consistency model
+        self.noise_steps = self.sampler.max_nfe if isinstance(self.sampler, ConsistencySampler) else None
         self.features = load_features(features, device)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
         self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
@@ -56,6 +83,9 @@ class Scorer:
         if chunk_mb is None and self.device.type == "cuda":  # decided once: stream only what does not fit
             free, _ = torch.cuda.mem_get_info(self.device)
             self.chunk_mb = 256.0 if self.trail_bytes > free / 2 else None
+
+    def make_noise(self, samples: int, seed: int) -> torch.Tensor:
+        return make_noise(samples, self.shape, seed, self.device, self.noise_steps)
 
     @property
     def trail_bytes(self) -> int:
@@ -98,7 +128,7 @@ class Scorer:
         """Samples of the weights `flat` (None: the weights already in the model)."""
         if flat is not None:
             self.loader.load(flat)
-        out = [self.diffusion.sample(self.model, noise[i:i + self.batch_size], nfe)
+        out = [self.sampler.sample(self.model, noise[i:i + self.batch_size], nfe)
                for i in range(0, len(noise), self.batch_size)]
         return torch.cat(out)
 
@@ -130,11 +160,7 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
         c = np.asarray(found["coefficients"])
         return scorer.weights_of(c), c.tolist()
     if variant.startswith("ema_") and not variant.endswith("_profile"):
-        decay = float(variant[4:])
-        paths = scorer.trail.ema_paths()
-        if decay not in paths:
-            raise ValueError(f"variant {variant}: the trail has EMA decays {sorted(paths)} only")
-        return scorer.weights_from_file(paths[decay]), None
+        return scorer.weights_from_file(scorer.trail.weights_path(variant)), None
     if baselines is not None:
         scored = read_json(baselines)
         scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
@@ -178,7 +204,7 @@ def run_evaluate(cfg: dict, model: str, variant: str, manifest: str | Path, feat
     ecfg = cfg["evaluate"]
     scorer = Scorer(cfg, Trail.open(manifest), features, stats, device, ecfg["batch_size"])
     flat, coeffs = variant_weights(scorer, variant, coefficients, baselines, cfg["baselines"])
-    noise = make_noise(ecfg["samples"], scorer.shape, ecfg["seed"], device)
+    noise = scorer.make_noise(ecfg["samples"], ecfg["seed"])
     fids, seconds = {}, {}
     bar = progress(total=len(ecfg["nfe"]), desc=f"evaluate {model}/{variant}")
     for nfe in sorted(ecfg["nfe"]):

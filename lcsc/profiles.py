@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def variant_names(cfg: dict) -> list[str]:
-    """Every variant the evaluation compares, baselines first and lcsc last."""
+def variant_names(cfg: dict, model: str = "dm") -> list[str]:
+    """Every variant the evaluation compares for `model`, baselines first and lcsc last. A
+    truncated trail (the training-cost experiment) is compared through its last and lcsc only."""
+    from .config import for_model, truncation
+
+    if truncation(model) is not None:
+        return ["last", "lcsc"]
+    cfg = for_model(cfg, model)
     b = cfg["baselines"]
     return ["last", *[f"ema_{d}" for d in cfg["train"]["ema_decays"]], *profile_names(b),
             *(["greedy_soup"] if b["greedy_soup"] else []), "lcsc"]

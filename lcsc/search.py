@@ -35,7 +35,7 @@ import torch
 
 from . import profiles
 from .baselines import fitness_settings
-from .evaluate import Scorer, make_noise
+from .evaluate import Scorer
 from .io import atomic_path, read_json, remove_stale_temps, save_tensors, write_json
 from .progress import progress
 from .trail import Trail
@@ -172,7 +172,7 @@ class Evaluator:
     def noise(self, scorer: Scorer, samples: int, seed: int) -> torch.Tensor:
         key = (str(scorer.device), samples, seed)
         if key not in self._noise:
-            self._noise[key] = make_noise(samples, scorer.shape, seed, scorer.device)
+            self._noise[key] = scorer.make_noise(samples, seed)
         return self._noise[key]
 
     def _score(self, scorer: Scorer, c: np.ndarray, nfe: int, samples: int, seed: int) -> tuple[float, float]:

@@ -63,6 +63,17 @@ class Trail:
     def ema_paths(self) -> dict[float, Path]:
         return {e["decay"]: self.root / e["file"] for e in self.manifest.get("ema", [])}
 
+    def weights_path(self, name: str) -> Path:
+        """The file of `last` or of `ema_<decay>`, an EMA kept during training."""
+        if name == "last":
+            return self.checkpoint_path(len(self) - 1)
+        paths = self.ema_paths()
+        try:
+            return paths[float(name.removeprefix("ema_"))]
+        except (KeyError, ValueError):
+            raise TrailError(f"{self.root / 'manifest.json'}: no weights {name!r}; it has last and the EMAs "
+                             f"{', '.join(f'ema_{d}' for d in sorted(paths)) or '(none)'}") from None
+
     def stack(self, shapes: dict[str, tuple], device="cpu", dtype=torch.float32) -> torch.Tensor:
         """All checkpoints as rows of one [K, P] matrix, flattened in the order of `shapes`
         (the model's state_dict names and shapes, which every checkpoint must match)."""
@@ -198,3 +209,31 @@ def combine(W: "torch.Tensor | ChunkedTrail", coefficients) -> torch.Tensor:
     if isinstance(W, ChunkedTrail):
         return W.combine(coefficients)
     return _coefficient_tensor(W, coefficients) @ W
+
+
+def truncate(manifest_path: str | Path, fraction: float, out: str | Path) -> dict:
+    """A manifest for the first `fraction` of a trail's training: the checkpoints at steps up to
+    fraction x iterations, with paths relative to `out`'s folder (the files are not copied; their
+    sha256s are checked on every open, as for any trail). The EMAs kept during training belong to
+    the full run, so the truncated trail lists none."""
+    import os
+
+    from .io import write_json
+
+    source = Trail.open(manifest_path)
+    out = Path(out)
+    limit = fraction * source.manifest["iterations"]
+    kept = [c for c in source.manifest["checkpoints"] if c["step"] <= limit]
+    if len(kept) < 2:
+        raise TrailError(f"{manifest_path}: the first {fraction:g} of training (steps up to {limit:g}) holds "
+                         f"{len(kept)} checkpoint(s); LCSC needs at least 2")
+    rel = os.path.relpath(source.root, out.parent)
+    manifest = {k: v for k, v in source.manifest.items() if k not in ("checkpoints", "ema", "iterations")}
+    manifest |= {"iterations": kept[-1]["step"], "ema": [],
+                 "checkpoints": [dict(c, file=f"{rel}/{c['file']}") for c in kept],
+                 "truncated_from": {"manifest": str(Path(manifest_path)), "fraction": fraction,
+                                    "iterations": source.manifest["iterations"]}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, manifest)
+    Trail.open(out)  # every file found and intact from the new manifest's folder
+    return manifest

@@ -49,7 +49,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 def train(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator, int], torch.Tensor],
     data: torch.Tensor,
     train_cfg: dict,
     out_dir: str | Path,
@@ -60,7 +60,9 @@ def train(
     run=None,
     desc: str = "train",
 ) -> Path:
-    """Train `model` on `data` with `loss_fn`; write the trail and its manifest under `out_dir`.
+    """Train `model` on `data` with `loss_fn(model, batch, generator, step)` (the step, 0-based,
+    is for losses with a schedule, such as consistency training's discretization curriculum);
+    write the trail and its manifest under `out_dir`.
 
     Returns the manifest path. `manifest_extra` (model kind, model config, ...) is stored in the
     manifest and is part of the resume key: a resume state from other settings is not reused.
@@ -115,7 +117,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(data), (train_cfg["batch_size"],), generator=gen)
-        loss = loss_fn(model, data[idx].to(device), gen)
+        loss = loss_fn(model, data[idx].to(device), gen, step)
         if not math.isfinite(loss.item()):
             last = entries[-1]["file"] if entries else "none yet"
             raise TrainingError(

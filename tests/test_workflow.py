@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,18 @@ def test_bad_config_is_rejected_at_parse_time(tmp_path):
     assert "extra_key: unknown key" in out
 
 
+# The tiny pipeline with both consistency models and the training-cost experiment (the first 70%
+# of the CD trail: 2 of its 3 checkpoints), with fewer baselines to keep the job count down.
+WF_VARIANTS = ("last", "ema_0.9", "ema_0.99", "uniform", "ema_0.9_profile", "lcsc")
+WF_MODELS = {"dm": 2, "cm_cd": 1, "cm_ct": 1, "cm_cd_first70": 1}  # model: search NFE
+
+
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    cfg = dict(TINY, experiment="tiny-wf", results_dir="results", mlflow={"enabled": True})
+    cfg = dict(TINY, experiment="tiny-wf", results_dir="results", mlflow={"enabled": True},
+               consistency=dict(TINY["consistency"], modes=["cd", "ct"]), cost={"fraction": 0.7, "models": ["cm_cd"]},
+               baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     res = _snakemake(["--cores", "2", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -55,14 +64,60 @@ def test_workflow_produces_the_report(workflow_run):
     root, _ = workflow_run
     report = root / "results" / "tiny-wf" / "report"
     for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png", "search_curve.png",
-                 "samples_dm_lcsc.png", "samples_dm_last.png"):
+                 "samples_dm_lcsc.png", "samples_dm_last.png", "samples_cm_cd_lcsc.png", "samples_cm_ct_ema_0.99.png",
+                 "samples_cm_cd_first70_lcsc.png"):
         assert (report / name).stat().st_size > 0, name
     md = (report / "summary.md").read_text()
-    assert "| lcsc |" in md and "| ema_0.99 |" in md and "| greedy_soup |" in md and "| power_0.05 |" in md
+    sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")[1:]}
+    assert list(sections)[:4] == ["dm (diffusion model)", "cm_cd (consistency distillation)",
+                                  "cm_ct (consistency training)", "cm_cd_first70 (training-cost experiment)"]
+    for model in ("dm", "cm_cd", "cm_ct"):
+        body = next(v for k, v in sections.items() if k.startswith(model + " "))
+        rows = [line.split("|")[1].strip() for line in body.splitlines() if line.startswith("| ") and "---" not in line]
+        assert rows == ["variant", *WF_VARIANTS]
+        header = next(line for line in body.splitlines() if line.startswith("| variant"))
+        assert header == "| variant | NFE 1 | NFE 2 |"
+    fids = {}
+    for model in ("cm_cd", "cm_ct", "cm_cd_first70"):
+        for v in ("lcsc", "last", "ema_0.9", "ema_0.99"):
+            path = root / "results" / "tiny-wf" / model / "eval" / f"{v}.json"
+            if path.exists():
+                fids[model, v] = {int(k): f for k, f in json.loads(path.read_text())["fid"].items()}
+    for model, title in (("cm_cd", "cm_cd (consistency distillation)"), ("cm_ct", "cm_ct (consistency training)")):
+        # the claim sentence, with the measured numbers in it
+        best_ema = min(("ema_0.9", "ema_0.99"), key=lambda v: fids[model, v][2])
+        claim = next(line for line in sections[title].splitlines() if line.startswith("- Paper's claim"))
+        assert f"LCSC scores {fids[model, 'lcsc'][1]:.2f} at 1 NFE" in claim
+        assert f"the last checkpoint at 2 NFE scores {fids[model, 'last'][2]:.2f}" in claim
+        assert f"({best_ema}) {fids[model, best_ema][2]:.2f}" in claim
+        holds = fids[model, "lcsc"][1] < min(fids[model, "last"][2], fids[model, best_ema][2])
+        assert ("the paper's claim holds here" in claim) == holds
+    cost = sections["cm_cd_first70 (training-cost experiment)"]
+    assert "LCSC over the first 70% of cm_cd's training (2 checkpoints, steps up to 20 of 30) scores FID " \
+           f"{fids['cm_cd_first70', 'lcsc'][1]:.2f} at 1 NFE" in cost
+    assert ("implied training speed-up of 30/20 = 1.5x" in cost) != ("implies no training speed-up" in cost)
     logs = list((root / "results" / "tiny-wf" / "logs").rglob("*.log"))
-    assert len(logs) == 17  # one per job
+    # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
+    # 3 x 6 + 2 evaluations, tabulate
+    assert len(logs) == 2 + 3 + 1 + 8 + 20 + 1
     again = _snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # another DM sampler reruns only the DM's sampling stages and the report; other truncated
+    # models (cost.models) add their own jobs and touch none of the existing ones
+    cfg = yaml.safe_load((root / "tiny.yaml").read_text())
+    (root / "edit.yaml").write_text(yaml.safe_dump(dict(cfg, diffusion={"sampler": "dpmpp2m"},
+                                                        cost={"fraction": 0.7, "models": ["cm_cd", "dm"]})))
+    dry = _snakemake(["-n", "--configfile", "edit.yaml", "--directory", str(root)], root)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = []  # (rule, wildcards) of each job the dry run lists
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", dry.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
+        jobs.append((rule, wildcards.group(1) if wildcards else ""))
+    assert {r for r, _ in jobs} == {"truncate_trail", "baselines", "search", "evaluate", "tabulate", "all"}, jobs
+    for rule, wildcards in jobs:
+        if rule not in ("tabulate", "all"):
+            assert re.search(r"\b(model|base)=dm(_first70)?(,|$)", wildcards), (rule, wildcards)
 
 
 def test_mlflow_parent_and_child_runs(workflow_run):
@@ -77,10 +132,12 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     parent = parents[0]
     assert parent.data.params["search.budget"] == "8"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    variants = ("last", "ema_0.9", "ema_0.99", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile",
-                "power_0.05", "power_0.1", "greedy_soup", "lcsc")
-    expected = {"train_dm[model=dm]", "train_features", "reference_stats[split=train]", "baselines[model=dm]",
-                "search[model=dm,nfe=2]", "tabulate", *[f"evaluate[model=dm,variant={v}]" for v in variants]}
+    expected = {"train_dm[model=dm]", "train_cm[model=cm_cd]", "train_cm[model=cm_ct]", "train_features",
+                "reference_stats[split=train]", "tabulate"}
+    for model, nfe in WF_MODELS.items():
+        expected |= {f"baselines[model={model}]", f"search[model={model},nfe={nfe}]"}
+        expected |= {f"evaluate[model={model},variant={v}]"
+                     for v in (("last", "lcsc") if "_first" in model else WF_VARIANTS)}
     assert set(children) == expected
     assert all(r.info.status == "FINISHED" for r in children.values())
 
@@ -92,9 +149,10 @@ def test_mlflow_parent_and_child_runs(workflow_run):
 
     search = children["search[model=dm,nfe=2]"]
     fitness = client.get_metric_history(search.info.run_id, "fitness")
-    assert sorted(m.step for m in fitness) == list(range(16))  # 8 baselines, then 8 candidates
+    # 3 starting profiles (last, uniform, ema_0.9_profile), then 8 candidates
+    assert sorted(m.step for m in fitness) == list(range(11))
     rescore = client.get_metric_history(search.info.run_id, "rescore_fitness")
-    assert sorted(m.step for m in rescore) == [16, 17, 18]
+    assert sorted(m.step for m in rescore) == [11, 12, 13]
     coeffs = json.loads((root / "results" / "tiny-wf" / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
     assert min(m.value for m in rescore) == pytest.approx(coeffs["rescore_fitness"])
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"coefficients.json", "history.csv"}
@@ -104,6 +162,21 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     on_disk = json.loads((root / "results" / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())["fid"]
     assert fid == {int(k): pytest.approx(v) for k, v in on_disk.items()}
     assert {a.path for a in client.list_artifacts(ev.info.run_id)} == {"lcsc.json", "lcsc.png"}
+
+    # consistency models: one training run per mode, search and evaluate runs per model, tagged
+    for mode in ("cd", "ct"):
+        run = children[f"train_cm[model=cm_{mode}]"]
+        assert run.data.tags["lcsc.model"] == f"cm_{mode}" and run.data.tags["lcsc.stage"] == "train_cm"
+        other = "consistency.ct.s0" if mode == "cd" else "consistency.cd.steps"  # the other mode's settings
+        assert run.data.params["train.iterations"] == "30" and other not in run.data.params
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(5, 31, 5))
+    search = children["search[model=cm_ct,nfe=1]"]
+    assert search.data.tags["lcsc.nfe"] == "1" and search.data.params["search.nfe"] == "1"
+    ev = children["evaluate[model=cm_cd_first70,variant=lcsc]"]
+    assert ev.data.tags["lcsc.nfe"] == "1,2" and ev.data.tags["lcsc.model"] == "cm_cd_first70"
+    on_disk = json.loads((root / "results" / "tiny-wf" / "cm_cd_first70" / "eval" / "lcsc.json").read_text())["fid"]
+    fid = {m.step: m.value for m in client.get_metric_history(ev.info.run_id, "fid")}
+    assert fid == {int(k): pytest.approx(v) for k, v in on_disk.items()}
 
     tab = children["tabulate"]
     report = {a.path for a in client.list_artifacts(tab.info.run_id, "report")}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -9,7 +10,7 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
-from lcsc.config import ConfigError, stage_config, validate
+from lcsc.config import TRUNCATED, ConfigError, for_model, models, stage_config, validate
 from lcsc.profiles import profile_names, variant_names
 from lcsc.paths import Layout, feature_tag, reference_source
 from lcsc.tracking import PARENT_ENV
@@ -32,12 +33,12 @@ if config["features"]["kind"] == "inception" and config["features"]["weights"] n
         INCEPTION_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
     except FeatureError as exc:
         raise WorkflowError(str(exc)) from None
-SEARCH_NFE = config["search"]["nfe"]
-MODELS = ["dm"]
+# dm, the consistency models (consistency.modes) and the training-cost experiment's truncated trails
+MODELS = models(config)
 # GPU stages reserve one GPU (locally through `--resources gpu=N`, on SLURM as --gpus); a config
 # with `device: cpu` asks for none, so it also runs on CPU-only partitions.
 GPUS = 0 if config["device"] == "cpu" else 1
-VARIANTS = variant_names(config)
+VARIANTS = {model: variant_names(config, model) for model in MODELS}
 # Variants whose coefficients the baselines stage writes (the others: lcsc and the kept EMAs).
 PROFILE_VARIANTS = ["last", *profile_names(config["baselines"])] + (
     ["greedy_soup"] if config["baselines"]["greedy_soup"] else []
@@ -54,14 +55,28 @@ shell.prefix(
 
 
 wildcard_constraints:
-    model="|".join(MODELS),
-    variant="|".join(v.replace(".", r"\.") for v in VARIANTS),
+    model="|".join(map(re.escape, MODELS)),
+    variant="|".join(map(re.escape, sorted({v for vs in VARIANTS.values() for v in vs}))),
     split="train|test|folder",
+    mode="cd|ct",
+    base="dm|cm_cd|cm_ct",
+    percent=r"[0-9.]+",
+    nfe=r"[0-9]+",
 
 
-def stage_json(stage):
-    """The config slice a stage reads, as JSON: a job reruns only when its own slice changes."""
-    return json.dumps(stage_config(config, stage), sort_keys=True)
+def stage_json(stage, model=None):
+    """The config slice a stage reads (for `model`), as JSON: a job reruns only when its own slice changes."""
+    return json.dumps(stage_config(config, stage, model), sort_keys=True)
+
+
+def model_json(stage):
+    """stage_json for the job's {model} wildcard, as a params function."""
+    return lambda wildcards: stage_json(stage, wildcards.model)
+
+
+def search_nfe(model):
+    """The NFE the model's search targets: search.nfe, or consistency.search_nfe."""
+    return for_model(config, model)["search"]["nfe"]
 
 
 def feature_net():
@@ -79,7 +94,7 @@ def evaluate_inputs(wildcards):
         "stats": reference_stats(),
     }
     if wildcards.variant == "lcsc":
-        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, SEARCH_NFE)
+        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, search_nfe(wildcards.model))
     if wildcards.variant in PROFILE_VARIANTS:
         inputs["baselines"] = LAYOUT.baselines(wildcards.model)
     return inputs
@@ -121,3 +136,11 @@ onerror:
     from lcsc.tracking import INVOCATION_ENV, end_parent
 
     end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=False)
+
+
+def search_json(wildcards):
+    """The search's config slice; the NFE in its path must be the one the config searches at."""
+    if int(wildcards.nfe) != search_nfe(wildcards.model):
+        raise WorkflowError(f"{LAYOUT.search_dir(wildcards.model, wildcards.nfe)}: {wildcards.model}'s search "
+                            f"targets NFE {search_nfe(wildcards.model)} in this config, not {wildcards.nfe}")
+    return stage_json("search", wildcards.model)

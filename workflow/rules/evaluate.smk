@@ -7,7 +7,7 @@ rule evaluate:
     log:
         LAYOUT.log("evaluate", "{model}-{variant}"),
     params:
-        cfg=stage_json("evaluate"),
+        cfg=model_json("evaluate"),
         sources=variant_args,
     conda:
         "../../envs/torch.yaml"

@@ -1,9 +1,9 @@
 rule tabulate:
     input:
-        evaluations=expand(LAYOUT.eval_json("{model}", "{variant}"), model=MODELS, variant=VARIANTS),
-        grids=expand(LAYOUT.eval_grid("{model}", "{variant}"), model=MODELS, variant=VARIANTS),
-        coefficients=expand(LAYOUT.coefficients("{model}", SEARCH_NFE), model=MODELS),
-        histories=expand(LAYOUT.history("{model}", SEARCH_NFE), model=MODELS),
+        evaluations=[LAYOUT.eval_json(m, v) for m in MODELS for v in VARIANTS[m]],
+        grids=[LAYOUT.eval_grid(m, v) for m in MODELS for v in VARIANTS[m]],
+        coefficients=[LAYOUT.coefficients(m, search_nfe(m)) for m in MODELS],
+        histories=[LAYOUT.history(m, search_nfe(m)) for m in MODELS],
     output:
         report_outputs(),
     log:
@@ -11,10 +11,8 @@ rule tabulate:
     params:
         cfg=stage_json("tabulate"),
         models=MODELS,
-        variants=VARIANTS,
     conda:
         "../../envs/report.yaml"
     threads: 1
     shell:
-        "lcsc tabulate --config-json {params.cfg:q} --models {params.models}"
-        " --variants {params.variants} 2>&1 | tee {log}"
+        "lcsc tabulate --config-json {params.cfg:q} --models {params.models} 2>&1 | tee {log}"

@@ -8,7 +8,7 @@ rule baselines:
     log:
         LAYOUT.log("baselines", "{model}"),
     params:
-        cfg=stage_json("baselines"),
+        cfg=model_json("baselines"),
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -28,15 +28,14 @@ rule search:
         stats=reference_stats(),
         baselines=LAYOUT.baselines("{model}"),
     output:
-        coefficients=LAYOUT.coefficients("{model}", SEARCH_NFE),
-        history=LAYOUT.history("{model}", SEARCH_NFE),
-        best=LAYOUT.best_weights("{model}", SEARCH_NFE),
+        coefficients=LAYOUT.coefficients("{model}", "{nfe}"),
+        history=LAYOUT.history("{model}", "{nfe}"),
+        best=LAYOUT.best_weights("{model}", "{nfe}"),
     log:
-        LAYOUT.log("search", "{model}"),
+        LAYOUT.log("search", "{model}-nfe{nfe}"),
     params:
-        cfg=stage_json("search"),
+        cfg=search_json,
         out_dir=lambda wildcards, output: os.path.dirname(output.coefficients),
-        nfe=SEARCH_NFE,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -44,6 +43,6 @@ rule search:
         gpu=GPUS,
     shell:
         "lcsc search --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards model={wildcards.model},nfe={params.nfe} --model {wildcards.model}"
+        " --wildcards model={wildcards.model},nfe={wildcards.nfe} --model {wildcards.model}"
         " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
         " --baselines {input.baselines} --out-dir {params.out_dir} 2>&1 | tee {log}"

@@ -14,3 +14,45 @@ rule train_dm:
     shell:
         "lcsc train-dm --config-json {params.cfg:q} --threads {threads} --wildcards model=dm"
         " --out-dir {params.out_dir} 2>&1 | tee {log}"
+
+
+# Consistency models: cd distils the diffusion trail (its manifest is an input, so train_dm runs
+# first), ct trains from data.
+rule train_cm:
+    input:
+        teacher=lambda wildcards: [LAYOUT.manifest("dm")] if wildcards.mode == "cd" else [],
+    output:
+        manifest=LAYOUT.manifest("cm_{mode}"),
+    log:
+        LAYOUT.log("train_cm", "{mode}"),
+    params:
+        cfg=lambda wildcards: stage_json("train_cm", f"cm_{wildcards.mode}"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        teacher=lambda wildcards, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=GPUS,
+    shell:
+        "lcsc train-cm --config-json {params.cfg:q} --threads {threads} --wildcards model=cm_{wildcards.mode}"
+        " --mode {wildcards.mode} {params.teacher} --out-dir {params.out_dir} 2>&1 | tee {log}"
+
+
+# The training-cost experiment: a manifest over the first part of a trail (cost.fraction).
+rule truncate_trail:
+    input:
+        manifest=LAYOUT.manifest("{base}"),
+    output:
+        manifest=LAYOUT.manifest(f"{{base}}{TRUNCATED}{{percent}}"),
+    log:
+        LAYOUT.log("truncate_trail", f"{{base}}{TRUNCATED}{{percent}}"),
+    params:
+        cfg=stage_json("truncate_trail"),
+        model=lambda wildcards: f"{wildcards.base}{TRUNCATED}{wildcards.percent}",
+    localrule: True
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model}"
+        " --manifest {input.manifest} --out {output.manifest} 2>&1 | tee {log}"
