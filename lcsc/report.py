@@ -126,12 +126,20 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
 def _plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    from .config import base_model, truncation
+
     fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4), squeeze=False)
     for ax, (model, results) in zip(axes[0], all_results.items()):
         nfes = model_nfes[model]
         for v, r in results.items():
             ax.plot(nfes, [r[n] for n in nfes], marker="o", lw=2.5 if v == "lcsc" else 1.0,
                     color="black" if v == "lcsc" else None, label=v)
+        full = all_results.get(base_model(model)) if truncation(model) is not None else None
+        if full:  # the training-cost experiment: the full run's own last and best EMA, for comparison
+            ema = _best_ema(full, nfes[0])
+            for v, style in (("last", ":"), (ema, "--")):
+                if v in full:
+                    ax.plot(nfes, [full[v][n] for n in nfes], ls=style, color="grey", label=f"full run {v}")
         ax.set(xlabel="NFE", ylabel="FID", title=model, xticks=nfes)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
