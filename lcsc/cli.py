@@ -40,12 +40,13 @@ def _setup(args, stage: str, model: str | None = None):
     """The config (as `model`'s stages read it, see lcsc.config.for_model), layout, device and run."""
     import torch
 
-    from .config import for_model, model_kind, resolve_device
+    from .config import for_model, model_kind, resolve_device, truncation
     from .tracking import StageRun
 
     cfg = _config(args)
     if model is not None:
         model_kind(model)  # an unknown model name is an error here, not deep inside a stage
+        truncation(model)
         cfg = for_model(cfg, model)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -365,9 +366,7 @@ def cmd_mlflow_sync(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError
-    from .inception import FeatureError
-    from .trail import TrailError
+    from .errors import DataError, FeatureError, TrailError  # no torch: tabulate runs without it
 
     try:
         args.func(args)

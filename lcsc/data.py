@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -20,9 +22,6 @@ class Split:
     num_classes: int
     name: str
 
-
-class DataError(ValueError):
-    """A dataset cannot be read; the message names the file or folder."""
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:

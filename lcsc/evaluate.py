@@ -68,7 +68,7 @@ class Scorer:
             trained = trail.manifest.get(section, {})
             for key in keys:
                 if key in trained and trained[key] != cfg[section][key]:
-                    raise ValueError(f"{section}.{key}: {cfg[section][key]!r} in the config, but the trail "
+                    raise ConfigError(f"{section}.{key}: {cfg[section][key]!r} in the config, but the trail "
                                      f"{trail.root / 'manifest.json'} was trained with {trained[key]!r}")
         self.model = build_unet(trail.model_config, self.channels).to(device).eval()
         self.loader = FlatLoader(self.model)
@@ -154,7 +154,7 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
     """
     if variant == "lcsc":
         if coefficients is None:
-            raise ValueError("variant 'lcsc' needs the search's coefficients file")
+            raise ConfigError("variant 'lcsc' needs the search's coefficients file")
         found = read_json(coefficients)
         scorer.trail.check_fingerprint(found.get("trail_sha256"), coefficients)
         c = np.asarray(found["coefficients"])
@@ -167,11 +167,11 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
         known = scored["profiles"]
     else:
         if baselines_cfg is None:
-            raise ValueError(f"variant {variant!r} needs the baselines file or the baselines config")
+            raise ConfigError(f"variant {variant!r} needs the baselines file or the baselines config")
         known = {n: {"coefficients": c} for n, c in profiles.trail_profiles(scorer.trail.steps, baselines_cfg).items()}
     if variant not in known:
         where = f"in {baselines}" if baselines else "without the baselines stage's file"
-        raise ValueError(f"unknown variant {variant!r} ({where} the variants are: "
+        raise ConfigError(f"unknown variant {variant!r} ({where} the variants are: "
                          f"lcsc, ema_<decay> kept in training, {', '.join(known)})")
     c = np.asarray(known[variant]["coefficients"], dtype=np.float64)
     return scorer.weights_of(c), c.tolist()

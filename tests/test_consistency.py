@@ -294,6 +294,29 @@ def test_the_cli_refuses_a_trail_of_another_model(trained, tmp_path, capsys):
                  "--out", str(tmp_path / "b.json")]) == 2
     assert "holds a dm trail; pass --model dm" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+    assert main(["evaluate", "--model", "dm", "--variant", "ema_0.5", "--config", str(cfg_file),
+                 "--out", str(tmp_path / "e.json")]) == 2
+    assert "no weights 'ema_0.5'; it has last and the EMAs ema_0.9, ema_0.99" in capsys.readouterr().err
+    assert main(["search", "--model", "cm_cd_firstx", "--config", str(cfg_file)]) == 2
+    assert "does not name a truncated trail" in capsys.readouterr().err
+
+
+def test_the_report_stage_runs_without_torch():
+    """tabulate runs in envs/report.yaml, which has no torch: the CLI and the report must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name == 'torch' or name.startswith('torch.'): raise ModuleNotFoundError('no torch here')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import lcsc.cli, lcsc.report, lcsc.errors\n"
+            "assert lcsc.cli.main(['tabulate', '--config', 'missing.yaml']) == 2\n"
+            "assert 'torch' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
 
 
 def test_sampling_a_cm_trail_checks_the_parameterization(tmp_path):

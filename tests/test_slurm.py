@@ -92,9 +92,9 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     retries = yaml.safe_load((PROFILE / "config.yaml").read_text())["retries"]
     # every job but the search and what needs it went through sbatch once; the search 1 + retries times
     assert _submitted() - before == 4 + (len(VARIANTS) - 1) + 1 + retries
-    assert "results/tiny-slurm/logs/search/dm.log" in out  # the job's own log is named
+    assert "results/tiny-slurm/logs/search/dm-nfe2.log" in out  # the job's own log is named
     assert re.search(r"\.snakemake/slurm_logs/rule_search/\S+\.log", out), out[-3000:]  # and SLURM's log of it
-    log = (tmp_path / "results" / "tiny-slurm" / "logs" / "search" / "dm.log").read_text()
+    log = (tmp_path / "results" / "tiny-slurm" / "logs" / "search" / "dm-nfe2.log").read_text()
     assert "line 2 of 3 is not a complete JSON record" in log
 
     # fixed: the rerun submits only the search and what depends on it
