@@ -129,16 +129,13 @@ def cmd_train_cm(args) -> None:
 
 
 def cmd_truncate_trail(args) -> None:
-    from .config import truncation
+    from .config import base_model, truncation
     from .trail import truncate
 
-    cfg = _config(args)
-    layout = Layout.of(cfg)
+    layout = Layout.of(_config(args))
     fraction = truncation(args.model)
     if fraction is None:
         raise ConfigError(f"truncate-trail: {args.model!r} does not name a truncated trail (<model>_first<percent>)")
-    from .config import base_model
-
     manifest = truncate(args.manifest or layout.manifest(base_model(args.model)), fraction,
                         args.out or layout.manifest(args.model))
     print(f"[truncate_trail] {args.model}: {len(manifest['checkpoints'])} checkpoints up to step "

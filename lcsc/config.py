@@ -36,6 +36,7 @@ class ConfigError(ValueError):
 # Models: `dm`, the consistency models `cm_cd` and `cm_ct`, and for the training-cost experiment
 # `<model>_first<percent>`, LCSC over the first part of that model's trail.
 TRUNCATED = "_first"
+MODEL_BASES = ("dm", "cm_cd", "cm_ct")
 
 
 def base_model(model: str) -> str:
@@ -45,10 +46,8 @@ def base_model(model: str) -> str:
 def model_kind(model: str) -> str:
     """`dm` or `cm`."""
     base = base_model(model)
-    if base == "dm":
-        return "dm"
-    if base in ("cm_cd", "cm_ct"):
-        return "cm"
+    if base in MODEL_BASES:
+        return "dm" if base == "dm" else "cm"
     raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct and <model>{TRUNCATED}<percent>")
 
 
@@ -65,7 +64,7 @@ def truncation(model: str) -> float | None:
         fraction = float(percent) / 100
     except ValueError:
         fraction = None
-    if base not in ("dm", "cm_cd", "cm_ct") or fraction is None or not 0 < fraction < 1:
+    if base not in MODEL_BASES or fraction is None or not 0 < fraction < 1:
         raise ConfigError(f"{model!r} does not name a truncated trail: <dm|cm_cd|cm_ct>{TRUNCATED}<percent>, "
                           f"with 0 < percent < 100 (e.g. cm_ct{TRUNCATED}25)")
     return fraction

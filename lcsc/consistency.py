@@ -203,6 +203,11 @@ class ConsistencySampler:
     def max_nfe(self) -> int:
         return 1 + len(self.sigmas)
 
+    @property
+    def noise_steps(self) -> int:
+        """Noise images per sample: one for each step up to the largest NFE."""
+        return self.max_nfe
+
     def settings(self, nfe: int | None = None) -> dict:
         """What samples at `nfe` (None: any NFE) depend on besides weights and noise."""
         sigmas = self.sigmas if nfe is None else self.sigmas[:nfe - 1]

@@ -18,6 +18,7 @@ class VPDiffusion:
                  clip_denoised: bool = True):
         self.T = timesteps
         self.schedule = schedule
+        self.noise_steps = None  # one noise image per sample: the starting point of the ODE
         self.sampler = sampler
         self.clip = clip_denoised
         if schedule == "linear":  # DDPM's betas, rescaled by 1000/T so other T end near the same noise

@@ -73,8 +73,6 @@ class Scorer:
         self.model = build_unet(trail.model_config, self.channels).to(device).eval()
         self.loader = FlatLoader(self.model)
         self.sampler = make_sampler(cfg, trail)
-        # noise images per sample: one for the diffusion ODE, one per step for a consistency model
-        self.noise_steps = self.sampler.max_nfe if isinstance(self.sampler, ConsistencySampler) else None
         self.features = load_features(features, device)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
         self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
@@ -85,7 +83,7 @@ class Scorer:
             self.chunk_mb = 256.0 if self.trail_bytes > free / 2 else None
 
     def make_noise(self, samples: int, seed: int) -> torch.Tensor:
-        return make_noise(samples, self.shape, seed, self.device, self.noise_steps)
+        return make_noise(samples, self.shape, seed, self.device, self.sampler.noise_steps)
 
     @property
     def trail_bytes(self) -> int:

@@ -15,7 +15,6 @@ from .io import load_tensors, read_json, sha256
 MANIFEST_FORMAT = "lcsc-trail/1"
 
 
-
 @dataclass
 class Trail:
     root: Path
@@ -232,6 +231,8 @@ def truncate(manifest_path: str | Path, fraction: float, out: str | Path) -> dic
                  "truncated_from": {"manifest": str(Path(manifest_path)), "fraction": fraction,
                                     "iterations": source.manifest["iterations"]}}
     out.parent.mkdir(parents=True, exist_ok=True)
+    missing = [c["file"] for c in manifest["checkpoints"] if not (out.parent / c["file"]).exists()]
+    if missing:  # the relative paths must reach the files (their bytes were checked just above)
+        raise TrailError(f"{out}: {missing[0]} is not reachable from its folder")
     write_json(out, manifest)
-    Trail.open(out)  # every file found and intact from the new manifest's folder
     return manifest

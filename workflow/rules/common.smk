@@ -10,7 +10,7 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
-from lcsc.config import TRUNCATED, ConfigError, for_model, models, stage_config, validate
+from lcsc.config import MODEL_BASES, TRUNCATED, ConfigError, for_model, models, stage_config, validate
 from lcsc.profiles import profile_names, variant_names
 from lcsc.paths import Layout, feature_tag, reference_source
 from lcsc.tracking import PARENT_ENV
@@ -59,7 +59,7 @@ wildcard_constraints:
     variant="|".join(map(re.escape, sorted({v for vs in VARIANTS.values() for v in vs}))),
     split="train|test|folder",
     mode="cd|ct",
-    base="dm|cm_cd|cm_ct",
+    base="|".join(MODEL_BASES),
     percent=r"[0-9.]+",
     nfe=r"[0-9]+",
 
