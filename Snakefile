@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# One config, as the CLI builds it: the schema's defaults, overlaid by the --configfile files in
+# order, then by --config. Without --configfile, the embedded default config/config.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

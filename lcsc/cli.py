@@ -4,18 +4,27 @@ SLURM job. Paths default to the results layout, so `lcsc search --config my.yaml
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, apply_overrides, load_config, stage_config, validate
+from .config import ConfigError, apply_overrides, config_warnings, load_config, stage_config, validate, with_runtime
 from .paths import Layout
 
 
 def _parse_value(text: str):
     import yaml
 
-    return yaml.safe_load(text)
+    from .errors import UsageError
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UsageError(f"--set: the value {text!r} is not YAML ({problem}); quote strings, "
+                         "e.g. --set 'search.init=\"last\"'") from None
 
 
 def _config(args) -> dict:
@@ -25,15 +34,42 @@ def _config(args) -> dict:
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.iterations=100")
         overrides[key] = _parse_value(value)
-    if args.config_json:
-        return validate(apply_overrides(json.loads(args.config_json), overrides), cross_checks=False)
-    return load_config(args.config, overrides)
+    if args.config_json:  # a rule's call: its stage's slice, and where and how it runs
+        cfg = _json_object(args.config_json, "--config-json")
+        if getattr(args, "runtime_json", None):
+            cfg = with_runtime(cfg, _json_object(args.runtime_json, "--runtime-json"))
+        return validate(apply_overrides(cfg, overrides), cross_checks=False)
+    if getattr(args, "runtime_json", None):
+        raise ConfigError("--runtime-json: only together with --config-json (the workflow passes both)")
+    cfg = load_config(args.config, overrides)
+    for warning in config_warnings(cfg):
+        print(f"lcsc: warning: {warning}", file=sys.stderr)
+    return cfg
+
+
+def _json_object(text: str, flag: str) -> dict:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{flag}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def _wildcards(text: str | None) -> dict[str, str]:
+    from .errors import UsageError
+
     if not text:
         return {}
-    return dict(item.split("=", 1) for item in text.split(",") if item)
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if item and (not sep or not key):
+            raise UsageError(f"--wildcards: {item!r} is not KEY=VALUE; pass k=v,..., e.g. --wildcards model=dm,nfe=4")
+        if item:
+            out[key] = value
+    return out
 
 
 def _setup(args, stage: str, model: str | None = None):
@@ -105,7 +141,7 @@ def cmd_train_cm(args) -> None:
             teacher_manifest = Path(args.teacher or layout.manifest("dm"))
             trail = Trail.open(teacher_manifest)
             if trail.manifest.get("kind") != "dm":
-                raise ConfigError(f"train-cm --mode cd: the teacher {teacher_manifest} is not a diffusion trail")
+                raise ConfigError(f"--teacher: {teacher_manifest} is not a diffusion trail; pass the dm trail's manifest")
             path = trail.weights_path(ccfg["cd"]["teacher"])
             net = build_unet(trail.model_config, cfg["data"]["channels"])
             net.load_state_dict(load_tensors(path))
@@ -135,7 +171,8 @@ def cmd_truncate_trail(args) -> None:
     layout = Layout.of(_config(args))
     fraction = truncation(args.model)
     if fraction is None:
-        raise ConfigError(f"truncate-trail: {args.model!r} does not name a truncated trail (<model>_first<percent>)")
+        raise ConfigError(f"--model: {args.model!r} does not name a truncated trail; pass <model>_first<percent>, "
+                          "e.g. cm_ct_first25")
     manifest = truncate(args.manifest or layout.manifest(base_model(args.model)), fraction,
                         args.out or layout.manifest(args.model))
     print(f"[truncate_trail] {args.model}: {len(manifest['checkpoints'])} checkpoints up to step "
@@ -147,7 +184,7 @@ def cmd_train_features(args) -> None:
 
     cfg, layout, device, run = _setup(args, "train_features")
     if cfg["features"]["kind"] != "classifier":
-        raise ConfigError(f"train-features: features.kind is {cfg['features']['kind']!r}; there is no "
+        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, so there is no "
                           "classifier to train (run inception-features)")
     with run:
         meta = run_train_features(cfg, args.out or layout.feature_net("classifier"), device, run)
@@ -160,7 +197,8 @@ def cmd_inception_features(args) -> None:
 
     cfg, layout, device, run = _setup(args, "inception_features")
     if cfg["features"]["kind"] != "inception":
-        raise ConfigError("inception-features: features.kind is not 'inception'")
+        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, not 'inception'; set features.kind: "
+                          "inception (or run train-features)")
     with run:
         info = run_inception_features(cfg, args.out or layout.feature_net(feature_tag(cfg["features"])), device)
         run.set_tags({"lcsc.feature_hash": info["hash"]})
@@ -198,8 +236,10 @@ def _manifest(layout, args) -> Path:
     from .io import read_json
 
     path = Path(args.manifest or layout.manifest(args.model))
-    if path.exists():
-        manifest = read_json(path)
+    if path.is_file():
+        manifest = read_json(path, fix="rerun the stage that wrote the trail (or pass the right --manifest)")
+        if not isinstance(manifest, dict):
+            return path  # Trail.open says what is wrong with it
         kind = manifest.get("kind", "dm")
         mode = manifest.get("mode")
         if kind != model_kind(args.model) or (kind == "cm" and base_model(args.model) != f"cm_{mode}"):
@@ -274,16 +314,50 @@ def cmd_tabulate(args) -> None:
     print(summary.read_text())
 
 
+class _ArgumentError(Exception):
+    """A command-line argument argparse refuses; main prints it as one line."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors one line (`lcsc <stage>: --flag: what is wrong; see --help`) and
+    no usage block, like every other expected failure. Its subparsers are _Parsers too."""
+
+    def error(self, message: str):
+        message = message.removeprefix("argument ")
+        raise _ArgumentError(self.prog, f"{message}; see {self.prog} --help")
+
+
+def _count(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcsc", description=__doc__)
+    parser = _Parser(prog="lcsc", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
 
     def stage(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config file (default: all schema defaults)")
         p.add_argument("--config-json", help="validated config as JSON (what the workflow passes)")
+        p.add_argument("--runtime-json", help="with --config-json: the run-time keys (MLflow, devices, folders) "
+                       "as JSON, which the workflow passes apart so that they never rerun a job")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--wildcards", help="k=v,... naming this job in MLflow")
         p.set_defaults(func=func)
         return p
@@ -324,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("mlflow-server", cmd_mlflow_server,
               "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--port", type=_count(0), default=5000)
+    p.add_argument("--workers", type=_count(1), default=1)
     p.add_argument("--allowed-hosts", help="Host headers the server answers (default for a non-loopback "
                    "--host: this machine's names)")
     p = stage("mlflow-sync", cmd_mlflow_sync,
@@ -345,29 +419,114 @@ def cmd_mlflow_server(args) -> None:
 
 
 def cmd_mlflow_sync(args) -> None:
+    from .errors import StoreError
     from .tracking import experiment_name, records_dir, sync, tracking_uri
 
     cfg = _config(args)
     try:
         counts = sync(cfg, args.any_store)
     except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
-        raise SystemExit(f"lcsc mlflow-sync: {tracking_uri(cfg)} failed ({exc}); the records in "
-                         f"{records_dir(cfg)} are kept, run it again when the store is back")
+        raise StoreError(f"{tracking_uri(cfg)}: {' '.join(str(exc).split())}; the records in "
+                         f"{records_dir(cfg)} are kept, run it again when the store is back") from None
     print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
           f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
-          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped "
+          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
+          f"{counts['killed']} runs of killed jobs marked KILLED "
           f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
     if counts["failed"]:
-        raise SystemExit(f"lcsc mlflow-sync: {counts['failed']} records failed (see above); run it again")
+        raise StoreError(f"{counts['failed']} records failed (see above); run it again")
+
+
+# what to do about an OSError, by errno (when its message does not say already)
+_OS_HINTS = {
+    errno.ENOENT: "check the path, or run the stage that writes it first",
+    errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: move it away or choose another path",
+    errno.EEXIST: "something is in the way there: move it away or choose another path",
+    errno.EISDIR: "that is a folder: give the file",
+    errno.ENOSPC: "free some space and rerun", errno.EDQUOT: "free some space and rerun",
+    errno.EROFS: "the file system is read-only: choose another folder",
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an expected failure on one line. A ConfigError that lists several bad keys
+    keeps one key per line under its header; with a single key it is just that line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) == 2 and lines[0].endswith(":"):  # "invalid configuration:" and one key
+        return lines[1]
+    if isinstance(exc, ConfigError) and len(lines) > 2 and lines[0].endswith(":"):
+        return str(exc).strip()
+    return " ".join(lines) or type(exc).__name__
+
+
+def _os_message(exc: OSError) -> str:
+    """`<file>: <what is wrong>; <what to do>` for an OSError that names its file."""
+    if exc.filename is None:
+        return _one_line(exc)
+    name = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    what = " ".join((exc.strerror or str(exc)).split())
+    hint = _OS_HINTS.get(exc.errno)
+    return f"{name}: {what}" + (f"; {hint}" if hint and ";" not in what else "")
+
+
+def _yaml_message(exc) -> str:
+    """`<file>:<line>:<column>: <problem>; fix the YAML` for a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = (f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None
+             else getattr(exc, "name", None) or "the config")  # a ReaderError (not text) has no mark
+    problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
+        or _one_line(exc)
+    return f"{where}: not valid YAML ({problem}); fix the file"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import DataError, FeatureError, TrailError  # no torch: tabulate runs without it
+    """Run one stage. Every expected failure (a bad config value, argument or file) is one line on
+    stderr, `lcsc <stage>: <file or key>: <what is wrong>; <what to do>`, and exit code 2; an
+    interrupt (Ctrl-C, SIGTERM) exits with 130 and the stage resumes when run again. Any other
+    exception is a bug and keeps its traceback."""
+    import signal
 
+    from .interrupts import install
+
+    saved = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
+    install()  # SIGTERM, as Ctrl-C, raises KeyboardInterrupt in the stage: it unwinds, closing its files and run
+    try:
+        return _run(argv)
+    finally:  # an in-process caller (a test, a notebook) gets its own handlers back
+        for sig, handler in saved:
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> int:
+    import yaml
+
+    from .errors import LcscError  # no torch: tabulate runs without it
+
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise _ArgumentError(f"lcsc {args.stage}", f"unrecognized arguments: {' '.join(extra)}; "
+                                 f"see lcsc {args.stage} --help")
+    except _ArgumentError as exc:
+        print(f"{exc.prog}: {exc}", file=sys.stderr)
+        return 2
+    prog = f"lcsc {args.stage}"
     try:
         args.func(args)
-    except (ConfigError, DataError, FeatureError, TrailError, FileNotFoundError) as exc:
-        print(f"lcsc {args.stage}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lcsc.interrupts)
+        with contextlib.suppress(OSError):  # after a Ctrl-C the rule's `tee` may be gone: a broken pipe
+            print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (LcscError, ConfigError) as exc:
+        message = _one_line(exc)
+    except OSError as exc:
+        message = _os_message(exc)
+    except yaml.YAMLError as exc:  # the --config file
+        message = _yaml_message(exc)
+    else:
+        return 0
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2

@@ -5,31 +5,41 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import LcscError
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 # The config sections each stage reads: a stage's job reruns only when one of these changes.
 STAGE_SECTIONS = {
-    "train_dm": ["seed", "device", "data", "model", "diffusion", "train"],
-    "train_cm": ["seed", "device", "data", "model", "diffusion", "train", "consistency"],
+    "train_dm": ["seed", "data", "model", "diffusion", "train"],
+    "train_cm": ["seed", "data", "model", "diffusion", "train", "consistency"],
     "truncate_trail": [],  # the fraction is in the model's name
-    "train_features": ["seed", "device", "data", "features"],
-    "inception_features": ["device", "features"],
-    "reference_stats": ["device", "data", "features"],
-    "baselines": ["device", "data", "model", "diffusion", "consistency", "search", "baselines", "features"],
-    "search": ["device", "data", "model", "diffusion", "consistency", "search", "baselines", "features"],
-    "evaluate": ["device", "data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
+    "train_features": ["seed", "data", "features"],
+    "inception_features": ["features"],
+    "reference_stats": ["data", "features"],
+    "baselines": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
+    "search": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
+    "evaluate": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
                  "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
 }
-ALWAYS = ["experiment", "results_dir", "mlflow"]
+# Keys that say where and how a job runs, not what it computes: they reach a stage at run time
+# (`runtime_config`) and are never part of a stage's slice, so changing them reruns no job.
+RUNTIME_KEYS = (("experiment",), ("results_dir",), ("device",), ("mlflow",), ("search", "devices"),
+                ("search", "trail_chunk_mb"), ("data", "root"), ("data", "download"), ("features", "cache_dir"))
+# Names that become folder and file names (experiment, models, variants): anchored at both ends,
+# so a trailing newline or a path separator never passes.
+NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
-class ConfigError(ValueError):
+class ConfigError(LcscError, ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
@@ -155,6 +165,9 @@ def _cross_checks(cfg: dict) -> list[str]:
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
     errors += _consistency_checks(cfg)
+    errors += _name_and_path_checks(cfg)
+    errors += _search_checks(cfg)
+    errors += _feature_space_checks(cfg)
     fcfg = cfg["features"]
     if fcfg["kind"] != "inception":
         for key, default in (("reference_folder", None), ("weights", None), ("mode", "clean")):
@@ -171,6 +184,133 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"model.channel_mult with {levels} levels needs"
         )
     return errors
+
+
+def _non_finite(node, path=()) -> list[str]:
+    """NaN and infinities pass a JSON schema's range checks (every comparison with NaN is false)."""
+    if isinstance(node, dict):
+        return [e for k, v in node.items() for e in _non_finite(v, (*path, k))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in _non_finite(v, (*path, i))]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{_dotted(path)}: {node} is not a finite number"]
+    return []
+
+
+def _name_and_path_checks(cfg: dict) -> list[str]:
+    from .profiles import variant_names
+
+    errors = []
+    # paths that become (part of) a rule's input or output
+    for key in ("results_dir", "data.folder", "features.weights", "features.reference_folder"):
+        section, _, name = key.rpartition(".")
+        value = (cfg[section] if section else cfg)[name]
+        if isinstance(value, str) and any(ch in value for ch in "{}"):
+            errors.append(f"{key}: {value!r} holds '{{' or '}}', which Snakemake reads as wildcards; rename it")
+    if cfg["mlflow"]["enabled"] and cfg["mlflow"]["tracking_uri"] is None and any(ch in cfg["results_dir"] for ch in "?#"):
+        errors.append(f"results_dir: {cfg['results_dir']!r} holds '?' or '#', which end the path of the default "
+                      "MLflow store's SQLite URI (<results_dir>/mlflow.db); rename it or set mlflow.tracking_uri")
+    if errors:
+        return errors
+    for model in models(cfg):
+        names = [model, *variant_names(cfg, model)]
+        bad = [n for n in names if not NAME.match(n)]
+        if bad:
+            errors.append(f"{model}: the names {bad} would not be safe file names (letters, digits, '.', '_', '-')")
+    return errors
+
+
+# Optimizers accepted without importing nevergrad at parse time (its import takes ~2 s); any other
+# name is looked up in nevergrad's registry.
+COMMON_OPTIMIZERS = ("CMA", "NGOpt", "TwoPointsDE", "DE", "OnePlusOne", "DiagonalCMA", "PSO", "RandomSearch")
+
+
+def _search_checks(cfg: dict) -> list[str]:
+    scfg, errors = cfg["search"], []
+    if scfg["optimizer"] not in COMMON_OPTIMIZERS:
+        try:
+            import nevergrad as ng
+        except ImportError:  # the report's env has no nevergrad; the search's env checks again
+            ng = None
+        if ng is not None and scfg["optimizer"] not in ng.optimizers.registry:
+            close = sorted(n for n in ng.optimizers.registry if n.lower() == scfg["optimizer"].lower())
+            errors.append(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
+                          + (f"did you mean {close[0]}?" if close else "try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne"))
+    lo, hi = scfg["bounds"]
+    if lo < hi and not (lo <= 0 and hi >= 1):
+        errors.append(f"search.bounds: {[lo, hi]} must contain [0, 1] (lower <= 0, upper >= 1), so that every "
+                      "baseline profile (the last checkpoint, averages, EMAs) is a valid start")
+    return errors
+
+
+# Training images of the datasets whose size is known without reading them.
+DATASET_SIZES = {"digits": 1797, "cifar10": 50000}
+
+
+def _train_images(cfg: dict) -> int | None:
+    d = cfg["data"]
+    if d["dataset"] == "cifar10":
+        return DATASET_SIZES["cifar10"]
+    if d["dataset"] == "digits":
+        n = DATASET_SIZES["digits"]
+        return n - max(1, int(round(n * d["test_fraction"])))
+    return None
+
+
+def _feature_space_checks(cfg: dict) -> list[str]:
+    d, f = cfg["data"], cfg["features"]
+    if not (d["dataset"] == "folder" and f["kind"] == "classifier" and d["folder"]):
+        return []
+    folder = Path(d["folder"]).expanduser()
+    if not folder.is_dir():
+        return [f"data.folder: {folder} is not a folder"]
+    classes = set()
+    for p in folder.rglob("*"):  # stop at the second class: an image folder may be large
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg") and not p.name.startswith(".") and p.is_file():
+            classes.add(p.parent)
+            if len(classes) == 2:
+                break
+    if len(classes) < 2:
+        return [f"features.kind: 'classifier' trains on class labels, but data.folder {folder} has "
+                f"{'no class sub-folders' if classes == {folder} else 'fewer than two classes'}; sort the "
+                "images into one sub-folder per class, or use features.kind: inception"]
+    return []
+
+
+def config_warnings(cfg: dict) -> list[str]:
+    """Settings that are legal but certainly useless; the workflow and the CLI print them at parse time."""
+    out = []
+    for model in models(cfg):
+        if truncation(model) is not None:
+            continue
+        t = for_model(cfg, model)["train"]
+        for decay in t["ema_decays"]:
+            init_weight = decay ** t["iterations"]
+            if init_weight > 0.05:
+                key = ("consistency.train.ema_decays" if model != "dm" and cfg["consistency"]["train"]["ema_decays"]
+                       else "train.ema_decays")
+                teacher = (model == "dm" and "cd" in cfg["consistency"]["modes"]
+                           and cfg["consistency"]["cd"]["teacher"] == f"ema_{decay}")
+                out.append(f"{key}: the EMA {decay} of {model} averages over about {1 / (1 - decay):.0f} steps, "
+                           f"but {model} trains {t['iterations']}; its random start still weighs "
+                           f"{init_weight:.0%} in ema_{decay}"
+                           + ("; it is the consistency-distillation teacher (consistency.cd.teacher): "
+                              "use a shorter decay or train longer" if teacher else ""))
+    dim = cfg["features"]["dim"] if cfg["features"]["kind"] == "classifier" else 2048
+    for key, n in (("search.samples", cfg["search"]["samples"]),
+                   ("search.rescore_samples", cfg["search"]["rescore_samples"]),
+                   ("evaluate.samples", cfg["evaluate"]["samples"])):
+        if n <= dim:
+            out.append(f"{key}: {n} samples in a {dim}-d feature space give a singular covariance; FID is "
+                       f"then dominated by its bias (use more than {dim} samples to compare models)")
+    n_train = _train_images(cfg)
+    if n_train is not None:
+        for key, size in (("train.batch_size", cfg["train"]["batch_size"]),
+                          ("features.batch_size", cfg["features"]["batch_size"])):
+            if size > n_train:
+                out.append(f"{key}: {size} exceeds the {n_train} training images of {cfg['data']['dataset']}; "
+                           "every batch repeats images")
+    return out
 
 
 def _consistency_checks(cfg: dict) -> list[str]:
@@ -250,11 +390,13 @@ def validate(config: dict | None, cross_checks: bool = True) -> dict:
                     f"{_dotted([*err.absolute_path, key])}: unknown key; allowed here: {', '.join(allowed)}"
                 )
         elif err.validator == "anyOf":  # name the accepted forms instead of "not valid under any schema"
-            forms = [f"{sub['const']!r}" if "const" in sub else f"a non-empty list of {sub['items']['type']}s"
+            forms = [f"{sub['const']!r}" if "const" in sub
+                     else f"a non-empty list of {sub['items'].get('title', sub['items']['type'] + 's')}"
                      if sub.get("type") == "array" else str(sub.get("type")) for sub in err.validator_value]
             errors.append(f"{_dotted(err.absolute_path)}: {err.instance!r} is not one of: {' or '.join(forms)}")
         else:
             errors.append(f"{_dotted(err.absolute_path)}: {err.message}")
+    errors += _non_finite(cfg)
     if not errors and cross_checks:
         errors = _cross_checks(cfg)
     if errors:
@@ -266,8 +408,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     """Read a YAML config file (or none: all defaults), apply overrides, validate."""
     cfg: dict[str, Any] = {}
     if path is not None:
-        with open(path) as fh:
+        with open(path, "rb") as fh:  # bytes: PyYAML reports a file that is not text as a YAML error
             cfg = yaml.safe_load(fh) or {}
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys, got a YAML {type(cfg).__name__}")
     return validate(apply_overrides(cfg, overrides))
 
 
@@ -276,15 +420,15 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
     for dotted, value in (overrides or {}).items():
         node = cfg
         *parents, last = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parents[:i + 1])}: holds {node!r}, not a section; "
+                                  f"cannot set {dotted}")
         node[last] = value
     return cfg
 
 
-# Keys that only say how the search runs, not what it computes: other stages that read the
-# search section (for its fitness settings) must not rerun when they change.
-SEARCH_ENGINE_KEYS = ("devices", "trail_chunk_mb")
 # Stages that read only part of `search`: baselines score with the search's fitness settings,
 # evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
 STAGE_SEARCH_KEYS = {"baselines": ("nfe", "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
@@ -310,13 +454,9 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
         model = "dm"
     if model is not None:
         cfg = for_model(cfg, model)
-    keys = ALWAYS + STAGE_SECTIONS[stage]
-    out = {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
+    out = {k: copy.deepcopy(cfg[k]) for k in STAGE_SECTIONS[stage] if k in cfg}
     if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
         out["search"] = {k: v for k, v in out["search"].items() if k in STAGE_SEARCH_KEYS[stage]}
-    elif stage != "search" and "search" in out:
-        for key in SEARCH_ENGINE_KEYS:
-            out["search"].pop(key, None)
     if model is not None and "consistency" in out:
         mode = base_model(model)[3:]
         keep = CONSISTENCY_KEYS.get(stage)
@@ -336,6 +476,43 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
             if other != kind:
                 for key in keys:
                     out["features"].pop(key, None)
+    for path in RUNTIME_KEYS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return out
+
+
+def runtime_config(cfg: dict) -> dict:
+    """The RUNTIME_KEYS of a validated config, nested as in the config."""
+    out: dict[str, Any] = {}
+    for path in RUNTIME_KEYS:
+        node, dst = cfg, out
+        for key in path[:-1]:
+            node, dst = node[key], dst.setdefault(key, {})
+        dst[path[-1]] = copy.deepcopy(node[path[-1]])
+    return out
+
+
+def with_runtime(cfg: dict, runtime: dict) -> dict:
+    """`cfg` (a stage's slice) with the runtime keys of `runtime` set; any other key is refused."""
+    out = copy.deepcopy(cfg)
+    allowed = {".".join(p) for p in RUNTIME_KEYS}
+    for dotted, value in flatten(runtime).items():
+        if dotted not in allowed and not any(dotted.startswith(a + ".") for a in allowed):
+            raise ConfigError(f"--runtime-json: {dotted}: not a run-time key (those are {', '.join(sorted(allowed))})")
+    for path in RUNTIME_KEYS:
+        node = runtime
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            dst = out
+            for key in path[:-1]:
+                dst = dst.setdefault(key, {})
+            dst[path[-1]] = copy.deepcopy(node)
     return out
 
 

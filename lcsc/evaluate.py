@@ -153,14 +153,16 @@ def variant_weights(scorer: Scorer, variant: str, coefficients: str | Path | Non
     if variant == "lcsc":
         if coefficients is None:
             raise ConfigError("variant 'lcsc' needs the search's coefficients file")
-        found = read_json(coefficients)
+        found = read_json(coefficients, "rerun the search (or pass the right --coefficients)",
+                          keys=("coefficients", "trail_sha256"))
         scorer.trail.check_fingerprint(found.get("trail_sha256"), coefficients)
         c = np.asarray(found["coefficients"])
         return scorer.weights_of(c), c.tolist()
     if variant.startswith("ema_") and not variant.endswith("_profile"):
         return scorer.weights_from_file(scorer.trail.weights_path(variant)), None
     if baselines is not None:
-        scored = read_json(baselines)
+        scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
+                           keys=("profiles", "trail_sha256"))
         scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
         known = scored["profiles"]
     else:

@@ -13,6 +13,7 @@ the same data reuses them.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_split
+from .errors import DataError, InputError
 from .paths import dataset_name
 from .fid import feature_stats, save_stats
-from .io import copy_file, load_tensors, read_json, save_tensors, sha256, write_json
+from .io import copy_file, first_line, load_tensors, read_json, save_tensors, sha256, write_json
 from .nets import DigitClassifier
 from .progress import progress
 
@@ -35,14 +37,23 @@ class FeatureNet:
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"feature network not found: {path} (the train_features stage writes it)")
+            raise FileNotFoundError(errno.ENOENT, "no feature network here; the train_features stage writes it",
+                                    str(path))
+        rerun = "rerun train_features (or pass the right --features)"
         try:
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {})["lcsc"])
+            self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
         except Exception as exc:
-            raise ValueError(f"{path}: not a feature network written by train_features ({exc!r})") from exc
-        self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
-        self.net.load_state_dict(load_tensors(path))
+            if isinstance(exc, OSError) and exc.filename:
+                raise
+            detail = f"no {exc} in its metadata" if isinstance(exc, KeyError) else first_line(exc)
+            raise InputError(f"{path}: not a feature network written by train_features ({detail}); {rerun}") from exc
+        try:
+            self.net.load_state_dict(load_tensors(path))
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            raise InputError(f"{path}: its tensors do not fit the network its metadata describes "
+                             f"({str(exc).strip().splitlines()[0]}); {rerun}") from exc
         self.net.to(device).eval()
         self.device = device
         self.hash = sha256(path)[:16]
@@ -58,7 +69,7 @@ def run_train_features(cfg: dict, out: str | Path, device: torch.device, run=Non
     fcfg = cfg["features"]
     train, test = load_split(cfg["data"], "train"), load_split(cfg["data"], "test")
     if train.num_classes < 2:
-        raise ValueError("features.kind 'classifier' needs labelled data (one sub-folder per class "
+        raise DataError("features.kind: 'classifier' needs labelled data (one sub-folder per class "
                          "in data.folder, at least two classes)")
     torch.manual_seed(cfg["seed"])
     net = DigitClassifier(train.images.shape[1], train.num_classes, fcfg["width"], fcfg["dim"]).to(device)
@@ -121,8 +132,13 @@ def load_features(path: str | Path, device: torch.device):
     from .inception import FeatureError, InceptionFeatures
 
     if not path.exists():
-        raise FileNotFoundError(f"feature descriptor not found: {path} (the inception_features stage writes it)")
-    info = read_json(path)
+        raise FileNotFoundError(errno.ENOENT, "no feature descriptor here; the inception_features stage writes it",
+                                str(path))
+    info = read_json(path, fix="rerun inception_features (or pass the right --features)")
+    missing = [k for k in ("weights", "mode", "hash") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise InputError(f"{path}: not a feature descriptor written by inception_features (no "
+                         f"{', '.join(missing)}); rerun inception_features (or pass the right --features)")
     weights = Path(info["weights"])
     if not weights.is_file():
         raise FeatureError(f"{path}: its Inception weights {weights} are gone (features.weights); "
@@ -147,8 +163,6 @@ FEATURE_PIPELINE_VERSION = 1
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    from .data import DataError
-
     if not folder.is_dir():
         raise DataError(f"features.reference_folder: {folder} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES
@@ -165,7 +179,7 @@ def _folder_batches(folder: Path, files: list[Path], batch_size: int):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from .data import DataError
+
 
     batch: list = []
     for path in files:

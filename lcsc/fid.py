@@ -9,12 +9,13 @@ replace scipy's general-matrix sqrtm.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, first_line
 
 
 def _moments(f: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,13 +97,29 @@ def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **meta) -> N
 
 def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reference mu/sigma; with `feature_hash`, refuse stats made by another feature network."""
+    from .errors import InputError
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"reference stats not found: {path} (the reference_stats stage writes it)")
-    with np.load(path, allow_pickle=False) as z:
-        if not {"mu", "sigma", "feature_hash"} <= set(z.files):
-            raise ValueError(f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has {z.files})")
-        if feature_hash is not None and str(z["feature_hash"]) != feature_hash:
-            raise ValueError(f"{path}: made with feature network {z['feature_hash']}, "
-                             f"but the one in use is {feature_hash}; rerun reference_stats")
-        return z["mu"], z["sigma"]
+        raise FileNotFoundError(errno.ENOENT, "no reference stats here; the reference_stats stage writes them",
+                                str(path))
+    rerun = "rerun reference_stats (or pass the right --stats)"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not {"mu", "sigma", "feature_hash"} <= set(z.files):
+                raise InputError(f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has "
+                                 f"{', '.join(z.files) or 'nothing'}); {rerun}")
+            if feature_hash is not None and str(z["feature_hash"]) != feature_hash:
+                raise InputError(f"{path}: made with feature network {z['feature_hash']}, "
+                                 f"but the one in use is {feature_hash}; {rerun}")
+            mu, sigma = z["mu"], z["sigma"]
+    except InputError:
+        raise
+    except Exception as exc:  # truncated zip (BadZipFile, EOFError), a pickle, text: not stats
+        if isinstance(exc, OSError) and exc.filename:  # unreadable: main names the file and the reason
+            raise
+        first = first_line(exc).split(". ")[0].rstrip(".")
+        raise InputError(f"{path}: not a readable reference-stats .npz file ({first}); {rerun}") from exc
+    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+        raise InputError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}, not [D] and [D, D]; {rerun}")
+    return mu, sigma

@@ -4,6 +4,7 @@ half-written file that looks complete, and checkpoints are data (safetensors), n
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
 
 
 @functools.cache
@@ -40,7 +42,9 @@ def atomic_path(path: str | Path):
                 os.unlink(tmp)
         if isinstance(exc, OSError) and str(path) not in str(exc):
             # disk full, permission denied, read-only file system: say which output failed
-            raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
+            if exc.errno is None:
+                raise OSError(f"{exc} while writing {path}") from exc
+            raise OSError(exc.errno, f"{exc.strerror or exc} (while writing it)", str(path)) from exc
         raise
 
 
@@ -60,12 +64,24 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path):
+def read_json(path: str | Path, fix: str = "restore it or rerun the stage that writes it", keys: tuple = ()):
+    """The JSON in `path`; a truncated or foreign file raises InputError naming it (and `fix`).
+    With `keys`, the file must hold an object with those keys."""
     try:
-        with open(path) as fh:
-            return json.load(fh)
+        with open(path, "rb") as fh:
+            obj = json.loads(fh.read())
+        if keys and not isinstance(obj, dict):
+            raise InputError(f"{path}: holds a JSON {type(obj).__name__}, not the object this stage reads; {fix}")
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise InputError(f"{path}: has no {', '.join(map(repr, missing))}; not the file this stage reads; {fix}")
+        return obj
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); "
+                         f"{fix}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a JSON file (not UTF-8 text: {exc.reason} at byte {exc.start}); "
+                         f"{fix}") from exc
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:
@@ -88,20 +104,29 @@ def load_tensors(path: str | Path, device="cpu") -> dict:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"tensor file not found: {path}")
+        raise FileNotFoundError(errno.ENOENT, "no such tensor file", str(path))
     if path.suffix in (".pt", ".pth"):
         try:  # weights_only: a pickle may hold only tensors and plain containers, never code
             obj = torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path}: refused to load; not a plain tensor file (weights_only=True): "
-                             f"{str(exc).splitlines()[0]}") from exc
+            raise InputError(f"{path}: refused to load; not a plain tensor file (weights_only=True): "
+                             f"{first_line(exc)}; convert it to safetensors from a trusted source") from exc
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+            raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return obj
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types for truncated headers
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        if isinstance(exc, OSError) and exc.filename:  # unreadable: main names the file and the reason
+            raise
+        raise InputError(f"{path}: not a readable safetensors file ({first_line(exc)}); it was cut short or "
+                         "is another kind of file: restore it or rerun the stage that writes it") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def sha256(path: str | Path) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import ConfigError
+
 
 def variant_names(cfg: dict, model: str = "dm") -> list[str]:
     """Every variant the evaluation compares for `model`, baselines first and lcsc last. A
@@ -39,7 +41,7 @@ def uniform(k: int) -> np.ndarray:
 def lawa(k: int, n: int) -> np.ndarray:
     """Uniform over the last n checkpoints (LAWA, Kaddour 2022; Sanyal et al. 2023)."""
     if not 1 <= n <= k:
-        raise ValueError(f"baselines.lawa_last: {n} checkpoints asked for, the trail has {k}")
+        raise ConfigError(f"baselines.lawa_last: {n} checkpoints asked for, the trail has {k}; use at most {k}")
     c = np.zeros(k)
     c[-n:] = 1.0 / n
     return c

@@ -35,6 +35,8 @@ import torch
 
 from . import profiles
 from .baselines import fitness_settings
+from .config import ConfigError
+from .errors import BusyError, InputError
 from .evaluate import Scorer
 from .io import atomic_path, read_json, remove_stale_temps, save_tensors, write_json
 from .progress import progress
@@ -48,19 +50,41 @@ def make_parametrization(init: np.ndarray, scfg: dict):
 
     lo, hi = scfg["bounds"]
     if not (lo <= init.min() and init.max() <= hi):
-        raise ValueError(f"search.bounds {scfg['bounds']} exclude the starting point {np.round(init, 3).tolist()}")
+        raise ConfigError(f"search.bounds {scfg['bounds']} exclude the starting point {np.round(init, 3).tolist()}")
     param = ng.p.Array(init=init).set_bounds(lo, hi, full_range_sampling=False)
     param.set_mutation(sigma=scfg["sigma"])
     param.random_state = np.random.RandomState(scfg["seed"])
     return param
 
 
-def to_coefficients(z: np.ndarray, parametrization: str) -> np.ndarray:
-    """Map the optimizer's vector to coefficients; sum_to_one shifts it onto sum(c) = 1."""
+def to_coefficients(z: np.ndarray, parametrization: str, bounds) -> np.ndarray:
+    """Map the optimizer's vector to coefficients within `bounds`: `free` keeps z (clipped); `sum_to_one`
+    takes the nearest point with sum(c) = 1 inside the bounds, c = clip(z + t, lo, hi) for the one
+    shift t that makes the sum 1 (the Euclidean projection onto that set; a plain shift when no
+    coefficient reaches a bound)."""
     z = np.asarray(z, dtype=np.float64)
-    if parametrization == "sum_to_one":
-        return z + (1.0 - z.sum()) / len(z)
-    return z
+    lo, hi = bounds
+    if parametrization != "sum_to_one":
+        return np.clip(z, lo, hi)
+    shifted = z + (1.0 - z.sum()) / len(z)
+    if lo <= shifted.min() and shifted.max() <= hi:
+        return shifted
+    return np.clip(z + _shift_onto_sum(z, lo, hi, 1.0), lo, hi)
+
+
+def _shift_onto_sum(z: np.ndarray, lo: float, hi: float, total: float) -> float:
+    """The t with sum(clip(z + t, lo, hi)) = total. That sum grows piecewise linearly in t, with
+    kinks where a coefficient meets a bound, so t lies between two neighbouring kinks, where a
+    linear interpolation is exact."""
+    if not len(z) * lo <= total <= len(z) * hi:
+        raise ConfigError(f"search.bounds {[lo, hi]}: {len(z)} coefficients within them cannot sum to {total}")
+    kinks = np.unique(np.concatenate([lo - z, hi - z]))
+    excess = np.array([np.clip(z + t, lo, hi).sum() - total for t in kinks])
+    j = int(np.searchsorted(excess, 0.0))  # first kink whose excess is >= 0 (excess is non-decreasing)
+    if excess[j] == 0.0 or j == 0:
+        return float(kinks[j])
+    a, b = kinks[j - 1], kinks[j]
+    return float(a + (b - a) * (0.0 - excess[j - 1]) / (excess[j] - excess[j - 1]))
 
 
 def _digest(obj) -> str:
@@ -87,17 +111,29 @@ class Journal:
         self.dropped = 0
         self._fh = None
         if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "ab")
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
+                raise OSError(exc.errno, f"cannot write the search journal here: {exc.strerror}",
+                              str(exc.filename or self.path)) from exc
             try:
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 self._fh.close()
-                raise RuntimeError(f"{self.path}: another search is running on this journal "
-                                   "(it holds the lock); wait for it or stop it first") from None
+                raise BusyError(f"{self.path}: another search is running on this journal "
+                                "(it holds the lock); wait for it or stop it first") from None
+        try:
+            self._read(readonly)
+        except BaseException:
+            self.close()
+            raise
+        if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
+            self.close()
+            raise InputError(f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
+                             "move it away to start the search afresh")
+
+    def _read(self, readonly: bool) -> None:
         data = self.path.read_bytes() if self.path.exists() else b""
         lines = data.splitlines(keepends=True)
         good = 0
@@ -105,21 +141,20 @@ class Journal:
             try:
                 if not line.endswith(b"\n"):
                     raise ValueError("no newline")
-                self.records.append(json.loads(line))
-            except ValueError:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a record")
+                self.records.append(record)
+            except ValueError:  # also UnicodeDecodeError
                 if number < len(lines):
-                    raise ValueError(f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
-                                     "the journal was changed by hand or by another program. Move it away "
+                    raise InputError(f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
+                                     "the journal was changed by hand or by another program: move it away "
                                      "to start the search afresh") from None
                 break
             good += len(line)
         self.dropped = len(data) - good
         if self.dropped and not readonly:
             self._fh.truncate(good)
-        if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
-            self.close()
-            raise ValueError(f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
-                             "move it away to start the search afresh")
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
@@ -128,7 +163,7 @@ class Journal:
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot write the search journal {self.path}: {exc.strerror}") from exc
+            raise OSError(exc.errno, f"cannot write the search journal: {exc.strerror}", str(self.path)) from exc
         self.records.append(record)
 
     def start(self) -> None:
@@ -152,9 +187,9 @@ def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
         try:
             d = torch.device(name)
         except RuntimeError as exc:
-            raise ValueError(f"search.devices: {name!r} is not a torch device name ({exc})") from None
+            raise ConfigError(f"search.devices: {name!r} is not a torch device name ({exc})") from None
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
-            raise ValueError(f"search.devices: {name!r} is not available here "
+            raise ConfigError(f"search.devices: {name!r} is not available here "
                              f"({torch.cuda.device_count()} CUDA devices visible)")
         out.append(d)
     return out
@@ -210,16 +245,18 @@ class Evaluator:
                    for s, share in zip(self.scorers, shares) if share]
         for t in threads:
             t.start()
+        finished = False
         try:
             for _ in range(len(cs)):
                 i, fitness, seconds = done.get()
                 if i is None:
                     raise fitness
                 on_result(i, fitness, seconds)
+            finished = True
         finally:
             stop.set()
-            for t in threads:
-                t.join()
+            for t in threads:  # an interrupt or error need not wait for the candidates in flight
+                t.join(None if finished else 2.0)  # (daemon threads; their results are not kept)
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -253,7 +290,7 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
     try:
         opt_cls = ng.optimizers.registry[scfg["optimizer"]]
     except KeyError:
-        raise ValueError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
+        raise ConfigError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
     settings = fitness_settings(cfg, scorer)
     # what a fitness depends on; the device type too, so that resuming on other hardware rescores
@@ -264,18 +301,19 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
 
     known: dict[str, float] = {}
     if baselines is not None:
-        scored = read_json(baselines)
+        scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
+                           keys=("profiles", "trail_sha256"))
         trail.check_fingerprint(scored.get("trail_sha256"), baselines)
         if {k: scored.get(k) for k in settings} != settings:
             diff = sorted(k for k in settings if scored.get(k) != settings[k])
-            raise ValueError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
+            raise InputError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
                              "rerun the baselines stage")
         starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
         known = {n: p["fitness"] for n, p in scored["profiles"].items()}
     else:
         starts = profiles.trail_profiles(trail.steps, cfg["baselines"])
     if scfg["init"] != "best_profile" and scfg["init"] not in starts:
-        raise ValueError(f"search.init: {scfg['init']!r} is not among the baseline profiles {sorted(starts)}")
+        raise ConfigError(f"search.init: {scfg['init']!r} is not among the baseline profiles {sorted(starts)}")
 
     journal = Journal(out_dir / "state" / "journal.jsonl")
     journal.start()
@@ -365,7 +403,7 @@ def run_search(cfg: dict, manifest: str | Path, features: str | Path, stats: str
                 else:
                     journal.append({"type": "ask", "run": run_key, "index": n_asked, "z": z.tolist()})
                 n_asked += 1
-            cs = [to_coefficients(cand.value, scfg["parametrization"]) for cand in batch]
+            cs = [to_coefficients(cand.value, scfg["parametrization"], scfg["bounds"]) for cand in batch]
             for cand, c, rec in zip(batch, cs, measure(cs, screen_digest, scfg["samples"], scfg["seed"])):
                 opt.tell(cand, rec["fitness"])
                 record("search", c, rec)

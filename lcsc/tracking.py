@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -162,6 +163,28 @@ def _destination(cfg: dict) -> dict:
     return {"tracking_uri": tracking_uri(cfg), "experiment": experiment_name(cfg)}
 
 
+def _owner() -> dict[str, str]:
+    """Tags naming the process that keeps a run RUNNING: when it is gone, so is the run."""
+    return {"lcsc.host": socket.gethostname(), "lcsc.pid": str(os.getpid())}
+
+
+def _owner_gone(tags: dict) -> bool:
+    """True when the run's process ran on this host and no longer exists (SIGKILL, OOM, a reboot).
+    A run from another host (a cluster node) is judged by its parent instead."""
+    if tags.get("lcsc.host") != socket.gethostname():
+        return False
+    try:
+        pid = int(tags["lcsc.pid"])
+        if pid == os.getpid():
+            return False
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, ValueError, OSError):  # no owner recorded, or alive under another user
+        return False
+    return False
+
+
 def _invocation() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -176,10 +199,14 @@ def start_parent(cfg: dict) -> tuple[str, str | None]:
     record = {"key": f"{invocation}/parent", "invocation": invocation, "name": name, "parent_key": None,
               "tags": {"lcsc.role": "invocation", "lcsc.experiment": cfg["experiment"],
                        "lcsc.invocation": invocation, "lcsc.config_hash": config_hash(cfg),
-                       "lcsc.git_commit": git_commit()},
+                       "lcsc.git_commit": git_commit(), **_owner()},
               "params": flatten(cfg), "metrics": [], "artifacts": [], "status": "RUNNING",
               "start_time": int(time.time() * 1000), "end_time": None, **_destination(cfg)}
     record["tags"]["lcsc.run_key"] = record["key"]
+    try:  # jobs of earlier invocations killed before they could close their records
+        end_orphan_records(cfg)
+    except OSError as exc:
+        print(f"[lcsc] could not check the tracking records in {records_dir(cfg)}: {exc}", file=sys.stderr)
     _write_record(_record_path(cfg, invocation, "parent"), record)
     run_id = None
     try:
@@ -193,7 +220,87 @@ def start_parent(cfg: dict) -> tuple[str, str | None]:
     except Exception as exc:  # results on disk do not depend on MLflow
         print(f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it "
               "(`lcsc mlflow-sync` logs its runs later)", file=sys.stderr)
+    if run_id:
+        try:  # and their runs, left RUNNING under parents that have ended
+            end_orphan_runs(client, exp_id)
+        except Exception as exc:
+            print(f"[lcsc] could not end the runs of killed jobs in MLflow: {exc}", file=sys.stderr)
     return invocation, run_id  # the run, once it exists, is the children's parent
+
+
+def end_orphan_runs(client, exp_id: str, parent_id: str | None = None) -> int:
+    """Mark KILLED every lcsc run still RUNNING that nothing will ever end: its process ran on this
+    host and is gone (a job or a Snakemake driver killed with SIGKILL, or lost with its machine), or
+    it is a child whose parent run has ended (its job ran elsewhere and was killed before it could
+    close its run). Only the children of `parent_id` if given. Returns how many were marked."""
+    query = "attributes.status = 'RUNNING'"
+    if parent_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_id}'"
+    runs, token = [], None
+    while True:  # all pages first: ending runs while paging would shift the pages
+        page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token)
+        runs += [r for r in page if "lcsc.run_key" in r.data.tags]
+        token = page.token
+        if not token:
+            break
+    now, ended, done = int(time.time() * 1000), 0, set()
+    for run in runs:  # parents before children: a child of a killed driver follows it
+        if _owner_gone(run.data.tags):
+            client.set_terminated(run.info.run_id, "KILLED", end_time=now)
+            done.add(run.info.run_id)
+            ended += 1
+    parents: dict[str, tuple[str | None, int | None]] = {}
+    for run in runs:
+        pid = run.data.tags.get("mlflow.parentRunId")
+        if run.info.run_id in done or not pid:
+            continue
+        if pid not in parents:
+            try:
+                info = client.get_run(pid).info
+                parents[pid] = info.status, info.end_time
+            except Exception:  # the parent is gone: nothing will ever end this run
+                parents[pid] = None, None
+        status, parent_end = parents[pid]
+        if status != "RUNNING":
+            end = min(now, max(parent_end or now, run.info.start_time or 0))
+            client.set_terminated(run.info.run_id, "KILLED", end_time=end)
+            ended += 1
+    return ended
+
+
+def end_orphan_records(cfg: dict, invocation: str | None = None) -> int:
+    """The same for the run records on disk (of `invocation`, else of every invocation): a record
+    still RUNNING whose process is gone, or whose invocation's parent record has ended, is
+    rewritten as KILLED, so that sync logs it as such. Returns how many were rewritten."""
+    folder = records_dir(cfg)
+    if invocation:
+        folders = [folder / invocation]
+    else:
+        folders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    ended, now = 0, int(time.time() * 1000)
+    for inv in folders:
+        records = {}
+        for path in sorted(inv.glob("*.json"), key=lambda p: p.name != "parent.json"):  # the parent first
+            try:
+                text = path.read_text()
+                if '"RUNNING"' not in text and path.name != "parent.json":  # skip parsing the rest
+                    continue
+                records[path] = json.loads(text)
+            except (OSError, ValueError):
+                continue
+        parent = records.get(inv / "parent.json")
+        for path, record in records.items():
+            if record.get("status") != "RUNNING":
+                continue
+            if _owner_gone(record.get("tags", {})):
+                record.update(status="KILLED", end_time=now)
+            elif path.name != "parent.json" and parent is not None and parent.get("status") != "RUNNING":
+                record.update(status="KILLED", end_time=parent.get("end_time") or now)
+            else:
+                continue
+            _write_record(path, record)
+            ended += 1
+    return ended
 
 
 def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) -> None:
@@ -204,6 +311,7 @@ def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) 
             record = json.loads(path.read_text())
             record.update(status=status, end_time=int(time.time() * 1000))
             _write_record(path, record)
+            end_orphan_records(cfg, invocation)  # its jobs that were killed before they could say so
         except (OSError, ValueError) as exc:
             print(f"[lcsc] could not update the tracking record {path}: {exc}", file=sys.stderr)
     if not run_id:
@@ -212,6 +320,7 @@ def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) 
         client = _client(cfg)
         client.set_terminated(run_id, status)
         client.set_tag(run_id, "lcsc.logged", COMPLETE)
+        end_orphan_runs(client, client.get_run(run_id).info.experiment_id, parent_id=run_id)
     except Exception as exc:
         print(f"[lcsc] could not close MLflow run {run_id}: {exc}", file=sys.stderr)
 
@@ -238,7 +347,7 @@ class StageRun:
                        "metrics": [], "artifacts": [], "status": "RUNNING",
                        "start_time": int(time.time() * 1000), "end_time": None,
                        **(_destination(cfg) if cfg["mlflow"]["enabled"] else {})}
-        self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"]}
+        self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"], **_owner()}
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
 
@@ -251,6 +360,9 @@ class StageRun:
     def __enter__(self) -> "StageRun":
         if not self.cfg["mlflow"]["enabled"]:
             return self
+        # RUNNING on disk from the start: if the job is killed outright, the next invocation or
+        # `lcsc mlflow-sync` finds it and marks it KILLED (see end_orphan_records)
+        _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
         try:
             self.client = _retry(lambda: _client(self.cfg), self.cfg)
             run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg), run_name=self.name,
@@ -262,6 +374,12 @@ class StageRun:
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
         except Exception as exc:
             self._warn("run creation", exc)
+        except KeyboardInterrupt:  # stopped while making the run: `with` will not call __exit__
+            self.logged_all = False  # its params may be missing: sync replaces it
+            if self.run_id is None:
+                self.client = None
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -310,7 +428,10 @@ class StageRun:
         if not self.cfg["mlflow"]["enabled"]:
             return
         self.flush()
-        status = "FINISHED" if exc_type is None else "FAILED"
+        if exc_type is None:
+            status = "FINISHED"
+        else:  # stopped by Ctrl-C or SIGTERM (lcsc.interrupts): KILLED, as MLflow names it
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         self.record.update(status=status, end_time=int(time.time() * 1000))
         if self.client is not None:
             try:
@@ -369,9 +490,10 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     import fcntl
 
     folder = records_dir(cfg)
+    end_orphan_records(cfg)  # jobs killed before they could end their records: KILLED, not RUNNING
     records = sorted(folder.glob("*/*.json"))
     counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0,
-              "skipped": 0, "failed": 0}
+              "skipped": 0, "failed": 0, "killed": 0}
     if not records:
         return counts
     loaded = []
@@ -399,6 +521,11 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
             except Exception as exc:  # one bad request must not stop the others
                 print(f"[lcsc] {record['name']}: {exc}", file=sys.stderr)
                 counts["failed"] += 1
+        try:  # runs of killed jobs (no record, or logged before it) under parents that have ended
+            counts["killed"] = end_orphan_runs(client, exp_id)
+        except Exception as exc:
+            print(f"[lcsc] could not end the runs of killed jobs: {exc}", file=sys.stderr)
+            counts["failed"] += 1
     return counts
 
 

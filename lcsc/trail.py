@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,24 +18,40 @@ MANIFEST_FORMAT = "lcsc-trail/1"
 
 @dataclass
 class Trail:
-    root: Path
+    root: Path  # the manifest's folder: entries' `file`s are relative to it
     manifest: dict
     steps: list[int] = field(default_factory=list)
+    files_root: Path | None = None  # the folder every file lies in: `root`, or the one the manifest declares
 
     @classmethod
     def open(cls, manifest_path: str | Path, verify: bool = True) -> "Trail":
+        """Read and check a manifest: every entry's file must lie inside the trail (see
+        `_files_root`), and with `verify` exist and hold the bytes its sha256 says."""
         manifest_path = Path(manifest_path)
-        manifest = read_json(manifest_path)
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {manifest.get('format')!r})")
-        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]])
+        manifest = read_json(manifest_path, fix="rerun the stage that wrote the trail (or pass the right --manifest)")
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+            raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {found!r}, not "
+                             f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail")
+        entries = _checked_entries(manifest_path, manifest)
+        files_root = _files_root(manifest_path, manifest)
+        inside = files_root.resolve()
+        for where, entry in entries:
+            file = Path(entry["file"])
+            if file.is_absolute() or not (manifest_path.parent / file).resolve().is_relative_to(inside):
+                raise TrailError(f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
+                                 f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
+                                 "wrote it)")
+        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]], files_root)
         if verify:
-            for entry in manifest["checkpoints"] + manifest.get("ema", []):
+            for where, entry in entries:
                 path = trail.root / entry["file"]
                 if not path.exists():
-                    raise TrailError(f"{path}: listed in {manifest_path} but missing")
+                    raise TrailError(f"{path}: listed in {manifest_path} but missing; restore it or rerun the "
+                                     "training (it resumes)")
                 if sha256(path) != entry["sha256"]:
-                    raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}")
+                    raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}; the file was "
+                                     "changed or cut short: restore it or rerun the training")
         return trail
 
     def __len__(self) -> int:
@@ -42,7 +59,11 @@ class Trail:
 
     @property
     def model_config(self) -> dict:
-        return self.manifest["model_config"]
+        config = self.manifest.get("model_config")
+        if not isinstance(config, dict):
+            raise TrailError(f"{self.root / 'manifest.json'}: no model_config (the network the trail trains); "
+                             "the manifest is damaged: rerun the stage that wrote the trail")
+        return config
 
     @property
     def fingerprint(self) -> list[str]:
@@ -82,6 +103,46 @@ class Trail:
         return torch.stack(rows).to(device)
 
 
+def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dict]]:
+    """(`checkpoints[i]` or `ema[i]`, entry) for every file the manifest lists, each checked to
+    have the keys the stages read; TrailError naming the entry and the manifest otherwise."""
+    out = []
+    for key, needs in (("checkpoints", {"file": str, "sha256": str, "step": int}),
+                       ("ema", {"file": str, "sha256": str, "decay": (int, float)})):
+        items = manifest.get(key, [] if key == "ema" else None)
+        if not isinstance(items, list) or (key == "checkpoints" and not items):
+            raise TrailError(f"{manifest_path}: `{key}` is {'missing' if items is None else repr(items)[:40]}, not a "
+                             "list of files; the manifest is damaged: rerun the stage that wrote the trail")
+        for i, entry in enumerate(items):
+            bad = [k for k, t in needs.items() if not isinstance(entry, dict) or not isinstance(entry.get(k), t)
+                   or isinstance(entry.get(k), bool)]
+            if bad:
+                raise TrailError(f"{manifest_path}: {key}[{i}] has no valid {', '.join(bad)}; the manifest is "
+                                 "damaged: rerun the stage that wrote the trail")
+            out.append((f"{key}[{i}]", entry))
+    return out
+
+
+def _files_root(manifest_path: Path, manifest: dict) -> Path:
+    """The folder the manifest's files must lie in: its own folder, or, for a manifest that
+    declares a relative `root` (a truncated trail: its base trail's folder), that folder, which
+    must hold a trail manifest itself. A truncated manifest written before `root` was declared
+    lies in the folder of its first file."""
+    declared = manifest.get("root")
+    if declared is None and "truncated_from" in manifest:
+        declared = posixpath.dirname(str(manifest["checkpoints"][0]["file"])) or "."
+    if declared is None or declared == ".":
+        return manifest_path.parent
+    if not isinstance(declared, str) or Path(declared).is_absolute():
+        raise TrailError(f"{manifest_path}: root {declared!r} must be a path relative to the manifest's folder; "
+                         "rerun the stage that wrote the trail")
+    root = manifest_path.parent / declared
+    if not (root / "manifest.json").is_file():
+        raise TrailError(f"{manifest_path}: root {declared!r} is not a trail's folder (no manifest.json in {root}); "
+                         "rerun the stage that wrote the trail")
+    return root
+
+
 def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) -> None:
     """Raise TrailError naming `path` unless `state` has exactly the model's tensors and shapes."""
     missing = [k for k in shapes if k not in state]
@@ -94,7 +155,8 @@ def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) 
                 f"unexpected {extra[:3]}" if extra else "",
                 f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(shapes[wrong[0]])}" if wrong else "",
             ) if part)
-        raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail})")
+        raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail}); it belongs to another "
+                         "model: restore it or rerun the stage that wrote it")
 
 
 def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -219,14 +281,17 @@ def truncate(manifest_path: str | Path, fraction: float, out: str | Path) -> dic
 
     source = Trail.open(manifest_path)
     out = Path(out)
+    if not isinstance(source.manifest.get("iterations"), int):
+        raise TrailError(f"{manifest_path}: no iterations (the length of the training); the manifest is damaged: "
+                         "rerun the stage that wrote the trail")
     limit = fraction * source.manifest["iterations"]
     kept = [c for c in source.manifest["checkpoints"] if c["step"] <= limit]
     if len(kept) < 2:
         raise TrailError(f"{manifest_path}: the first {fraction:g} of training (steps up to {limit:g}) holds "
                          f"{len(kept)} checkpoint(s); LCSC needs at least 2")
     rel = os.path.relpath(source.root, out.parent)
-    manifest = {k: v for k, v in source.manifest.items() if k not in ("checkpoints", "ema", "iterations")}
-    manifest |= {"iterations": kept[-1]["step"], "ema": [],
+    manifest = {k: v for k, v in source.manifest.items() if k not in ("checkpoints", "ema", "iterations", "root")}
+    manifest |= {"root": os.path.relpath(source.files_root, out.parent), "iterations": kept[-1]["step"], "ema": [],
                  "checkpoints": [dict(c, file=f"{rel}/{c['file']}") for c in kept],
                  "truncated_from": {"manifest": str(Path(manifest_path)), "fraction": fraction,
                                     "iterations": source.manifest["iterations"]}}

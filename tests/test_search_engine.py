@@ -249,3 +249,42 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
     keys = [r["key"] for r in Journal(journal, readonly=True).records if r["type"] == "eval"]
     assert len(keys) == len(set(keys)) == 15
     assert not list(killed_dir.glob(".*.tmp"))  # the temp file of the killed history write is gone
+
+
+@pytest.mark.parametrize("parametrization", ["sum_to_one", "free"])
+def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_path, parametrization):
+    """The optimizer proposes far outside the box; what is scored, recorded and kept stays inside it
+    (sum_to_one: also on sum(c) = 1). rescore_top 0 keeps the run short."""
+    cfg, _ = trained
+    lo, hi = -0.5, 1.5
+    cfg = tiny_config(tmp_path, search={"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
+                                        "rescore_top": 0, "sigma": 1e6, "bounds": [lo, hi],
+                                        "parametrization": parametrization, "optimizer": "OnePlusOne"})
+    result = run_search(cfg, *_paths(trained[0]), tmp_path / "s", torch.device("cpu"))
+    rows = _history(tmp_path / "s" / "history.csv")
+    coefficients = np.array([[float(v) for k, v in row.items() if k.startswith("c")] for row in rows])
+    assert coefficients.shape == (len(rows), 4) and len(rows) > 8
+    assert coefficients.min() >= lo and coefficients.max() <= hi
+    assert np.array(result["coefficients"]).min() >= lo and np.array(result["coefficients"]).max() <= hi
+    searched = coefficients[[r["phase"] == "search" for r in rows]]
+    # the proposals really were far out: most searched rows have a coefficient on a bound
+    assert (np.isclose(searched, lo) | np.isclose(searched, hi)).any(axis=1).mean() > 0.5
+    if parametrization == "sum_to_one":
+        np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_the_sum_to_one_map_is_the_projection_onto_the_bounded_simplex():
+    rng = np.random.default_rng(0)
+    for k, scale in ((2, 0.1), (5, 3.0), (26, 100.0), (64, 1e6)):
+        for _ in range(50):
+            z = rng.normal(0, scale, k)
+            c = search.to_coefficients(z, "sum_to_one", (-1.0, 2.0))
+            assert c.min() >= -1.0 and c.max() <= 2.0 and c.sum() == pytest.approx(1.0, abs=1e-9)
+            # the projection is clip(z + t) for one shift t; find t by bisection and compare
+            a, b = -1e9, 1e9
+            for _ in range(200):
+                a, b = ((a + b) / 2, b) if np.clip(z + (a + b) / 2, -1, 2).sum() < 1 else (a, (a + b) / 2)
+            np.testing.assert_allclose(c, np.clip(z + a, -1.0, 2.0), atol=1e-7)
+    # inside the bounds it is the plain shift onto sum 1, bit for bit
+    z = np.array([0.1, 0.2, 0.3])
+    assert np.array_equal(search.to_coefficients(z, "sum_to_one", (-1.0, 2.0)), z + (1.0 - z.sum()) / 3)

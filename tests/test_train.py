@@ -90,12 +90,12 @@ def test_combination_and_tampering(tmp_path):
         combine(W, [1.0, 0.0])
     # a checkpoint of another architecture names the file
     other = build_unet(dict(cfg["model"], channels=4), 1)
-    save_tensors(tmp_path / "other.safetensors", other.state_dict())
+    save_tensors(manifest.parent / "other.safetensors", other.state_dict())  # (a file outside the trail is refused)
     data = json.loads(manifest.read_text())
-    data["checkpoints"][1]["file"] = "../other.safetensors"
+    data["checkpoints"][1]["file"] = "other.safetensors"
     from lcsc.io import sha256, write_json
 
-    data["checkpoints"][1]["sha256"] = sha256(tmp_path / "other.safetensors")
+    data["checkpoints"][1]["sha256"] = sha256(manifest.parent / "other.safetensors")
     write_json(manifest, data)
     with pytest.raises(TrailError, match="other.safetensors: not a checkpoint of this model"):
         Trail.open(manifest).stack(loader.shapes)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,41 @@ def test_bad_config_is_rejected_at_parse_time(tmp_path):
     assert "extra_key: unknown key" in out
 
 
+def test_an_unknown_optimizer_or_device_fails_the_dry_run(tmp_path):
+    """Found before training starts, not when the search does."""
+    cfg = dict(TINY, search=dict(TINY["search"], optimizer="Foo", devices=["cpu", "gpu0"]))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    res = _snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "search.devices: ['cpu', 'gpu0'] is not one of" in out, out[-2000:]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(TINY, search=dict(TINY["search"], optimizer="Foo"))))
+    res = _snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "search.optimizer: 'Foo' is not a nevergrad optimizer" in out, out[-2000:]
+    # a search output at an NFE the config does not search at
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(TINY))
+    res = _snakemake(["-n", "--configfile", "ok.yaml", "--directory", str(tmp_path),
+                      "results/tiny/dm/search/nfe7/coefficients.json"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "dm's search targets NFE 2 in this config, not 7" in out, out[-2000:]
+
+
 # The tiny pipeline with both consistency models and the training-cost experiment (the first 70%
 # of the CD trail: 2 of its 3 checkpoints), with fewer baselines to keep the job count down.
 WF_VARIANTS = ("last", "ema_0.9", "ema_0.99", "uniform", "ema_0.9_profile", "lcsc")
 WF_MODELS = {"dm": 2, "cm_cd": 1, "cm_ct": 1, "cm_cd_first70": 1}  # model: search NFE
 
 
+# A results folder as a careless or hostile user names it: a space, quotes, `;` with a command after
+# it, `$`, a non-ASCII letter. Every path reaches the shell quoted, so the run completes, writes
+# inside it only and runs nothing injected.
+RESULTS = "res dir/it's \"q\";touch pwned;$HOME ü"
+
+
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    cfg = dict(TINY, experiment="tiny-wf", results_dir="results", mlflow={"enabled": True},
+    cfg = dict(TINY, experiment="tiny-wf", results_dir=RESULTS, mlflow={"enabled": True},
                consistency=dict(TINY["consistency"], modes=["cd", "ct"]), cost={"fraction": 0.7, "models": ["cm_cd"]},
                baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
@@ -62,7 +88,7 @@ def workflow_run(tmp_path_factory):
 
 def test_workflow_produces_the_report(workflow_run):
     root, _ = workflow_run
-    report = root / "results" / "tiny-wf" / "report"
+    report = root / RESULTS / "tiny-wf" / "report"
     for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png", "search_curve.png",
                  "samples_dm_lcsc.png", "samples_dm_last.png", "samples_cm_cd_lcsc.png", "samples_cm_ct_ema_0.99.png",
                  "samples_cm_cd_first70_lcsc.png"):
@@ -80,7 +106,7 @@ def test_workflow_produces_the_report(workflow_run):
     fids = {}
     for model in ("cm_cd", "cm_ct", "cm_cd_first70"):
         for v in ("lcsc", "last", "ema_0.9", "ema_0.99"):
-            path = root / "results" / "tiny-wf" / model / "eval" / f"{v}.json"
+            path = root / RESULTS / "tiny-wf" / model / "eval" / f"{v}.json"
             if path.exists():
                 fids[model, v] = {int(k): f for k, f in json.loads(path.read_text())["fid"].items()}
     for model, title in (("cm_cd", "cm_cd (consistency distillation)"), ("cm_ct", "cm_ct (consistency training)")):
@@ -96,12 +122,21 @@ def test_workflow_produces_the_report(workflow_run):
     assert "LCSC over the first 70% of cm_cd's training (2 checkpoints, steps up to 20 of 30) scores FID " \
            f"{fids['cm_cd_first70', 'lcsc'][1]:.2f} at 1 NFE" in cost
     assert ("implied training speed-up of 30/20 = 1.5x" in cost) != ("implies no training speed-up" in cost)
-    logs = list((root / "results" / "tiny-wf" / "logs").rglob("*.log"))
+    logs = list((root / RESULTS / "tiny-wf" / "logs").rglob("*.log"))
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
     # 3 x 6 + 2 evaluations, tabulate
     assert len(logs) == 2 + 3 + 1 + 8 + 20 + 1
     again = _snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # where and how jobs run (MLflow, devices, CPU threads, trail chunks) reruns nothing
+    cfg = yaml.safe_load((root / "tiny.yaml").read_text())
+    (root / "moved.yaml").write_text(yaml.safe_dump(dict(
+        cfg, device="cpu", mlflow={"enabled": True, "tracking_uri": "http://127.0.0.1:9", "experiment": "elsewhere"},
+        search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1))))
+    runtime = _snakemake(["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"],
+                         root)
+    assert runtime.returncode == 0, runtime.stderr[-3000:]
+    assert "Nothing to be done" in runtime.stdout + runtime.stderr, runtime.stdout[-3000:]
     # another DM sampler reruns only the DM's sampling stages and the report; other truncated
     # models (cost.models) add their own jobs and touch none of the existing ones
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
@@ -120,11 +155,56 @@ def test_workflow_produces_the_report(workflow_run):
             assert re.search(r"\b(model|base)=dm(_first70)?(,|$)", wildcards), (rule, wildcards)
 
 
+def test_a_hostile_results_folder_holds_everything_and_runs_nothing(workflow_run):
+    root, _ = workflow_run
+    assert (root / RESULTS / "tiny-wf" / "report" / "summary.md").stat().st_size > 0
+    written = {p.relative_to(root).parts[0] for p in root.iterdir()}
+    assert written <= {".snakemake", "tiny.yaml", "edit.yaml", "moved.yaml", RESULTS.split("/")[0]}, written
+    outside = [p for p in (root / RESULTS.split("/")[0]).rglob("*") if not str(p).startswith(str(root / RESULTS))]
+    assert outside == []
+    assert not list(root.rglob("pwned")) and not (REPO / "pwned").exists() and not (Path.cwd() / "pwned").exists()
+
+
+def test_snakemake_and_the_cli_build_the_same_stage_configs(tmp_path):
+    """A file that leaves keys out gets the schema's defaults both ways (not the embedded default's:
+    here consistency.train is absent, so the consistency model trains as long as `train` says)."""
+    from lcsc.config import load_config, stage_config
+
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({
+        "experiment": "mine", "train": {"iterations": 100, "checkpoint_every": 20, "ema_decays": [0.9]},
+        "consistency": {"modes": ["ct"]}, "baselines": {"lawa_last": [2], "ema_decays": [0.9]},
+        "cost": {"fraction": 0.5, "models": ["cm_ct"]}}))
+    dry = _snakemake(["-n", "-p", "--configfile", "mine.yaml", "--directory", str(tmp_path)], tmp_path)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    cfg = load_config(tmp_path / "mine.yaml")  # what `lcsc <stage> --config mine.yaml` reads
+    assert cfg["consistency"]["train"]["iterations"] is None
+    checked = set()
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", dry.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        command = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        if command is None or rule == "all":
+            continue
+        argv = shlex.split(command.group(1))
+        model = argv[argv.index("--model") + 1] if "--model" in argv else None
+        if rule == "train_cm":
+            model = f"cm_{argv[argv.index('--mode') + 1]}"
+        if rule == "truncate_trail":
+            model = None
+        ours = json.dumps(stage_config(cfg, rule, model), sort_keys=True)
+        assert argv[argv.index("--config-json") + 1] == ours, (rule, model)
+        checked.add((rule, model))
+    assert {("train_dm", None), ("train_cm", "cm_ct"), ("search", "cm_ct"), ("search", "cm_ct_first50"),
+            ("evaluate", "dm"), ("tabulate", None), ("truncate_trail", None)} <= checked, checked
+    train_cm = json.loads(next(a for a in shlex.split(dry.stdout[dry.stdout.index("lcsc train-cm"):])
+                               if a.startswith("{")))
+    assert train_cm["train"]["iterations"] == 100  # `train`'s, not the embedded default's 1000
+
+
 def test_mlflow_parent_and_child_runs(workflow_run):
     from mlflow.tracking import MlflowClient
 
     root, _ = workflow_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'results' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / RESULTS / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-wf")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("lcsc.role") == "invocation"]
@@ -153,13 +233,13 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     assert sorted(m.step for m in fitness) == list(range(11))
     rescore = client.get_metric_history(search.info.run_id, "rescore_fitness")
     assert sorted(m.step for m in rescore) == [11, 12, 13]
-    coeffs = json.loads((root / "results" / "tiny-wf" / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
+    coeffs = json.loads((root / RESULTS / "tiny-wf" / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
     assert min(m.value for m in rescore) == pytest.approx(coeffs["rescore_fitness"])
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"coefficients.json", "history.csv"}
 
     ev = children["evaluate[model=dm,variant=lcsc]"]
     fid = {m.step: m.value for m in client.get_metric_history(ev.info.run_id, "fid")}
-    on_disk = json.loads((root / "results" / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())["fid"]
+    on_disk = json.loads((root / RESULTS / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())["fid"]
     assert fid == {int(k): pytest.approx(v) for k, v in on_disk.items()}
     assert {a.path for a in client.list_artifacts(ev.info.run_id)} == {"lcsc.json", "lcsc.png"}
 
@@ -174,7 +254,7 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     assert search.data.tags["lcsc.nfe"] == "1" and search.data.params["search.nfe"] == "1"
     ev = children["evaluate[model=cm_cd_first70,variant=lcsc]"]
     assert ev.data.tags["lcsc.nfe"] == "1,2" and ev.data.tags["lcsc.model"] == "cm_cd_first70"
-    on_disk = json.loads((root / "results" / "tiny-wf" / "cm_cd_first70" / "eval" / "lcsc.json").read_text())["fid"]
+    on_disk = json.loads((root / RESULTS / "tiny-wf" / "cm_cd_first70" / "eval" / "lcsc.json").read_text())["fid"]
     fid = {m.step: m.value for m in client.get_metric_history(ev.info.run_id, "fid")}
     assert fid == {int(k): pytest.approx(v) for k, v in on_disk.items()}
 

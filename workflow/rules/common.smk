@@ -10,7 +10,8 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
-from lcsc.config import MODEL_BASES, TRUNCATED, ConfigError, for_model, models, stage_config, validate
+from lcsc.config import (MODEL_BASES, TRUNCATED, ConfigError, config_warnings, for_model, models, runtime_config,
+                         stage_config, validate)
 from lcsc.profiles import profile_names, variant_names
 from lcsc.paths import Layout, feature_tag, reference_source
 from lcsc.tracking import PARENT_ENV
@@ -19,6 +20,9 @@ try:
     config = validate(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+if workflow.is_main_process:
+    for warning in config_warnings(config):
+        print(f"lcsc: warning: {warning}", file=sys.stderr)
 
 LAYOUT = Layout.of(config)
 FEATURES = feature_tag(config["features"])  # classifier, or inception-<mode>
@@ -48,9 +52,14 @@ PROFILE_VARIANTS = ["last", *profile_names(config["baselines"])] + (
 # unactivated .venv/bin/snakemake works). Bash strict mode, as Snakemake's default prefix has it.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+# Where and how jobs run (MLflow, devices, results folder: lcsc.config.RUNTIME_KEYS) reaches every
+# stage through the prefix, which Snakemake's rerun triggers ignore; the rules' params carry only
+# what a result depends on. Every value that reaches the shell is quoted.
+RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
-    f'lcsc() {{{{ {PYTHON} -m lcsc "$@"; }}}}; '  # braces doubled: Snakemake formats the prefix
+    (f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
+     f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; ')
+    .replace("{", "{{").replace("}", "}}")  # Snakemake formats the prefix
 )
 
 
@@ -101,12 +110,12 @@ def evaluate_inputs(wildcards):
 
 
 def variant_args(wildcards, input):
-    """Where the variant's weights come from, as evaluate's arguments."""
+    """Where the variant's weights come from, as evaluate's arguments (a list: the rule quotes each)."""
     if wildcards.variant == "lcsc":
-        return f"--coefficients {input.coefficients}"
+        return ["--coefficients", input.coefficients]
     if wildcards.variant in PROFILE_VARIANTS:
-        return f"--baselines {input.baselines}"
-    return ""
+        return ["--baselines", input.baselines]
+    return []
 
 
 def report_outputs():
@@ -118,6 +127,7 @@ def report_outputs():
 onstart:
     from lcsc.tracking import INVOCATION_ENV, start_parent
 
+    from lcsc.interrupts import install_forwarding; install_forwarding()  # SIGINT/SIGTERM reach the jobs
     invocation, run_id = start_parent(config)
     os.environ[INVOCATION_ENV] = invocation
     os.environ.pop(PARENT_ENV, None)  # never a parent inherited from an outer process

@@ -15,8 +15,8 @@ rule evaluate:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc evaluate --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards model={wildcards.model},variant={wildcards.variant}"
-        " --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest}"
-        " --features {input.features} --stats {input.stats} {params.sources}"
-        " --out {output.result} --grid {output.grid} 2>&1 | tee {log}"
+        "lcsc evaluate --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model={wildcards.model:q},variant={wildcards.variant:q}"
+        " --model {wildcards.model:q} --variant {wildcards.variant:q} --manifest {input.manifest:q}"
+        " --features {input.features:q} --stats {input.stats:q} {params.sources:q}"
+        " --out {output.result:q} --grid {output.grid:q} 2>&1 | tee {log:q}"

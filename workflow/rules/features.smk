@@ -11,8 +11,8 @@ rule train_features:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc train-features --config-json {params.cfg:q} --threads {threads}"
-        " --out {output.net} 2>&1 | tee {log}"
+        "lcsc train-features --config-json {params.cfg:q} --threads {threads:q}"
+        " --out {output.net:q} 2>&1 | tee {log:q}"
 
 
 rule inception_features:
@@ -30,8 +30,8 @@ rule inception_features:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc inception-features --config-json {params.cfg:q} --threads {threads}"
-        " --out {output.descriptor} 2>&1 | tee {log}"
+        "lcsc inception-features --config-json {params.cfg:q} --threads {threads:q}"
+        " --out {output.descriptor:q} 2>&1 | tee {log:q}"
 
 
 rule reference_stats:
@@ -49,6 +49,6 @@ rule reference_stats:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc reference-stats --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards split={wildcards.split} --split {wildcards.split}"
-        " --features {input.features} --out {output.stats} 2>&1 | tee {log}"
+        "lcsc reference-stats --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards split={wildcards.split:q} --split {wildcards.split:q}"
+        " --features {input.features:q} --out {output.stats:q} 2>&1 | tee {log:q}"

@@ -15,4 +15,4 @@ rule tabulate:
         "../../envs/report.yaml"
     threads: 1
     shell:
-        "lcsc tabulate --config-json {params.cfg:q} --models {params.models} 2>&1 | tee {log}"
+        "lcsc tabulate --config-json {params.cfg:q} --models {params.models:q} 2>&1 | tee {log:q}"

@@ -15,10 +15,10 @@ rule baselines:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc baselines --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards model={wildcards.model} --model {wildcards.model}"
-        " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
-        " --out {output.baselines} 2>&1 | tee {log}"
+        "lcsc baselines --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model={wildcards.model:q} --model {wildcards.model:q}"
+        " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
+        " --out {output.baselines:q} 2>&1 | tee {log:q}"
 
 
 rule search:
@@ -42,7 +42,7 @@ rule search:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc search --config-json {params.cfg:q} --threads {threads}"
-        " --wildcards model={wildcards.model},nfe={wildcards.nfe} --model {wildcards.model}"
-        " --manifest {input.manifest} --features {input.features} --stats {input.stats}"
-        " --baselines {input.baselines} --out-dir {params.out_dir} 2>&1 | tee {log}"
+        "lcsc search --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q} --model {wildcards.model:q}"
+        " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
+        " --baselines {input.baselines:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"

@@ -12,8 +12,8 @@ rule train_dm:
     resources:
         gpu=GPUS,
     shell:
-        "lcsc train-dm --config-json {params.cfg:q} --threads {threads} --wildcards model=dm"
-        " --out-dir {params.out_dir} 2>&1 | tee {log}"
+        "lcsc train-dm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=dm"
+        " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 
 # Consistency models: cd distils the diffusion trail (its manifest is an input, so train_dm runs
@@ -28,15 +28,15 @@ rule train_cm:
     params:
         cfg=lambda wildcards: stage_json("train_cm", f"cm_{wildcards.mode}"),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-        teacher=lambda wildcards, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        teacher=lambda wildcards, input: ["--teacher", input.teacher[0]] if input.teacher else [],
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=GPUS,
     shell:
-        "lcsc train-cm --config-json {params.cfg:q} --threads {threads} --wildcards model=cm_{wildcards.mode}"
-        " --mode {wildcards.mode} {params.teacher} --out-dir {params.out_dir} 2>&1 | tee {log}"
+        "lcsc train-cm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=cm_{wildcards.mode:q}"
+        " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 
 # The training-cost experiment: a manifest over the first part of a trail (cost.fraction).
@@ -54,5 +54,5 @@ rule truncate_trail:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model}"
-        " --manifest {input.manifest} --out {output.manifest} 2>&1 | tee {log}"
+        "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model:q}"
+        " --manifest {input.manifest:q} --out {output.manifest:q} 2>&1 | tee {log:q}"
