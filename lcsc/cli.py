@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, apply_overrides, config_warnings, load_config, stage_config, validate, with_runtime
+from .errors import LcscError, StoreError, UsageError  # no torch: tabulate runs without it
 from .paths import Layout
 
 
 def _parse_value(text: str):
     import yaml
-
-    from .errors import UsageError
 
     try:
         return yaml.safe_load(text)
@@ -58,8 +57,6 @@ def _json_object(text: str, flag: str) -> dict:
 
 
 def _wildcards(text: str | None) -> dict[str, str]:
-    from .errors import UsageError
-
     if not text:
         return {}
     out = {}
@@ -419,7 +416,6 @@ def cmd_mlflow_server(args) -> None:
 
 
 def cmd_mlflow_sync(args) -> None:
-    from .errors import StoreError
     from .tracking import experiment_name, records_dir, sync, tracking_uri
 
     cfg = _config(args)
@@ -501,8 +497,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     import yaml
-
-    from .errors import LcscError  # no torch: tabulate runs without it
 
     parser = build_parser()
     try:
