@@ -137,9 +137,10 @@ def _files_root(manifest_path: Path, manifest: dict) -> Path:
         raise TrailError(f"{manifest_path}: root {declared!r} must be a path relative to the manifest's folder; "
                          "rerun the stage that wrote the trail")
     root = manifest_path.parent / declared
-    if not (root / "manifest.json").is_file():
-        raise TrailError(f"{manifest_path}: root {declared!r} is not a trail's folder (no manifest.json in {root}); "
-                         "rerun the stage that wrote the trail")
+    base = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else None
+    if not isinstance(base, dict) or base.get("format") != MANIFEST_FORMAT:
+        raise TrailError(f"{manifest_path}: root {declared!r} is not a trail's folder (no lcsc trail manifest in "
+                         f"{root}); rerun the stage that wrote the trail")
     return root
 
 
