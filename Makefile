@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --cores all --rerun-incomplete
 
 test: $(STAMP)
 	$(VENV)/bin/pytest

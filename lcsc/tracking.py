@@ -24,6 +24,7 @@ again and again.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -225,7 +226,20 @@ def start_parent(cfg: dict) -> tuple[str, str | None]:
             end_orphan_runs(client, exp_id)
         except Exception as exc:
             print(f"[lcsc] could not end the runs of killed jobs in MLflow: {exc}", file=sys.stderr)
+    _OPEN_PARENT.update(cfg=cfg, invocation=invocation, run_id=run_id)
+    atexit.register(_end_open_parent)  # a second registration of the same function is harmless
     return invocation, run_id  # the run, once it exists, is the children's parent
+
+
+# The invocation this process started and has not ended: Snakemake calls neither onsuccess nor
+# onerror when it is stopped by Ctrl-C or SIGTERM, so the process's exit ends it KILLED.
+_OPEN_PARENT: dict = {}
+
+
+def _end_open_parent() -> None:
+    if _OPEN_PARENT:
+        open_ = dict(_OPEN_PARENT)
+        end_parent(open_["cfg"], open_["invocation"], open_["run_id"], ok=False, status="KILLED")
 
 
 def end_orphan_runs(client, exp_id: str, parent_id: str | None = None) -> int:
@@ -303,8 +317,11 @@ def end_orphan_records(cfg: dict, invocation: str | None = None) -> int:
     return ended
 
 
-def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool) -> None:
-    status = "FINISHED" if ok else "FAILED"
+def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool, status: str | None = None) -> None:
+    """End the invocation's parent run (FINISHED if ok, else FAILED, or the `status` given) and the
+    runs of its jobs that were killed before they could end their own."""
+    _OPEN_PARENT.clear()
+    status = status or ("FINISHED" if ok else "FAILED")
     if invocation and cfg["mlflow"]["enabled"]:
         path = _record_path(cfg, invocation, "parent")
         try:

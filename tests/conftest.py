@@ -45,6 +45,15 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _no_open_invocation():
+    """A test that starts an invocation in-process leaves it to the test: not to this process's exit."""
+    yield
+    from lcsc import tracking
+
+    tracking._OPEN_PARENT.clear()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny DM trail, feature net and reference stats shared by the stage tests."""

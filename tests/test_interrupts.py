@@ -238,6 +238,9 @@ import os, signal, sys, yaml
 from lcsc import tracking
 from lcsc.config import stage_config
 cfg = yaml.safe_load(open(sys.argv[1]))
+if sys.argv[2] == "stopped":  # a Snakemake driver stopped by Ctrl-C: no onsuccess, no onerror
+    tracking.start_parent(cfg)
+    raise SystemExit(1)
 if sys.argv[2] == "driver":  # a Snakemake driver with one job, both killed outright
     invocation, parent = tracking.start_parent(cfg)
     os.environ[tracking.INVOCATION_ENV], os.environ[tracking.PARENT_ENV] = invocation, parent
@@ -270,6 +273,16 @@ def test_runs_of_a_process_killed_outright_are_ended(tmp_path, monkeypatch):
     runs = [r for r in _runs(cfg["mlflow"]["tracking_uri"], "gone") if r.info.run_id != parent]
     assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # sync replaced nothing with RUNNING
     tracking.end_parent(cfg, invocation, parent, ok=True)
+
+
+def test_an_invocation_that_exits_without_ending_its_run_ends_it_killed(tmp_path):
+    cfg = tiny_config(tmp_path / "results", experiment="stopped", mlflow=_mlflow(tmp_path, "m"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(tmp_path / "c.yaml"), "stopped"], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert [r.info.status for r in _runs(cfg["mlflow"]["tracking_uri"], "stopped")] == ["KILLED"]
+    assert [json.loads(p.read_text())["status"] for p in tracking.records_dir(cfg).rglob("parent.json")] == ["KILLED"]
 
 
 def test_stage_run_ends_killed_on_an_interrupt(tmp_path, monkeypatch):
