@@ -24,7 +24,7 @@ from .data import load_split
 from .errors import DataError, InputError
 from .paths import dataset_name
 from .fid import feature_stats, save_stats
-from .io import copy_file, first_line, load_tensors, read_json, save_tensors, sha256, write_json
+from .io import copy_file, first_line, load_tensors, read_json, reading, save_tensors, sha256, write_json
 from .nets import DigitClassifier
 from .progress import progress
 
@@ -40,20 +40,15 @@ class FeatureNet:
             raise FileNotFoundError(errno.ENOENT, "no feature network here; the train_features stage writes it",
                                     str(path))
         rerun = "rerun train_features (or pass the right --features)"
-        try:
+        with reading(path, "a feature network written by train_features", rerun):
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {})["lcsc"])
             self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.filename:
-                raise
-            detail = f"no {exc} in its metadata" if isinstance(exc, KeyError) else first_line(exc)
-            raise InputError(f"{path}: not a feature network written by train_features ({detail}); {rerun}") from exc
         try:
             self.net.load_state_dict(load_tensors(path))
         except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
             raise InputError(f"{path}: its tensors do not fit the network its metadata describes "
-                             f"({str(exc).strip().splitlines()[0]}); {rerun}") from exc
+                             f"({first_line(exc)}); {rerun}") from exc
         self.net.to(device).eval()
         self.device = device
         self.hash = sha256(path)[:16]

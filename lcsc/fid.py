@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_path, first_line
+from .io import atomic_path, reading
 
 
 def _moments(f: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +104,7 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
         raise FileNotFoundError(errno.ENOENT, "no reference stats here; the reference_stats stage writes them",
                                 str(path))
     rerun = "rerun reference_stats (or pass the right --stats)"
-    try:
+    with reading(path, "a readable reference-stats .npz file", rerun):  # a truncated zip, a pickle, text
         with np.load(path, allow_pickle=False) as z:
             if not {"mu", "sigma", "feature_hash"} <= set(z.files):
                 raise InputError(f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has "
@@ -113,13 +113,6 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
                 raise InputError(f"{path}: made with feature network {z['feature_hash']}, "
                                  f"but the one in use is {feature_hash}; {rerun}")
             mu, sigma = z["mu"], z["sigma"]
-    except InputError:
-        raise
-    except Exception as exc:  # truncated zip (BadZipFile, EOFError), a pickle, text: not stats
-        if isinstance(exc, OSError) and exc.filename:  # unreadable: main names the file and the reason
-            raise
-        first = first_line(exc).split(". ")[0].rstrip(".")
-        raise InputError(f"{path}: not a readable reference-stats .npz file ({first}); {rerun}") from exc
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise InputError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}, not [D] and [D, D]; {rerun}")
     return mu, sigma

@@ -114,13 +114,25 @@ def load_tensors(path: str | Path, device="cpu") -> dict:
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return obj
-    try:
+    with reading(path, "a readable safetensors file", "it was cut short or is another kind of file: restore it "
+                 "or rerun the stage that writes it"):  # safetensors has its own errors for truncated headers
         return load_file(str(path), device=str(device))
-    except Exception as exc:  # safetensors raises its own error types for truncated headers
-        if isinstance(exc, OSError) and exc.filename:  # unreadable: main names the file and the reason
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str, fix: str):
+    """Read `path` as `what` inside this block: any failure to parse it becomes one InputError,
+    `<path>: not <what> (<reason>); <fix>`. An InputError raised inside passes as it is, and so does
+    an OSError that names its file (unreadable: main reports the file and the reason)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename:
             raise
-        raise InputError(f"{path}: not a readable safetensors file ({first_line(exc)}); it was cut short or "
-                         "is another kind of file: restore it or rerun the stage that writes it") from exc
+        reason = f"no {exc} in it" if isinstance(exc, KeyError) else first_line(exc)
+        raise InputError(f"{path}: not {what} ({reason}); {fix}") from exc
 
 
 def first_line(exc: BaseException) -> str:
