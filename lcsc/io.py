@@ -131,7 +131,8 @@ def reading(path: str | Path, what: str, fix: str):
     except Exception as exc:
         if isinstance(exc, OSError) and exc.filename:
             raise
-        reason = f"no {exc} in it" if isinstance(exc, KeyError) else first_line(exc)
+        # the reason's first sentence: numpy's next one suggests loading a pickle unsafely
+        reason = f"no {exc} in it" if isinstance(exc, KeyError) else first_line(exc).split(". ")[0].rstrip(".")
         raise InputError(f"{path}: not {what} ({reason}); {fix}") from exc
 
 
