@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakemake -n
 

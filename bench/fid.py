@@ -2,14 +2,14 @@
 
   Frechet distance, 2048-d: seconds per distance with
     clean-fid   `cleanfid.fid.frechet_distance` (scipy.linalg.sqrtm of S1 S2, float64, CPU);
-    ours        `lcsc.fid.frechet_distance` (a Cholesky factor and one symmetric eigenvalue
+    ours        `lcsc.kernel.fid.frechet_distance` (a Cholesky factor and one symmetric eigenvalue
                 problem, float64, on --device);
-    ours/ref    `lcsc.fid.Reference.distance`, the search's path: the reference's factor is
+    ours/ref    `lcsc.kernel.fid.Reference.distance`, the search's path: the reference's factor is
                 computed once, each distance is one symmetric eigenvalue problem;
   features: images/s from [-1, 1] samples already in memory (the search's situation) with
     clean-fid   `cleanfid.fid.get_model_features`: image by image to numpy, PIL bicubic resize to
                 299, then the network in batches;
-    ours        `lcsc.inception.InceptionFeatures`: the resize batched on --device, then the same
+    ours        `lcsc.kernel.inception.InceptionFeatures`: the resize batched on --device, then the same
                 network.
 
 Distances: the median of --repeats runs; features: one run of --images images after a warm-up.
@@ -26,11 +26,10 @@ import time
 
 import numpy as np
 import torch
-
-from lcsc.fid import Reference, frechet_distance
-from lcsc.inception import InceptionFeatures, wheel_weights
-
 from common import machine
+
+from lcsc.kernel.fid import Reference, frechet_distance
+from lcsc.kernel.inception import InceptionFeatures, wheel_weights
 
 
 def random_stats(dim: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +104,7 @@ def main() -> None:
         def theirs():
             nonlocal it
             it = iter(u8.split(args.batch))
-            model = lambda x: net.layers((x - 128) / 128).reshape(len(x), -1)  # noqa: E731
+            model = lambda x: net.layers((x - 128) / 128).reshape(len(x), -1)
             return cleanfid.get_model_features(generator, model, mode="clean", num_gen=args.images,
                                                batch_size=args.batch, device=device, verbose=False)
 

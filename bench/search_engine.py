@@ -25,16 +25,16 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-
-from lcsc.config import load_config, resolve_device
-from lcsc.evaluate import Scorer
-from lcsc.fid import feature_stats
-from lcsc.io import load_tensors
-from lcsc.nets import build_unet
-from lcsc.paths import Layout, feature_tag, reference_source
-from lcsc.trail import Trail
-
 from common import machine
+
+from lcsc.kernel.config import load_config
+from lcsc.kernel.devices import resolve_device
+from lcsc.kernel.families import family_for
+from lcsc.kernel.fid import feature_stats
+from lcsc.kernel.paths import Layout, feature_tag, reference_source
+from lcsc.kernel.scoring import Scorer
+from lcsc.kernel.tensors import load_tensors
+from lcsc.kernel.trail import Trail
 
 
 class Clock:
@@ -102,7 +102,7 @@ def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
     for c in cs:
         states = [load_tensors(trail.checkpoint_path(i)) for i in range(len(trail))]
         combined = {key: sum(float(ci) * s[key].float() for ci, s in zip(c, states)) for key in states[0]}
-        model = build_unet(trail.model_config, scorer.channels)
+        model = scorer.family.build_network()
         model.load_state_dict(combined)
         model.to(device).eval()
         model.forward = clock.wrap(model.forward)
@@ -118,7 +118,7 @@ def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
 def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
     from torch.func import functional_call, vmap
 
-    from lcsc.fid import frechet_distance
+    from lcsc.kernel.fid import frechet_distance
 
     shapes, keys = scorer.loader.shapes, scorer.loader.keys
     sizes = [int(np.prod(shapes[k])) for k in keys]
@@ -132,7 +132,7 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
         params = {k: t.reshape(len(batch), *shapes[k]) for k, t in zip(keys, batch.split(sizes, dim=1))}
 
         def sample_one(p, x):
-            net = lambda xx, tt: functional_call(base, p, (xx, tt))  # noqa: E731
+            net = lambda xx, tt: functional_call(base, p, (xx, tt))
             return scorer.sampler.sample(net, x, nfe)
 
         with torch.no_grad(), clock.timing():
@@ -172,7 +172,8 @@ def main() -> None:
     stats = layout.stats(*reference_source(cfg), feature_tag(cfg["features"]))
 
     def scorer():
-        return Scorer(cfg, trail, layout.feature_net(feature_tag(cfg["features"])), stats, device, scfg["batch_size"])
+        return Scorer(family_for(trail, cfg), layout.feature_net(feature_tag(cfg["features"])), stats, device,
+                      scfg["batch_size"])
 
     cs = candidates(len(trail), args.candidates, seed=0)
     noise = scorer().make_noise(scfg["samples"], scfg["seed"])
@@ -199,7 +200,7 @@ def main() -> None:
         rows.append((name, len(cs) / wall, wall, clock.seconds / wall))
         print(f"  {name}: {wall:.2f} s", flush=True)
     base = dict((r[0], r[1]) for r in rows).get("naive")
-    print(f"\n| path | evaluations/s | s/evaluation | in forward passes | outside | vs naive |")
+    print("\n| path | evaluations/s | s/evaluation | in forward passes | outside | vs naive |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rate, wall, share in rows:
         speed = f"{rate / base:.2f}x" if base else "-"

@@ -17,11 +17,12 @@ import torch
 import yaml
 
 from lcsc.cli import main as lcsc_main
-from lcsc.config import load_config, resolve_device
-from lcsc.evaluate import Scorer, variant_weights
-from lcsc.paths import Layout, dataset_name
-from lcsc.search import run_search
-from lcsc.trail import Trail
+from lcsc.kernel import variants
+from lcsc.kernel.config import load_config
+from lcsc.kernel.devices import resolve_device
+from lcsc.kernel.paths import Layout, dataset_name, search_files
+from lcsc.kernel.scoring import Scorer
+from lcsc.stages import search
 
 
 def parse(setting: str) -> tuple[str, dict]:
@@ -66,18 +67,20 @@ def main() -> None:
         stats = layout.stats(dataset_name(cfg["data"]), "train", cfg["features"]["kind"])
         out = layout.root / "bench" / name
         t0 = time.perf_counter()
-        result = run_search(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, out, device)
+        paths = search.Paths(manifest=layout.manifest("dm"), features=layout.feature_net("classifier"), stats=stats,
+                             **search_files(out))
+        result = search.run(cfg, paths, "dm", device)
         seconds = time.perf_counter() - t0
-        scorer = Scorer(cfg, Trail.open(layout.manifest("dm")), layout.feature_net("classifier"), stats, device,
-                        cfg["evaluate"]["batch_size"])
+        scorer = Scorer.open(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, device,
+                             cfg["evaluate"]["batch_size"])
         noise = scorer.make_noise(cfg["evaluate"]["samples"], cfg["evaluate"]["seed"])
         nfe = cfg["search"]["nfe"]
         fid, _ = scorer.fid(scorer.weights_of(result["coefficients"]), nfe, noise)
         rows.append((name, layout.root.name, fid, result["fitness"], result["rescore_fitness"], seconds))
         if layout.root not in baselines_done:
             baselines_done.add(layout.root)
-            for variant in ["last", *[f"ema_{d}" for d in cfg["train"]["ema_decays"]]]:
-                flat, _ = variant_weights(scorer, variant, baselines_cfg=cfg["baselines"])
+            for variant in [variants.LAST, *[variants.kept_ema(d) for d in cfg["train"]["ema_decays"]]]:
+                flat, _ = variants.weights(scorer, variant, bcfg=cfg["baselines"])
                 rows.append((f"[{variant}]", layout.root.name, scorer.fid(flat, nfe, noise)[0], None, None, 0.0))
         print(rows[-1], flush=True)
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

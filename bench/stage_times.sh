@@ -9,7 +9,7 @@ shift $(( $# >= 2 ? 2 : $# ))
 py=${PYTHON:-python3}
 common=(--config "$config" --set "results_dir=$results" --set mlflow.enabled=false "$@")
 # "model variant" lines for every model the config runs (dm, the consistency models, truncated trails)
-jobs=$($py -c "import sys; from lcsc.config import load_config, models; from lcsc.profiles import variant_names; \
+jobs=$($py -c "import sys; from lcsc.kernel.config import load_config; from lcsc.kernel.models import models; from lcsc.kernel.variants import names as variant_names; \
 import yaml; cfg = load_config(sys.argv[1], {k: yaml.safe_load(v) for k, v in (a.split('=', 1) for a in sys.argv[2:] if '=' in a)}); \
 print('\n'.join(f'{m} {v}' for m in models(cfg) for v in variant_names(cfg, m)))" "$config" "${@/#--set/}")
 models=$(echo "$jobs" | awk '{print $1}' | uniq)

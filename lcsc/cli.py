@@ -1,5 +1,9 @@
 """Command line: `python -m lcsc <stage> ...`, the same in a terminal, a rule, a conda env or a
-SLURM job. Paths default to the results layout, so `lcsc search --config my.yaml` works alone."""
+SLURM job. It parses arguments into a stage's `Paths` record and calls the stage's `run`; paths
+default to the results layout, so `lcsc search --config my.yaml` works alone.
+
+Each command imports its stage inside its function: the report's env has no torch, and
+`lcsc tabulate` must not import the stages that need it."""
 
 from __future__ import annotations
 
@@ -7,17 +11,42 @@ import argparse
 import contextlib
 import errno
 import json
+import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, apply_overrides, config_warnings, load_config, stage_config, validate, with_runtime
-from .errors import LcscError, StoreError, UsageError  # no torch: tabulate runs without it
-from .paths import Layout
+import yaml
+
+from .kernel import variants
+from .kernel.config import (
+    apply_overrides,
+    config_warnings,
+    load_config,
+    validate,
+    with_runtime,
+)
+from .kernel.errors import ConfigError, LcscError, StoreError, UsageError
+from .kernel.interrupts import install
+from .kernel.models import base_model, check_model, for_model, models, search_nfe
+from .kernel.paths import (
+    Layout,
+    dataset_name,
+    feature_tag,
+    reference_source,
+    search_files,
+)
+from .kernel.tracking import (
+    StageRun,
+    experiment_name,
+    records_dir,
+    serve,
+    sync,
+    tracking_uri,
+)
+from .stages import job_tags, stage_config
 
 
 def _parse_value(text: str):
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -70,183 +99,37 @@ def _wildcards(text: str | None) -> dict[str, str]:
 
 
 def _setup(args, stage: str, model: str | None = None):
-    """The config (as `model`'s stages read it, see lcsc.config.for_model), layout, device and run."""
-    import torch
-
-    from .config import for_model, model_kind, resolve_device, truncation
-    from .tracking import StageRun
-
+    """The config (as `model`'s stages read it, see lcsc.kernel.models.for_model), layout, device
+    and the job's MLflow run."""
     cfg = _config(args)
     if model is not None:
-        model_kind(model)  # an unknown model name is an error here, not deep inside a stage
-        truncation(model)
+        check_model(model)  # an unknown model name is an error here, not deep inside a stage
         cfg = for_model(cfg, model)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(cfg)
-    run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model))
+    device = _device(cfg, args.threads)
+    run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model), job_tags(cfg, stage))
     return cfg, Layout.of(cfg), device, run
 
 
-def cmd_train_dm(args) -> None:
-    from .diffusion import VPDiffusion
-    from .data import load_split
-    from .nets import build_unet
-    from .train import train
-
-    cfg, layout, device, run = _setup(args, "train_dm")
-    out_dir = Path(args.out_dir or layout.trail_dir("dm"))
-    with run:
-        data = load_split(cfg["data"], "train")
-        import torch
-
-        torch.manual_seed(cfg["seed"])
-        model = build_unet(cfg["model"], cfg["data"]["channels"])
-        print(f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
-              f"{len(data.images)} training images, device {device}", flush=True)
-        diffusion = VPDiffusion.from_config(cfg["diffusion"])
-        manifest = train(model, diffusion.loss, data.images, cfg["train"], out_dir, seed=cfg["seed"],
-                         device=device, run=run, desc="train_dm",
-                         manifest_extra={"kind": "dm", "model_config": cfg["model"],
-                                         "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
-                                         "data": cfg["data"]})
-        run.log_artifact(manifest)
-
-
-def cmd_train_cm(args) -> None:
+def _device(cfg: dict, threads: int):
+    """The config's device, with `threads` torch CPU threads (0: torch's default)."""
     import torch
 
-    from .consistency import ConsistencyLoss, Parameterization, VPTeacher
-    from .data import load_split
-    from .diffusion import VPDiffusion
-    from .io import load_tensors, sha256
-    from .nets import build_unet
-    from .train import train
-    from .trail import Trail
+    from .kernel.devices import resolve_device
 
-    model_name = f"cm_{args.mode}"
-    cfg, layout, device, run = _setup(args, "train_cm", model_name)
-    ccfg = cfg["consistency"]
-    out_dir = Path(args.out_dir or layout.trail_dir(model_name))
-    with run:
-        data = load_split(cfg["data"], "train")
-        extra = {"kind": "cm", "mode": args.mode, "model_config": cfg["model"], "data": cfg["data"],
-                 "consistency": Parameterization.from_config(ccfg).settings(),
-                 "training": {k: ccfg[k] for k in ("p_mean", "p_std", "loss", "huber_c")}}
-        teacher = None
-        if args.mode == "cd":
-            teacher_manifest = Path(args.teacher or layout.manifest("dm"))
-            trail = Trail.open(teacher_manifest)
-            if trail.manifest.get("kind") != "dm":
-                raise ConfigError(f"--teacher: {teacher_manifest} is not a diffusion trail; pass the dm trail's manifest")
-            path = trail.weights_path(ccfg["cd"]["teacher"])
-            net = build_unet(trail.model_config, cfg["data"]["channels"])
-            net.load_state_dict(load_tensors(path))
-            net.to(device).eval().requires_grad_(False)
-            schedule = VPDiffusion(trail.manifest["diffusion"]["schedule"], trail.manifest["diffusion"]["timesteps"])
-            teacher = VPTeacher(net, schedule.alpha_bar, cfg["diffusion"]["clip_denoised"])
-            extra["training"] |= {"cd": ccfg["cd"], "teacher_clip": cfg["diffusion"]["clip_denoised"]}
-            extra["teacher"] = {"manifest": str(teacher_manifest), "weights": ccfg["cd"]["teacher"],
-                                "file": str(path), "sha256": sha256(path)}
-        else:  # the curriculum spans the whole run: another length is another training
-            extra["training"] |= {"ct": ccfg["ct"], "curriculum_iterations": cfg["train"]["iterations"]}
-        loss = ConsistencyLoss(ccfg, args.mode, cfg["train"]["iterations"], teacher)
-        torch.manual_seed(cfg["seed"])
-        model = build_unet(cfg["model"], cfg["data"]["channels"])
-        print(f"[train_cm] consistency {'distillation' if args.mode == 'cd' else 'training'}: "
-              f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
-              f"{cfg['train']['iterations']} iterations, device {device}", flush=True)
-        manifest = train(model, loss, data.images, cfg["train"], out_dir, seed=cfg["seed"], device=device,
-                         run=run, desc=f"train_cm {args.mode}", manifest_extra=extra)
-        run.log_artifact(manifest)
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(cfg)
 
 
-def cmd_truncate_trail(args) -> None:
-    from .config import base_model, truncation
-    from .trail import truncate
-
-    layout = Layout.of(_config(args))
-    fraction = truncation(args.model)
-    if fraction is None:
-        raise ConfigError(f"--model: {args.model!r} does not name a truncated trail; pass <model>_first<percent>, "
-                          "e.g. cm_ct_first25")
-    manifest = truncate(args.manifest or layout.manifest(base_model(args.model)), fraction,
-                        args.out or layout.manifest(args.model))
-    print(f"[truncate_trail] {args.model}: {len(manifest['checkpoints'])} checkpoints up to step "
-          f"{manifest['iterations']} of {manifest['truncated_from']['iterations']}")
-
-
-def cmd_train_features(args) -> None:
-    from .features import run_train_features
-
-    cfg, layout, device, run = _setup(args, "train_features")
-    if cfg["features"]["kind"] != "classifier":
-        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, so there is no "
-                          "classifier to train (run inception-features)")
-    with run:
-        meta = run_train_features(cfg, args.out or layout.feature_net("classifier"), device, run)
-        run.log_metrics({"final_test_accuracy": meta["test_accuracy"]}, step=0)
-
-
-def cmd_inception_features(args) -> None:
-    from .features import run_inception_features
-    from .paths import feature_tag
-
-    cfg, layout, device, run = _setup(args, "inception_features")
-    if cfg["features"]["kind"] != "inception":
-        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, not 'inception'; set features.kind: "
-                          "inception (or run train-features)")
-    with run:
-        info = run_inception_features(cfg, args.out or layout.feature_net(feature_tag(cfg["features"])), device)
-        run.set_tags({"lcsc.feature_hash": info["hash"]})
-
-
-def cmd_reference_stats(args) -> None:
-    from .features import run_reference_stats
-    from .paths import dataset_name, feature_tag, reference_source
-
-    cfg, layout, device, run = _setup(args, "reference_stats")
-    name = reference_source(cfg)[0] if args.split == "folder" else dataset_name(cfg["data"])
-    out = args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))
-    with run:
-        info = run_reference_stats(cfg, _features_path(cfg, layout, args), args.split, out, device)
-        run.set_tags({"lcsc.feature_hash": info["feature_hash"]})
-        run.log_metrics({"images": info["n"]}, step=0)
-
-
-def _features_path(cfg, layout, args) -> Path:
-    from .paths import feature_tag
-
+def _features(cfg: dict, layout: Layout, args) -> Path:
     return Path(args.features or layout.feature_net(feature_tag(cfg["features"])))
 
 
-def _stats_path(cfg, layout, args) -> Path:
-    from .paths import feature_tag, reference_source
-
+def _stats(cfg: dict, layout: Layout, args) -> Path:
     return Path(args.stats or layout.stats(*reference_source(cfg), feature_tag(cfg["features"])))
 
 
-def _manifest(layout, args) -> Path:
-    """The model's trail manifest (as given, or the layout's), checked to hold that kind of model:
-    sampling a consistency trail as a diffusion model, or the reverse, is an error, not a number."""
-    from .config import base_model, model_kind
-    from .io import read_json
-
-    path = Path(args.manifest or layout.manifest(args.model))
-    if path.is_file():
-        manifest = read_json(path, fix="rerun the stage that wrote the trail (or pass the right --manifest)")
-        if not isinstance(manifest, dict):
-            return path  # Trail.open says what is wrong with it
-        kind = manifest.get("kind", "dm")
-        mode = manifest.get("mode")
-        if kind != model_kind(args.model) or (kind == "cm" and base_model(args.model) != f"cm_{mode}"):
-            trained = "dm" if kind == "dm" else f"cm_{mode}"
-            raise ConfigError(f"--model {args.model}: {path} holds a {trained} trail; pass --model {trained} "
-                              f"(or a truncated name of it)")
-    return path
-
-
-def _baselines_path(layout, args) -> Path | None:
+def _baselines(layout: Layout, args) -> Path | None:
     """The baselines stage's file: as given, else where the layout puts it if it exists."""
     if args.baselines:
         return Path(args.baselines)
@@ -254,61 +137,145 @@ def _baselines_path(layout, args) -> Path | None:
     return default if default.exists() else None
 
 
-def cmd_search(args) -> None:
-    from .search import run_search
+def cmd_train_dm(args) -> None:
+    from .stages import train_dm
 
-    cfg, layout, device, run = _setup(args, "search", args.model)
-    nfe = cfg["search"]["nfe"]
-    out_dir = Path(args.out_dir or layout.search_dir(args.model, nfe))
+    cfg, layout, device, run = _setup(args, train_dm.NAME)
+    paths = train_dm.Paths(trail=Path(args.out_dir or layout.trail_dir("dm")))
     with run:
-        result = run_search(cfg, _manifest(layout, args),
-                            _features_path(cfg, layout, args),
-                            _stats_path(cfg, layout, args), out_dir, device, run,
-                            baselines=_baselines_path(layout, args))
-        run.log_metrics({"best_fitness_final": result["fitness"]}, step=0)
-        run.log_artifact(out_dir / "coefficients.json")
-        run.log_artifact(out_dir / "history.csv")
+        train_dm.run(cfg, paths, device, run)
+
+
+def cmd_train_cm(args) -> None:
+    from .stages import train_cm
+
+    model = f"cm_{args.mode}"
+    cfg, layout, device, run = _setup(args, train_cm.NAME, model)
+    paths = train_cm.Paths(trail=Path(args.out_dir or layout.trail_dir(model)),
+                           teacher=Path(args.teacher or layout.manifest("dm")) if args.mode == "cd" else None)
+    with run:
+        train_cm.run(cfg, paths, args.mode, device, run)
+
+
+def cmd_truncate_trail(args) -> None:
+    from .stages import truncate_trail
+
+    layout = Layout.of(_config(args))
+    paths = truncate_trail.Paths(manifest=Path(args.manifest or layout.manifest(base_model(args.model))),
+                                 out=Path(args.out or layout.manifest(args.model)))
+    truncate_trail.run({}, paths, args.model)
+
+
+def cmd_train_features(args) -> None:
+    from .stages import train_features
+
+    cfg, layout, device, run = _setup(args, train_features.NAME)
+    train_features.check(cfg)
+    with run:
+        train_features.run(cfg, train_features.Paths(net=Path(args.out or layout.feature_net("classifier"))),
+                           device, run)
+
+
+def cmd_inception_features(args) -> None:
+    from .stages import inception_features
+
+    cfg, layout, device, run = _setup(args, inception_features.NAME)
+    paths = inception_features.Paths(descriptor=Path(args.out or layout.feature_net(feature_tag(cfg["features"]))))
+    inception_features.check(cfg)
+    with run:
+        inception_features.run(cfg, paths, device, run)
+
+
+def cmd_reference_stats(args) -> None:
+    from .stages import reference_stats
+
+    cfg, layout, device, run = _setup(args, reference_stats.NAME)
+    name = reference_source(cfg)[0] if args.split == "folder" else dataset_name(cfg["data"])
+    paths = reference_stats.Paths(features=_features(cfg, layout, args),
+                                  stats=Path(args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))))
+    with run:
+        reference_stats.run(cfg, paths, args.split, device, run)
 
 
 def cmd_baselines(args) -> None:
-    from .baselines import run_baselines
+    from .stages import baselines
 
-    cfg, layout, device, run = _setup(args, "baselines", args.model)
-    out = Path(args.out or layout.baselines(args.model))
+    cfg, layout, device, run = _setup(args, baselines.NAME, args.model)
+    paths = baselines.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
+                            features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
+                            baselines=Path(args.out or layout.baselines(args.model)))
     with run:
-        run_baselines(cfg, _manifest(layout, args),
-                      _features_path(cfg, layout, args),
-                      _stats_path(cfg, layout, args), out, device, run)
-        run.log_artifact(out)
+        baselines.run(cfg, paths, args.model, device, run)
+
+
+def cmd_search(args) -> None:
+    from .stages import search
+
+    cfg, layout, device, run = _setup(args, search.NAME, args.model)
+    files = search_files(args.out_dir or layout.search_dir(args.model, cfg["search"]["nfe"]))
+    given = {name: getattr(args, name) for name in files}
+    paths = search.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
+                         features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
+                         baselines=_baselines(layout, args),
+                         **{name: Path(given[name] or default) for name, default in files.items()})
+    with run:
+        search.run(cfg, paths, args.model, device, run)
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import run_evaluate
+    from .stages import evaluate
 
-    cfg, layout, device, run = _setup(args, "evaluate", args.model)
-    out = Path(args.out or layout.eval_json(args.model, args.variant))
-    grid = Path(args.grid or layout.eval_grid(args.model, args.variant))
-    coefficients = args.coefficients
-    if args.variant == "lcsc" and coefficients is None:
-        coefficients = layout.coefficients(args.model, cfg["search"]["nfe"])
+    cfg, layout, device, run = _setup(args, evaluate.NAME, args.model)
+    paths = evaluate.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
+                           features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
+                           result=Path(args.out or layout.eval_json(args.model, args.variant)),
+                           grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
+                           coefficients=Path(args.coefficients or layout.coefficients(args.model, cfg["search"]["nfe"])),
+                           baselines=_baselines(layout, args))
     with run:
-        run_evaluate(cfg, args.model, args.variant, _manifest(layout, args),
-                     _features_path(cfg, layout, args),
-                     _stats_path(cfg, layout, args), out, grid, device, coefficients, run,
-                     baselines=_baselines_path(layout, args))
-        run.log_artifact(out)
-        run.log_artifact(grid)
+        evaluate.run(cfg, paths, args.model, args.variant, device, run)
 
 
 def cmd_tabulate(args) -> None:
-    from .config import models
-    from .report import run_tabulate
-    from .tracking import StageRun
+    from .stages import tabulate
 
     cfg = _config(args)
-    with StageRun(cfg, "tabulate", _wildcards(args.wildcards), stage_config(cfg, "tabulate")) as run:
-        summary = run_tabulate(cfg, args.models or models(cfg), args.variants, run)
+    layout = Layout.of(cfg)
+    names = args.models or models(cfg)
+    for model in names:
+        check_model(model)
+    shown = [(m, v) for m in names for v in variants.names(cfg, m) if not args.variants or v in args.variants]
+    paths = tabulate.Paths(
+        models=tuple(names),
+        manifests=tuple(map(Path, args.manifests or [layout.manifest(m) for m in names])),
+        searches=tuple(map(Path, args.searches or [layout.coefficients(m, search_nfe(cfg, m)) for m in names])),
+        histories=tuple(map(Path, args.histories or [layout.history(m, search_nfe(cfg, m)) for m in names])),
+        evaluations=tuple(map(Path, args.evaluations or [layout.eval_json(m, v) for m, v in shown])),
+        grids=tuple(map(Path, args.grids or [layout.eval_grid(m, v) for m, v in shown])),
+        report=Path(args.out_dir or layout.report_dir()))
+    with StageRun(cfg, tabulate.NAME, _wildcards(args.wildcards), stage_config(cfg, tabulate.NAME)) as run:
+        summary = tabulate.run(cfg, paths, args.variants, run)
     print(summary.read_text())
+
+
+def cmd_mlflow_server(args) -> None:
+    serve(_config(args), args.host, args.port, args.workers, args.allowed_hosts)
+
+
+def cmd_mlflow_sync(args) -> None:
+    cfg = _config(args)
+    try:
+        counts = sync(cfg, args.any_store)
+    except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
+        raise StoreError(f"{tracking_uri(cfg)}: {' '.join(str(exc).split())}; the records in "
+                         f"{records_dir(cfg)} are kept, run it again when the store is back") from None
+    print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
+          f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
+          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
+          f"{counts['killed']} runs of killed jobs marked KILLED "
+          f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
+    if counts["failed"]:
+        raise StoreError(f"{counts['failed']} records failed (see above); run it again")
 
 
 class _ArgumentError(Exception):
@@ -343,94 +310,76 @@ def _count(minimum: int):
     return count
 
 
+_COMMON = [
+    ("--config", {"help": "YAML config file (default: all schema defaults)"}),
+    ("--config-json", {"help": "validated config as JSON (what the workflow passes)"}),
+    ("--runtime-json", {"help": "with --config-json: the run-time keys (MLflow, devices, folders) as JSON, "
+                                 "which the workflow passes apart so that they never rerun a job"}),
+    ("--set", {"action": "append", "metavar": "KEY=VALUE", "help": "override a config key"}),
+    ("--threads", {"type": _count(0), "default": 0, "help": "torch CPU threads (0: torch's default)"}),
+    ("--wildcards", {"help": "k=v,... naming this job in MLflow"}),
+]
+_MODEL = ("--model", {"default": "dm", "help": "dm, cm_cd, cm_ct or <model>_first<percent>"})
+_INPUTS = [(name, {}) for name in ("--manifest", "--features", "--stats")]
+_MANY = {"nargs": "+"}
+# (command, function, help, its own arguments)
+COMMANDS = [
+    ("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail",
+     [("--out-dir", {"help": "the trail's folder"})]),
+    ("train-cm", cmd_train_cm, "train a consistency model (cd: distilled from the diffusion model's trail; "
+     "ct: from data), writing its checkpoint trail",
+     [("--mode", {"required": True, "choices": ["cd", "ct"]}),
+      ("--teacher", {"help": "cd: the diffusion trail's manifest (default: the layout's dm trail)"}),
+      ("--out-dir", {"help": "the trail's folder"})]),
+    ("truncate-trail", cmd_truncate_trail,
+     "the training-cost experiment's trail: the first part of a model's trail (no files copied)",
+     [("--model", {"required": True, "help": "<model>_first<percent>, e.g. cm_ct_first25"}),
+      ("--manifest", {"help": "the full trail's manifest (default: the layout's)"}), ("--out", {})]),
+    ("train-features", cmd_train_features, "train the FID feature classifier", [("--out", {})]),
+    ("inception-features", cmd_inception_features,
+     "find (or download) and check the Inception weights; write their descriptor", [("--out", {})]),
+    ("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split or of "
+     "features.reference_folder",
+     [("--split", {"default": "train", "choices": ["train", "test", "folder"]}), ("--features", {}), ("--out", {})]),
+    ("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search",
+     [_MODEL, *_INPUTS, ("--out", {})]),
+    ("search", cmd_search, "search LCSC coefficients with nevergrad",
+     [_MODEL, *_INPUTS, ("--baselines", {}),
+      ("--out-dir", {"help": "the search's folder: coefficients.json, history.csv, best.safetensors, state/"}),
+      *[(f"--{name}", {"help": "instead of the one in --out-dir"}) for name in search_files(".")]]),
+    ("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep",
+     [_MODEL, ("--variant", {"required": True}), *_INPUTS, ("--coefficients", {}), ("--baselines", {}),
+      ("--out", {}), ("--grid", {})]),
+    ("tabulate", cmd_tabulate, "tables and plots of every evaluation",
+     [("--models", dict(_MANY, help="default: every model the config runs")),
+      ("--variants", dict(_MANY, help="default: each model's own variants")),
+      ("--manifests", dict(_MANY, help="each model's trail manifest, in the order of --models")),
+      ("--searches", dict(_MANY, help="each model's coefficients.json, in the order of --models")),
+      ("--histories", dict(_MANY, help="each model's history.csv, in the order of --models")),
+      ("--evaluations", dict(_MANY, help="every evaluation JSON to show")),
+      ("--grids", dict(_MANY, help="the sample grid of each evaluation, in the same order")),
+      ("--out-dir", {"help": "the report's folder"})]),
+    ("mlflow-server", cmd_mlflow_server,
+     "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)",
+     [("--host", {"default": "127.0.0.1", "help": "address to bind (default: loopback only)"}),
+      ("--port", {"type": _count(0), "default": 5000}), ("--workers", {"type": _count(1), "default": 1}),
+      ("--allowed-hosts", {"help": "Host headers the server answers (default for a non-loopback --host: this "
+                                    "machine's names)"})]),
+    ("mlflow-sync", cmd_mlflow_sync, "log to MLflow every recorded run it lacks or holds in part (idempotent)",
+     [("--any-store", {"action": "store_true",
+                           "help": "also log records made for another tracking URI or experiment name"})]),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lcsc", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
-
-    def stage(name, func, help_text):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML config file (default: all schema defaults)")
-        p.add_argument("--config-json", help="validated config as JSON (what the workflow passes)")
-        p.add_argument("--runtime-json", help="with --config-json: the run-time keys (MLflow, devices, folders) "
-                       "as JSON, which the workflow passes apart so that they never rerun a job")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-        p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
-        p.add_argument("--wildcards", help="k=v,... naming this job in MLflow")
+    for name, func, help_text, arguments in COMMANDS:
+        p = sub.add_parser(name, help=help_text, allow_abbrev=False)  # a new flag never changes what an old one means
+        for flag, kwargs in (*_COMMON, *arguments):
+            p.add_argument(flag, **kwargs)
         p.set_defaults(func=func)
-        return p
-
-    stage("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail") \
-        .add_argument("--out-dir")
-    p = stage("train-cm", cmd_train_cm, "train a consistency model (cd: distilled from the diffusion "
-              "model's trail; ct: from data), writing its checkpoint trail")
-    p.add_argument("--mode", required=True, choices=["cd", "ct"])
-    p.add_argument("--teacher", help="cd: the diffusion trail's manifest (default: the layout's dm trail)")
-    p.add_argument("--out-dir")
-    p = stage("truncate-trail", cmd_truncate_trail,
-              "the training-cost experiment's trail: the first part of a model's trail (no files copied)")
-    p.add_argument("--model", required=True, help="<model>_first<percent>, e.g. cm_ct_first25")
-    p.add_argument("--manifest", help="the full trail's manifest (default: the layout's)")
-    p.add_argument("--out")
-    stage("train-features", cmd_train_features, "train the FID feature classifier").add_argument("--out")
-    stage("inception-features", cmd_inception_features,
-          "find (or download) and check the Inception weights; write their descriptor").add_argument("--out")
-    p = stage("reference-stats", cmd_reference_stats,
-              "reference feature mean/covariance of a split or of features.reference_folder")
-    p.add_argument("--split", default="train", choices=["train", "test", "folder"])
-    p.add_argument("--features")
-    p.add_argument("--out")
-    p = stage("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search")
-    p.add_argument("--model", default="dm")
-    for name in ("--manifest", "--features", "--stats", "--out"):
-        p.add_argument(name)
-    p = stage("search", cmd_search, "search LCSC coefficients with nevergrad")
-    p.add_argument("--model", default="dm")
-    for name in ("--manifest", "--features", "--stats", "--baselines", "--out-dir"):
-        p.add_argument(name)
-    p = stage("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep")
-    p.add_argument("--model", default="dm")
-    p.add_argument("--variant", required=True)
-    for name in ("--manifest", "--features", "--stats", "--coefficients", "--baselines", "--out", "--grid"):
-        p.add_argument(name)
-    p = stage("mlflow-server", cmd_mlflow_server,
-              "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=_count(0), default=5000)
-    p.add_argument("--workers", type=_count(1), default=1)
-    p.add_argument("--allowed-hosts", help="Host headers the server answers (default for a non-loopback "
-                   "--host: this machine's names)")
-    p = stage("mlflow-sync", cmd_mlflow_sync,
-              "log to MLflow every recorded run it lacks or holds in part (idempotent)")
-    p.add_argument("--any-store", action="store_true",
-                   help="also log records made for another tracking URI or experiment name")
-    p = stage("tabulate", cmd_tabulate, "tables and plots of every evaluation")
-    p.add_argument("--models", nargs="+", help="default: every model the config runs")
-    p.add_argument("--variants", nargs="+", help="default: each model's own variants")
     return parser
-
-
-def cmd_mlflow_server(args) -> None:
-    from .tracking import serve
-
-    serve(_config(args), args.host, args.port, args.workers, args.allowed_hosts)
-
-
-def cmd_mlflow_sync(args) -> None:
-    from .tracking import experiment_name, records_dir, sync, tracking_uri
-
-    cfg = _config(args)
-    try:
-        counts = sync(cfg, args.any_store)
-    except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
-        raise StoreError(f"{tracking_uri(cfg)}: {' '.join(str(exc).split())}; the records in "
-                         f"{records_dir(cfg)} are kept, run it again when the store is back") from None
-    print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
-          f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
-          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
-          f"{counts['killed']} runs of killed jobs marked KILLED "
-          f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
-    if counts["failed"]:
-        raise StoreError(f"{counts['failed']} records failed (see above); run it again")
 
 
 # what to do about an OSError, by errno (when its message does not say already)
@@ -481,10 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     stderr, `lcsc <stage>: <file or key>: <what is wrong>; <what to do>`, and exit code 2; an
     interrupt (Ctrl-C, SIGTERM) exits with 130 and the stage resumes when run again. Any other
     exception is a bug and keeps its traceback."""
-    import signal
-
-    from .interrupts import install
-
     saved = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
     install()  # SIGTERM, as Ctrl-C, raises KeyboardInterrupt in the stage: it unwinds, closing its files and run
     try:
@@ -496,8 +441,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    import yaml
-
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -510,11 +453,11 @@ def _run(argv: list[str] | None) -> int:
     prog = f"lcsc {args.stage}"
     try:
         args.func(args)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lcsc.interrupts)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lcsc.kernel.interrupts)
         with contextlib.suppress(OSError):  # after a Ctrl-C the rule's `tee` may be gone: a broken pipe
             print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (LcscError, ConfigError) as exc:
+    except LcscError as exc:
         message = _one_line(exc)
     except OSError as exc:
         message = _os_message(exc)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny config and a tiny trained trail, made once per session."""
+"""Shared fixtures: a tiny config and a tiny trained trail made once per session, the bad-input
+workshop over it (`ctx`), and the Inception stand-in with its image folders (`standin`, `folders`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcsc.config import validate
+import inception_standin
+from lcsc.kernel.config import validate
+from lcsc.kernel.paths import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +52,7 @@ def _threads():
 def _no_open_invocation():
     """A test that starts an invocation in-process leaves it to the test: not to this process's exit."""
     yield
-    from lcsc import tracking
+    from lcsc.kernel import tracking
 
     tracking._OPEN_PARENT.clear()
 
@@ -68,3 +71,29 @@ def trained(tmp_path_factory):
     for stage in (["train-dm"], ["train-features"], ["reference-stats", "--split", "train"]):
         assert main([*stage, "--config", str(cfg_file)]) == 0
     return cfg, cfg_file
+
+
+@pytest.fixture
+def ctx(trained, tmp_path):
+    """A bad input's workshop (helpers.Ctx) over the session's trained trail, features and stats."""
+    from helpers import Ctx
+
+    cfg, _ = trained
+    moved = copy.deepcopy(cfg)
+    moved["results_dir"] = str(tmp_path / "results")
+    return Ctx(tmp_path, moved, Layout.of(cfg))
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """A small stand-in for clean-fid's TorchScript Inception (tests/inception_standin.py)."""
+    return inception_standin.build(tmp_path_factory.mktemp("w") / "standin.pt")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two folders of random images: 90 RGB at 16x16, 90 grey at 12x12."""
+    from helpers import write_folder
+
+    root = tmp_path_factory.mktemp("img")
+    return write_folder(root / "a", 90, 16, seed=1), write_folder(root / "b", 90, 12, seed=2, grey=True)

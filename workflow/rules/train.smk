@@ -5,7 +5,7 @@ rule train_dm:
         LAYOUT.log("train_dm", "dm"),
     params:
         cfg=stage_json("train_dm"),
-        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        out_dir=trail_folder,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -20,15 +20,15 @@ rule train_dm:
 # first), ct trains from data.
 rule train_cm:
     input:
-        teacher=lambda wildcards: [LAYOUT.manifest("dm")] if wildcards.mode == "cd" else [],
+        teacher=teacher_input,
     output:
         manifest=LAYOUT.manifest("cm_{mode}"),
     log:
         LAYOUT.log("train_cm", "{mode}"),
     params:
-        cfg=lambda wildcards: stage_json("train_cm", f"cm_{wildcards.mode}"),
-        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-        teacher=lambda wildcards, input: ["--teacher", input.teacher[0]] if input.teacher else [],
+        cfg=train_cm_json,
+        out_dir=trail_folder,
+        teacher=teacher_args,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -49,7 +49,7 @@ rule truncate_trail:
         LAYOUT.log("truncate_trail", f"{{base}}{TRUNCATED}{{percent}}"),
     params:
         cfg=stage_json("truncate_trail"),
-        model=lambda wildcards: f"{wildcards.base}{TRUNCATED}{wildcards.percent}",
+        model=truncated_model,
     localrule: True
     conda:
         "../../envs/torch.yaml"

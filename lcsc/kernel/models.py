@@ -1,0 +1,103 @@
+"""Model names and the config each model's stages read: `dm`, the consistency models `cm_cd` and
+`cm_ct`, and for the training-cost experiment `<model>_first<percent>`, LCSC over the first part
+of that model's trail."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .errors import ConfigError
+
+TRUNCATED = "_first"
+MODEL_BASES = ("dm", "cm_cd", "cm_ct")
+
+
+def base_model(model: str) -> str:
+    return model.split(TRUNCATED)[0]
+
+
+def model_kind(model: str) -> str:
+    """`dm` or `cm`."""
+    base = base_model(model)
+    if base in MODEL_BASES:
+        return "dm" if base == "dm" else "cm"
+    raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct and <model>{TRUNCATED}<percent>")
+
+
+def truncated_name(model: str, fraction: float) -> str:
+    return f"{model}{TRUNCATED}{fraction * 100:g}"
+
+
+def truncation(model: str) -> float | None:
+    """The fraction of training a truncated model keeps (None for a full one)."""
+    if TRUNCATED not in model:
+        return None
+    base, _, percent = model.partition(TRUNCATED)
+    try:
+        fraction = float(percent) / 100
+    except ValueError:
+        fraction = None
+    if base not in MODEL_BASES or fraction is None or not 0 < fraction < 1:
+        raise ConfigError(f"{model!r} does not name a truncated trail: <dm|cm_cd|cm_ct>{TRUNCATED}<percent>, "
+                          f"with 0 < percent < 100 (e.g. cm_ct{TRUNCATED}25)")
+    if truncated_name(base, fraction) != model:  # one name per fraction, so one folder
+        raise ConfigError(f"{model!r} does not name a truncated trail the way the workflow does; use "
+                          f"{truncated_name(base, fraction)}")
+    return fraction
+
+
+def check_model(model: str) -> None:
+    """An unknown or malformed model name is a ConfigError naming it."""
+    model_kind(model)
+    truncation(model)
+
+
+def models(cfg: dict) -> list[str]:
+    """Every model the config runs: dm, the consistency modes, then the truncated trails."""
+    out = ["dm", *[f"cm_{m}" for m in cfg["consistency"]["modes"]]]
+    fraction = cfg["cost"]["fraction"]
+    if fraction is not None:
+        out += [truncated_name(m, fraction) for m in cfg["cost"]["models"] if m in out]
+    return out
+
+
+def for_model(cfg: dict, model: str) -> dict:
+    """The config as `model`'s stages read it. A consistency model trains with `train` updated by
+    the non-null keys of `consistency.train`, searches at `consistency.search_nfe` and evaluates
+    `consistency.evaluate_nfe`; the diffusion model's stages do not see `consistency` at all (so
+    they do not rerun when it changes). Applying it twice changes nothing."""
+    out = copy.deepcopy(cfg)
+    if model_kind(model) == "dm":
+        out.pop("consistency", None)
+        return out
+    c = out.get("consistency")
+    if c is None:
+        return out
+    if "train" in out:
+        out["train"] = {k: (v if c.get("train", {}).get(k) is None else c["train"][k])
+                        for k, v in out["train"].items()}
+    if "search" in out:
+        out["search"]["nfe"] = c["search_nfe"]
+    if "evaluate" in out:
+        out["evaluate"]["nfe"] = list(c["evaluate_nfe"])
+    return out
+
+
+def search_nfe(cfg: dict, model: str) -> int:
+    """The NFE the model's search targets: search.nfe, or consistency.search_nfe."""
+    return for_model(cfg, model)["search"]["nfe"]
+
+
+def trained_model(manifest: dict) -> str:
+    """The model a trail manifest holds: `dm`, or `cm_<mode>`."""
+    kind = manifest.get("kind", "dm")
+    return "dm" if kind == "dm" else f"cm_{manifest.get('mode')}"
+
+
+def check_trail(model: str, manifest: dict, path: str | Path) -> None:
+    """Sampling a consistency trail as a diffusion model, or the reverse, is an error, not a number."""
+    trained = trained_model(manifest)
+    if trained != base_model(model):
+        raise ConfigError(f"--model {model}: {path} holds a {trained} trail; pass --model {trained} "
+                          f"(or a truncated name of it)")

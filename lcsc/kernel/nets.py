@@ -1,0 +1,143 @@
+"""A small U-Net with sinusoidal noise-level conditioning, sized by the `model` config section."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(ch, 8)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of a scalar noise level, then an MLP (Ho et al. 2020, Transformer-style)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.SiLU(), nn.Linear(dim * 4, dim * 4))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=1))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.qkv = nn.Conv2d(ch, ch * 3, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x, emb=None):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """eps- or x0-style predictor: `forward(x, t)` with t a float noise-level input per image."""
+
+    def __init__(self, in_channels: int, channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
+                 attention: bool = False, dropout: float = 0.0):
+        super().__init__()
+        emb_dim = channels * 4
+        self.time = TimeEmbedding(channels)
+        self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [channels]
+        ch = channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(ResBlock(ch, channels * mult, emb_dim, dropout))
+                ch = channels * mult
+                skips.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout)]
+                                 + ([Attention(ch)] if attention else [])
+                                 + [ResBlock(ch, ch, emb_dim, dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout))
+                ch = channels * mult
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(nn.Conv2d(ch, ch, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time(t)
+        h = self.inp(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.out(h)
+
+
+def build_unet(model_cfg: dict, channels: int) -> UNet:
+    return UNet(
+        in_channels=channels,
+        channels=model_cfg["channels"],
+        channel_mult=tuple(model_cfg["channel_mult"]),
+        num_res_blocks=model_cfg["num_res_blocks"],
+        attention=model_cfg["attention"],
+        dropout=model_cfg["dropout"],
+    )
+
+
+class DigitClassifier(nn.Module):
+    """Small CNN whose penultimate layer is the FID feature space for datasets without Inception."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, dim: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
+            nn.Conv2d(width, width * 2, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(width * 2 * 4, dim),
+        )
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(dim, num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,119 @@
+"""Baselines as coefficient vectors over one checkpoint trail: last, uniform, LAWA, EMA and EDM2
+power-function EMA profiles, and the greedy soup, which builds its vector from the scores of others.
+
+Greedy soup (after Wortsman et al. 2022, with an early stop): order the checkpoints by their own
+FID, then add them one by one to a uniform soup and stop at the first one that does not improve
+the soup's FID (Wortsman et al. skip it and go on; stopping keeps the cost at most 2K scores)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def profile_names(bcfg: dict) -> list[str]:
+    """Names of the closed-form profiles `trail_profiles` computes (without last)."""
+    return ["uniform", *[f"lawa_{n}" for n in bcfg["lawa_last"]],
+            *[ema_profile_name(d) for d in bcfg["ema_decays"]],
+            *[f"power_{s}" for s in bcfg["power_sigma_rels"]]]
+
+
+def ema_profile_name(decay: float) -> str:
+    return f"ema_{decay}_profile"
+
+
+def last(k: int) -> np.ndarray:
+    c = np.zeros(k)
+    c[-1] = 1.0
+    return c
+
+
+def uniform(k: int) -> np.ndarray:
+    return np.full(k, 1.0 / k)
+
+
+def lawa(k: int, n: int) -> np.ndarray:
+    """Uniform over the last n checkpoints (LAWA, Kaddour 2022; Sanyal et al. 2023)."""
+    if not 1 <= n <= k:
+        raise ConfigError(f"baselines.lawa_last: {n} checkpoints asked for, the trail has {k}; use at most {k}")
+    c = np.zeros(k)
+    c[-n:] = 1.0 / n
+    return c
+
+
+def _lumped(steps, weight_of_iterate) -> np.ndarray:
+    """Give each saved checkpoint the weight of the iterates in (previous step, its step]."""
+    steps = np.asarray(steps, dtype=np.int64)
+    w = weight_of_iterate(np.arange(1, steps[-1] + 1, dtype=np.float64))
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    mass = cum[steps] - cum[np.concatenate([[0], steps[:-1]])]
+    return mass / mass.sum()
+
+
+def ema_profile(steps: list[int], decay: float) -> np.ndarray:
+    """Weights an EMA with `decay` gives the training iterates, lumped onto the saved checkpoint
+    that closes each interval and renormalised over the trail (the initial weights are not in
+    it). Iterate s of T gets (1 - decay) * decay^(T - s)."""
+    steps = np.asarray(steps)
+    total = steps[-1]
+    bounds = np.concatenate([[0], steps])
+    # sum_{s=a+1}^{b} (1-d) d^(T-s) = d^(T-b) - d^(T-a)
+    mass = decay ** (total - bounds[1:]) - decay ** (total - bounds[:-1])
+    return mass / mass.sum()
+
+
+def power_gamma(sigma_rel: float) -> float:
+    """EDM2's exponent for a relative EMA width (Karras et al. 2024, eq. 3 solved for gamma):
+    sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3))."""
+    s2 = sigma_rel ** 2
+    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
+    real = roots[np.isreal(roots)].real
+    return float(real.max())
+
+
+def power_profile(steps: list[int], sigma_rel: float) -> np.ndarray:
+    """EDM2's power-function EMA at the end of training: iterate t weighs t^gamma."""
+    gamma = power_gamma(sigma_rel)
+    total = float(np.asarray(steps)[-1])
+    return _lumped(steps, lambda t: (t / total) ** gamma)
+
+
+def trail_profiles(steps: list[int], bcfg: dict) -> dict[str, np.ndarray]:
+    """All closed-form baselines of the `baselines` config, plus `last`, by name."""
+    k = len(steps)
+    out = {"last": last(k), "uniform": uniform(k)}
+    out |= {f"lawa_{n}": lawa(k, n) for n in bcfg["lawa_last"]}
+    out |= {ema_profile_name(d): ema_profile(steps, d) for d in bcfg["ema_decays"]}
+    out |= {f"power_{s}": power_profile(steps, s) for s in bcfg["power_sigma_rels"]}
+    return out
+
+
+def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]:
+    """Greedy soup over k checkpoints with `score(c) -> fitness`; returns (c, fitness, steps taken)."""
+    own = []
+    for i in range(k):
+        c = np.zeros(k)
+        c[i] = 1.0
+        own.append(score(c))
+        if bar is not None:
+            bar.update(1)
+    order = np.argsort(own, kind="stable")
+    members = [int(order[0])]
+    best = own[order[0]]
+    log = [{"added": members[0], "fitness": best}]
+    for i in order[1:]:
+        c = np.zeros(k)
+        c[members + [int(i)]] = 1.0 / (len(members) + 1)
+        fitness = score(c)
+        if bar is not None:
+            bar.total += 1
+            bar.update(1)
+        log.append({"tried": int(i), "fitness": fitness})
+        if fitness >= best:
+            break
+        members.append(int(i))
+        best = fitness
+    c = np.zeros(k)
+    c[members] = 1.0 / len(members)
+    return c, best, log

@@ -1,0 +1,119 @@
+"""The report's tables and sentences: FIDs per variant and NFE in, markdown out, with the claims
+of the paper (and where they fail) stated in numbers. Kept free of torch (the report's env has none)."""
+
+from __future__ import annotations
+
+from . import variants
+
+TITLES = {"dm": " (diffusion model)", "cm_cd": " (consistency distillation)", "cm_ct": " (consistency training)"}
+
+
+def fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def best_baselines(results: dict[str, dict[int, float]], nfes: list[int]) -> dict[int, str]:
+    """The best variant other than lcsc at each NFE (none when lcsc is the only one)."""
+    others = [v for v in results if v != variants.LCSC]
+    return {n: min(others, key=lambda v: results[v][n]) for n in nfes} if others else {}
+
+
+def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str:
+    """Variant x NFE table: the best value of each column in bold, the best baseline marked †."""
+    best = {n: min(r[n] for r in results.values()) for n in nfes}
+    base = best_baselines(results, nfes)
+    lines = ["| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
+    for v, r in results.items():
+        cells = []
+        for n in nfes:
+            cell = f"**{fmt(r[n])}**" if r[n] == best[n] else fmt(r[n])
+            cells.append(cell + (" †" if base.get(n) == v else ""))
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kept_emas(results: dict[str, dict[int, float]]) -> list[str]:
+    """The variants that are EMAs kept during training."""
+    return [v for v in results if variants.source(v) == variants.TRAIL]
+
+
+def best_ema(results: dict[str, dict[int, float]], nfe: int) -> str | None:
+    """The kept EMA with the lowest FID at `nfe` (None when there is none)."""
+    emas = kept_emas(results)
+    return min(emas, key=lambda v: results[v][nfe]) if emas else None
+
+
+def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> str | None:
+    """The paper's consistency-model claim, measured: LCSC at the search NFE (1 by default) against
+    the base model (the last checkpoint and the best EMA) at the next NFE of the sweep (2)."""
+    more = [n for n in nfes if n > search_nfe]
+    if not more:
+        return None
+    m, n = search_nfe, min(more)
+    lcsc, last = results[variants.LCSC][m], results[variants.LAST][n]
+    ema = best_ema(results, n)
+    beats_last = lcsc < last
+    beats_ema = ema is None or lcsc < results[ema][n]
+    versus = f"the last checkpoint at {n} NFE scores {fmt(last)}" + (
+        f" and the best EMA at {n} NFE ({ema}) {fmt(results[ema][n])}" if ema else "")
+    if beats_last and beats_ema:
+        verdict = f"LCSC at {m} NFE beats the base model at {n} NFE: the paper's claim holds here"
+    elif beats_last:
+        verdict = (f"LCSC at {m} NFE beats the last checkpoint but not the best EMA at {n} NFE: "
+                   "the paper's claim holds only against the last checkpoint here")
+    else:
+        verdict = f"LCSC at {m} NFE does NOT beat the base model at {n} NFE: the paper's claim does not hold here"
+    return (f"Paper's claim, LCSC at {m} NFE vs the base model at {n} NFE: LCSC scores {fmt(lcsc)} at {m} NFE; "
+            f"{versus}. {verdict} (evaluation seeds the search never saw).")
+
+
+def cost_claim(model: str, truncated: dict[str, dict[int, float]], full: dict[str, dict[int, float]],
+               nfe: int, kept: dict) -> str:
+    """The training-cost experiment: LCSC over the first part of a trail against the full run."""
+    steps, total = kept["steps"], kept["total"]
+    lcsc = truncated[variants.LCSC][nfe]
+    ema = best_ema(full, nfe)
+    refs = {variants.LAST: full[variants.LAST][nfe]} | ({ema: full[ema][nfe]} if ema else {})
+    best_name = min(refs, key=refs.get)
+    text = (f"LCSC over the first {kept['fraction'] * 100:g}% of {model}'s training ({kept['checkpoints']} checkpoints, "
+            f"steps up to {steps} of {total}) scores FID {fmt(lcsc)} at {nfe} NFE; that trail's own last "
+            f"checkpoint scores {fmt(truncated[variants.LAST][nfe])}, and the full run's last {fmt(full[variants.LAST][nfe])}"
+            + (f" and its best EMA ({ema}) {fmt(full[ema][nfe])}" if ema else "") + ". ")
+    if lcsc <= refs[best_name]:
+        return text + (f"It matches or beats the full run's best ({best_name}) with {steps} of {total} training "
+                       f"iterations: an implied training speed-up of {total}/{steps} = {total / steps:.1f}x.")
+    return text + (f"It does not reach the full run's best ({best_name}, {fmt(refs[best_name])}), so this run "
+                   f"implies no training speed-up at this fraction.")
+
+
+def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> list[str]:
+    """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers."""
+    lcsc, last = results[variants.LCSC], results[variants.LAST]
+    emas = {v: results[v] for v in kept_emas(results)}
+    out = []
+    at = search_nfe
+    if emas:
+        best_ema = min(emas, key=lambda v: emas[v][at])
+        verdict = "below" if lcsc[at] < min(last[at], emas[best_ema][at]) else "NOT below"
+        out.append(f"At the search NFE {at}, LCSC's FID {fmt(lcsc[at])} is {verdict} both the last "
+                   f"checkpoint's {fmt(last[at])} and the best EMA's ({best_ema}) {fmt(emas[best_ema][at])}, "
+                   f"on evaluation seeds the search never saw.")
+    base = best_baselines(results, nfes)[at]
+    verdict = "beats" if lcsc[at] < results[base][at] else "does NOT beat"
+    out.append(f"At NFE {at} LCSC {verdict} the best baseline, {base} ({fmt(results[base][at])}).")
+    for v in emas:
+        profile = variants.kept_ema_profile(v)
+        if profile in results:
+            out.append(f"The EMA {variants.kept_ema_decay(v)} kept during training scores {fmt(emas[v][at])} at "
+                       f"NFE {at}; the same EMA computed afterwards from the sparse trail ({profile}) scores "
+                       f"{fmt(results[profile][at])}.")
+    if emas:
+        for n in nfes:
+            ref = min(r[n] for r in emas.values())
+            cheaper = [m for m in nfes if m < n and lcsc[m] <= ref]
+            if cheaper:
+                m = min(cheaper)
+                out.append(f"LCSC at NFE {m} (FID {fmt(lcsc[m])}) matches or beats the best EMA at "
+                           f"NFE {n} (FID {fmt(ref)}).")
+    return out

@@ -1,0 +1,267 @@
+"""A checkpoint trail: the manifest that lists a training run's saved weights, and the stacked
+[K, P] matrix that turns a coefficient vector c into weights theta = c @ W in one product."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import TrailError
+from .io import read_json, sha256
+from .tensors import load_tensors
+
+MANIFEST_FORMAT = "lcsc-trail/1"
+
+
+@dataclass
+class Trail:
+    root: Path  # the manifest's folder: entries' `file`s are relative to it
+    manifest: dict
+    steps: list[int] = field(default_factory=list)
+    files_root: Path | None = None  # the folder every file lies in: `root`, or the one the manifest declares
+
+    @classmethod
+    def open(cls, manifest_path: str | Path, verify: bool = True) -> Trail:
+        """Read and check a manifest: every entry's file must lie inside the trail (see
+        `_files_root`), and with `verify` exist and hold the bytes its sha256 says."""
+        manifest_path = Path(manifest_path)
+        manifest = read_json(manifest_path, fix="rerun the stage that wrote the trail (or pass the right --manifest)")
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+            raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {found!r}, not "
+                             f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail")
+        entries = _checked_entries(manifest_path, manifest)
+        files_root = _files_root(manifest_path, manifest)
+        inside = files_root.resolve()
+        for where, entry in entries:
+            file = Path(entry["file"])
+            if file.is_absolute() or not (manifest_path.parent / file).resolve().is_relative_to(inside):
+                raise TrailError(f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
+                                 f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
+                                 "wrote it)")
+        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]], files_root)
+        if verify:
+            trail.verify()
+        return trail
+
+    def verify(self) -> None:
+        """Every file the manifest lists exists and holds the bytes its sha256 says."""
+        manifest_path = self.root / "manifest.json"
+        for _, entry in _checked_entries(manifest_path, self.manifest):
+            path = self.root / entry["file"]
+            if not path.exists():
+                raise TrailError(f"{path}: listed in {manifest_path} but missing; restore it or rerun the "
+                                 "training (it resumes)")
+            if sha256(path) != entry["sha256"]:
+                raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}; the file was "
+                                 "changed or cut short: restore it or rerun the training")
+
+    def __len__(self) -> int:
+        return len(self.manifest["checkpoints"])
+
+    @property
+    def model_config(self) -> dict:
+        config = self.manifest.get("model_config")
+        if not isinstance(config, dict):
+            raise TrailError(f"{self.root / 'manifest.json'}: no model_config (the network the trail trains); "
+                             "the manifest is damaged: rerun the stage that wrote the trail")
+        return config
+
+    @property
+    def fingerprint(self) -> list[str]:
+        """The checkpoints' sha256s: files computed from this trail record it and are checked on read."""
+        return [c["sha256"] for c in self.manifest["checkpoints"]]
+
+    def check_fingerprint(self, recorded: list[str] | None, path) -> None:
+        if recorded != self.fingerprint:
+            raise TrailError(f"{path}: computed from another checkpoint trail than {self.root / 'manifest.json'}; "
+                             "rerun the stage that wrote it")
+
+    def checkpoint_path(self, i: int) -> Path:
+        return self.root / self.manifest["checkpoints"][i]["file"]
+
+    def ema_paths(self) -> dict[float, Path]:
+        return {e["decay"]: self.root / e["file"] for e in self.manifest.get("ema", [])}
+
+    def stack(self, shapes: dict[str, tuple], device="cpu", dtype=torch.float32, load=load_tensors) -> torch.Tensor:
+        """All checkpoints as rows of one [K, P] matrix, flattened in the order of `shapes`
+        (the model's state_dict names and shapes, which every checkpoint must match), each read
+        with `load(path)` (its model family's reader)."""
+        rows = []
+        for i in range(len(self)):
+            sd = load(self.checkpoint_path(i))
+            check_state(sd, shapes, self.checkpoint_path(i))
+            rows.append(torch.cat([sd[k].reshape(-1).to(dtype) for k in shapes]))
+        return torch.stack(rows).to(device)
+
+
+def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dict]]:
+    """(`checkpoints[i]` or `ema[i]`, entry) for every file the manifest lists, each checked to
+    have the keys the stages read; TrailError naming the entry and the manifest otherwise."""
+    out = []
+    for key, needs in (("checkpoints", {"file": str, "sha256": str, "step": int}),
+                       ("ema", {"file": str, "sha256": str, "decay": (int, float)})):
+        items = manifest.get(key, [] if key == "ema" else None)
+        if not isinstance(items, list) or (key == "checkpoints" and not items):
+            raise TrailError(f"{manifest_path}: `{key}` is {'missing' if items is None else repr(items)[:40]}, not a "
+                             "list of files; the manifest is damaged: rerun the stage that wrote the trail")
+        for i, entry in enumerate(items):
+            bad = [k for k, t in needs.items() if not isinstance(entry, dict) or not isinstance(entry.get(k), t)
+                   or isinstance(entry.get(k), bool)]
+            if bad:
+                raise TrailError(f"{manifest_path}: {key}[{i}] has no valid {', '.join(bad)}; the manifest is "
+                                 "damaged: rerun the stage that wrote the trail")
+            out.append((f"{key}[{i}]", entry))
+    return out
+
+
+def _files_root(manifest_path: Path, manifest: dict) -> Path:
+    """The folder the manifest's files must lie in: its own folder, or, for a manifest that
+    declares a relative `root` (a truncated trail: its base trail's folder), that folder, which
+    must hold a trail manifest itself. A truncated manifest written before `root` was declared
+    lies in the folder of its first file."""
+    declared = manifest.get("root")
+    if declared is None and "truncated_from" in manifest:
+        declared = posixpath.dirname(str(manifest["checkpoints"][0]["file"])) or "."
+    if declared is None or declared == ".":
+        return manifest_path.parent
+    if not isinstance(declared, str) or Path(declared).is_absolute():
+        raise TrailError(f"{manifest_path}: root {declared!r} must be a path relative to the manifest's folder; "
+                         "rerun the stage that wrote the trail")
+    root = manifest_path.parent / declared
+    base = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else None
+    if not isinstance(base, dict) or base.get("format") != MANIFEST_FORMAT:
+        raise TrailError(f"{manifest_path}: root {declared!r} is not a trail's folder (no lcsc trail manifest in "
+                         f"{root}); rerun the stage that wrote the trail")
+    return root
+
+
+def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) -> None:
+    """Raise TrailError naming `path` unless `state` has exactly the model's tensors and shapes."""
+    missing = [k for k in shapes if k not in state]
+    extra = [k for k in state if k not in shapes]
+    wrong = [k for k in shapes if k in state and tuple(state[k].shape) != tuple(shapes[k])]
+    if missing or extra or wrong:
+        detail = "; ".join(
+            part for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(shapes[wrong[0]])}" if wrong else "",
+            ) if part)
+        raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail}); it belongs to another "
+                         "model: restore it or rerun the stage that wrote it")
+
+
+def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].reshape(-1).float() for k in keys])
+
+
+class FlatLoader:
+    """One model instance whose parameters and buffers are views into a single flat vector, so a
+    candidate's weights are written in place: `load` is one copy, `combine_into` one product
+    straight into the model (no state_dict copies, no model rebuilds)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        state = model.state_dict(keep_vars=True)
+        self.keys = list(state.keys())
+        self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+        self.numel = sum(v.numel() for v in state.values())
+        first = next(iter(state.values()))
+        mixed = [k for k, v in state.items() if v.dtype != first.dtype or v.device != first.device]
+        if mixed:
+            raise ValueError(f"FlatLoader needs one dtype and device for every tensor; {mixed[0]} is "
+                             f"{state[mixed[0]].dtype} on {state[mixed[0]].device}, not {first.dtype} on {first.device}")
+        self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
+        offset = 0
+        with torch.no_grad():
+            for key, tensor in state.items():
+                n = tensor.numel()
+                view = self.flat[offset:offset + n].view_as(tensor)
+                view.copy_(tensor)
+                module_name, _, attr = key.rpartition(".")
+                module = model.get_submodule(module_name)
+                if attr in module._parameters:
+                    module._parameters[attr].data = view
+                else:
+                    module._buffers[attr] = view
+                offset += n
+        self._first = next(iter(model.state_dict(keep_vars=True).values()))
+
+    def _check(self) -> None:
+        if self._first.data_ptr() != self.flat.data_ptr():
+            raise RuntimeError("the model's parameters were replaced (moved with .to()/.half()?) after "
+                               "FlatLoader was built; build the FlatLoader after moving the model")
+
+    @torch.no_grad()
+    def load(self, flat: torch.Tensor) -> nn.Module:
+        if flat.numel() != self.numel:
+            raise ValueError(f"flat vector has {flat.numel()} entries, model has {self.numel}")
+        self._check()
+        self.flat.copy_(flat.reshape(-1))
+        return self.model
+
+    @torch.no_grad()
+    def combine_into(self, W: torch.Tensor | ChunkedTrail, coefficients) -> nn.Module:
+        """theta = c @ W written into the model's own parameter storage."""
+        self._check()
+        if tuple(W.shape)[1] != self.numel:
+            raise ValueError(f"the stacked trail has {tuple(W.shape)[1]} parameters per checkpoint, "
+                             f"the model {self.numel}")
+        if isinstance(W, ChunkedTrail):
+            W.combine(coefficients, out=self.flat)
+        else:
+            c = _coefficient_tensor(W, coefficients)
+            torch.matmul(c.unsqueeze(0), W, out=self.flat.view(1, -1))
+        return self.model
+
+
+class ChunkedTrail:
+    """The stacked trail kept in host memory as column blocks of at most `chunk_mb` MB, for trails
+    that do not fit on the device: each product streams the blocks through the device."""
+
+    def __init__(self, W: torch.Tensor, chunk_mb: float, device):
+        k, p = W.shape
+        cols = max(1, int(chunk_mb * 2**20 / (4 * k)))
+        pin = torch.device(device).type == "cuda"
+        self.blocks = []
+        for a in range(0, p, cols):  # each block copied once, straight into (pinned) memory
+            block = torch.empty((k, min(cols, p - a)), dtype=W.dtype, pin_memory=pin)
+            block.copy_(W[:, a:a + cols])
+            self.blocks.append(block)
+        self.shape = (k, p)
+        self.dtype = W.dtype
+        self.device = torch.device(device)
+
+    def combine(self, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
+        c = _checked(torch.as_tensor(coefficients, dtype=self.dtype), self.shape[0])
+        out = torch.empty(self.shape[1], dtype=self.dtype, device=self.device) if out is None else out
+        c_dev = c.to(self.device)
+        offset = 0
+        for block in self.blocks:
+            n = block.shape[1]
+            torch.matmul(c_dev.unsqueeze(0), block.to(self.device, non_blocking=True),
+                         out=out[offset:offset + n].view(1, -1))
+            offset += n
+        return out
+
+
+def _checked(c: torch.Tensor, k: int) -> torch.Tensor:
+    if c.shape != (k,):
+        raise ValueError(f"{c.numel()} coefficients for a trail of {k} checkpoints")
+    return c
+
+
+def _coefficient_tensor(W: torch.Tensor, coefficients) -> torch.Tensor:
+    return _checked(torch.as_tensor(coefficients, dtype=W.dtype, device=W.device), W.shape[0])
+
+
+def combine(W: torch.Tensor | ChunkedTrail, coefficients) -> torch.Tensor:
+    """theta = sum_i c_i theta_i over the stacked trail W [K, P]."""
+    if isinstance(W, ChunkedTrail):
+        return W.combine(coefficients)
+    return _coefficient_tensor(W, coefficients) @ W

@@ -1,0 +1,200 @@
+"""The training loop shared by every model kind: checkpoint trail, EMA copies, exact resume.
+
+Every `checkpoint_every` steps the raw weights join the trail (safetensors + a manifest entry
+with step, wall time, loss and sha256) and a resume state (weights, EMAs, optimizer, RNG) is
+written atomically, so a killed job continues from its last checkpoint with the same result
+as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .errors import InputError, TrainingError
+from .io import json_digest, remove_stale_temps, sha256, write_json
+from .progress import progress
+from .tensors import load_tensors, save_tensors
+from .trail import MANIFEST_FORMAT
+
+RESUME_FILE = "resume.safetensors"
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(value)
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+class _Trainer:
+    """The state of one training run: the model, its optimizer, EMAs and RNG, the trail so far."""
+
+    def __init__(self, model: nn.Module, train_cfg: dict, out_dir: Path, seed: int, device, desc: str):
+        self.cfg, self.out_dir, self.desc = train_cfg, out_dir, desc
+        self.decays = list(train_cfg["ema_decays"])
+        self.model = model
+        model.to(device).train()
+        self.opt = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
+        self.keys = list(model.state_dict().keys())
+        self.ema = {d: [t.detach().clone() for t in model.state_dict().values()] for d in self.decays}
+        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.params = list(model.parameters())
+        self.tensors = list(model.state_dict().values())
+        self.step, self.wall, self.entries = 0, 0.0, []
+        self.resume_path = out_dir / RESUME_FILE
+
+    def resume(self, resume_key: str) -> None:
+        """Continue from the resume state if it was written with the same settings."""
+        if not self.resume_path.exists():
+            return
+        try:
+            with safe_open(str(self.resume_path), "pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as exc:  # cut short or another kind of file
+            raise InputError(f"{self.resume_path}: not a readable resume state ({str(exc).strip()[:200]}); "
+                             "delete it to train again from step 0") from exc
+        iterations, every = self.cfg["iterations"], self.cfg["checkpoint_every"]
+        if meta.get("resume_key") != resume_key or int(meta["step"]) > iterations:
+            print(f"[{self.desc}] {self.resume_path} was written with other settings; starting from step 0",
+                  flush=True)
+            return
+        state = load_tensors(self.resume_path)
+        self.model.load_state_dict({k: state[f"model.{k}"] for k in self.keys})
+        for d in self.decays:
+            for i, k in enumerate(self.keys):
+                self.ema[d][i].copy_(state[f"ema.{d}.{k}"])
+        _load_optimizer(self.opt, {k: v for k, v in state.items() if k.startswith("opt.")}, meta["param_groups"])
+        self.gen.set_state(state["rng.train"])
+        torch.set_rng_state(state["rng.global"])
+        self.step, self.wall, entries = int(meta["step"]), float(meta["wall"]), json.loads(meta["entries"])
+        # the last step of a shorter earlier run is off the checkpoint grid: a run that goes on
+        # from there would not have saved it
+        self.entries = [e for e in entries if e["step"] % every == 0 or e["step"] == iterations]
+        print(f"[{self.desc}] resuming from step {self.step} ({self.resume_path})", flush=True)
+
+    def train_step(self, loss_fn, data: torch.Tensor, device) -> float:
+        """One optimizer step on a random batch, then the EMAs; the step's loss."""
+        cfg = self.cfg
+        lr = cfg["lr"] * min(1.0, (self.step + 1) / max(1, cfg["warmup"]))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=self.gen)
+        loss = loss_fn(self.model, data[idx].to(device), self.gen, self.step)
+        if not math.isfinite(loss.item()):
+            last = self.out_dir / self.entries[-1]["file"] if self.entries else "none yet"
+            raise TrainingError(
+                f"[{self.desc}] loss is {loss.item()} at step {self.step + 1}; stopped. "
+                f"The last good checkpoint is {last} (its resume state is {self.resume_path}); a rerun "
+                f"with the same settings resumes there, a rerun with other train settings (e.g. a lower "
+                f"train.lr) starts again from step 0."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(self.params, cfg["grad_clip"])
+        self.opt.step()
+        self.step += 1
+        with torch.no_grad():
+            for d in self.decays:
+                torch._foreach_lerp_(self.ema[d], self.tensors, 1 - d)
+        return loss.item()
+
+    def save_checkpoint(self, elapsed: float, mean_loss: float, resume_key: str) -> None:
+        """The weights join the trail; the resume state is written after them."""
+        name = f"step_{self.step:07d}.safetensors"
+        save_tensors(self.out_dir / name, dict(zip(self.keys, self.tensors)))
+        self.entries.append({"step": self.step, "file": name, "wall_time": round(elapsed, 3),
+                             "loss": mean_loss, "sha256": sha256(self.out_dir / name)})
+        opt_tensors, groups = _optimizer_tensors(self.opt)
+        state = {f"model.{k}": v for k, v in zip(self.keys, self.tensors)}
+        state |= {f"ema.{d}.{k}": v for d in self.decays for k, v in zip(self.keys, self.ema[d])}
+        state |= opt_tensors | {"rng.train": self.gen.get_state(), "rng.global": torch.get_rng_state()}
+        save_tensors(self.resume_path, state, metadata={
+            "resume_key": resume_key, "step": str(self.step), "wall": str(elapsed),
+            "entries": json.dumps(self.entries), "param_groups": groups})
+
+    def write_manifest(self, manifest_extra: dict) -> Path:
+        """The EMA files and the manifest that lists the trail."""
+        ema_entries = []
+        for d in self.decays:
+            name = f"ema_{d}.safetensors"
+            save_tensors(self.out_dir / name, dict(zip(self.keys, self.ema[d])))
+            ema_entries.append({"decay": d, "file": name, "sha256": sha256(self.out_dir / name)})
+        manifest = {"format": MANIFEST_FORMAT, "iterations": self.cfg["iterations"],
+                    "checkpoint_every": self.cfg["checkpoint_every"], "checkpoints": self.entries,
+                    "ema": ema_entries, **manifest_extra}
+        manifest_path = self.out_dir / "manifest.json"
+        write_json(manifest_path, manifest)
+        return manifest_path
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator, int], torch.Tensor],
+    data: torch.Tensor,
+    train_cfg: dict,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    device: torch.device,
+    manifest_extra: dict,
+    run=None,
+    desc: str = "train",
+) -> Path:
+    """Train `model` on `data` with `loss_fn(model, batch, generator, step)` (the step, 0-based,
+    is for losses with a schedule, such as consistency training's discretization curriculum);
+    write the trail and its manifest under `out_dir`.
+
+    Returns the manifest path. `manifest_extra` (model kind, model config, ...) is stored in the
+    manifest and is part of the resume key: a resume state from other settings is not reused.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
+    iterations, every = train_cfg["iterations"], train_cfg["checkpoint_every"]
+    trainer = _Trainer(model, train_cfg, out_dir, seed, device, desc)
+    # Everything but the number of iterations decides whether an old resume state fits.
+    resume_key = json_digest({k: v for k, v in train_cfg.items() if k not in ("iterations", "log_every")}
+                             | {"seed": seed, "extra": manifest_extra})[:12]
+    trainer.resume(resume_key)
+    losses: list[float] = []
+    window: list[float] = []
+    bar = progress(total=iterations, initial=trainer.step, desc=desc)
+    t0 = time.perf_counter()
+    while trainer.step < iterations:
+        loss = trainer.train_step(loss_fn, data, device)
+        window.append(loss)
+        losses.append(loss)
+        step = trainer.step
+        if step % train_cfg["log_every"] == 0 or step == iterations:
+            mean = sum(window) / len(window)
+            window.clear()
+            bar.set_postfix(loss=f"{mean:.4f}")
+            if run is not None:
+                run.log_metrics({"train_loss": mean}, step=step)
+        bar.update(1)
+        if step % every == 0 or step == iterations:
+            trainer.save_checkpoint(trainer.wall + time.perf_counter() - t0, sum(losses) / len(losses), resume_key)
+            losses.clear()
+    bar.close()
+    return trainer.write_manifest(manifest_extra)

@@ -1,0 +1,183 @@
+"""Stage tabulate: every evaluation -> summary.md / summary.csv and the plots people look at.
+
+It reads exactly the files its rule passes: each evaluation names its own model and variant, and
+the per-model files (trail manifest, search result and history) come in the order of the models.
+It imports no torch: the report's env has none.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..kernel import plots, variants
+from ..kernel.errors import ConfigError, InputError
+from ..kernel.io import atomic_path, copy_file, read_json, write_text
+from ..kernel.models import base_model, for_model, truncation
+from ..kernel.paths import REPORT_FILES, feature_tag
+from ..kernel.report import (
+    TITLES,
+    claims,
+    consistency_claim,
+    cost_claim,
+    fmt,
+    markdown_table,
+)
+
+NAME = "tabulate"
+
+
+@dataclass(frozen=True)
+class Paths:
+    models: tuple[str, ...]  # the models reported, in order; the next three lists follow it
+    manifests: tuple[Path, ...]  # each model's trail manifest (read for a truncated trail's length)
+    searches: tuple[Path, ...]  # each model's coefficients.json
+    histories: tuple[Path, ...]  # each model's history.csv
+    evaluations: tuple[Path, ...]  # every evaluation JSON, in any order
+    grids: tuple[Path, ...]  # the sample grid of each evaluation, in the same order
+    report: Path  # the folder of REPORT_FILES and the samples_<model>_<variant>.png copies
+
+    def __post_init__(self):
+        for name, items in (("manifests", self.manifests), ("searches", self.searches),
+                            ("histories", self.histories)):
+            if len(items) != len(self.models):
+                raise ConfigError(f"--{name}: {len(items)} files for {len(self.models)} models; give one per model, "
+                                  "in the order of --models")
+        if len(self.grids) != len(self.evaluations):
+            raise ConfigError(f"--grids: {len(self.grids)} files for {len(self.evaluations)} evaluations; give one "
+                              "per evaluation, in the same order")
+
+
+@dataclass
+class _Model:
+    """What the report says of one model: its FIDs by variant and NFE, its search and history."""
+
+    nfes: list[int]
+    search_nfe: int
+    results: dict[str, dict[int, float]]
+    search: dict
+    history: list[dict]
+    trail: dict  # a truncated model's manifest (empty for a full one)
+    grids: dict[str, Path]
+
+
+def _evaluations(paths: Paths) -> dict[tuple[str, str], tuple[dict, Path]]:
+    """Every evaluation by (model, variant), as it names itself, with its grid."""
+    out = {}
+    for path, grid in zip(paths.evaluations, paths.grids):
+        res = read_json(path, "rerun the evaluate stage that writes it", keys=("model", "variant", "fid"))
+        out[res["model"], res["variant"]] = res, grid
+    return out
+
+
+def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
+    names = {m: [v for v in variants.names(cfg, m) if not only or v in only] for m in paths.models}
+    empty = [m for m in paths.models if not names[m]]
+    if empty:
+        raise ConfigError(f"tabulate --variants {' '.join(only)}: none of them is a variant of {', '.join(empty)} "
+                          f"(those have {', '.join(variants.names(cfg, empty[0]))})")
+    evaluations = _evaluations(paths)
+    out = {}
+    for i, model in enumerate(paths.models):
+        missing = [v for v in names[model] if (model, v) not in evaluations]
+        if missing:
+            raise InputError(f"--evaluations: none of the files is the evaluation of {model} {missing[0]}; "
+                             "pass every evaluation the report shows")
+        mcfg = for_model(cfg, model)
+        with open(paths.histories[i]) as fh:
+            history = list(csv.DictReader(fh))
+        out[model] = _Model(sorted(mcfg["evaluate"]["nfe"]), mcfg["search"]["nfe"],
+                            {v: {int(n): f for n, f in evaluations[model, v][0]["fid"].items()} for v in names[model]},
+                            read_json(paths.searches[i]), history,
+                            read_json(paths.manifests[i]) if truncation(model) is not None else {},
+                            {v: evaluations[model, v][1] for v in names[model]})
+    return out
+
+
+def _write_csv(path: Path, report: dict[str, _Model]) -> None:
+    every_nfe = sorted({n for m in report.values() for n in m.nfes})
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["model", "variant", *[f"nfe{n}" for n in every_nfe]])
+            for model, m in report.items():
+                for v, r in m.results.items():
+                    w.writerow([model, v, *[f"{r[n]:.4f}" if n in r else "" for n in every_nfe]])
+
+
+def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
+    """The claims under a model's table, and a line on its search."""
+    fraction = truncation(model)
+    both = {variants.LCSC, variants.LAST}
+    lines = []
+    if fraction is None and both <= set(m.results):
+        lines = claims(m.results, m.search_nfe, m.nfes)
+        if base_model(model) != "dm":
+            claim = consistency_claim(m.results, m.search_nfe, m.nfes)
+            lines = ([claim] if claim else []) + lines
+    elif fraction is not None:
+        full = report.get(base_model(model))
+        kept = {"fraction": fraction, "steps": m.trail["iterations"], "total": m.trail["truncated_from"]["iterations"],
+                "checkpoints": len(m.trail["checkpoints"])}
+        if full is not None and both <= set(m.results) & set(full.results):
+            lines = [cost_claim(base_model(model), m.results, full.results, m.search_nfe, kept)]
+    s = m.search
+    starts = ", ".join(f"{n} {fmt(f)}" for n, f in s["starts"].items())
+    rescored = f", re-scored {fmt(s['rescore_fitness'])} on other noise." if s["rescore_fitness"] is not None else "."
+    lines.append(f"Search: {s['optimizer']}, {s['budget']} evaluations over {len(s['trail_steps'])} checkpoints "
+                 f"({s['parametrization']}) at NFE {m.search_nfe}. Starting points scored: {starts}; the optimizer "
+                 f"started at {s['start']['name']}. Kept: evaluation {s['evaluation']}, screening fitness "
+                 f"{fmt(s['fitness'])}{rescored}")
+    return [f"- {line}" for line in lines]
+
+
+def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
+    ecfg = cfg["evaluate"]
+    targets = ", ".join(f"{model} {m.search_nfe}" for model, m in report.items())
+    md = [f"# LCSC report: {cfg['experiment']}", "",
+          f"FID ({feature_tag(cfg['features'])} features) of {ecfg['samples']} samples "
+          f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates on "
+          f"{cfg['search']['samples']} samples with seed {cfg['search']['seed']} at each model's search NFE "
+          f"({targets}). "
+          "Lower is better; the best value of each column is in bold, and † marks the best baseline "
+          "(every variant but lcsc). Variants: `last`; `ema_<decay>`, the EMA kept during training; "
+          "`uniform`; `lawa_<k>`, the average of the last k checkpoints; `ema_<decay>_profile`, that EMA "
+          "computed afterwards from the sparse trail; `power_<sigma_rel>`, EDM2's post-hoc power-function "
+          "EMA; `greedy_soup`; `lcsc`, the searched combination.", ""]
+    for model, m in report.items():
+        title = TITLES.get(base_model(model), "") if truncation(model) is None else " (training-cost experiment)"
+        md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes), "", *_model_lines(model, m, report), ""]
+    md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
+           "![search curve](search_curve.png)", "", "## Samples at each model's search NFE", ""]
+    md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]
+    return "\n".join(md) + "\n"
+
+
+def run(cfg: dict, paths: Paths, only: list[str] | None = None, stage_run=None) -> Path:
+    """The report over `paths.models` (each with its own variants, search NFE and NFE sweep, as
+    lcsc.kernel.models.for_model gives them); `only` limits every model to those variants."""
+    report = _read(cfg, paths, only)
+    out = {key: paths.report / name for key, name in REPORT_FILES.items()}
+    paths.report.mkdir(parents=True, exist_ok=True)
+    _write_csv(out["summary_csv"], report)
+    plots.plot_fid_vs_nfe({k: m.results for k, m in report.items()}, {k: m.nfes for k, m in report.items()},
+                          {k: m.search_nfe for k, m in report.items()}, out["fid_vs_nfe"])
+    plots.plot_coefficients({k: m.search for k, m in report.items()}, cfg["baselines"]["ema_decays"],
+                            out["coefficients"])
+    plots.plot_search_curve({k: m.history for k, m in report.items()}, out["search_curve"])
+    grids = []
+    for model, m in report.items():
+        for v, grid in m.grids.items():
+            dst = paths.report / f"samples_{model}_{v}.png"
+            copy_file(grid, dst)
+            grids.append(dst)
+    write_text(out["summary_md"], _markdown(cfg, report, grids))
+    if stage_run is not None:
+        for p in [*out.values(), *grids]:
+            stage_run.log_artifact(p, "report")
+        for model, m in report.items():
+            for v, r in m.results.items():
+                for n in m.nfes:
+                    stage_run.log_metrics({f"fid.{model}.{v}": r[n]}, step=n)
+    return out["summary_md"]

@@ -1,0 +1,88 @@
+"""Model names (dm, cm_cd, cm_ct, <model>_first<percent>) and the config each model's stages read."""
+
+import pytest
+
+from lcsc.kernel.config import load_config
+from lcsc.kernel.errors import ConfigError
+from lcsc.kernel.models import (base_model, check_model, check_trail, for_model, model_kind, models, search_nfe,
+                                trained_model, truncated_name, truncation)
+from lcsc.stages import stage_config
+
+from conftest import REPO
+
+
+def test_models_and_their_config():
+    cfg = load_config(REPO / "config" / "config.yaml")
+    assert models(cfg) == ["dm", "cm_cd", "cm_ct"]
+    cm = for_model(cfg, "cm_ct")
+    assert cm["search"]["nfe"] == 1 and cm["evaluate"]["nfe"] == [1, 2]
+    assert for_model(cm, "cm_ct") == cm  # applying it twice changes nothing
+    assert "consistency" not in for_model(cfg, "dm") and for_model(cfg, "dm")["search"]["nfe"] == cfg["search"]["nfe"]
+    with_cost = load_config(REPO / "config" / "config.yaml", {"cost.fraction": 0.4})
+    assert models(with_cost) == ["dm", "cm_cd", "cm_ct", "cm_cd_first40", "cm_ct_first40"]
+    assert for_model(with_cost, "cm_ct_first40")["search"]["nfe"] == 1
+
+    # slices: the DM's stages never see `consistency`; CT's training ignores CD's settings
+    other = load_config(REPO / "config" / "config.yaml", {"consistency.cd.steps": 40, "consistency.sigma_max": 60.0})
+    for stage in ("baselines", "search", "evaluate"):
+        assert stage_config(cfg, stage, "dm") == stage_config(other, stage, "dm")
+    assert stage_config(cfg, "train_cm", "cm_ct") != stage_config(other, "train_cm", "cm_ct")  # sigma_max
+    only_cd = load_config(REPO / "config" / "config.yaml", {"consistency.cd.steps": 40})
+    assert stage_config(cfg, "train_cm", "cm_ct") == stage_config(only_cd, "train_cm", "cm_ct")
+    assert stage_config(cfg, "train_cm", "cm_cd") != stage_config(only_cd, "train_cm", "cm_cd")
+    # the sampling sigmas do not retrain, nor (at the default 1-NFE target) rerun baselines or search
+    sampling = load_config(REPO / "config" / "config.yaml", {"consistency.sampling_sigmas": [1.5]})
+    for stage, same in (("train_cm", True), ("baselines", True), ("search", True), ("evaluate", False)):
+        assert (stage_config(cfg, stage, "cm_cd") == stage_config(sampling, stage, "cm_cd")) == same, stage
+    two = load_config(REPO / "config" / "config.yaml", {"consistency.search_nfe": 2})
+    assert stage_config(two, "search", "cm_cd")["consistency"]["sampling_sigmas"] == [0.821]
+    # nor does a sampler setting of the diffusion model touch the consistency models' sampling
+    ddim = load_config(REPO / "config" / "config.yaml", {"diffusion.sampler": "dpmpp2m"})
+    for stage in ("baselines", "search", "evaluate"):
+        assert stage_config(cfg, stage, "cm_cd") == stage_config(ddim, stage, "cm_cd")
+        assert stage_config(cfg, stage, "cm_ct_first40") == stage_config(ddim, stage, "cm_ct_first40")
+        assert stage_config(cfg, stage, "dm") != stage_config(ddim, stage, "dm")
+    assert stage_config(cfg, "train_dm") == stage_config(ddim, "train_dm")  # nor retrain anything
+    assert stage_config(cfg, "train_cm", "cm_cd") == stage_config(ddim, "train_cm", "cm_cd")
+    clip = load_config(REPO / "config" / "config.yaml", {"diffusion.clip_denoised": False})
+    assert stage_config(cfg, "train_cm", "cm_cd") != stage_config(clip, "train_cm", "cm_cd")  # the teacher clips
+    assert stage_config(cfg, "train_cm", "cm_ct") == stage_config(clip, "train_cm", "cm_ct")
+
+
+@pytest.mark.parametrize("name", ["cm_cd_firstx", "dm_first", "cm_ct_first100", "xx_first20", "dm_first1e1", "dm_first010"])
+def test_bad_truncated_model_names(name):
+    from lcsc.kernel.models import truncation
+
+    with pytest.raises(ConfigError, match="does not name a truncated trail"):
+        truncation(name)
+
+
+def test_truncated_names_their_base_and_their_kind():
+    assert truncated_name("cm_ct", 0.25) == "cm_ct_first25" and truncated_name("dm", 0.4) == "dm_first40"
+    assert truncation("cm_ct_first25") == 0.25 and truncation("cm_cd_first12.5") == 0.125
+    assert truncation("dm") is None and truncation("cm_cd") is None
+    assert truncation(truncated_name("cm_cd", 0.7)) == pytest.approx(0.7)
+    assert [base_model(m) for m in ("dm", "cm_cd_first70", "dm_first10")] == ["dm", "cm_cd", "dm"]
+    assert [model_kind(m) for m in ("dm", "dm_first10", "cm_cd", "cm_ct_first25")] == ["dm", "dm", "cm", "cm"]
+    for bad in ("gan", "cm_xx", "cm", "DM"):
+        with pytest.raises(ConfigError, match=f"unknown model {bad!r}; the models are dm, cm_cd, cm_ct and "
+                                              "<model>_first<percent>"):
+            check_model(bad)
+    check_model("cm_ct_first25")  # a good name passes
+    with pytest.raises(ConfigError, match="does not name a truncated trail"):
+        check_model("cm_ct_first0")
+
+
+def test_search_nfe_and_the_trail_a_model_reads():
+    cfg = load_config(REPO / "config" / "config.yaml", {"cost.fraction": 0.4})
+    assert [search_nfe(cfg, m) for m in models(cfg)] == [cfg["search"]["nfe"], 1, 1, 1, 1]
+    assert trained_model({"kind": "dm"}) == trained_model({}) == "dm"
+    assert trained_model({"kind": "cm", "mode": "ct"}) == "cm_ct"
+    check_trail("cm_ct_first40", {"kind": "cm", "mode": "ct"}, "m.json")  # a truncated name of the trail's model
+    check_trail("dm", {}, "m.json")
+    with pytest.raises(ConfigError) as err:
+        check_trail("cm_cd", {"kind": "cm", "mode": "ct"}, "t/manifest.json")
+    assert str(err.value) == ("--model cm_cd: t/manifest.json holds a cm_ct trail; pass --model cm_ct (or a "
+                              "truncated name of it)")
+    with pytest.raises(ConfigError, match="--model dm_first40: m.json holds a cm_cd trail"):
+        check_trail("dm_first40", {"kind": "cm", "mode": "cd"}, "m.json")

@@ -1,0 +1,124 @@
+"""The report's tables and sentences, on small hand-made results: the marks in the table, and the
+numbers and verdicts of each claim both where it holds and where it does not."""
+
+import pytest
+
+from lcsc.kernel.report import (best_baselines, best_ema, claims, consistency_claim, cost_claim, kept_emas,
+                                markdown_table)
+
+# FID by variant and NFE: lcsc best at NFE 1, the kept EMA best at NFE 2
+RESULTS = {"last": {1: 30.0, 2: 20.0}, "ema_0.99": {1: 25.0, 2: 18.0}, "uniform": {1: 28.0, 2: 19.5},
+           "lcsc": {1: 22.0, 2: 18.5}}
+
+
+def _with(lcsc: dict, base: dict = RESULTS, **more) -> dict:
+    return {**{k: v for k, v in base.items() if k != "lcsc"}, **more, "lcsc": lcsc}
+
+
+def test_markdown_table_bolds_each_columns_best_and_marks_the_best_baseline():
+    assert markdown_table(RESULTS, [1, 2]).splitlines() == [
+        "| variant | NFE 1 | NFE 2 |",
+        "| --- | ---: | ---: |",
+        "| last | 30.00 | 20.00 |",
+        "| ema_0.99 | 25.00 † | **18.00** † |",
+        "| uniform | 28.00 | 19.50 |",
+        "| lcsc | **22.00** | 18.50 |",
+    ]
+    # ties are all bold; lcsc alone has no baseline to mark
+    tied = markdown_table({"last": {1: 5.0}, "lcsc": {1: 5.0}}, [1])
+    assert tied.splitlines()[2:] == ["| last | **5.00** † |", "| lcsc | **5.00** |"]
+    assert "†" not in markdown_table({"lcsc": {1: 3.0, 2: 2.0}}, [1, 2])
+
+
+def test_best_baselines_and_kept_emas():
+    assert best_baselines(RESULTS, [1, 2]) == {1: "ema_0.99", 2: "ema_0.99"}
+    assert best_baselines(_with({1: 1.0, 2: 1.0}, ema_0_9={1: 24.0, 2: 21.0}), [1]) == {1: "ema_0_9"}
+    assert best_baselines({"lcsc": {1: 1.0}}, [1]) == {}
+    # the first of equal baselines, in the results' order
+    assert best_baselines({"uniform": {1: 2.0}, "last": {1: 2.0}, "lcsc": {1: 1.0}}, [1]) == {1: "uniform"}
+    # only EMAs kept during training count as EMAs, not their profiles recomputed from the trail
+    results = _with(RESULTS["lcsc"], **{"ema_0.9": {1: 26.0, 2: 17.0}, "ema_0.9_profile": {1: 1.0, 2: 1.0}})
+    assert kept_emas(results) == ["ema_0.99", "ema_0.9"]
+    assert best_ema(results, 1) == "ema_0.99" and best_ema(results, 2) == "ema_0.9"
+    assert best_ema({"last": {1: 1.0}, "lcsc": {1: 1.0}}, 1) is None
+
+
+def test_claims_state_the_numbers_and_whether_lcsc_wins():
+    results = _with({1: 22.0, 2: 18.5}, **{"ema_0.99_profile": {1: 26.0, 2: 19.0}})
+    assert claims(results, 2, [1, 2]) == [
+        "At the search NFE 2, LCSC's FID 18.50 is NOT below both the last checkpoint's 20.00 and the best "
+        "EMA's (ema_0.99) 18.00, on evaluation seeds the search never saw.",
+        "At NFE 2 LCSC does NOT beat the best baseline, ema_0.99 (18.00).",
+        "The EMA 0.99 kept during training scores 18.00 at NFE 2; the same EMA computed afterwards from the "
+        "sparse trail (ema_0.99_profile) scores 19.00.",
+    ]
+    wins = _with({1: 17.0, 2: 15.0}, results)
+    assert claims(wins, 2, [1, 2]) == [
+        "At the search NFE 2, LCSC's FID 15.00 is below both the last checkpoint's 20.00 and the best "
+        "EMA's (ema_0.99) 18.00, on evaluation seeds the search never saw.",
+        "At NFE 2 LCSC beats the best baseline, ema_0.99 (18.00).",
+        "The EMA 0.99 kept during training scores 18.00 at NFE 2; the same EMA computed afterwards from the "
+        "sparse trail (ema_0.99_profile) scores 19.00.",
+        "LCSC at NFE 1 (FID 17.00) matches or beats the best EMA at NFE 2 (FID 18.00).",
+    ]
+    # beating the last checkpoint alone is not "below both"; equal to the best baseline is not beating it
+    assert claims(_with({1: 30.0, 2: 19.0}), 2, [1, 2])[0].startswith(
+        "At the search NFE 2, LCSC's FID 19.00 is NOT below both")
+    assert claims(_with({1: 30.0, 2: 18.0}), 2, [1, 2])[1] == "At NFE 2 LCSC does NOT beat the best baseline, " \
+                                                             "ema_0.99 (18.00)."
+    # without kept EMAs: the best-baseline sentence only
+    no_ema = {"last": {1: 30.0, 2: 20.0}, "uniform": {1: 28.0, 2: 19.5}, "lcsc": {1: 22.0, 2: 19.0}}
+    assert claims(no_ema, 2, [1, 2]) == ["At NFE 2 LCSC beats the best baseline, uniform (19.50)."]
+
+
+def test_consistency_claim_compares_lcsc_with_the_base_model_at_the_next_nfe():
+    def claim(lcsc_at_1, results=RESULTS):
+        return consistency_claim(_with({1: lcsc_at_1, 2: 9.0}, results), 1, [1, 2])
+
+    head = "Paper's claim, LCSC at 1 NFE vs the base model at 2 NFE: LCSC scores {} at 1 NFE; the last " \
+           "checkpoint at 2 NFE scores 20.00 and the best EMA at 2 NFE (ema_0.99) 18.00. "
+    tail = " (evaluation seeds the search never saw)."
+    assert claim(17.0) == head.format("17.00") + \
+        "LCSC at 1 NFE beats the base model at 2 NFE: the paper's claim holds here" + tail
+    assert claim(19.0) == head.format("19.00") + "LCSC at 1 NFE beats the last checkpoint but not the best " \
+        "EMA at 2 NFE: the paper's claim holds only against the last checkpoint here" + tail
+    for worse in (20.0, 25.0):  # equal to the last checkpoint does not beat it
+        assert claim(worse) == head.format(f"{worse:.2f}") + "LCSC at 1 NFE does NOT beat the base model at " \
+            "2 NFE: the paper's claim does not hold here" + tail
+    # no kept EMA: the last checkpoint is the base model
+    no_ema = {"last": {1: 30.0, 2: 20.0}, "uniform": {1: 28.0, 2: 19.5}}
+    assert claim(19.0, no_ema) == "Paper's claim, LCSC at 1 NFE vs the base model at 2 NFE: LCSC scores 19.00 " \
+        "at 1 NFE; the last checkpoint at 2 NFE scores 20.00. LCSC at 1 NFE beats the base model at 2 NFE: " \
+        "the paper's claim holds here" + tail
+    # the next NFE of the sweep, not the next integer; none above the search NFE: no claim
+    sweep = {v: {1: f, 4: f - 1, 8: f - 2} for v, f in (("last", 30.0), ("lcsc", 28.5))}
+    assert "the last checkpoint at 4 NFE scores 29.00" in consistency_claim(sweep, 1, [1, 4, 8])
+    assert "the paper's claim holds here" in consistency_claim(sweep, 1, [1, 4, 8])  # 28.50 < 29.00
+    assert consistency_claim(RESULTS, 2, [1, 2]) is None
+
+
+@pytest.mark.parametrize("lcsc, verdict", [
+    (17.0, "It matches or beats the full run's best (ema_0.99) with 20 of 40 training iterations: an implied "
+           "training speed-up of 40/20 = 2.0x."),
+    (18.0, "It matches or beats the full run's best (ema_0.99) with 20 of 40 training iterations: an implied "
+           "training speed-up of 40/20 = 2.0x."),
+    (18.01, "It does not reach the full run's best (ema_0.99, 18.00), so this run implies no training speed-up "
+            "at this fraction."),
+])
+def test_cost_claim_states_the_speed_up_only_where_lcsc_reaches_the_full_run(lcsc, verdict):
+    kept = {"fraction": 0.5, "steps": 20, "total": 40, "checkpoints": 2}
+    # at NFE 2 the full run's best is its EMA (18.00), its last 20.00
+    text = cost_claim("cm_ct", {"last": {2: 24.0}, "lcsc": {2: lcsc}}, RESULTS, 2, kept)
+    assert text == (f"LCSC over the first 50% of cm_ct's training (2 checkpoints, steps up to 20 of 40) scores FID "
+                    f"{lcsc:.2f} at 2 NFE; that trail's own last checkpoint scores 24.00, and the full run's last "
+                    f"20.00 and its best EMA (ema_0.99) 18.00. {verdict}")
+
+
+def test_cost_claim_without_a_kept_ema_compares_with_the_last_checkpoint():
+    full = {"last": {1: 20.0}, "uniform": {1: 19.0}, "lcsc": {1: 15.0}}
+    kept = {"fraction": 0.7, "steps": 21, "total": 30, "checkpoints": 3}
+    text = cost_claim("dm", {"last": {1: 26.0}, "lcsc": {1: 19.5}}, full, 1, kept)
+    assert text == ("LCSC over the first 70% of dm's training (3 checkpoints, steps up to 21 of 30) scores FID 19.50 "
+                    "at 1 NFE; that trail's own last checkpoint scores 26.00, and the full run's last 20.00. It "
+                    "matches or beats the full run's best (last) with 21 of 30 training iterations: an implied "
+                    "training speed-up of 30/21 = 1.4x.")

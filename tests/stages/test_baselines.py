@@ -1,0 +1,27 @@
+"""Stage baselines: every profile and the greedy soup, scored with the search's fitness."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lcsc.cli import main
+from lcsc.kernel.paths import Layout
+
+from helpers import BASELINES
+
+
+def test_baselines_stage(trained):
+    cfg, cfg_file = trained
+    assert main(["baselines", "--config", str(cfg_file)]) == 0
+    layout = Layout.of(cfg)
+    result = json.loads(layout.baselines("dm").read_text())
+    assert list(result["profiles"]) == BASELINES
+    for name, p in result["profiles"].items():
+        assert sum(p["coefficients"]) == pytest.approx(1.0), name
+        assert np.isfinite(p["fitness"])
+    soup = result["profiles"]["greedy_soup"]
+    members = [i for i, c in enumerate(soup["coefficients"]) if c > 0]
+    assert soup["steps"][0]["added"] == members[0] or len(members) > 1
+    # the soup is never worse than its best single checkpoint (the first step)
+    assert soup["fitness"] <= soup["steps"][0]["fitness"]
