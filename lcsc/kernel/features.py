@@ -22,6 +22,8 @@ from .io import first_line, read_json, reading, sha256
 from .nets import DigitClassifier
 from .tensors import load_tensors
 
+METADATA_KEY = "lcsc"  # the safetensors metadata entry of a trained classifier: its architecture as JSON
+
 
 class FeatureNet:
     """A loaded feature extractor: `__call__(images in [-1, 1]) -> [N, D]` features."""
@@ -34,7 +36,7 @@ class FeatureNet:
         rerun = "rerun train_features (or pass the right --features)"
         with reading(path, "a feature network written by train_features", rerun):
             with safe_open(str(path), "pt") as fh:
-                meta = json.loads((fh.metadata() or {})["lcsc"])
+                meta = json.loads((fh.metadata() or {})[METADATA_KEY])
             self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
         try:
             self.net.load_state_dict(load_tensors(path))

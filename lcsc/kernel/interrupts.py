@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 
+PROGRAM = "lcsc"  # the module and console script a stage runs as
 GRACE = 3.0  # seconds in which a repeated signal is taken as the same interrupt
 _first: float | None = None
 _registered = False
@@ -72,9 +73,9 @@ def install() -> None:
 
 def _is_lcsc(cmdline: list[str]) -> bool:
     """`python -m lcsc ...` or the `lcsc` console script."""
-    if any(a == "-m" and b == "lcsc" for a, b in zip(cmdline, cmdline[1:])):
+    if any(a == "-m" and b == PROGRAM for a, b in zip(cmdline, cmdline[1:])):
         return True
-    return len(cmdline) > 1 and os.path.basename(cmdline[1]) == "lcsc"
+    return len(cmdline) > 1 and os.path.basename(cmdline[1]) == PROGRAM
 
 
 def _descendants_proc(pid: int) -> list[tuple[int, list[str]]]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..kernel.data import load_split
 from ..kernel.errors import ConfigError, DataError
+from ..kernel.features import METADATA_KEY
 from ..kernel.nets import DigitClassifier
 from ..kernel.paths import dataset_name
 from ..kernel.progress import progress
@@ -78,5 +79,5 @@ def train_classifier(cfg: dict, out: Path, device: torch.device, stage_run=None)
     meta = {"channels": train.images.shape[1], "num_classes": train.num_classes,
             "width": fcfg["width"], "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]),
             "test_accuracy": acc}
-    save_tensors(out, net.state_dict(), metadata={"lcsc": json.dumps(meta)})
+    save_tensors(out, net.state_dict(), metadata={METADATA_KEY: json.dumps(meta)})
     return meta
