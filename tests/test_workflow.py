@@ -269,14 +269,14 @@ def test_pipeline_end_to_end_with_inception_features_and_a_local_weights_file(tm
     """The tiny pipeline through Snakemake with `features: inception` (the stand-in network as the
     local weights file); replacing the weights file reruns every FID stage."""
     import json
-    import os
 
     import yaml
 
     weights = tmp_path / "inception.pt"
     shutil.copyfile(standin, weights)
     cfg = dict(TINY, experiment="tiny-inception", results_dir="results",
-               features={"kind": "inception", "weights": str(weights)})
+               features={"kind": "inception", "weights": str(weights)},
+               baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(["--cores", "2", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

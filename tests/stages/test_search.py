@@ -239,9 +239,9 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
         assert main(["baselines", "--config", str(trained[1])]) == 0
     args = ["search", "--config", str(cfg_file), "--threads", "1", "--manifest", str(manifest),
             "--features", str(features), "--stats", str(stats), "--baselines", str(baselines)]
-    whole = subprocess.run([sys.executable, "-c", KILLER, "none", "0", *args, "--out-dir", str(tmp_path / "whole")],
-                           cwd=REPO, capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    # the uninterrupted search, meanwhile (one thread each: the two cores run both)
+    whole = subprocess.Popen([sys.executable, "-c", KILLER, "none", "0", *args, "--out-dir", str(tmp_path / "whole")],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "whole.err", "w"))
     killed_dir = tmp_path / "killed"
     journal = killed_dir / "state" / "journal.jsonl"
     # records: 1 header; then per batch of 4: 4 asks, 4 evals; then 3 re-score evals (1 + 24 + 3)
@@ -265,6 +265,7 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "0 evaluations computed in this run" in resumed.stdout
+    assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-2000:]
     assert _history(killed_dir / "history.csv") == _history(tmp_path / "whole" / "history.csv")
     a = json.loads((killed_dir / "coefficients.json").read_text())
     b = json.loads((tmp_path / "whole" / "coefficients.json").read_text())
