@@ -19,9 +19,11 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
     input:
         report_outputs(),
+        export_outputs(),
     default_target: True

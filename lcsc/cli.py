@@ -27,7 +27,7 @@ from .kernel.config import (
 )
 from .kernel.errors import ConfigError, LcscError, StoreError, UsageError
 from .kernel.interrupts import install
-from .kernel.models import base_model, check_model, for_model, models, search_nfe
+from .kernel.models import IMPORTED, base_model, check_model, for_model, models, search_nfe
 from .kernel.paths import (
     Layout,
     dataset_name,
@@ -164,6 +164,29 @@ def cmd_truncate_trail(args) -> None:
     paths = truncate_trail.Paths(manifest=Path(args.manifest or layout.manifest(base_model(args.model))),
                                  out=Path(args.out or layout.manifest(args.model)))
     truncate_trail.run({}, paths, args.model)
+
+
+def cmd_import_trail(args) -> None:
+    from .stages import import_trail
+
+    cfg, layout, device, run = _setup(args, import_trail.NAME)
+    paths = import_trail.Paths(manifest=Path(args.out or layout.manifest(IMPORTED)))
+    with run:
+        import_trail.run(cfg, paths, device, run)
+
+
+def cmd_export(args) -> None:
+    from .stages import export
+
+    cfg, layout, device, run = _setup(args, export.NAME, args.model)
+    evaluations = args.evaluations or [layout.eval_json(args.model, v) for v in (args.variant, variants.LAST)]
+    paths = export.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
+                         evaluations=tuple(map(Path, evaluations)),
+                         out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
+                         coefficients=Path(args.coefficients or layout.coefficients(args.model, cfg["search"]["nfe"])),
+                         baselines=_baselines(layout, args))
+    with run:
+        export.run(cfg, paths, args.model, args.variant, device, run)
 
 
 def cmd_train_features(args) -> None:
@@ -319,7 +342,7 @@ _COMMON = [
     ("--threads", {"type": _count(0), "default": 0, "help": "torch CPU threads (0: torch's default)"}),
     ("--wildcards", {"help": "k=v,... naming this job in MLflow"}),
 ]
-_MODEL = ("--model", {"default": "dm", "help": "dm, cm_cd, cm_ct or <model>_first<percent>"})
+_MODEL = ("--model", {"default": "dm", "help": f"dm, cm_cd, cm_ct, <model>_first<percent> or {IMPORTED}"})
 _INPUTS = [(name, {}) for name in ("--manifest", "--features", "--stats")]
 _MANY = {"nargs": "+"}
 # (command, function, help, its own arguments)
@@ -335,6 +358,9 @@ COMMANDS = [
      "the training-cost experiment's trail: the first part of a model's trail (no files copied)",
      [("--model", {"required": True, "help": "<model>_first<percent>, e.g. cm_ct_first25"}),
       ("--manifest", {"help": "the full trail's manifest (default: the layout's)"}), ("--out", {})]),
+    ("import-trail", cmd_import_trail, "import another trainer's checkpoints (trail.source diffusers or "
+     "state_dict) as a trail manifest; the files stay where they are",
+     [("--out", {"help": "the manifest (default: the layout's imported trail)"})]),
     ("train-features", cmd_train_features, "train the FID feature classifier", [("--out", {})]),
     ("inception-features", cmd_inception_features,
      "find (or download) and check the Inception weights; write their descriptor", [("--out", {})]),
@@ -350,6 +376,11 @@ COMMANDS = [
     ("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep",
      [_MODEL, ("--variant", {"required": True}), *_INPUTS, ("--coefficients", {}), ("--baselines", {}),
       ("--out", {}), ("--grid", {})]),
+    ("export", cmd_export, "a variant's merged weights in the trail's own format, with a model card",
+     [_MODEL, ("--variant", {"default": variants.LCSC}), ("--manifest", {}), ("--coefficients", {}),
+      ("--baselines", {}), ("--evaluations", dict(_MANY, help="the evaluation JSONs the model card shows "
+                                                           "(default: the variant's and last's)")),
+      ("--out-dir", {"help": "the export folder"})]),
     ("tabulate", cmd_tabulate, "tables and plots of every evaluation",
      [("--models", dict(_MANY, help="default: every model the config runs")),
       ("--variants", dict(_MANY, help="default: each model's own variants")),

@@ -97,3 +97,17 @@ def folders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("img")
     return write_folder(root / "a", 90, 16, seed=1), write_folder(root / "b", 90, 12, seed=2, grey=True)
+
+
+@pytest.fixture(scope="module")
+def sd_run(trained, tmp_path_factory):
+    """The session trail as state dicts (the second checkpoint in bfloat16), and the factory's folder."""
+    from foreign_trails import state_dict_run, write_factory
+    from helpers import trained_paths
+
+    cfg, _ = trained
+    root = tmp_path_factory.mktemp("sd")
+    run = state_dict_run(trained_paths(cfg)[0], root / "my run; 'x'",
+                         dtype=lambda i: torch.bfloat16 if i == 1 else None)
+    factory = write_factory(root / "code")
+    return cfg, run, root / "code", factory

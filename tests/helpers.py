@@ -199,3 +199,17 @@ def read_folder(folder):
         arr = np.asarray(Image.open(path), dtype=np.float32)
         out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out)) / 127.5 - 1
+
+
+def sd_config(sd_run, tmp_path, folder=None, **trail):
+    """The session's config with the state-dict trail as its source (results in tmp_path)."""
+    cfg, run, code, factory = sd_run
+    cfg = copy.deepcopy(cfg)
+    manifest = json.loads(trained_paths(cfg)[0].read_text())
+    cfg["results_dir"] = str(tmp_path / "results")
+    cfg["trail"] = {"source": "state_dict", "path": str(folder or run), "key": "state_dict", "prefix": "module.",
+                    "ema": "ema_*.pt", "ema_decay": 0.99, "factory": factory, "code": str(code),
+                    "factory_kwargs": manifest["model_config"], **trail}
+    path = tmp_path / "imported.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return cfg, str(path)

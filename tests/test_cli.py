@@ -226,8 +226,8 @@ def test_tabulate_file_lists_that_do_not_fit_the_models_are_one_line(tiny, monke
              "lcsc tabulate: --histories: 1 files for 2 models; give one per model, in the order of --models"),
             (["--models", "dm", "--evaluations", "e1.json", "e2.json", "--grids", "g.png"],
              "lcsc tabulate: --grids: 1 files for 2 evaluations; give one per evaluation, in the same order"),
-            (["--models", "gan"], "lcsc tabulate: unknown model 'gan'; the models are dm, cm_cd, cm_ct and "
-                                  "<model>_first<percent>")):
+            (["--models", "gan"], "lcsc tabulate: unknown model 'gan'; the models are dm, cm_cd, cm_ct, "
+                                  "<model>_first<percent> and imported (an imported trail)")):
         assert main(["tabulate", "--config", config, *extra]) == 2
         err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("lcsc: warning: ")]
         assert err == [line]

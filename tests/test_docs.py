@@ -99,6 +99,13 @@ def _pip(args: list[str], tmp_path: Path) -> None:
     assert args[3:] == ["-e", ".[test]"] and "test" in extras
 
 
+def _demo_run(args: list[str], tmp_path: Path) -> None:
+    """The offline stand-in for a diffusers training run (tests/foreign_trails.py) takes the arguments."""
+    from foreign_trails import parse_args
+
+    parse_args(args)
+
+
 CHECKS = [
     (r"make (run|test|lint)", lambda m, tmp: _make(m[1], tmp)),
     (r"\.venv/bin/snakemake (.+)", lambda m, tmp: _snakemake(shlex.split(m[1]), tmp)),
@@ -106,6 +113,7 @@ CHECKS = [
     (r"\.venv/bin/python bench/(\w+\.py) (.+)", lambda m, tmp: _bench(m[1], shlex.split(m[2]), tmp)),
     (r"PYTHON=\S+ bench/stage_times\.sh (.+)", lambda m, tmp: _stage_times(shlex.split(m[1]), tmp)),
     (r"\.venv/bin/pip (.+)", lambda m, tmp: _pip(shlex.split(m[1]), tmp)),
+    (r"\.venv/bin/python tests/foreign_trails\.py (.+)", lambda m, tmp: _demo_run(shlex.split(m[1]), tmp)),
 ]
 
 

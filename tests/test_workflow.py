@@ -121,8 +121,15 @@ def test_workflow_produces_the_report(workflow_run):
     assert ("implied training speed-up of 30/20 = 1.5x" in cost) != ("implies no training speed-up" in cost)
     logs = list((root / RESULTS / "tiny-wf" / "logs").rglob("*.log"))
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
-    # 3 x 6 + 2 evaluations, tabulate
-    assert len(logs) == 2 + 3 + 1 + 8 + 20 + 1
+    # 3 x 6 + 2 evaluations, tabulate, the 3 full models' exports
+    assert len(logs) == 2 + 3 + 1 + 8 + 20 + 1 + 3
+    for model in ("dm", "cm_cd", "cm_ct"):  # lcsc's own trails export safetensors of the searched combination
+        export = root / RESULTS / "tiny-wf" / model / "export" / "lcsc"
+        meta = json.loads((export / "coefficients.json").read_text())
+        searched = json.loads((root / RESULTS / "tiny-wf" / model / "search" / f"nfe{WF_MODELS[model]}" /
+                               "coefficients.json").read_text())
+        assert meta["coefficients"] == searched["coefficients"] and (export / "model.safetensors").is_file()
+        assert "| lcsc |" in (export / "README.md").read_text()
     again = snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
     # where and how jobs run (MLflow, devices, CPU threads, trail chunks) reruns nothing
@@ -146,7 +153,8 @@ def test_workflow_produces_the_report(workflow_run):
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
         jobs.append((rule, wildcards.group(1) if wildcards else ""))
-    assert {r for r, _ in jobs} == {"truncate_trail", "baselines", "search", "evaluate", "tabulate", "all"}, jobs
+    assert {r for r, _ in jobs} == {"truncate_trail", "baselines", "search", "evaluate", "tabulate", "export",
+                                    "all"}, jobs
     for rule, wildcards in jobs:
         if rule not in ("tabulate", "all"):
             assert re.search(r"\b(model|base)=dm(_first70)?(,|$)", wildcards), (rule, wildcards)
@@ -211,7 +219,8 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     assert parent.data.params["search.budget"] == "8"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     expected = {"train_dm[model=dm]", "train_cm[model=cm_cd]", "train_cm[model=cm_ct]", "train_features",
-                "reference_stats[split=train]", "tabulate"}
+                "reference_stats[split=train]", "tabulate",
+                *[f"export[model={m},variant=lcsc]" for m in ("dm", "cm_cd", "cm_ct")]}
     for model, nfe in WF_MODELS.items():
         expected |= {f"baselines[model={model}]", f"search[model={model},nfe={nfe}]"}
         expected |= {f"evaluate[model={model},variant={v}]"

@@ -13,7 +13,7 @@ import yaml
 
 from . import variants
 from .errors import ConfigError
-from .models import for_model, models, truncation
+from .models import for_model, imported, models, truncation
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -50,7 +50,7 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"search.nfe: {cfg['search']['nfe']} is not in evaluate.nfe {cfg['evaluate']['nfe']}; "
             "the search NFE must be one of the evaluated NFEs"
         )
-    if cfg["train"]["checkpoint_every"] > cfg["train"]["iterations"]:
+    if not imported(cfg) and cfg["train"]["checkpoint_every"] > cfg["train"]["iterations"]:
         errors.append(
             f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
             f"{cfg['train']['iterations']}; it must be at most the number of iterations"
@@ -65,7 +65,7 @@ def _cross_checks(cfg: dict) -> list[str]:
     if too_many:
         errors.append(f"evaluate.nfe: {too_many} exceed diffusion.timesteps {cfg['diffusion']['timesteps']}")
     n_checkpoints = -(-cfg["train"]["iterations"] // cfg["train"]["checkpoint_every"])
-    for n in cfg["baselines"]["lawa_last"]:
+    for n in cfg["baselines"]["lawa_last"] if not imported(cfg) else []:  # an import checks its own count
         if n > n_checkpoints:
             errors.append(f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the trail will hold")
     lo, hi = cfg["search"]["bounds"]
@@ -79,7 +79,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
-    errors += _consistency_checks(cfg)
+    errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg)
     errors += _name_and_path_checks(cfg)
     errors += _search_checks(cfg)
     errors += _feature_space_checks(cfg)
@@ -98,6 +98,38 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"data.image_size: {size} is not divisible by 2^{levels - 1}, which "
             f"model.channel_mult with {levels} levels needs"
         )
+    return errors
+
+
+def _trail_checks(cfg: dict) -> list[str]:
+    """An imported trail (`trail.source` diffusers or state_dict) needs its folder, and a
+    state-dict trail the code that builds its network."""
+    t, errors = cfg["trail"], []
+    source = t["source"]
+    if not t["path"]:
+        errors.append(f"trail.path: required with trail.source {source!r} (the training run's folder)")
+    if bool(t["ema"]) != (t["ema_decay"] is not None):
+        errors.append("trail.ema_decay: give it together with trail.ema (the decay names the variant ema_<decay>)"
+                      if t["ema"] else "trail.ema: trail.ema_decay is set, but no trail.ema names the EMA's files")
+    if source == "state_dict" and not t["factory"]:
+        errors.append("trail.factory: required with trail.source 'state_dict': package.module:function that "
+                      "builds the network")
+    only = {"diffusers": ("key", "prefix", "factory", "code"), "state_dict": ("scheduler",)}[source]
+    errors += [f"trail.{key}: set, but trail.source {source!r} does not read it" for key in only if t[key]]
+    if source == "diffusers" and t["sampler"] != "dm":
+        errors.append("trail.sampler: a diffusers trail samples with its own schedulers (diffusion.sampler); "
+                      "trail.sampler applies to state_dict trails")
+    if t["pattern"] is not None:
+        try:
+            if re.compile(t["pattern"]).groups != 1:
+                errors.append(f"trail.pattern: {t['pattern']!r} must have exactly one group (the step)")
+        except re.error as exc:
+            errors.append(f"trail.pattern: {t['pattern']!r} is not a regular expression ({exc})")
+    if cfg["cost"]["fraction"] is not None:
+        errors.append("cost.fraction: the training-cost experiment truncates trails trained here; set it to null "
+                      "for an imported trail")
+    if source == "state_dict" and t["sampler"] == "cm":
+        errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])))
     return errors
 
 
@@ -130,6 +162,9 @@ def _name_and_path_checks(cfg: dict) -> list[str]:
         bad = [n for n in names if not NAME.match(n)]
         if bad:
             errors.append(f"{model}: the names {bad} would not be safe file names (letters, digits, '.', '_', '-')")
+        unknown = [v for v in cfg["export"]["variants"] if v not in names[1:]]
+        if unknown and truncation(model) is None:
+            errors.append(f"export.variants: {unknown} are not variants of {model} ({', '.join(names[1:])})")
     return errors
 
 
@@ -194,7 +229,7 @@ def config_warnings(cfg: dict) -> list[str]:
     """Settings that are legal but certainly useless; the workflow and the CLI print them at parse time."""
     out = []
     for model in models(cfg):
-        if truncation(model) is not None:
+        if truncation(model) is not None or imported(cfg):
             continue
         t = for_model(cfg, model)["train"]
         for decay in t["ema_decays"]:

@@ -32,3 +32,18 @@ def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
                               f"({torch.cuda.device_count()} CUDA devices visible)")
         out.append(d)
     return out
+
+
+def peak_memory(devices) -> str:
+    """The peak resident memory of this process and the peak memory torch allocated on each CUDA
+    device, for the log of a stage that holds a trail."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    host = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    parts = [f"host {host:.0f} MB"]
+    for d in dict.fromkeys(torch.device(x) for x in devices):
+        if d.type == "cuda":
+            parts.append(f"{d} {torch.cuda.max_memory_allocated(d) / 2**20:.0f} MB")
+    return "peak memory: " + ", ".join(parts)

@@ -1,6 +1,7 @@
 """Model names and the config each model's stages read: `dm`, the consistency models `cm_cd` and
-`cm_ct`, and for the training-cost experiment `<model>_first<percent>`, LCSC over the first part
-of that model's trail."""
+`cm_ct`, for the training-cost experiment `<model>_first<percent>`, LCSC over the first part
+of that model's trail, and `imported`, the one model of a trail brought from another trainer
+(`trail.source` diffusers or state_dict)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,31 @@ from .errors import ConfigError
 
 TRUNCATED = "_first"
 MODEL_BASES = ("dm", "cm_cd", "cm_ct")
+IMPORTED = "imported"
+TRAINED_HERE = "lcsc"  # trail.source of the trails lcsc's own training writes
+# the manifest kinds of imported trails (lcsc.kernel.families)
+IMPORTED_KINDS = ("diffusers", "state_dict")
+
+
+def imported(cfg: dict) -> bool:
+    """Whether the config brings its trail from another trainer instead of training here."""
+    return cfg.get("trail", {}).get("source", TRAINED_HERE) != TRAINED_HERE
 
 
 def base_model(model: str) -> str:
     return model.split(TRUNCATED)[0]
 
 
-def model_kind(model: str) -> str:
-    """`dm` or `cm`."""
+def model_kind(model: str, cfg: dict | None = None) -> str:
+    """`dm` or `cm`: how the model samples (for `imported`, as `cfg`'s trail says)."""
+    if model == IMPORTED:
+        trail = (cfg or {}).get("trail", {})
+        return "cm" if trail.get("source") == "state_dict" and trail.get("sampler") == "cm" else "dm"
     base = base_model(model)
     if base in MODEL_BASES:
         return "dm" if base == "dm" else "cm"
-    raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct and <model>{TRUNCATED}<percent>")
+    raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct, <model>{TRUNCATED}<percent> and "
+                      f"{IMPORTED} (an imported trail)")
 
 
 def truncated_name(model: str, fraction: float) -> str:
@@ -54,7 +68,10 @@ def check_model(model: str) -> None:
 
 
 def models(cfg: dict) -> list[str]:
-    """Every model the config runs: dm, the consistency modes, then the truncated trails."""
+    """Every model the config runs: dm, the consistency modes, then the truncated trails; or,
+    for an imported trail, `imported` alone."""
+    if imported(cfg):
+        return [IMPORTED]
     out = ["dm", *[f"cm_{m}" for m in cfg["consistency"]["modes"]]]
     fraction = cfg["cost"]["fraction"]
     if fraction is not None:
@@ -68,7 +85,7 @@ def for_model(cfg: dict, model: str) -> dict:
     `consistency.evaluate_nfe`; the diffusion model's stages do not see `consistency` at all (so
     they do not rerun when it changes). Applying it twice changes nothing."""
     out = copy.deepcopy(cfg)
-    if model_kind(model) == "dm":
+    if model_kind(model, cfg) == "dm":
         out.pop("consistency", None)
         return out
     c = out.get("consistency")
@@ -90,8 +107,10 @@ def search_nfe(cfg: dict, model: str) -> int:
 
 
 def trained_model(manifest: dict) -> str:
-    """The model a trail manifest holds: `dm`, or `cm_<mode>`."""
+    """The model a trail manifest holds: `dm`, `cm_<mode>` or `imported`."""
     kind = manifest.get("kind", "dm")
+    if kind in IMPORTED_KINDS:
+        return IMPORTED
     return "dm" if kind == "dm" else f"cm_{manifest.get('mode')}"
 
 

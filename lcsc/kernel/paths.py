@@ -87,6 +87,9 @@ class Layout:
     def eval_grid(self, model: str, variant: str) -> Path:
         return self.root / model / "eval" / f"{variant}.png"
 
+    def export_dir(self, model: str, variant: str) -> Path:
+        return self.root / model / "export" / variant
+
     def report_dir(self) -> Path:
         return self.root / "report"
 

@@ -25,6 +25,7 @@ again and again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import json
 import os
@@ -429,6 +430,21 @@ class StageRun:
             self.client.log_artifact(self.run_id, str(path), folder)
         except Exception as exc:
             self._warn("artifact upload", exc)
+
+    def register_model(self, name: str, folder: str) -> str | None:
+        """A new version of the registered model `name` whose source is the artifact `folder` of
+        this run; its version number, or None when MLflow is off or failed (one warning)."""
+        if self.client is None:
+            return None
+        try:
+            with contextlib.suppress(Exception):  # it exists already
+                self.client.create_registered_model(name)
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{folder}"
+            version = self.client.create_model_version(name, source, run_id=self.run_id)
+        except Exception as exc:
+            self._warn("model registration", exc)
+            return None
+        return str(version.version)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.record["tags"] |= {k: str(v) for k, v in tags.items()}

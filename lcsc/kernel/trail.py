@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import TrailError
 from .io import read_json, sha256
+from .models import IMPORTED_KINDS
 from .tensors import load_tensors
 
 MANIFEST_FORMAT = "lcsc-trail/1"
@@ -23,6 +24,11 @@ class Trail:
     manifest: dict
     steps: list[int] = field(default_factory=list)
     files_root: Path | None = None  # the folder every file lies in: `root`, or the one the manifest declares
+    base: Path | None = None  # what entries' `file`s are relative to: `root`, or an imported run's folder
+
+    def __post_init__(self):
+        if self.base is None:
+            self.base = self.root
 
     @classmethod
     def open(cls, manifest_path: str | Path, verify: bool = True) -> Trail:
@@ -37,13 +43,15 @@ class Trail:
         entries = _checked_entries(manifest_path, manifest)
         files_root = _files_root(manifest_path, manifest)
         inside = files_root.resolve()
+        # an imported trail's files stay in the training run's folder, relative to it
+        base = files_root if manifest.get("kind") in IMPORTED_KINDS else manifest_path.parent
         for where, entry in entries:
             file = Path(entry["file"])
-            if file.is_absolute() or not (manifest_path.parent / file).resolve().is_relative_to(inside):
+            if file.is_absolute() or not (base / file).resolve().is_relative_to(inside):
                 raise TrailError(f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
                                  f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
                                  "wrote it)")
-        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]], files_root)
+        trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]], files_root, base)
         if verify:
             trail.verify()
         return trail
@@ -51,14 +59,14 @@ class Trail:
     def verify(self) -> None:
         """Every file the manifest lists exists and holds the bytes its sha256 says."""
         manifest_path = self.root / "manifest.json"
+        rerun = "rerun import_trail" if self.manifest.get("kind") in IMPORTED_KINDS else "rerun the training (it resumes)"
         for _, entry in _checked_entries(manifest_path, self.manifest):
-            path = self.root / entry["file"]
+            path = self.base / entry["file"]
             if not path.exists():
-                raise TrailError(f"{path}: listed in {manifest_path} but missing; restore it or rerun the "
-                                 "training (it resumes)")
+                raise TrailError(f"{path}: listed in {manifest_path} but missing; restore it or {rerun}")
             if sha256(path) != entry["sha256"]:
                 raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}; the file was "
-                                 "changed or cut short: restore it or rerun the training")
+                                 f"changed after the trail was written, or cut short: restore it or {rerun}")
 
     def __len__(self) -> int:
         return len(self.manifest["checkpoints"])
@@ -82,10 +90,10 @@ class Trail:
                              "rerun the stage that wrote it")
 
     def checkpoint_path(self, i: int) -> Path:
-        return self.root / self.manifest["checkpoints"][i]["file"]
+        return self.base / self.manifest["checkpoints"][i]["file"]
 
     def ema_paths(self) -> dict[float, Path]:
-        return {e["decay"]: self.root / e["file"] for e in self.manifest.get("ema", [])}
+        return {e["decay"]: self.base / e["file"] for e in self.manifest.get("ema", [])}
 
     def stack(self, shapes: dict[str, tuple], device="cpu", dtype=torch.float32, load=load_tensors) -> torch.Tensor:
         """All checkpoints as rows of one [K, P] matrix, flattened in the order of `shapes`
@@ -120,11 +128,16 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
 
 
 def _files_root(manifest_path: Path, manifest: dict) -> Path:
-    """The folder the manifest's files must lie in: its own folder, or, for a manifest that
-    declares a relative `root` (a truncated trail: its base trail's folder), that folder, which
+    """The folder the manifest's files must lie in: its own folder, an imported trail's run folder
+    (its absolute `root`), or, for a manifest that declares a relative `root` (a truncated trail: its base trail's folder), that folder, which
     must hold a trail manifest itself. A truncated manifest written before `root` was declared
     lies in the folder of its first file."""
     declared = manifest.get("root")
+    if manifest.get("kind") in IMPORTED_KINDS:
+        if not isinstance(declared, str) or not Path(declared).is_absolute() or not Path(declared).is_dir():
+            raise TrailError(f"{manifest_path}: root {declared!r} is not the imported run's folder (an absolute "
+                             "path to an existing folder); rerun import_trail")
+        return Path(declared)
     if declared is None and "truncated_from" in manifest:
         declared = posixpath.dirname(str(manifest["checkpoints"][0]["file"])) or "."
     if declared is None or declared == ".":

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import profiles
 from .errors import ConfigError, TrailError
 from .io import read_json
-from .models import for_model, truncation
+from .models import IMPORTED, for_model, truncation
 
 LAST = "last"
 LCSC = "lcsc"
@@ -32,7 +32,16 @@ def names(cfg: dict, model: str = "dm") -> list[str]:
     if truncation(model) is not None:
         return [LAST, LCSC]
     cfg = for_model(cfg, model)
-    return [LAST, *[kept_ema(d) for d in cfg["train"]["ema_decays"]], *scored_profiles(cfg["baselines"])[1:], LCSC]
+    return [LAST, *[kept_ema(d) for d in kept_decays(cfg, model)], *scored_profiles(cfg["baselines"])[1:], LCSC]
+
+
+def kept_decays(cfg: dict, model: str) -> list[float]:
+    """The decays of the EMAs the model's training kept: `train.ema_decays` (as `for_model` gives
+    it), or for an imported trail the one EMA `trail.ema` names."""
+    if model == IMPORTED:
+        trail = cfg["trail"]
+        return [trail["ema_decay"]] if trail["ema"] else []
+    return list(cfg["train"]["ema_decays"])
 
 
 def scored_profiles(bcfg: dict) -> list[str]:

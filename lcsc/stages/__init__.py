@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 
 from ..kernel.config import RUNTIME_KEYS
-from ..kernel.models import base_model, for_model
+from ..kernel.models import IMPORTED, base_model, for_model, imported
 
 # The config sections each stage reads.
 STAGE_SECTIONS = {
@@ -27,19 +27,25 @@ STAGE_SECTIONS = {
     "evaluate": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
                  "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
+    "import_trail": ["data", "diffusion", "consistency", "trail"],
+    "export": ["data", "diffusion", "consistency", "search", "evaluate", "baselines", "export"],
 }
+# Stages that read `trail` only for an imported trail: with `trail.source: lcsc` their slices (and
+# so their rerun triggers) are those of the trained models alone.
+TRAIL_STAGES = ("baselines", "search", "evaluate", "tabulate", "export")
 # Stages that read only part of `search`: baselines score with the search's fitness settings,
 # evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
 STAGE_SEARCH_KEYS = {"baselines": ("nfe", "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
 # The keys of `consistency` that a consistency model's sampling stages read (the training keys
 # reach them through the trail they read).
 _SAMPLING = ("sigma_min", "sigma_max", "sigma_data", "rho", "sampling_sigmas", "search_nfe")
-CONSISTENCY_KEYS = {"baselines": _SAMPLING, "search": _SAMPLING, "evaluate": (*_SAMPLING, "evaluate_nfe")}
+CONSISTENCY_KEYS = {"baselines": _SAMPLING, "search": _SAMPLING, "evaluate": (*_SAMPLING, "evaluate_nfe"),
+                    "export": (*_SAMPLING, "evaluate_nfe")}
 # Training reads only these keys of `diffusion` (the DM its noise schedule; CD how its teacher
 # clips), so a new sampler reruns the sampling stages alone.
 STAGE_DIFFUSION_KEYS = {"train_dm": ("schedule", "timesteps"), "train_cm": ("clip_denoised",)}
 # Stages whose jobs are per model.
-MODEL_STAGES = ("train_cm", "baselines", "search", "evaluate")
+MODEL_STAGES = ("train_cm", "baselines", "search", "evaluate", "export")
 # The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
 FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
                      "inception": ("mode", "weights", "reference_folder")}
@@ -53,10 +59,11 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
         model = "dm"
     if model is not None:
         cfg = for_model(cfg, model)
-    out = {k: copy.deepcopy(cfg[k]) for k in STAGE_SECTIONS[stage] if k in cfg}
+    sections = STAGE_SECTIONS[stage] + (["trail"] if stage in TRAIL_STAGES and imported(cfg) else [])
+    out = {k: copy.deepcopy(cfg[k]) for k in sections if k in cfg}
     if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
         out["search"] = {k: v for k, v in out["search"].items() if k in STAGE_SEARCH_KEYS[stage]}
-    if model is not None and "consistency" in out:
+    if model is not None and "consistency" in out and model != IMPORTED:
         _consistency_slice(out, stage, base_model(model)[3:])
     if stage in STAGE_DIFFUSION_KEYS and "diffusion" in out:
         out["diffusion"] = {k: v for k, v in out["diffusion"].items() if k in STAGE_DIFFUSION_KEYS[stage]}

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..kernel import variants
+from ..kernel.devices import peak_memory
 from ..kernel.images import save_grid
 from ..kernel.io import write_json
 from ..kernel.progress import progress
@@ -47,6 +48,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
         if stage_run is not None:
             stage_run.log_metrics({"fid": fids[nfe], "seconds": seconds[nfe]}, step=nfe)
     bar.close()
+    print(f"[evaluate] {model}/{variant}: {peak_memory([scorer.device])}", flush=True)
     result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
               "fid": {str(k): v for k, v in fids.items()},
               "seconds": {str(k): round(v, 3) for k, v in seconds.items()},

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..kernel import profiles
-from ..kernel.devices import search_devices
+from ..kernel.devices import peak_memory, search_devices
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
 from ..kernel.io import (
@@ -290,6 +290,7 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         history.bar.close()
         print(f"[search] {fitness.evaluated} evaluations computed in this run, {fitness.reused} fitnesses reused "
               "(from the baselines stage, the journal or an identical candidate)", flush=True)
+        print(f"[search] {peak_memory(devices)}", flush=True)
         result = write(scfg, paths, scorer, history, start_row, chosen, rescored)
     finally:
         journal.close()

@@ -65,10 +65,13 @@ def test_truncated_names_their_base_and_their_kind():
     assert [base_model(m) for m in ("dm", "cm_cd_first70", "dm_first10")] == ["dm", "cm_cd", "dm"]
     assert [model_kind(m) for m in ("dm", "dm_first10", "cm_cd", "cm_ct_first25")] == ["dm", "dm", "cm", "cm"]
     for bad in ("gan", "cm_xx", "cm", "DM"):
-        with pytest.raises(ConfigError, match=f"unknown model {bad!r}; the models are dm, cm_cd, cm_ct and "
-                                              "<model>_first<percent>"):
+        with pytest.raises(ConfigError, match=f"unknown model {bad!r}; the models are dm, cm_cd, cm_ct, "
+                                              "<model>_first<percent> and imported"):
             check_model(bad)
     check_model("cm_ct_first25")  # a good name passes
+    check_model("imported")
+    sd = {"trail": {"source": "state_dict", "sampler": "cm"}}
+    assert [model_kind("imported"), model_kind("imported", sd)] == ["dm", "cm"]
     with pytest.raises(ConfigError, match="does not name a truncated trail"):
         check_model("cm_ct_first0")
 

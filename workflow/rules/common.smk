@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from lcsc.kernel import variants
 from lcsc.kernel.config import config_warnings, runtime_config, validate
 from lcsc.kernel.errors import ConfigError, FeatureError
-from lcsc.kernel.models import MODEL_BASES, TRUNCATED, models, search_nfe
+from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, imported, models, search_nfe, truncation
 from lcsc.kernel.paths import Layout, feature_tag, reference_source
 from lcsc.kernel.tracking import PARENT_ENV
 from lcsc.stages import stage_config
@@ -154,6 +154,29 @@ def tabulate_inputs(wildcards):
 
 def report_outputs():
     return LAYOUT.report_files()
+
+
+def export_card(model, variant):
+    return LAYOUT.export_dir(model, variant) / "README.md"
+
+
+def export_outputs():
+    """The exports of every full model (a truncated trail's result is an experiment, not a model)."""
+    return [export_card(m, v) for m in MODELS if truncation(m) is None for v in config["export"]["variants"]]
+
+
+def export_inputs(wildcards):
+    """The trail, the variant's weights file, and the evaluations its model card shows (the
+    variant's, last's and the kept EMAs')."""
+    inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("features", "stats")}
+    shown = [wildcards.variant, variants.LAST,
+             *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL]]
+    inputs["evaluations"] = [LAYOUT.eval_json(wildcards.model, v) for v in dict.fromkeys(shown)]
+    return inputs
+
+
+def export_folder(wildcards, output):
+    return os.path.dirname(output.card)
 
 
 onstart:

@@ -56,3 +56,22 @@ rule truncate_trail:
     shell:
         "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model:q}"
         " --manifest {input.manifest:q} --out {output.manifest:q} 2>&1 | tee {log:q}"
+
+
+# A trail from another trainer (trail.source diffusers or state_dict): a manifest over its files,
+# which stay where they are; the training rules above do not run.
+if imported(config):
+
+    rule import_trail:
+        output:
+            manifest=LAYOUT.manifest(IMPORTED),
+        log:
+            LAYOUT.log("import_trail", IMPORTED),
+        params:
+            cfg=stage_json("import_trail"),
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        shell:
+            "lcsc import-trail --config-json {params.cfg:q} --threads {threads:q} --wildcards model={IMPORTED:q}"
+            " --out {output.manifest:q} 2>&1 | tee {log:q}"

@@ -6,6 +6,7 @@ import torch
 
 from lcsc.kernel.errors import ConfigError, TrailError
 from lcsc.kernel.families import FAMILIES, family_for
+from lcsc.kernel.families.diffusers import DiffusersFamily
 from lcsc.kernel.families.consistency import ConsistencyFamily, ConsistencySampler, Parameterization
 from lcsc.kernel.families.diffusion import DiffusionFamily, VPDiffusion
 from lcsc.kernel.scoring import make_noise
@@ -33,7 +34,7 @@ def _cm_trail(tmp_path, cfg, mode="ct") -> Trail:
 
 def test_family_for_picks_the_family_by_the_manifests_kind(tmp_path):
     cfg = _cfg(tmp_path)
-    assert FAMILIES == {"dm": DiffusionFamily, "cm": ConsistencyFamily}
+    assert FAMILIES == {"dm": DiffusionFamily, "cm": ConsistencyFamily, "diffusers": DiffusersFamily}
     for manifest in ({"kind": "dm"}, {}):  # a manifest without a kind is a diffusion trail
         family = family_for(_trail(tmp_path, cfg, **manifest), cfg)
         assert type(family) is DiffusionFamily and isinstance(family.sampler, VPDiffusion)
@@ -44,7 +45,7 @@ def test_family_for_picks_the_family_by_the_manifests_kind(tmp_path):
         with pytest.raises(TrailError) as err:
             family_for(_trail(tmp_path, cfg, kind=kind), cfg)
         assert str(err.value) == (f"{tmp_path / 'manifest.json'}: kind {kind!r} is no model family lcsc knows "
-                                  "(dm, cm); rerun the stage that wrote the trail")
+                                  "(dm, cm, diffusers, state_dict); rerun the stage that wrote the trail")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])

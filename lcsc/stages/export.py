@@ -1,0 +1,159 @@
+"""Stage export: a variant's merged weights, taken back where the trail came from.
+
+`<model>/export/<variant>/` holds the weights in the trail's own format (diffusers: a
+`save_pretrained` UNet folder `unet/` and a `pipeline/` folder that `DDPMPipeline.from_pretrained`
+loads, with the scheduler the evaluation sampled with; state_dict: the input's key path, prefix
+and dtypes, in its file format; lcsc: safetensors), `coefficients.json`, and a model card
+`README.md` with the evaluation's FIDs against last and the kept EMAs, the trail's fingerprint,
+the search settings, how to load it and how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..kernel import variants
+from ..kernel.checkpoints import read_file, state_at
+from ..kernel.errors import ConfigError
+from ..kernel.families import family_for
+from ..kernel.io import atomic_path, read_json, write_json, write_text
+from ..kernel.scoring import open_trail
+from ..kernel.tensors import save_tensors
+from ..kernel.trail import combine
+
+NAME = "export"
+CARD, COEFFICIENTS = "README.md", "coefficients.json"
+
+
+@dataclass(frozen=True)
+class Paths:
+    manifest: Path
+    evaluations: tuple[Path, ...]  # the model's evaluation JSONs: the variant's, last's and the kept EMAs'
+    out: Path  # the export folder
+    coefficients: Path | None = None  # the search's, for lcsc
+    baselines: Path | None = None  # the baselines stage's, for a profile
+
+
+def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_run=None) -> Path:
+    trail = open_trail(paths.manifest, model)
+    family = family_for(trail, cfg)
+    net = family.build_network()
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    c = variants.coefficients_of(trail, variant, paths.coefficients, paths.baselines, cfg["baselines"])
+    if c is None:  # a kept EMA: its own file
+        state = family.load_checkpoint(variants.checkpoint_file(trail, variant))
+    else:
+        flat = combine(trail.stack(shapes, load=family.load_checkpoint), c)
+        state, offset = {}, 0
+        for key, shape in shapes.items():
+            n = int(torch.Size(shape).numel())
+            state[key] = flat[offset:offset + n].view(shape).clone()
+            offset += n
+    out = Path(paths.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = trail.manifest.get("kind", "dm")
+    written = WRITERS.get(kind, _write_lcsc)(cfg, trail, net, state, out)
+    fingerprint = hashlib.sha256("".join(trail.fingerprint).encode()).hexdigest()
+    write_json(out / COEFFICIENTS, {"model": model, "variant": variant, "coefficients": c, "steps": trail.steps,
+                                    "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
+                                    "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
+    evaluations = [read_json(p, "rerun the evaluate stage", keys=("model", "variant", "fid")) for p in paths.evaluations]
+    sampler = family.sampler.settings(None)["sampler"]
+    write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
+                                      len(trail)))
+    print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
+    if stage_run is not None:
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            stage_run.log_artifact(path, f"export/{variant}/{path.parent.relative_to(out).as_posix()}".rstrip("/."))
+        if cfg["export"]["register"]:
+            version = stage_run.register_model(cfg["export"]["register"], f"export/{variant}")
+            if version:
+                print(f"[export] registered as {cfg['export']['register']} version {version}")
+    return out
+
+
+def _write_lcsc(cfg, trail, net, state: dict, out: Path) -> list[str]:
+    save_tensors(out / "model.safetensors", state)
+    return ["model.safetensors"]
+
+
+def _write_diffusers(cfg, trail, net, state: dict, out: Path) -> list[str]:
+    from diffusers import DDPMPipeline
+
+    from ..kernel.families.diffusers import scheduler_class
+
+    net.load_state_dict(state)
+    net.save_pretrained(out / "unet")
+    scheduler = scheduler_class(cfg["diffusion"]["sampler"]).from_config(trail.manifest["scheduler_config"])
+    DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
+    return ["unet/", "pipeline/"]
+
+
+def _write_state_dict(cfg, trail, net, state: dict, out: Path) -> list[str]:
+    """The input's layout: its key path, its prefix, its dtypes, its file format."""
+    source = trail.manifest["source"]
+    last = trail.checkpoint_path(len(trail) - 1)
+    prefix = source.get("prefix") or ""
+    original = state_at(read_file(last), source.get("key"), last)
+    # the input's keys in its order, each with its dtype: the network's names with the prefix stripped
+    tensors = {key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
+               for key, value in original.items()}
+    name = f"model{last.suffix}"
+    if last.suffix == ".safetensors":
+        save_tensors(out / name, tensors)
+        return [name]
+    nested = tensors
+    for part in reversed(source["key"].split(".") if source.get("key") else []):
+        nested = {part: nested}
+    with atomic_path(out / name) as tmp:
+        torch.save(nested, tmp)
+    return [name]
+
+
+WRITERS = {"diffusers": _write_diffusers, "state_dict": _write_state_dict}
+
+
+def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, written: list[str],
+               evaluations: list[dict], fingerprint: str, n_checkpoints: int) -> str:
+    by_variant = {e["variant"]: e for e in evaluations if e.get("model") == model}
+    if variant not in by_variant:
+        raise ConfigError(f"export: no evaluation of {model}/{variant} among the files passed; run its evaluate job")
+    shown = [v for v in (variant, variants.LAST, *[n for n in by_variant if variants.kept_ema_decay(n) is not None])
+             if v in by_variant]
+    shown = list(dict.fromkeys(shown))
+    nfes = sorted({int(n) for e in by_variant.values() for n in e["fid"]})
+    rows = [f"| {v} | " + " | ".join(f"{by_variant[v]['fid'].get(str(n), float('nan')):.2f}" for n in nfes) + " |"
+            for v in shown]
+    e = by_variant[variant]
+    scfg = cfg["search"]
+    lines = [
+        f"# {model} / {variant}: a linear combination of saved checkpoints", "",
+        f"Exported by lcsc from a trail of {n_checkpoints} checkpoints ({kind}); files: {', '.join(written)}.", "",
+        f"## FID ({e['samples']} samples, evaluation seed {e['seed']}, which the search never saw)", "",
+        "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "",
+        "## Provenance", "",
+        f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
+        f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {scfg['nfe']}, {scfg['samples']} samples, "
+        f"seed {scfg['seed']}, bounds {scfg['bounds']}",
+        f"- sampler: {sampler}", "",
+        "## Load it", "", "```python", *LOADERS.get(kind, LOADERS["safetensors"]), "```", "",
+        "## Reproduce it", "",
+        "```bash", "snakemake --cores all --configfile <this run's config>", "```",
+        f"The coefficients over the trail's files are in `{COEFFICIENTS}`.", ""]
+    return "\n".join(lines)
+
+
+LOADERS = {
+    "diffusers": ["from diffusers import DDPMPipeline, UNet2DModel",
+                  "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
+                  "images = pipe(batch_size=16, num_inference_steps=5).images",
+                  "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"],
+    "state_dict": ["import torch", "state = torch.load('model.pt', weights_only=True)  # the input's layout",
+                   "net.load_state_dict(state)  # your network, after the same key path and prefix as your trainer"],
+    "safetensors": ["from safetensors.torch import load_file", "net.load_state_dict(load_file('model.safetensors'))"],
+}

@@ -1,0 +1,171 @@
+"""Stage import_trail: a training run of another trainer (`trail.source` diffusers or state_dict)
+-> the same trail manifest as lcsc's own training writes, listing the files where they are.
+
+Each checkpoint's step is parsed from its path (`trail.pattern`), the checkpoints are thinned as
+asked (`trail.every`, `trail.last`), and every kept file is read once, as data, to check that all
+have the network's keys and shapes and float tensors; the manifest records each file's sha256,
+bytes, dtype and parameter count, so a file changed after the import stops every later stage
+with its name. Nothing is copied.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..kernel.checkpoints import describe, first_difference, read_state
+from ..kernel.errors import ConfigError, TrailError
+from ..kernel.io import read_json, sha256, write_json
+from ..kernel.progress import progress
+from ..kernel.tensors import load_tensors
+from ..kernel.trail import MANIFEST_FORMAT
+
+NAME = "import_trail"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DEFAULT_FILES = {"diffusers": "checkpoint-*/{unet}/" + DIFFUSERS_WEIGHTS, "state_dict": "*.pt"}
+KEEP_LAST = "last"  # trail.last: how many of the last checkpoints to keep
+DEFAULT_PATTERN = {"diffusers": r"checkpoint-(\d+)", "state_dict": r"(\d+)\D*$"}
+
+
+@dataclass(frozen=True)
+class Paths:
+    manifest: Path  # the imported trail's manifest (results/<experiment>/imported/trail/manifest.json)
+
+
+def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
+    t = cfg["trail"]
+    root = Path(t["path"]).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"trail.path: {root} is not a folder (the training run's output folder)")
+    ema = _ema_file(t, root)
+    emas = set(root.glob(t["ema"])) if t["source"] == "state_dict" and t["ema"] else set()
+    files = select(checkpoint_files(t, root, exclude=emas), t["every"], t[KEEP_LAST])
+    if len(files) < 2:
+        raise TrailError(f"{root}: {len(files)} checkpoint(s) kept of trail.files {_glob(t)!r}; LCSC needs at least 2")
+    reader = _reader(t)
+    reference = _network_state(t, files[-1][1])
+    entries = []
+    bar = progress(len(files), "import_trail", stream=sys.stdout)
+    for step, path in files:
+        entries.append({"step": step, **_entry(path, root, reader, reference)})
+        bar.update(1)
+    bar.close()
+    manifest = {"format": MANIFEST_FORMAT, "kind": t["source"], "root": str(root), "iterations": files[-1][0],
+                "source": _source(t), "checkpoints": entries,
+                "data": {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]},
+                "ema": [] if ema is None else [{"decay": t["ema_decay"], **_entry(ema, root, reader, reference)}]}
+    if t["source"] == "diffusers":
+        manifest["model_config"] = read_json(files[-1][1].parent / "config.json", "the UNet's config.json is missing")
+        manifest["scheduler_config"] = _scheduler_config(t, root)
+    else:
+        manifest["sampler"] = t["sampler"]
+        if t["sampler"] == "cm":
+            manifest["consistency"] = {k: cfg["consistency"][k] for k in ("sigma_min", "sigma_max", "sigma_data", "rho")}
+    write_json(paths.manifest, manifest)
+    dtypes = sorted({e["dtype"] for e in entries})
+    print(f"[import_trail] {len(entries)} checkpoints of {root} (steps {entries[0]['step']}..{entries[-1]['step']}, "
+          f"{entries[0]['params']} parameters, {'/'.join(dtypes)}; combined in float32)"
+          + (f", EMA {ema.relative_to(root)}" if ema else "") + f" -> {paths.manifest}")
+    if stage_run is not None:
+        stage_run.log_metrics({"checkpoints": len(entries), "parameters": entries[0]["params"]}, step=0)
+    return manifest
+
+
+def _glob(t: dict) -> str:
+    return t["files"] or DEFAULT_FILES[t["source"]].format(unet=t["unet"])
+
+
+def checkpoint_files(t: dict, root: Path, exclude: set = frozenset()) -> list[tuple[int, Path]]:
+    """(step, file) of every checkpoint `trail.files` matches (but those in `exclude`), by step."""
+    pattern = re.compile(t["pattern"] or DEFAULT_PATTERN[t["source"]])
+    found, seen = [], {}
+    for path in sorted(root.glob(_glob(t))):
+        if not path.is_file() or path in exclude:
+            continue
+        rel = path.relative_to(root).as_posix()
+        match = pattern.search(rel if t["pattern"] or t["source"] == "diffusers" else path.name)
+        if match is None:
+            raise TrailError(f"{path}: no training step in its path (trail.pattern {pattern.pattern!r}); set "
+                             "trail.pattern or trail.files")
+        step = int(match.group(1))
+        if step in seen:
+            raise TrailError(f"{path}: step {step} again (also {seen[step]}); narrow trail.files or trail.pattern")
+        seen[step] = path
+        found.append((step, path))
+    if not found:
+        raise TrailError(f"{root}: no file matches trail.files {_glob(t)!r}")
+    return sorted(found)
+
+
+def select(files: list, every: int, last: int | None) -> list:
+    """Every `every`-th checkpoint counted back from the last (always kept), then the last `last`."""
+    kept = files[::-1][::every][::-1]
+    return kept[-last:] if last else kept
+
+
+def _ema_file(t: dict, root: Path) -> Path | None:
+    if not t["ema"]:
+        return None
+    if t["source"] == "diffusers":
+        last = checkpoint_files(t, root)[-1][1]  # .../checkpoint-<step>/<unet>/<weights>
+        path = last.parent.parent / t["ema"] / DIFFUSERS_WEIGHTS
+        if not path.is_file():
+            raise TrailError(f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
+                             "to its folder (unet_ema in diffusers' examples) or null")
+        recorded = read_json(path.parent / "config.json", "the EMA's config.json is missing").get("decay")
+        if recorded is not None and float(recorded) != float(t["ema_decay"]):
+            raise ConfigError(f"trail.ema_decay: {t['ema_decay']} in the config, but {path.parent / 'config.json'} "
+                              f"records decay {recorded}")
+        return path
+    emas = checkpoint_files(dict(t, files=t["ema"]), root)
+    return emas[-1][1]
+
+
+def _reader(t: dict):
+    if t["source"] == "diffusers":
+        return load_tensors
+    return lambda path: read_state(path, t["key"], t["prefix"])
+
+
+def _network_state(t: dict, last: Path) -> dict:
+    """The keys and shapes the network has, which every checkpoint must match."""
+    if t["source"] == "diffusers":
+        from diffusers import UNet2DModel
+
+        config = read_json(last.parent / "config.json", "the UNet's config.json is missing")
+        net = UNet2DModel.from_config(config)
+    else:
+        from ..kernel.families.state_dict import build_from_factory
+
+        net = build_from_factory(t["factory"], t["factory_kwargs"], t["code"])
+    return net.state_dict()
+
+
+def _entry(path: Path, root: Path, reader, reference: dict) -> dict:
+    state = reader(path)
+    difference = first_difference(state, reference)
+    if difference is not None:
+        raise TrailError(f"{path}: not a checkpoint of the trail's network ({difference}); remove it from the "
+                         "trail (trail.files) or fix trail.key / trail.prefix / the factory")
+    dtype, params = describe(state, path)
+    return {"file": path.relative_to(root).as_posix(), "sha256": sha256(path), "bytes": path.stat().st_size,
+            "dtype": dtype, "params": params}
+
+
+def _scheduler_config(t: dict, root: Path) -> dict:
+    path = Path(t["scheduler"]).expanduser() if t["scheduler"] else root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise ConfigError(f"trail.scheduler: {path} does not exist; give the run's scheduler_config.json (what "
+                          "DDPMPipeline.save_pretrained writes under scheduler/)")
+    return read_json(path, "give the run's scheduler_config.json as trail.scheduler")
+
+
+def _source(t: dict) -> dict:
+    """What the trail's family needs to read and rebuild it (and what the export writes back)."""
+    keys = {"diffusers": ("unet", "ema"), "state_dict": ("key", "prefix", "factory", "factory_kwargs", "code")}
+    out = {k: t[k] for k in keys[t["source"]]}
+    if t["source"] == "state_dict" and t["code"]:
+        out["code"] = str(Path(t["code"]).expanduser().resolve())
+    return out
