@@ -143,8 +143,12 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
         f"- sampler: {sampler}", "",
         "## Load it", "", "```python", *LOADERS.get(kind, LOADERS["safetensors"]), "```", "",
         "## Reproduce it", "",
-        "```bash", "snakemake --cores all --configfile <this run's config>", "```",
-        f"The coefficients over the trail's files are in `{COEFFICIENTS}`.", ""]
+        "With the config of this run (its experiment, trail, search and evaluate sections):", "",
+        "```bash", "snakemake --cores all --configfile <config.yaml>",
+        f"python -m lcsc export --config <config.yaml> --model {model} --variant {variant}", "```", "",
+        f"The same trail (same fingerprint) and seeds give the same coefficients and FIDs on the same machine and "
+        f"torch build. Without any search: `{COEFFICIENTS}` lists every checkpoint file with its coefficient; "
+        "theta = sum_i c_i theta_i, combined in float32.", ""]
     return "\n".join(lines)
 
 

@@ -123,3 +123,24 @@ def test_bad_trail_settings_are_one_line(sd_run, tmp_path, capsys, trail, needle
     rc = main(["import-trail", "--config", config])
     err = capsys.readouterr().err
     check_one_line(rc, err, "import-trail", needles)
+
+
+def test_a_state_dict_trail_sampled_as_a_consistency_model(sd_run, tmp_path, capsys):
+    """trail.sampler: cm samples the factory's network with this project's consistency sampler, with
+    the parameterization the import recorded; NFE 1 and 2 are each one network call per step."""
+    cfg, config = sd_config(sd_run, tmp_path, sampler="cm")
+    assert main(["import-trail", "--config", config]) == 0
+    manifest = json.loads(imported_manifest(cfg).read_text())
+    assert manifest["sampler"] == "cm" and manifest["consistency"]["sigma_max"] == cfg["consistency"]["sigma_max"]
+    _, features, stats = trained_paths(sd_run[0])
+    out = tmp_path / "last.json"
+    assert main(["evaluate", "--config", config, "--model", "imported", "--variant", "last", "--features",
+                 str(features), "--stats", str(stats), "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
+    result = json.loads(out.read_text())
+    assert sorted(result["fid"]) == [str(n) for n in cfg["consistency"]["evaluate_nfe"]]
+    from lcsc.kernel.families import family_for
+    from lcsc.kernel.families.consistency import ConsistencySampler
+    from lcsc.kernel.trail import Trail
+
+    family = family_for(Trail.open(imported_manifest(cfg)), dict(cfg, trail=dict(cfg["trail"], sampler="cm")))
+    assert isinstance(family.sampler, ConsistencySampler)
