@@ -97,19 +97,19 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     log = (tmp_path / "results" / "tiny-slurm" / "logs" / "search" / "dm-nfe2.log").read_text()
     assert "line 2 of 3 is not a complete JSON record" in log
 
-    # fixed: the rerun submits only the search and what depends on it
+    # fixed: the rerun submits only the search and what depends on it (lcsc's evaluation, its export, the report)
     journal.unlink()
     before = _submitted()
     rerun = _snakemake(tmp_path, cluster)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
-    assert _submitted() - before == 3
+    assert _submitted() - before == 4
     ran = set(re.findall(r"rule (\w+):", rerun.stdout + rerun.stderr))
-    assert ran - {"all"} == {"search", "evaluate", "tabulate"}  # `all` is a local rule
+    assert ran - {"all"} == {"search", "evaluate", "export", "tabulate"}  # `all` is a local rule
     assert "variant=lcsc" in rerun.stdout + rerun.stderr
     slurm_logs = (tmp_path / ".snakemake" / "slurm_logs")
     rules = {p.relative_to(slurm_logs).parts[0] for p in slurm_logs.rglob("*.log")}
     assert rules == {f"rule_{r}" for r in ("train_dm", "train_features", "reference_stats", "baselines", "search",
-                                           "evaluate", "tabulate")}
+                                           "evaluate", "export", "tabulate")}
     report = tmp_path / "results" / "tiny-slurm" / "report" / "summary.md"
     assert all(f"| {v} |" in report.read_text() for v in VARIANTS)
 
@@ -126,4 +126,4 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     finished = sorted(r.info.run_name for r in first + second if r.info.status == "FINISHED")
     assert finished == sorted(["train_dm[model=dm]", "train_features", "reference_stats[split=train]",
                                "baselines[model=dm]", "search[model=dm,nfe=2]", "tabulate",
-                               *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS)])
+                               "export[model=dm,variant=lcsc]", *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS)])
