@@ -129,8 +129,8 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
 
 def _files_root(manifest_path: Path, manifest: dict) -> Path:
     """The folder the manifest's files must lie in: its own folder, an imported trail's run folder
-    (its absolute `root`), or, for a manifest that declares a relative `root` (a truncated trail: its base trail's folder), that folder, which
-    must hold a trail manifest itself. A truncated manifest written before `root` was declared
+    (its absolute `root`), or, for a manifest that declares a relative `root` (a truncated trail:
+    its base trail's folder), that folder, which must hold a trail manifest itself. A truncated manifest written before `root` was declared
     lies in the folder of its first file."""
     declared = manifest.get("root")
     if manifest.get("kind") in IMPORTED_KINDS:

@@ -23,7 +23,7 @@ from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
 from ..kernel.scoring import open_trail
 from ..kernel.tensors import save_tensors
-from ..kernel.trail import combine
+from ..kernel.trail import FlatLoader, check_state, flatten_state
 
 NAME = "export"
 CARD, COEFFICIENTS = "README.md", "coefficients.json"
@@ -42,17 +42,16 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     trail = open_trail(paths.manifest, model)
     family = family_for(trail, cfg)
     net = family.build_network()
-    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    loader = FlatLoader(net)  # the network's own storage: the combination is written straight into it
     c = variants.coefficients_of(trail, variant, paths.coefficients, paths.baselines, cfg["baselines"])
     if c is None:  # a kept EMA: its own file
-        state = family.load_checkpoint(variants.checkpoint_file(trail, variant))
+        path = variants.checkpoint_file(trail, variant)
+        ema = family.load_checkpoint(path)
+        check_state(ema, loader.shapes, path)
+        loader.load(flatten_state(ema, loader.keys))
     else:
-        flat = combine(trail.stack(shapes, load=family.load_checkpoint), c)
-        state, offset = {}, 0
-        for key, shape in shapes.items():
-            n = int(torch.Size(shape).numel())
-            state[key] = flat[offset:offset + n].view(shape).clone()
-            offset += n
+        loader.combine_into(trail.stack(loader.shapes, load=family.load_checkpoint), c)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = trail.manifest.get("kind", "dm")
