@@ -27,7 +27,7 @@ from .kernel.config import (
 )
 from .kernel.errors import ConfigError, LcscError, StoreError, UsageError
 from .kernel.interrupts import install
-from .kernel.models import IMPORTED, base_model, check_model, for_model, models, search_nfe
+from .kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_nfe
 from .kernel.paths import (
     Layout,
     dataset_name,
@@ -183,7 +183,7 @@ def cmd_export(args) -> None:
     paths = export.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
                          evaluations=tuple(map(Path, evaluations)),
                          out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
-                         coefficients=Path(args.coefficients or layout.coefficients(args.model, cfg["search"]["nfe"])),
+                         coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
                          baselines=_baselines(layout, args))
     with run:
         export.run(cfg, paths, args.model, args.variant, device, run)
@@ -235,7 +235,7 @@ def cmd_search(args) -> None:
     from .stages import search
 
     cfg, layout, device, run = _setup(args, search.NAME, args.model)
-    files = search_files(args.out_dir or layout.search_dir(args.model, cfg["search"]["nfe"]))
+    files = search_files(args.out_dir or layout.search_dir(args.model, nfe_tag(cfg["search"]["nfe"])))
     given = {name: getattr(args, name) for name in files}
     paths = search.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
                          features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
@@ -253,7 +253,7 @@ def cmd_evaluate(args) -> None:
                            features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
                            result=Path(args.out or layout.eval_json(args.model, args.variant)),
                            grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
-                           coefficients=Path(args.coefficients or layout.coefficients(args.model, cfg["search"]["nfe"])),
+                           coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
                            baselines=_baselines(layout, args))
     with run:
         evaluate.run(cfg, paths, args.model, args.variant, device, run)

@@ -13,7 +13,7 @@ import yaml
 
 from . import variants
 from .errors import ConfigError
-from .models import for_model, imported, models, truncation
+from .models import for_model, imported, models, nfe_list, truncation
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -45,11 +45,8 @@ def _dotted(path) -> str:
 
 def _cross_checks(cfg: dict) -> list[str]:
     errors = []
-    if cfg["search"]["nfe"] not in cfg["evaluate"]["nfe"]:
-        errors.append(
-            f"search.nfe: {cfg['search']['nfe']} is not in evaluate.nfe {cfg['evaluate']['nfe']}; "
-            "the search NFE must be one of the evaluated NFEs"
-        )
+    errors += _search_nfe_checks("search.nfe", cfg["search"]["nfe"], "search.nfe_weights",
+                                 cfg["search"]["nfe_weights"], "evaluate.nfe", cfg["evaluate"]["nfe"])
     if not imported(cfg) and cfg["train"]["checkpoint_every"] > cfg["train"]["iterations"]:
         errors.append(
             f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
@@ -173,8 +170,28 @@ def _name_and_path_checks(cfg: dict) -> list[str]:
 COMMON_OPTIMIZERS = ("CMA", "NGOpt", "TwoPointsDE", "DE", "OnePlusOne", "DiagonalCMA", "PSO", "RandomSearch")
 
 
+def _search_nfe_checks(key: str, nfe, weights_key: str, weights, sweep_key: str, sweep: list[int]) -> list[str]:
+    """Every search NFE among the evaluated ones, and one weight per search NFE."""
+    nfes = nfe_list(nfe)
+    errors = []
+    outside = [n for n in nfes if n not in sweep]
+    if outside:
+        errors.append(f"{key}: {outside if len(nfes) > 1 else outside[0]} is not in {sweep_key} {sweep}; "
+                      "every search NFE must be one of the evaluated NFEs")
+    if weights is not None and len(weights) != len(nfes):
+        errors.append(f"{weights_key}: {len(weights)} weights for the {len(nfes)} NFEs of {key} {nfes}; "
+                      "give one per NFE, in the same order")
+    return errors
+
+
 def _search_checks(cfg: dict) -> list[str]:
     scfg, errors = cfg["search"], []
+    if scfg["max_norm"] is not None and scfg["max_norm"] < 1:
+        errors.append(f"search.max_norm: {scfg['max_norm']} is below 1, the norm of the last checkpoint's "
+                      "coefficients; every baseline profile must be a valid start")
+    if scfg["penalty"] != "none" and scfg["penalty_weight"] == 0:
+        errors.append(f"search.penalty: {scfg['penalty']!r} with search.penalty_weight 0 penalises nothing; "
+                      "set a weight (or penalty: none)")
     if scfg["optimizer"] not in COMMON_OPTIMIZERS:
         try:
             import nevergrad as ng
@@ -263,9 +280,8 @@ def config_warnings(cfg: dict) -> list[str]:
 
 def _consistency_checks(cfg: dict) -> list[str]:
     c, errors = cfg["consistency"], []
-    if c["search_nfe"] not in c["evaluate_nfe"]:
-        errors.append(f"consistency.search_nfe: {c['search_nfe']} is not in consistency.evaluate_nfe "
-                      f"{c['evaluate_nfe']}; the search NFE must be one of the evaluated NFEs")
+    errors += _search_nfe_checks("consistency.search_nfe", c["search_nfe"], "consistency.search_nfe_weights",
+                                 c["search_nfe_weights"], "consistency.evaluate_nfe", c["evaluate_nfe"])
     if max(c["evaluate_nfe"]) > 1 + len(c["sampling_sigmas"]):
         errors.append(f"consistency.evaluate_nfe: {max(c['evaluate_nfe'])} steps need "
                       f"{max(c['evaluate_nfe']) - 1} consistency.sampling_sigmas, there are {len(c['sampling_sigmas'])}")

@@ -96,14 +96,38 @@ def for_model(cfg: dict, model: str) -> dict:
                         for k, v in out["train"].items()}
     if "search" in out:
         out["search"]["nfe"] = c["search_nfe"]
+        out["search"]["nfe_weights"] = c.get("search_nfe_weights")
     if "evaluate" in out:
         out["evaluate"]["nfe"] = list(c["evaluate_nfe"])
     return out
 
 
-def search_nfe(cfg: dict, model: str) -> int:
-    """The NFE the model's search targets: search.nfe, or consistency.search_nfe."""
-    return for_model(cfg, model)["search"]["nfe"]
+def search_nfe(cfg: dict, model: str) -> str:
+    """The tag of the NFEs the model's search targets (search.nfe, or consistency.search_nfe):
+    `5` for one NFE, `3-5-8` for a fitness over several; it names the search's folder."""
+    return nfe_tag(for_model(cfg, model)["search"]["nfe"])
+
+
+def nfe_list(nfe: int | list[int]) -> list[int]:
+    """`search.nfe` as a list: one NFE or several, in the order the config gives them."""
+    return [int(nfe)] if isinstance(nfe, int) else [int(n) for n in nfe]
+
+
+def nfe_tag(nfe: int | list[int]) -> str:
+    return "-".join(str(n) for n in nfe_list(nfe))
+
+
+def headline_nfe(nfe: int | list[int]) -> int:
+    """The search NFE that the report's claims and the sample grids use: the first one listed."""
+    return nfe_list(nfe)[0]
+
+
+def nfe_weights(scfg: dict) -> dict[int, float]:
+    """The weight of each search NFE in the fitness (`search.nfe_weights`, or equal), summing to 1."""
+    nfes = nfe_list(scfg["nfe"])
+    raw = scfg.get("nfe_weights") or [1.0] * len(nfes)
+    total = float(sum(raw))
+    return {n: float(w) / total for n, w in zip(nfes, raw)}
 
 
 def trained_model(manifest: dict) -> str:

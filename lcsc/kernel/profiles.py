@@ -1,9 +1,9 @@
 """Baselines as coefficient vectors over one checkpoint trail: last, uniform, LAWA, EMA and EDM2
 power-function EMA profiles, and the greedy soup, which builds its vector from the scores of others.
 
-Greedy soup (after Wortsman et al. 2022, with an early stop): order the checkpoints by their own
-FID, then add them one by one to a uniform soup and stop at the first one that does not improve
-the soup's FID (Wortsman et al. skip it and go on; stopping keeps the cost at most 2K scores)."""
+Greedy soup as in model soups (Wortsman et al. 2022): order the checkpoints by their own FID,
+then try each in that order in a uniform soup, keep it when the soup's FID does not get worse and
+skip it otherwise, through the whole trail (2K - 1 scores)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,9 @@ def trail_profiles(steps: list[int], bcfg: dict) -> dict[str, np.ndarray]:
 
 
 def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]:
-    """Greedy soup over k checkpoints with `score(c) -> fitness`; returns (c, fitness, steps taken)."""
+    """Greedy soup over k checkpoints with `score(c) -> fitness`; returns (c, fitness, steps
+    taken). Every checkpoint is tried once, in order of its own fitness: kept in the uniform soup
+    when the soup's fitness does not get worse, skipped when it does."""
     own = []
     for i in range(k):
         c = np.zeros(k)
@@ -107,13 +109,13 @@ def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]
         c[members + [int(i)]] = 1.0 / (len(members) + 1)
         fitness = score(c)
         if bar is not None:
-            bar.total += 1
             bar.update(1)
-        log.append({"tried": int(i), "fitness": fitness})
-        if fitness >= best:
-            break
-        members.append(int(i))
-        best = fitness
+        if fitness <= best:
+            members.append(int(i))
+            best = fitness
+            log.append({"added": int(i), "fitness": fitness})
+        else:
+            log.append({"skipped": int(i), "fitness": fitness})
     c = np.zeros(k)
     c[members] = 1.0 / len(members)
     return c, best, log

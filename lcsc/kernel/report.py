@@ -3,6 +3,8 @@ of the paper (and where they fail) stated in numbers. Kept free of torch (the re
 
 from __future__ import annotations
 
+import math
+
 from . import variants
 
 TITLES = {"dm": " (diffusion model)", "cm_cd": " (consistency distillation)", "cm_ct": " (consistency training)"}
@@ -117,3 +119,115 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
                 out.append(f"LCSC at NFE {m} (FID {fmt(lcsc[m])}) matches or beats the best EMA at "
                            f"NFE {n} (FID {fmt(ref)}).")
     return out
+
+
+def versus_best_baseline(results: dict[str, dict[int, float]], nfes: list[int]) -> str | None:
+    """One sentence on LCSC against the best baseline at every NFE: where it wins, where it loses
+    and by how much (every variant but lcsc counts as a baseline, the greedy soup too)."""
+    if variants.LCSC not in results:
+        return None
+    base = best_baselines(results, nfes)
+    if not base:
+        return None
+    lcsc = results[variants.LCSC]
+    wins = [n for n in nfes if lcsc[n] < results[base[n]][n]]
+    losses = [n for n in nfes if n not in wins]
+
+    def at(n: int) -> str:
+        ref = results[base[n]][n]
+        return f"NFE {n} ({fmt(lcsc[n])} vs {base[n]} {fmt(ref)}, {lcsc[n] - ref:+.2f})"
+
+    if not losses:
+        return (f"Against the best baseline at each NFE, LCSC wins at every evaluated NFE: "
+                f"{', '.join(at(n) for n in nfes)}.")
+    text = f"Against the best baseline at each NFE, LCSC LOSES at {', '.join(at(n) for n in losses)}"
+    return text + (f"; it wins at {', '.join(at(n) for n in wins)}." if wins else "; it wins at no evaluated NFE.")
+
+
+def _lcsc_nfe_for(lcsc: dict[int, float], nfes: list[int], target: float) -> tuple[float | None, str]:
+    """The smallest NFE at which LCSC's FID reaches `target`, reading FID as linear in log NFE
+    between evaluated NFEs: (NFE, how: `measured`, `interpolated`, `at most` the smallest evaluated
+    NFE, or `not reached` with None)."""
+    pts = sorted(nfes)
+    if lcsc[pts[0]] <= target:
+        return float(pts[0]), "measured" if lcsc[pts[0]] == target else "at most"
+    for lo, hi in zip(pts, pts[1:]):
+        if lcsc[hi] <= target:
+            if lcsc[hi] == target:
+                return float(hi), "measured"
+            f_lo, f_hi = lcsc[lo], lcsc[hi]
+            t = (f_lo - target) / (f_lo - f_hi)
+            return float(math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))), "interpolated"
+    return None, "not reached"
+
+
+def nfe_savings(results: dict[str, dict[int, float]], nfes: list[int]) -> list[dict]:
+    """For each evaluated NFE n: the best baseline's FID there, and the NFE at which LCSC reaches it."""
+    base = best_baselines(results, nfes)
+    if variants.LCSC not in results or not base:
+        return []
+    out = []
+    for n in sorted(nfes):
+        target = results[base[n]][n]
+        m, how = _lcsc_nfe_for(results[variants.LCSC], nfes, target)
+        out.append({"nfe": n, "baseline": base[n], "fid": target, "lcsc_nfe": m, "how": how})
+    return out
+
+
+def nfe_saving_table(savings: list[dict]) -> str:
+    def cell(s: dict) -> str:
+        if s["lcsc_nfe"] is None:
+            return "not reached"
+        if s["how"] == "interpolated":
+            return f"{s['lcsc_nfe']:.1f} (interpolated)"
+        return f"{'at most ' if s['how'] == 'at most' else ''}{s['lcsc_nfe']:g}"
+
+    def saving(s: dict) -> str:
+        if s["lcsc_nfe"] is None:
+            return "none"
+        return f"{s['nfe'] / s['lcsc_nfe']:.2f}x" + (" or more" if s["how"] == "at most" else "")
+
+    lines = ["| best baseline at NFE | its FID | LCSC reaches that FID at NFE | NFE saving |",
+             "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {s['nfe']} ({s['baseline']}) | {fmt(s['fid'])} | {cell(s)} | {saving(s)} |" for s in savings]
+    return "\n".join(lines)
+
+
+def nfe_saving_claim(results: dict[str, dict[int, float]], nfes: list[int]) -> str | None:
+    """The paper's diffusion claim in its own terms: the largest measured saving, LCSC at m NFE at
+    or below the best baseline at n > m, both evaluated (no interpolation)."""
+    if variants.LCSC not in results or not best_baselines(results, nfes):
+        return None
+    base = best_baselines(results, nfes)
+    lcsc = results[variants.LCSC]
+    pairs = [(n / m, m, n) for n in nfes for m in nfes if m < n and lcsc[m] <= results[base[n]][n]]
+    if not pairs:
+        return ("NFE saving: at no evaluated NFE does LCSC reach the best baseline's FID at a larger evaluated "
+                "NFE; the table gives the interpolated NFEs.")
+    _, m, n = max(pairs)
+    return (f"NFE saving: LCSC at {m} NFE ({fmt(lcsc[m])}) matches or beats the best baseline at {n} NFE "
+            f"({base[n]}, {fmt(results[base[n]][n])}), {n / m:.2f}x fewer network evaluations, both measured.")
+
+
+def coefficient_stats(coefficients: dict[str, list[float]]) -> str:
+    """Sum, L2 norm and largest magnitude of each variant's coefficients over the trail."""
+    lines = ["| variant | sum | L2 norm | largest abs coefficient | negative coefficients |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for v, c in coefficients.items():
+        norm = math.sqrt(sum(x * x for x in c))
+        lines.append(f"| {v} | {sum(c):.3f} | {norm:.3f} | {max(abs(x) for x in c):.3f} | "
+                     f"{sum(1 for x in c if x < 0)} of {len(c)} |")
+    return "\n".join(lines)
+
+
+def monotone_claim(lcsc: dict[int, float], nfes: list[int]) -> str | None:
+    """Whether LCSC gets no worse with more steps (a consistency model's second step should help)."""
+    pts = sorted(nfes)
+    worse = [(a, b) for a, b in zip(pts, pts[1:]) if lcsc[b] > lcsc[a]]
+    if len(pts) < 2:
+        return None
+    if not worse:
+        return f"LCSC gets no worse with more steps: {', '.join(f'{fmt(lcsc[n])} at {n}' for n in pts)}."
+    a, b = worse[0]
+    return (f"LCSC is WORSE at {b} NFE ({fmt(lcsc[b])}) than at {a} NFE ({fmt(lcsc[a])}): "
+            "more steps do not help the searched combination here.")

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from .families import Family, family_for
 from .features import load_features
 from .fid import Reference, load_stats
 from .io import sha256
-from .models import check_trail
+from .models import check_trail, nfe_weights
 from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatten_state
 
 WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
@@ -115,6 +116,15 @@ class Scorer:
         self.loader.combine_into(self.W, coefficients)
         return self.fid(None, nfe, noise)
 
+    def measure(self, coefficients, objective: Objective, noises: dict[int, torch.Tensor]) -> tuple[float, dict]:
+        """The objective's fitness of the combination c @ W, and the FID at each of its NFEs
+        (none sampled for a candidate over the norm bound)."""
+        if not objective.feasible(coefficients):
+            return WORST_FID, {}
+        self.loader.combine_into(self.W, coefficients)
+        fids = {n: self.fid(None, n, noises[n])[0] for n in objective.nfes}
+        return objective.combine(fids) + objective.penalty_of(coefficients), fids
+
     def weights_from_file(self, path: str | Path) -> torch.Tensor:
         state = self.family.load_checkpoint(path, self.device)
         check_state(state, self.loader.shapes, path)
@@ -141,12 +151,83 @@ class Scorer:
         return self.reference.fid(features), images
 
 
+def simplex_distance(c: np.ndarray) -> float:
+    """L2 distance of c from the probability simplex (non-negative, summing to 1): the distance to
+    its Euclidean projection, max(c - tau, 0) with the tau that makes it sum to 1."""
+    c = np.asarray(c, dtype=np.float64)
+    u = np.sort(c)[::-1]
+    cum = np.cumsum(u) - 1.0
+    k = np.arange(1, len(u) + 1)
+    rho = np.nonzero(u - cum / k > 0)[0][-1]
+    projected = np.maximum(c - cum[rho] / (rho + 1), 0.0)
+    return float(np.linalg.norm(c - projected))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The search's fitness: the FIDs at one or more NFEs, each on its own fixed noise, combined as
+    a weighted mean (of their logs, or of the FIDs), plus an optional coefficient penalty; a
+    candidate over `max_norm` is not sampled and gets WORST_FID."""
+
+    weights: dict[int, float]  # NFE -> weight, summing to 1, in the config's order
+    mean: str = "log"
+    penalty: str = "none"
+    penalty_weight: float = 0.0
+    max_norm: float | None = None
+
+    @classmethod
+    def of(cls, scfg: dict) -> Objective:
+        return cls(nfe_weights(scfg), scfg.get("fitness_mean", "log"), scfg.get("penalty", "none"),
+                   float(scfg.get("penalty_weight", 0.0)), scfg.get("max_norm"))
+
+    @property
+    def nfes(self) -> list[int]:
+        return list(self.weights)
+
+    def noise_seed(self, seed: int, nfe: int) -> int:
+        """The seed of NFE `nfe`'s noise: `seed` itself for a one-NFE fitness; for several, one
+        derived from (seed, nfe), so that each NFE has noise of its own."""
+        if len(self.weights) == 1:
+            return seed
+        return int.from_bytes(hashlib.sha256(f"lcsc-fitness-noise:{seed}:{nfe}".encode()).digest()[:7], "little")
+
+    def combine(self, fids: dict[int, float]) -> float:
+        """The weighted mean of the per-NFE FIDs (of their logs, for `log`)."""
+        if len(self.weights) == 1:
+            return float(fids[self.nfes[0]])
+        if self.mean == "log":
+            return float(np.exp(sum(w * np.log(max(fids[n], 1e-12)) for n, w in self.weights.items())))
+        return float(sum(w * fids[n] for n, w in self.weights.items()))
+
+    def penalty_of(self, c) -> float:
+        if self.penalty == "none" or self.penalty_weight == 0:
+            return 0.0
+        c = np.asarray(c, dtype=np.float64)
+        distance = float(np.linalg.norm(c)) if self.penalty == "l2" else simplex_distance(c)
+        return self.penalty_weight * distance
+
+    def feasible(self, c) -> bool:
+        return self.max_norm is None or float(np.linalg.norm(np.asarray(c, dtype=np.float64))) <= self.max_norm
+
+    def settings(self) -> dict:
+        """What the fitness depends on besides the samples (kept in every fitness key)."""
+        out = {"nfe": self.nfes[0] if len(self.weights) == 1 else self.nfes}
+        if len(self.weights) > 1:
+            out |= {"nfe_weights": list(self.weights.values()), "fitness_mean": self.mean}
+        if self.penalty != "none" and self.penalty_weight:
+            out |= {"penalty": self.penalty, "penalty_weight": self.penalty_weight}
+        if self.max_norm is not None:
+            out["max_norm"] = self.max_norm
+        return out
+
+
 def fitness_settings(scfg: dict, scorer: Scorer) -> dict:
     """Everything a search fitness depends on besides the trail: scores made under other
     settings must not be compared with the search's own."""
-    return {"nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"],
+    objective = Objective.of(scfg)
+    return {**objective.settings(), "samples": scfg["samples"], "seed": scfg["seed"],
             "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
-            **scorer.sampler.settings(scfg["nfe"]), "batch_size": scfg["batch_size"]}
+            **scorer.sampler.settings(max(objective.nfes)), "batch_size": scfg["batch_size"]}
 
 
 def fitness_key(coefficients, settings_digest: str) -> str:
@@ -171,21 +252,26 @@ class Evaluator:
             self._noise[key] = scorer.make_noise(samples, seed)
         return self._noise[key]
 
-    def _score(self, scorer: Scorer, c: np.ndarray, nfe: int, samples: int, seed: int) -> tuple[float, float]:
+    def noises(self, scorer: Scorer, objective: Objective, samples: int, seed: int) -> dict[int, torch.Tensor]:
+        """The fixed noise of each of the objective's NFEs on `scorer`'s device."""
+        return {n: self.noise(scorer, samples, objective.noise_seed(seed, n)) for n in objective.nfes}
+
+    def _score(self, scorer: Scorer, c: np.ndarray, objective: Objective, samples: int,
+               seed: int) -> tuple[float, dict, float]:
         t0 = time.perf_counter()
-        fitness, _ = scorer.score(c, nfe, self.noise(scorer, samples, seed))
+        fitness, fids = scorer.measure(c, objective, self.noises(scorer, objective, samples, seed))
         if scorer.device.type == "cuda":
             torch.cuda.synchronize(scorer.device)
-        return fitness, time.perf_counter() - t0
+        return fitness, fids, time.perf_counter() - t0
 
-    def evaluate(self, cs: list[np.ndarray], keys: list[str], nfe: int, samples: int, seed: int,
+    def evaluate(self, cs: list[np.ndarray], keys: list[str], objective: Objective, samples: int, seed: int,
                  on_result) -> None:
-        """Calls on_result(i, fitness, seconds) for every cs[i] as soon as it is scored. With several
+        """Calls on_result(i, fitness, fids, seconds) for every cs[i] as soon as it is scored. With several
         devices, a candidate goes to the device its key picks, so it is scored on the same device
         whether it comes in a fresh batch or in what is left of one after a resume."""
         if len(self.scorers) == 1:
             for i, c in enumerate(cs):
-                on_result(i, *self._score(self.scorers[0], c, nfe, samples, seed))
+                on_result(i, *self._score(self.scorers[0], c, objective, samples, seed))
             return
         done: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -198,9 +284,9 @@ class Evaluator:
                 for i in share:
                     if stop.is_set():
                         return
-                    done.put((i, *self._score(scorer, cs[i], nfe, samples, seed)))
+                    done.put((i, *self._score(scorer, cs[i], objective, samples, seed)))
             except BaseException as exc:  # surfaced in the main thread
-                done.put((None, exc, None))
+                done.put((None, exc, None, None))
 
         threads = [threading.Thread(target=work, args=(s, share), daemon=True)
                    for s, share in zip(self.scorers, shares) if share]
@@ -209,10 +295,10 @@ class Evaluator:
         finished = False
         try:
             for _ in range(len(cs)):
-                i, fitness, seconds = done.get()
+                i, fitness, fids, seconds = done.get()
                 if i is None:
                     raise fitness
-                on_result(i, fitness, seconds)
+                on_result(i, fitness, fids, seconds)
             finished = True
         finally:
             stop.set()

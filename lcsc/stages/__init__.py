@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 
 from ..kernel.config import RUNTIME_KEYS
-from ..kernel.models import IMPORTED, base_model, for_model, imported
+from ..kernel.models import IMPORTED, base_model, for_model, imported, nfe_list
 
 # The config sections each stage reads.
 STAGE_SECTIONS = {
@@ -35,10 +35,11 @@ STAGE_SECTIONS = {
 TRAIL_STAGES = ("baselines", "search", "evaluate", "tabulate", "export")
 # Stages that read only part of `search`: baselines score with the search's fitness settings,
 # evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
-STAGE_SEARCH_KEYS = {"baselines": ("nfe", "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
+STAGE_SEARCH_KEYS = {"baselines": ("nfe", "nfe_weights", "fitness_mean", "penalty", "penalty_weight", "max_norm",
+                                   "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
 # The keys of `consistency` that a consistency model's sampling stages read (the training keys
 # reach them through the trail they read).
-_SAMPLING = ("sigma_min", "sigma_max", "sigma_data", "rho", "sampling_sigmas", "search_nfe")
+_SAMPLING = ("sigma_min", "sigma_max", "sigma_data", "rho", "sampling_sigmas", "search_nfe", "search_nfe_weights")
 CONSISTENCY_KEYS = {"baselines": _SAMPLING, "search": _SAMPLING, "evaluate": (*_SAMPLING, "evaluate_nfe"),
                     "export": (*_SAMPLING, "evaluate_nfe")}
 # Training reads only these keys of `diffusion` (the DM its noise schedule; CD how its teacher
@@ -85,12 +86,12 @@ def _consistency_slice(out: dict, stage: str, mode: str) -> None:
     """A consistency model's keys: training those of its own mode, sampling those of the NFEs it samples at."""
     keep = CONSISTENCY_KEYS.get(stage)
     if keep is None:  # train_cm: the training keys of its own mode
-        keep = set(out["consistency"]) - {"modes", "search_nfe", "evaluate_nfe", "sampling_sigmas",
-                                          "cd" if mode == "ct" else "ct"}
+        keep = set(out["consistency"]) - {"modes", "search_nfe", "search_nfe_weights", "evaluate_nfe",
+                                          "sampling_sigmas", "cd" if mode == "ct" else "ct"}
     out["consistency"] = {k: v for k, v in out["consistency"].items() if k in keep}
     if stage in ("baselines", "search"):  # they sample at the search NFE only
         c = out["consistency"]
-        c["sampling_sigmas"] = c["sampling_sigmas"][:c["search_nfe"] - 1]
+        c["sampling_sigmas"] = c["sampling_sigmas"][:max(nfe_list(c["search_nfe"])) - 1]
     if stage != "train_cm" or mode == "ct":
         out.pop("diffusion", None)  # only distillation reads it
 
@@ -100,5 +101,5 @@ def job_tags(cfg: dict, stage: str) -> dict[str, str]:
     if stage == "evaluate":
         return {"lcsc.nfe": ",".join(str(n) for n in sorted(cfg["evaluate"]["nfe"]))}
     if stage in ("search", "baselines"):
-        return {"lcsc.nfe": str(cfg["search"]["nfe"])}
+        return {"lcsc.nfe": ",".join(str(n) for n in nfe_list(cfg["search"]["nfe"]))}
     return {}

@@ -14,7 +14,7 @@ from ..kernel import variants
 from ..kernel.io import write_json
 from ..kernel.profiles import greedy_soup, trail_profiles
 from ..kernel.progress import progress
-from ..kernel.scoring import Scorer, fitness_settings
+from ..kernel.scoring import Evaluator, Objective, Scorer, fitness_settings
 
 NAME = "baselines"
 
@@ -31,26 +31,32 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     scfg, bcfg = cfg["search"], cfg["baselines"]
     scorer = Scorer.open(cfg, paths.manifest, paths.features, paths.stats, device, scfg["batch_size"], model=model)
     trail = scorer.trail
-    noise = scorer.make_noise(scfg["samples"], scfg["seed"])
+    objective = Objective.of(scfg)
+    noises = Evaluator([scorer]).noises(scorer, objective, scfg["samples"], scfg["seed"])
     profiles = trail_profiles(trail.steps, bcfg)
     k = len(trail)
+    fids: dict[str, dict] = {}  # the per-NFE FIDs of each vector scored, by its bytes
 
     def score(c: np.ndarray) -> float:
-        return scorer.fid(scorer.weights_of(c), scfg["nfe"], noise)[0]
+        fitness, fids[c.tobytes()] = scorer.measure(c, objective, noises)
+        return fitness
 
-    bar = progress(total=len(profiles) + (k if bcfg["greedy_soup"] else 0), desc="baselines")
+    bar = progress(total=len(profiles) + (2 * k - 1 if bcfg["greedy_soup"] else 0), desc="baselines")
     result = {**fitness_settings(scfg, scorer), "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
               "profiles": {}}
     for name, c in profiles.items():
         t0 = time.perf_counter()
         fitness = score(c)
         result["profiles"][name] = {"coefficients": c.tolist(), "fitness": fitness,
+                                    "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
                                     "seconds": round(time.perf_counter() - t0, 3)}
         bar.update(1)
         bar.set_postfix(name=name, fitness=f"{fitness:.2f}")
     if bcfg["greedy_soup"]:
         c, fitness, log = greedy_soup(k, score, bar)
-        result["profiles"][variants.GREEDY_SOUP] = {"coefficients": c.tolist(), "fitness": fitness, "steps": log}
+        result["profiles"][variants.GREEDY_SOUP] = {"coefficients": c.tolist(), "fitness": fitness,
+                                                    "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
+                                                    "steps": log}
     bar.close()
     write_json(paths.baselines, result)
     if stage_run is not None:

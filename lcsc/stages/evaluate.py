@@ -1,5 +1,5 @@
 """Stage evaluate: the FID of one variant at every NFE of the sweep, on seeds the search never
-saw, and a grid of its samples at the search NFE."""
+saw, and a grid of its samples at the search NFE (the first, with several)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..kernel import variants
 from ..kernel.devices import peak_memory
 from ..kernel.images import save_grid
 from ..kernel.io import write_json
+from ..kernel.models import headline_nfe
 from ..kernel.progress import progress
 from ..kernel.scoring import Scorer
 
@@ -41,12 +42,12 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
         t0 = time.perf_counter()
         fids[nfe], images = scorer.fid(flat, nfe, noise)
         seconds[nfe] = time.perf_counter() - t0
-        if nfe == cfg["search"]["nfe"]:
+        if nfe == headline_nfe(cfg["search"]["nfe"]):
             save_grid(images[:ecfg["grid"]], paths.grid)
         bar.set_postfix(nfe=nfe, fid=f"{fids[nfe]:.2f}")
         bar.update(1)
         if stage_run is not None:
-            stage_run.log_metrics({"fid": fids[nfe], "seconds": seconds[nfe]}, step=nfe)
+            stage_run.log_metrics({"fid": fids[nfe], f"fid_nfe{nfe}": fids[nfe], "seconds": seconds[nfe]}, step=nfe)
     bar.close()
     print(f"[evaluate] {model}/{variant}: {peak_memory([scorer.device])}", flush=True)
     result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],

@@ -21,6 +21,7 @@ from ..kernel.checkpoints import read_file, state_at
 from ..kernel.errors import ConfigError
 from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
+from ..kernel.models import nfe_list
 from ..kernel.scoring import open_trail
 from ..kernel.tensors import save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
@@ -137,7 +138,7 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
         "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "",
         "## Provenance", "",
         f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
-        f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {scfg['nfe']}, {scfg['samples']} samples, "
+        f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "
         f"seed {scfg['seed']}, bounds {scfg['bounds']}",
         f"- sampler: {sampler}", "",
         "## Load it", "", "```python", *LOADERS.get(kind, LOADERS["safetensors"]), "```", "",

@@ -1,6 +1,7 @@
 """Stage search: LCSC's coefficient search. A nevergrad optimizer over one coefficient per
-checkpoint, with fitness = FID of `samples` images at the target NFE, on noise that is the same
-for every candidate (common random numbers).
+checkpoint, with fitness = FID of `samples` images at the target NFE (or a weighted mean over
+several NFEs, plus an optional coefficient penalty: lcsc.kernel.scoring.Objective), on noise that
+is the same for every candidate (common random numbers).
 
 Four phases, every evaluation a row of history.csv:
 - start: the baseline profiles with their fitness (read from the baselines stage's file, or
@@ -50,6 +51,7 @@ from ..kernel.optimizer import make_optimizer, optimizer_class, to_coefficients
 from ..kernel.progress import progress
 from ..kernel.scoring import (
     Evaluator,
+    Objective,
     Scorer,
     fitness_key,
     fitness_settings,
@@ -84,14 +86,16 @@ class Evaluation:
     best_so_far: float
     seconds: float
     key: str  # the fitness key: equal keys, equal coefficients and settings
+    fids: dict[int, float]  # the FID at each search NFE (empty: not sampled, or read from an older file)
 
 
 class History:
     """Every evaluation in order, the best screening fitness so far, and their progress bar and
     MLflow metrics."""
 
-    def __init__(self, total: int, stage_run=None):
+    def __init__(self, total: int, nfes: list[int], stage_run=None):
         self.rows: list[Evaluation] = []
+        self.nfes = nfes
         self.best = float("inf")
         self.bar = progress(total=total, desc="search")
         self.stage_run = stage_run
@@ -100,7 +104,7 @@ class History:
         if phase != "rescore":
             self.best = min(self.best, rec["fitness"])
         row = Evaluation(len(self.rows), phase, name, np.asarray(c, dtype=np.float64), rec["fitness"], self.best,
-                         round(rec["seconds"], 4), rec["key"])
+                         round(rec["seconds"], 4), rec["key"], {int(n): f for n, f in rec.get("fids", {}).items()})
         self.rows.append(row)
         self.bar.update(1)
         self.bar.set_postfix(best=f"{self.best:.2f}", last=f"{row.fitness:.2f}")
@@ -111,31 +115,34 @@ class History:
         return row
 
     def write_csv(self, path: Path) -> None:
-        """history.csv: one column per coefficient (c000, c001, ...), for people and spreadsheets."""
+        """history.csv: the FID at each search NFE (fid_nfe<n>, with several) and one column per
+        coefficient (c000, c001, ...), for people and spreadsheets."""
         k = len(self.rows[0].coefficients)
-        fields = ["evaluation", "phase", "name", "fitness", "best_so_far", "seconds", *[f"c{i:03d}" for i in range(k)]]
+        per_nfe = self.nfes if len(self.nfes) > 1 else []
+        fields = ["evaluation", "phase", "name", "fitness", "best_so_far", "seconds", *[f"fid_nfe{n}" for n in per_nfe],
+                  *[f"c{i:03d}" for i in range(k)]]
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(fields)
                 for r in self.rows:
                     writer.writerow([r.index, r.phase, r.name, r.fitness, r.best_so_far, r.seconds,
-                                     *r.coefficients.tolist()])
+                                     *[r.fids.get(n, "") for n in per_nfe], *r.coefficients.tolist()])
 
 
 class Fitness:
     """Fitness records by key: measured by the evaluator, kept in the journal, read back on resume."""
 
-    def __init__(self, journal: Journal, evaluator: Evaluator, nfe: int):
-        self.journal, self.evaluator, self.nfe = journal, evaluator, nfe
+    def __init__(self, journal: Journal, evaluator: Evaluator, objective: Objective):
+        self.journal, self.evaluator, self.objective = journal, evaluator, objective
         self.cache: dict[str, dict] = {r["key"]: r for r in journal.records if r.get("type") == "eval"}
         self.resumed = len(self.cache)
         self.evaluated = self.reused = 0
 
-    def know(self, c: np.ndarray, digest: str, fitness: float) -> None:
+    def know(self, c: np.ndarray, digest: str, fitness: float, fids: dict | None = None) -> None:
         """A fitness measured elsewhere under the same settings (the baselines stage)."""
         k = fitness_key(c, digest)
-        self.cache.setdefault(k, {"key": k, "fitness": fitness, "seconds": 0.0})
+        self.cache.setdefault(k, {"key": k, "fitness": fitness, "fids": fids or {}, "seconds": 0.0})
 
     def measure(self, cs: list[np.ndarray], digest: str, samples: int, seed: int) -> list[dict]:
         """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
@@ -144,13 +151,14 @@ class Fitness:
         first = {k: cs[keys.index(k)] for k in todo}
         self.reused += len(keys) - len(todo)
 
-        def on_result(i: int, fitness: float, seconds: float) -> None:
-            rec = {"type": "eval", "key": todo[i], "fitness": float(fitness), "seconds": round(seconds, 4)}
+        def on_result(i: int, fitness: float, fids: dict, seconds: float) -> None:
+            rec = {"type": "eval", "key": todo[i], "fitness": float(fitness),
+                   "fids": {str(n): float(f) for n, f in fids.items()}, "seconds": round(seconds, 4)}
             self.journal.append(rec)
             self.cache[todo[i]] = rec
             self.evaluated += 1
 
-        self.evaluator.evaluate([first[k] for k in todo], todo, self.nfe, samples, seed, on_result)
+        self.evaluator.evaluate([first[k] for k in todo], todo, self.objective, samples, seed, on_result)
         return [self.cache[k] for k in keys]
 
 
@@ -166,14 +174,14 @@ def _starts(cfg: dict, scorer: Scorer, settings: dict, baselines: Path | None) -
         raise InputError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
                          "rerun the baselines stage")
     starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
-    return starts, {n: p["fitness"] for n, p in scored["profiles"].items()}
+    return starts, {n: (p["fitness"], p.get("fids")) for n, p in scored["profiles"].items()}
 
 
 def start(scfg: dict, starts: dict, known: dict, fitness: Fitness, history: History, digest: str) -> Evaluation:
     """Score the starting profiles (those the baselines stage scored are read back); the start row."""
     for name, c in starts.items():
         if name in known:
-            fitness.know(c, digest, known[name])
+            fitness.know(c, digest, *known[name])
     recs = fitness.measure(list(starts.values()), digest, scfg["samples"], scfg["seed"])
     rows = [history.add("start", c, rec, name=name) for (name, c), rec in zip(starts.items(), recs)]
     if scfg["init"] == "best_profile":
@@ -236,7 +244,8 @@ def write(scfg: dict, paths: Paths, scorer: Scorer, history: History, start_row:
     save_tensors(paths.best, scorer.model.state_dict())
     result = {"coefficients": chosen.coefficients.tolist(), "fitness": chosen.fitness, "evaluation": chosen.index,
               "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
-              "nfe": scfg["nfe"], "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
+              "fids": {str(n): f for n, f in chosen.fids.items()}, **Objective.of(scfg).settings(),
+              "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
               "budget": scfg["budget"], "parametrization": scfg["parametrization"],
               "start": {"name": start_row.name, "fitness": start_row.fitness},
               "starts": {r.name: r.fitness for r in history.rows if r.phase == "start"},
@@ -245,9 +254,22 @@ def write(scfg: dict, paths: Paths, scorer: Scorer, history: History, start_row:
     return result
 
 
+def fitness_text(objective: Objective) -> str:
+    """`NFE 5`, or `NFE 3, 5, 8 (log mean, weights 0.33/0.33/0.33)`, and the penalty, for logs."""
+    nfes = objective.nfes
+    text = f"NFE {nfes[0]}" if len(nfes) == 1 else (
+        f"NFE {', '.join(map(str, nfes))} ({objective.mean} mean, weights "
+        f"{'/'.join(f'{w:.2f}' for w in objective.weights.values())})")
+    if objective.penalty != "none" and objective.penalty_weight:
+        text += f" + {objective.penalty_weight:g} x {objective.penalty} penalty"
+    if objective.max_norm is not None:
+        text += f", |c| <= {objective.max_norm:g}"
+    return text
+
+
 def _announce(scfg: dict, scorer: Scorer, devices: list, fitness: Fitness) -> None:
     print(f"[search] {len(scorer.trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
-          f"budget {scfg['budget']}, {scfg['samples']} samples at NFE {scfg['nfe']}, "
+          f"budget {scfg['budget']}, {scfg['samples']} samples at {fitness_text(fitness.objective)}, "
           f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
     print(f"[search] trail: {scorer.trail_placement()}", flush=True)
     journal = fitness.journal
@@ -281,9 +303,10 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     journal = Journal(paths.journal)
     journal.start()
     try:  # the journal holds its lock until the outputs are written
-        fitness = Fitness(journal, Evaluator(scorers), scfg["nfe"])
+        objective = Objective.of(scfg)
+        fitness = Fitness(journal, Evaluator(scorers), objective)
         _announce(scfg, scorer, devices, fitness)
-        history = History(len(starts) + scfg["budget"] + scfg["rescore_top"], stage_run)
+        history = History(len(starts) + scfg["budget"] + scfg["rescore_top"], objective.nfes, stage_run)
         start_row = start(scfg, starts, known, fitness, history, screen_digest)
         screen(scfg, start_row.coefficients.copy(), fitness, history, screen_digest)
         chosen, rescored = rescore(scfg, fitness, history, rescore_digest)

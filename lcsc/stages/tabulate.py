@@ -14,15 +14,21 @@ from pathlib import Path
 from ..kernel import plots, variants
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.io import atomic_path, copy_file, read_json, write_text
-from ..kernel.models import base_model, for_model, truncation
+from ..kernel.models import base_model, for_model, headline_nfe, nfe_list, truncation
 from ..kernel.paths import REPORT_FILES, feature_tag
 from ..kernel.report import (
     TITLES,
     claims,
+    coefficient_stats,
     consistency_claim,
     cost_claim,
     fmt,
     markdown_table,
+    monotone_claim,
+    nfe_saving_claim,
+    nfe_saving_table,
+    nfe_savings,
+    versus_best_baseline,
 )
 
 NAME = "tabulate"
@@ -60,6 +66,7 @@ class _Model:
     history: list[dict]
     trail: dict  # a truncated model's manifest (empty for a full one)
     grids: dict[str, Path]
+    coefficients: dict[str, list[float]]  # each variant's over the trail (not the kept EMAs: files of their own)
 
 
 def _evaluations(paths: Paths) -> dict[tuple[str, str], tuple[dict, Path]]:
@@ -87,11 +94,13 @@ def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
         mcfg = for_model(cfg, model)
         with open(paths.histories[i]) as fh:
             history = list(csv.DictReader(fh))
-        out[model] = _Model(sorted(mcfg["evaluate"]["nfe"]), mcfg["search"]["nfe"],
+        out[model] = _Model(sorted(mcfg["evaluate"]["nfe"]), headline_nfe(mcfg["search"]["nfe"]),
                             {v: {int(n): f for n, f in evaluations[model, v][0]["fid"].items()} for v in names[model]},
                             read_json(paths.searches[i]), history,
                             read_json(paths.manifests[i]) if truncation(model) is not None else {},
-                            {v: evaluations[model, v][1] for v in names[model]})
+                            {v: evaluations[model, v][1] for v in names[model]},
+                            {v: evaluations[model, v][0]["coefficients"] for v in names[model]
+                             if evaluations[model, v][0].get("coefficients")})
     return out
 
 
@@ -112,10 +121,13 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
     both = {variants.LCSC, variants.LAST}
     lines = []
     if fraction is None and both <= set(m.results):
-        lines = claims(m.results, m.search_nfe, m.nfes)
+        lines = [versus_best_baseline(m.results, m.nfes), *claims(m.results, m.search_nfe, m.nfes)]
         if base_model(model) != "dm":
             claim = consistency_claim(m.results, m.search_nfe, m.nfes)
-            lines = ([claim] if claim else []) + lines
+            lines = ([claim] if claim else []) + lines + [monotone_claim(m.results[variants.LCSC], m.nfes)]
+        else:
+            lines.append(nfe_saving_claim(m.results, m.nfes))
+        lines = [line for line in lines if line]
     elif fraction is not None:
         full = report.get(base_model(model))
         kept = {"fraction": fraction, "steps": m.trail["iterations"], "total": m.trail["truncated_from"]["iterations"],
@@ -125,8 +137,11 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
     s = m.search
     starts = ", ".join(f"{n} {fmt(f)}" for n, f in s["starts"].items())
     rescored = f", re-scored {fmt(s['rescore_fitness'])} on other noise." if s["rescore_fitness"] is not None else "."
+    nfes = nfe_list(s.get("nfe", m.search_nfe))
+    at = f"NFE {nfes[0]}" if len(nfes) == 1 else (f"NFE {', '.join(map(str, nfes))} ({s.get('fitness_mean', 'log')} "
+                                                   "mean of their FIDs)")
     lines.append(f"Search: {s['optimizer']}, {s['budget']} evaluations over {len(s['trail_steps'])} checkpoints "
-                 f"({s['parametrization']}) at NFE {m.search_nfe}. Starting points scored: {starts}; the optimizer "
+                 f"({s['parametrization']}) at {at}. Starting points scored: {starts}; the optimizer "
                  f"started at {s['start']['name']}. Kept: evaluation {s['evaluation']}, screening fitness "
                  f"{fmt(s['fitness'])}{rescored}")
     return [f"- {line}" for line in lines]
@@ -148,6 +163,12 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
     for model, m in report.items():
         title = TITLES.get(base_model(model), "") if truncation(model) is None else " (training-cost experiment)"
         md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes), "", *_model_lines(model, m, report), ""]
+        if truncation(model) is None and variants.LCSC in m.results and len(m.results) > 1:
+            md += ["NFE at which LCSC reaches the best baseline's FID at each evaluated NFE (FID read as linear in "
+                   "log NFE between evaluated NFEs; `at most`: already reached at the smallest one):", "",
+                   nfe_saving_table(nfe_savings(m.results, m.nfes)), ""]
+        if m.coefficients:
+            md += ["Coefficients over the trail:", "", coefficient_stats(m.coefficients), ""]
     md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
            "![search curve](search_curve.png)", "", "## Samples at each model's search NFE", ""]
     md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]

@@ -4,7 +4,8 @@ import pytest
 
 from lcsc.kernel.config import load_config
 from lcsc.kernel.errors import ConfigError
-from lcsc.kernel.models import (base_model, check_model, check_trail, for_model, model_kind, models, search_nfe,
+from lcsc.kernel.models import (base_model, check_model, check_trail, for_model, headline_nfe, model_kind, models,
+                                nfe_list, nfe_weights, search_nfe,
                                 trained_model, truncated_name, truncation)
 from lcsc.stages import stage_config
 
@@ -78,7 +79,13 @@ def test_truncated_names_their_base_and_their_kind():
 
 def test_search_nfe_and_the_trail_a_model_reads():
     cfg = load_config(REPO / "config" / "config.yaml", {"cost.fraction": 0.4})
-    assert [search_nfe(cfg, m) for m in models(cfg)] == [cfg["search"]["nfe"], 1, 1, 1, 1]
+    assert [search_nfe(cfg, m) for m in models(cfg)] == [str(cfg["search"]["nfe"]), "1", "1", "1", "1"]
+    several = load_config(REPO / "config" / "config.yaml", {"search.nfe": [5, 3, 8], "consistency.search_nfe": [1, 2],
+                                                            "consistency.search_nfe_weights": [3, 1]})
+    assert [search_nfe(several, m) for m in models(several)] == ["5-3-8", "1-2", "1-2"]
+    assert headline_nfe(several["search"]["nfe"]) == 5 and nfe_list(7) == [7]
+    assert nfe_weights(for_model(several, "cm_cd")["search"]) == {1: 0.75, 2: 0.25}
+    assert nfe_weights(several["search"]) == pytest.approx({5: 1 / 3, 3: 1 / 3, 8: 1 / 3})
     assert trained_model({"kind": "dm"}) == trained_model({}) == "dm"
     assert trained_model({"kind": "cm", "mode": "ct"}) == "cm_ct"
     check_trail("cm_ct_first40", {"kind": "cm", "mode": "ct"}, "m.json")  # a truncated name of the trail's model

@@ -67,7 +67,7 @@ def test_lawa_and_named_profiles_sum_to_one():
     assert profiles.profile_names(bcfg) == list(named)[1:]
 
 
-def test_greedy_soup_adds_in_order_of_own_fid_while_it_improves():
+def test_greedy_soup_skips_a_harmful_checkpoint_and_still_adds_a_later_helpful_one():
     from lcsc.kernel.profiles import greedy_soup
 
     target = np.array([0.0, 0.3, 0.1, 0.5, 0.2])  # checkpoint i "is" the scalar target[i]
@@ -80,7 +80,22 @@ def test_greedy_soup_adds_in_order_of_own_fid_while_it_improves():
 
     c, fitness, log = greedy_soup(5, score)
     # own scores: [0.15, 0.15, 0.05, 1.35, 0.05] -> order 2, 4, 0, 1, 3
-    # {2}: 0.05; {2, 4}: mean 0.15, 0.0 (kept); {2, 4, 0}: mean 0.1, 0.05 (worse: stop)
-    assert [step.get("added", step.get("tried")) for step in log] == [2, 4, 0]
+    # {2}: 0.05; {2, 4}: mean 0.15 -> 0.0, added; {2, 4, 0}: mean 0.1 -> 0.05, skipped;
+    # {2, 4, 1}: mean 0.2 -> 0.05, skipped; {2, 4, 3}: 0.1167 + 1/3, skipped
+    assert [(next(iter(step)), step[next(iter(step))]) for step in log] == [
+        ("added", 2), ("added", 4), ("skipped", 0), ("skipped", 1), ("skipped", 3)]
     np.testing.assert_allclose(c, [0, 0, 0.5, 0, 0.5])
-    assert fitness == pytest.approx(0.0, abs=1e-12) and len(calls) == 5 + 2
+    assert fitness == pytest.approx(0.0, abs=1e-12) and len(calls) == 5 + 4
+
+    # a harmful checkpoint early in the order does not end the soup: a later one is still added
+    own = {0: 1.0, 1: 2.0, 2: 3.0}
+    soups = {(0, 1): 5.0, (0, 2): 0.5}  # adding 1 hurts, adding 2 (tried after it) helps
+
+    def score2(c):
+        members = tuple(int(i) for i in np.flatnonzero(c))
+        return own[members[0]] if len(members) == 1 else soups[members]
+
+    c, fitness, log = greedy_soup(3, score2)
+    assert [next(iter(step)) for step in log] == ["added", "skipped", "added"]
+    np.testing.assert_allclose(c, [0.5, 0, 0.5])
+    assert fitness == 0.5

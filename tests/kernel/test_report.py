@@ -122,3 +122,44 @@ def test_cost_claim_without_a_kept_ema_compares_with_the_last_checkpoint():
                     "at 1 NFE; that trail's own last checkpoint scores 26.00, and the full run's last 20.00. It "
                     "matches or beats the full run's best (last) with 21 of 30 training iterations: an implied "
                     "training speed-up of 30/21 = 1.4x.")
+
+
+def test_the_report_says_where_lcsc_loses_to_the_best_baseline_and_by_how_much():
+    from lcsc.kernel.report import versus_best_baseline
+
+    results = {"last": {3: 40.0, 5: 20.0, 12: 9.0}, "ema_0.999": {3: 44.3, 5: 18.67, 12: 7.85},
+               "greedy_soup": {3: 26.0, 5: 15.0, 12: 9.5}, "lcsc": {3: 27.11, 5: 13.12, 12: 8.95}}
+    text = versus_best_baseline(results, [3, 5, 12])
+    assert text == ("Against the best baseline at each NFE, LCSC LOSES at NFE 3 (27.11 vs greedy_soup 26.00, +1.11), "
+                    "NFE 12 (8.95 vs ema_0.999 7.85, +1.10); it wins at NFE 5 (13.12 vs greedy_soup 15.00, -1.88).")
+    results["lcsc"] = {3: 20.0, 5: 10.0, 12: 7.0}
+    assert versus_best_baseline(results, [3, 5, 12]).startswith("Against the best baseline at each NFE, LCSC wins at "
+                                                                "every evaluated NFE: NFE 3 (20.00 vs greedy_soup")
+
+
+def test_nfe_saving_is_measured_or_interpolated_in_log_nfe_and_marked():
+    from lcsc.kernel.report import nfe_saving_claim, nfe_saving_table, nfe_savings
+
+    results = {"ema": {2: 40.0, 4: 20.0, 8: 10.0}, "lcsc": {2: 30.0, 4: 10.0, 8: 9.0}}
+    savings = nfe_savings(results, [2, 4, 8])
+    # at NFE 2 LCSC is already below 40; 20 lies between LCSC's 30 at 2 and 10 at 4: half-way in
+    # log NFE, NFE 2 * 2^0.5; 10 is LCSC's FID at 4, measured
+    assert [(s["nfe"], s["how"]) for s in savings] == [(2, "at most"), (4, "interpolated"), (8, "measured")]
+    assert savings[1]["lcsc_nfe"] == pytest.approx(2 * 2 ** 0.5) and savings[2]["lcsc_nfe"] == 4.0
+    table = nfe_saving_table(savings)
+    assert "| 4 (ema) | 20.00 | 2.8 (interpolated) | 1.41x |" in table
+    assert "| 8 (ema) | 10.00 | 4 | 2.00x |" in table and "| 2 (ema) | 40.00 | at most 2 | 1.00x or more |" in table
+    assert nfe_saving_claim(results, [2, 4, 8]).startswith("NFE saving: LCSC at 4 NFE (10.00) matches or beats the "
+                                                           "best baseline at 8 NFE (ema, 10.00), 2.00x fewer")
+    never = {"ema": {2: 5.0, 4: 3.0}, "lcsc": {2: 6.0, 4: 4.0}}
+    assert [s["how"] for s in nfe_savings(never, [2, 4])] == ["interpolated", "not reached"]
+    assert "| 4 (ema) | 3.00 | not reached | none |" in nfe_saving_table(nfe_savings(never, [2, 4]))
+
+
+def test_coefficient_stats_and_more_steps_getting_worse():
+    from lcsc.kernel.report import coefficient_stats, monotone_claim
+
+    table = coefficient_stats({"lcsc": [1.5, -0.5, 0.0], "uniform": [0.5, 0.5]})
+    assert "| lcsc | 1.000 | 1.581 | 1.500 | 1 of 3 |" in table and "| uniform | 1.000 | 0.707 | 0.500 | 0 of 2 |" in table
+    assert monotone_claim({1: 33.07, 2: 33.79}, [1, 2]).startswith("LCSC is WORSE at 2 NFE (33.79) than at 1 NFE")
+    assert monotone_claim({1: 30.0, 2: 28.0}, [1, 2]) == "LCSC gets no worse with more steps: 30.00 at 1, 28.00 at 2."

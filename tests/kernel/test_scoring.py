@@ -9,7 +9,8 @@ import torch
 
 from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.io import sha256
-from lcsc.kernel.scoring import WORST_FID, Evaluator, Scorer, fitness_key, fitness_settings, make_noise
+from lcsc.kernel.scoring import (WORST_FID, Evaluator, Objective, Scorer, fitness_key, fitness_settings, make_noise,
+                                 simplex_distance)
 
 from helpers import trained_paths
 
@@ -106,9 +107,52 @@ def test_the_evaluator_scores_each_candidate_once_like_the_scorer(trained, score
     direct = [scorer.score(c, 2, noise)[0] for c in cs]
     for scorers in ([scorer], [scorer, second]):
         seen = []
-        Evaluator(scorers).evaluate(cs, keys, 2, 64, 7, lambda i, fid, seconds: seen.append((i, fid)))
+        Evaluator(scorers).evaluate(cs, keys, Objective({2: 1.0}), 64, 7,
+                                    lambda i, fid, fids, seconds: seen.append((i, fid)))
         assert sorted(seen) == list(enumerate(direct)), len(scorers)
     assert len(set(direct)) == 3
+
+
+@pytest.mark.parametrize("mean", ["arithmetic", "log"])
+def test_a_multi_nfe_fitness_is_the_weighted_mean_of_single_nfe_fids_computed_one_by_one(scorer, mean):
+    c = np.array([0.1, 0.2, 0.3, 0.4])
+    objective = Objective({1: 0.5, 2: 0.3, 3: 0.2}, mean)
+    evaluator = Evaluator([scorer])
+    noises = evaluator.noises(scorer, objective, 48, 11)
+    fitness, fids = scorer.measure(c, objective, noises)
+    one_by_one = {}
+    for n in (1, 2, 3):  # each NFE alone, on the noise of its own seed, through the plain one-NFE path
+        seed = objective.noise_seed(11, n)
+        one_by_one[n] = scorer.score(c, n, scorer.make_noise(48, seed))[0]
+    assert fids == pytest.approx(one_by_one, rel=1e-12)
+    if mean == "arithmetic":
+        expected = 0.5 * one_by_one[1] + 0.3 * one_by_one[2] + 0.2 * one_by_one[3]
+    else:
+        expected = one_by_one[1] ** 0.5 * one_by_one[2] ** 0.3 * one_by_one[3] ** 0.2
+    assert fitness == pytest.approx(expected, rel=1e-12)
+    # each NFE has noise of its own; a one-NFE fitness keeps the seed itself (and is the FID)
+    seeds = {objective.noise_seed(11, n) for n in (1, 2, 3)}
+    assert len(seeds) == 3 and 11 not in seeds and Objective({2: 1.0}).noise_seed(11, 2) == 11
+    single = scorer.measure(c, Objective({2: 1.0}, mean), {2: scorer.make_noise(48, 11)})
+    assert single == (scorer.score(c, 2, scorer.make_noise(48, 11))[0], {2: single[0]})
+
+
+def test_penalties_and_the_norm_bound(scorer, monkeypatch):
+    assert simplex_distance([0.2, 0.3, 0.5]) == pytest.approx(0.0, abs=1e-15)
+    assert simplex_distance([1.0, 1.0]) == pytest.approx(np.sqrt(0.5))  # projects to (0.5, 0.5)
+    assert simplex_distance([2.0, -1.0]) == pytest.approx(np.sqrt(2.0))  # projects to (1, 0)
+    c = np.array([1.5, -0.5, 0.0, 0.0])
+    assert Objective({2: 1.0}, penalty="l2", penalty_weight=2.0).penalty_of(c) == pytest.approx(2 * np.sqrt(2.5))
+    assert Objective({2: 1.0}, penalty="simplex", penalty_weight=3.0).penalty_of(c) == pytest.approx(
+        3 * np.sqrt(0.5))
+    noises = {2: scorer.make_noise(32, 5)}
+    plain, _ = scorer.measure(c, Objective({2: 1.0}), noises)
+    penalised, fids = scorer.measure(c, Objective({2: 1.0}, penalty="l2", penalty_weight=2.0), noises)
+    assert penalised == pytest.approx(plain + 2 * np.sqrt(2.5)) and fids == {2: plain}
+    bounded = Objective({2: 1.0}, max_norm=1.2)
+    monkeypatch.setattr(Scorer, "fid", lambda *a: pytest.fail("a candidate over the norm bound was sampled"))
+    assert scorer.measure(c, bounded, noises) == (WORST_FID, {})
+    assert bounded.settings() == {"nfe": 2, "max_norm": 1.2}
 
 
 def test_trail_placement_says_where_the_stacked_trail_lives(scorer):

@@ -22,6 +22,8 @@ def test_baselines_stage(trained):
         assert np.isfinite(p["fitness"])
     soup = result["profiles"]["greedy_soup"]
     members = [i for i, c in enumerate(soup["coefficients"]) if c > 0]
-    assert soup["steps"][0]["added"] == members[0] or len(members) > 1
+    # every checkpoint is tried once, and the soup holds exactly those added
+    assert len(soup["steps"]) == len(soup["coefficients"])
+    assert sorted(s["added"] for s in soup["steps"] if "added" in s) == members
     # the soup is never worse than its best single checkpoint (the first step)
     assert soup["fitness"] <= soup["steps"][0]["fitness"]

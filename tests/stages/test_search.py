@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lcsc.cli import main
+from lcsc.kernel.errors import InputError
 from lcsc.kernel.journal import Journal
 from lcsc.kernel.paths import Layout, dataset_name
 from lcsc.kernel.scoring import WORST_FID, Scorer, make_noise
@@ -61,6 +62,38 @@ def test_search_outputs_and_fitness_is_reproducible(trained):
     scorer.loader.load(scorer.weights_of(c))
     for key, value in scorer.model.state_dict().items():
         assert torch.equal(best[key], value)
+
+
+def test_a_search_over_several_nfes_records_each_fid_and_combines_them(trained, tmp_path):
+    from lcsc.stages import baselines
+
+    cfg, _ = trained
+    cfg = tiny_config(tmp_path, search={"nfe": [2, 1], "nfe_weights": [3, 1], "fitness_mean": "arithmetic",
+                                        "budget": 4, "num_workers": 2, "samples": 32, "batch_size": 64,
+                                        "rescore_top": 2, "rescore_samples": 48},
+                      baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": True})
+    manifest, features, stats = trained_paths(trained[0])
+    scored = baselines.run(cfg, baselines.Paths(manifest, features, stats, tmp_path / "b.json"), "dm",
+                           torch.device("cpu"))
+    assert scored["nfe"] == [2, 1] and scored["nfe_weights"] == [0.75, 0.25]
+    for name, p in scored["profiles"].items():
+        assert p["fitness"] == pytest.approx(0.75 * p["fids"]["2"] + 0.25 * p["fids"]["1"], rel=1e-12), name
+    result = run_search(cfg, manifest, features, stats, tmp_path / "s", torch.device("cpu"),
+                        baselines=tmp_path / "b.json")
+    rows = _history(tmp_path / "s" / "history.csv")
+    assert [r["phase"] for r in rows] == ["start"] * 3 + ["search"] * 4 + ["rescore"] * 2
+    for r in rows:  # every row: the FID at each NFE, and the fitness their weighted mean
+        assert float(r["fitness"]) == pytest.approx(0.75 * float(r["fid_nfe2"]) + 0.25 * float(r["fid_nfe1"]),
+                                                    rel=1e-12)
+    assert [float(r["fitness"]) for r in rows[:3]] == [p["fitness"] for p in scored["profiles"].values()]
+    assert result["nfe"] == [2, 1] and result["fitness_mean"] == "arithmetic"
+    assert result["fitness"] == pytest.approx(0.75 * result["fids"]["2"] + 0.25 * result["fids"]["1"], rel=1e-12)
+    # a baselines file scored with other weights is refused by the search, naming the setting
+    other = dict(cfg, search=dict(cfg["search"], nfe_weights=[1, 1]))
+    with pytest.raises(InputError, match=r"b.json: scored with other fitness settings than this search "
+                                         r"\(nfe_weights\)"):
+        run_search(other, manifest, features, stats, tmp_path / "s2", torch.device("cpu"),
+                   baselines=tmp_path / "b.json")
 
 
 def test_stale_inputs_are_refused_with_the_file_named(trained, tmp_path):
@@ -127,15 +160,16 @@ def test_non_finite_samples_score_worst_and_the_search_goes_on(trained, tmp_path
 
 
 def _counting(monkeypatch):
-    """Count Scorer.score calls per (coefficients, noise seed)."""
+    """Count Scorer.measure calls per (coefficients, noise seed)."""
     seen = []
-    real = Scorer.score
+    real = Scorer.measure
 
-    def score(self, coefficients, nfe, noise):
+    def measure(self, coefficients, objective, noises):
+        noise = noises[objective.nfes[0]]
         seen.append((np.asarray(coefficients, dtype=np.float64).tobytes(), len(noise), float(noise[0, 0, 0, 0])))
-        return real(self, coefficients, nfe, noise)
+        return real(self, coefficients, objective, noises)
 
-    monkeypatch.setattr(Scorer, "score", score)
+    monkeypatch.setattr(Scorer, "measure", measure)
     return seen
 
 
@@ -174,13 +208,13 @@ def test_two_devices_score_like_one(trained, tmp_path, monkeypatch):
     one = run_search(cfg, *trained_paths(cfg), tmp_path / "one", torch.device("cpu"))
     two_cfg = dict(cfg, search=dict(cfg["search"], devices=["cpu", "cpu"]))
     per_scorer = {}
-    real = Scorer.score
+    real = Scorer.measure
 
-    def score(self, coefficients, nfe, noise):
+    def measure(self, coefficients, objective, noises):
         per_scorer[id(self)] = per_scorer.get(id(self), 0) + 1
-        return real(self, coefficients, nfe, noise)
+        return real(self, coefficients, objective, noises)
 
-    monkeypatch.setattr(Scorer, "score", score)
+    monkeypatch.setattr(Scorer, "measure", measure)
     two = run_search(two_cfg, *trained_paths(cfg), tmp_path / "two", torch.device("cpu"))
     assert len(per_scorer) == 2 and min(per_scorer.values()) >= 3, per_scorer  # both devices took a share
     a, b = _history(tmp_path / "one" / "history.csv"), _history(tmp_path / "two" / "history.csv")

@@ -40,7 +40,9 @@ def test_overrides_and_slices():
     with pytest.raises(ConfigError, match=r"--runtime-json: search.budget: not a run-time key"):
         with_runtime({}, {"search": {"budget": 3}})
     # nor does a new budget: the baselines keep only the fitness settings, evaluate the NFE
-    assert set(stage_config(cfg, "baselines")["search"]) == {"nfe", "samples", "seed", "batch_size"}
+    assert set(stage_config(cfg, "baselines")["search"]) == {"nfe", "nfe_weights", "fitness_mean", "penalty",
+                                                             "penalty_weight", "max_norm", "samples", "seed",
+                                                             "batch_size"}
     assert stage_config(cfg, "evaluate")["search"] == {"nfe": cfg["search"]["nfe"]}
     assert stage_config(cfg, "tabulate")["search"]["budget"] == 3
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}

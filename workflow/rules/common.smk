@@ -68,7 +68,7 @@ wildcard_constraints:
     mode="cd|ct",
     base="|".join(MODEL_BASES),
     percent=r"[0-9.]+",
-    nfe=r"[0-9]+",
+    nfe=r"[0-9]+(-[0-9]+)*",
 
 
 def stage_json(stage, model=None):
@@ -90,7 +90,7 @@ def train_cm_json(wildcards):
 
 
 def model_search_nfe(model):
-    """The NFE the model's search targets: search.nfe, or consistency.search_nfe."""
+    """The tag of the NFEs the model's search targets (search.nfe, or consistency.search_nfe): 5, 3-5-8."""
     return search_nfe(config, model)
 
 
@@ -205,7 +205,7 @@ onerror:
 
 def search_json(wildcards):
     """The search's config slice; the NFE in its path must be the one the config searches at."""
-    if int(wildcards.nfe) != model_search_nfe(wildcards.model):
+    if wildcards.nfe != model_search_nfe(wildcards.model):
         raise WorkflowError(f"{LAYOUT.search_dir(wildcards.model, wildcards.nfe)}: {wildcards.model}'s search "
                             f"targets NFE {model_search_nfe(wildcards.model)} in this config, not {wildcards.nfe}")
     return stage_json("search", wildcards.model)
