@@ -96,8 +96,12 @@ def test_workflow_produces_the_report(workflow_run):
                                   "cm_ct (consistency training)", "cm_cd_first70 (training-cost experiment)"]
     for model in ("dm", "cm_cd", "cm_ct"):
         body = next(v for k, v in sections.items() if k.startswith(model + " "))
-        rows = [line.split("|")[1].strip() for line in body.splitlines() if line.startswith("| ") and "---" not in line]
+        table = body.split("\n\n")[1]  # the FID table (after the title); the NFE-saving and coefficient tables follow
+        rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
         assert rows == ["variant", *WF_VARIANTS]
+        assert "- Against the best baseline at each NFE, LCSC " in body
+        assert "| best baseline at NFE | its FID | LCSC reaches that FID at NFE | NFE saving |" in body
+        assert re.search(r"^\| lcsc \| 1\.000 \| [0-9.]+ \| [0-9.]+ \| [0-9]+ of [0-9]+ \|$", body, flags=re.M)
         header = next(line for line in body.splitlines() if line.startswith("| variant"))
         assert header == "| variant | NFE 1 | NFE 2 |"
     fids = {}
