@@ -196,9 +196,9 @@ def nfe_saving_table(savings: list[dict]) -> str:
 def nfe_saving_claim(results: dict[str, dict[int, float]], nfes: list[int]) -> str | None:
     """The paper's diffusion claim in its own terms: the largest measured saving, LCSC at m NFE at
     or below the best baseline at n > m, both evaluated (no interpolation)."""
-    if variants.LCSC not in results or not best_baselines(results, nfes):
-        return None
     base = best_baselines(results, nfes)
+    if variants.LCSC not in results or not base:
+        return None
     lcsc = results[variants.LCSC]
     pairs = [(n / m, m, n) for n in nfes for m in nfes if m < n and lcsc[m] <= results[base[n]][n]]
     if not pairs:

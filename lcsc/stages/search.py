@@ -93,9 +93,10 @@ class History:
     """Every evaluation in order, the best screening fitness so far, and their progress bar and
     MLflow metrics."""
 
-    def __init__(self, total: int, nfes: list[int], stage_run=None):
+    def __init__(self, total: int, objective: Objective, stage_run=None):
         self.rows: list[Evaluation] = []
-        self.nfes = nfes
+        self.objective = objective
+        self.nfes = objective.nfes
         self.best = float("inf")
         self.bar = progress(total=total, desc="search")
         self.stage_run = stage_run
@@ -244,7 +245,7 @@ def write(scfg: dict, paths: Paths, scorer: Scorer, history: History, start_row:
     save_tensors(paths.best, scorer.model.state_dict())
     result = {"coefficients": chosen.coefficients.tolist(), "fitness": chosen.fitness, "evaluation": chosen.index,
               "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
-              "fids": {str(n): f for n, f in chosen.fids.items()}, **Objective.of(scfg).settings(),
+              "fids": {str(n): f for n, f in chosen.fids.items()}, **history.objective.settings(),
               "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
               "budget": scfg["budget"], "parametrization": scfg["parametrization"],
               "start": {"name": start_row.name, "fitness": start_row.fitness},
@@ -306,7 +307,7 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         objective = Objective.of(scfg)
         fitness = Fitness(journal, Evaluator(scorers), objective)
         _announce(scfg, scorer, devices, fitness)
-        history = History(len(starts) + scfg["budget"] + scfg["rescore_top"], objective.nfes, stage_run)
+        history = History(len(starts) + scfg["budget"] + scfg["rescore_top"], objective, stage_run)
         start_row = start(scfg, starts, known, fitness, history, screen_digest)
         screen(scfg, start_row.coefficients.copy(), fitness, history, screen_digest)
         chosen, rescored = rescore(scfg, fitness, history, rescore_digest)
