@@ -27,7 +27,7 @@ from .kernel.config import (
 )
 from .kernel.errors import ConfigError, LcscError, StoreError, UsageError
 from .kernel.interrupts import install
-from .kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_nfe
+from .kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_nfe, search_repeat
 from .kernel.paths import (
     Layout,
     dataset_name,
@@ -235,7 +235,8 @@ def cmd_search(args) -> None:
     from .stages import search
 
     cfg, layout, device, run = _setup(args, search.NAME, args.model)
-    files = search_files(args.out_dir or layout.search_dir(args.model, nfe_tag(cfg["search"]["nfe"])))
+    cfg = search_repeat(cfg, args.repeat)
+    files = search_files(args.out_dir or layout.search_dir(args.model, nfe_tag(cfg["search"]["nfe"]), args.repeat))
     given = {name: getattr(args, name) for name in files}
     paths = search.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
                          features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
@@ -253,10 +254,15 @@ def cmd_evaluate(args) -> None:
                            features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
                            result=Path(args.out or layout.eval_json(args.model, args.variant)),
                            grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
-                           coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
+                           coefficients=tuple(map(Path, args.coefficients or _search_results(cfg, layout, args.model))),
                            baselines=_baselines(layout, args))
     with run:
         evaluate.run(cfg, paths, args.model, args.variant, device, run)
+
+
+def _search_results(cfg: dict, layout: Layout, model: str) -> list[Path]:
+    """The coefficients.json of each of the model's searches (search.repeats)."""
+    return [layout.coefficients(model, nfe_tag(cfg["search"]["nfe"]), r) for r in range(cfg["search"]["repeats"])]
 
 
 def cmd_tabulate(args) -> None:
@@ -371,10 +377,14 @@ COMMANDS = [
      [_MODEL, *_INPUTS, ("--out", {})]),
     ("search", cmd_search, "search LCSC coefficients with nevergrad",
      [_MODEL, *_INPUTS, ("--baselines", {}),
+      ("--repeat", {"type": int, "default": 0, "help": "which of the search.repeats searches (0: the first, "
+                    "with search.seed)"}),
       ("--out-dir", {"help": "the search's folder: coefficients.json, history.csv, best.safetensors, state/"}),
       *[(f"--{name}", {"help": "instead of the one in --out-dir"}) for name in search_files(".")]]),
     ("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep",
-     [_MODEL, ("--variant", {"required": True}), *_INPUTS, ("--coefficients", {}), ("--baselines", {}),
+     [_MODEL, ("--variant", {"required": True}), *_INPUTS,
+      ("--coefficients", dict(_MANY, help="lcsc: each search's coefficients.json (search.repeats), the first first")),
+      ("--baselines", {}),
       ("--out", {}), ("--grid", {})]),
     ("export", cmd_export, "a variant's merged weights in the trail's own format, with a model card",
      [_MODEL, ("--variant", {"default": variants.LCSC}), ("--manifest", {}), ("--coefficients", {}),

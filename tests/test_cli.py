@@ -149,13 +149,13 @@ def test_evaluate_and_baselines_paths(tiny, monkeypatch):
                   stats=layout.stats("digits12", "train", "classifier"))
     paths, args, _ = _parsed(monkeypatch, evaluate, ["evaluate", "--config", config, "--variant", "ema_0.99"])
     assert paths == evaluate.Paths(**common, result=layout.eval_json("dm", "ema_0.99"),
-                                   grid=layout.eval_grid("dm", "ema_0.99"), coefficients=layout.coefficients("dm", 2),
+                                   grid=layout.eval_grid("dm", "ema_0.99"), coefficients=(layout.coefficients("dm", 2),),
                                    baselines=None)
     assert args[:2] == ("dm", "ema_0.99")
     paths, args, seen = _parsed(monkeypatch, evaluate, ["evaluate", "--config", config, "--model", "cm_cd", "--variant",
-                                                       "lcsc", "--out", "e.json", "--coefficients", "c.json"])
+                                                       "lcsc", "--out", "e.json", "--coefficients", "c.json", "d.json"])
     assert (paths.manifest, paths.result, paths.grid, paths.coefficients) == (
-        layout.manifest("cm_cd"), Path("e.json"), layout.eval_grid("cm_cd", "lcsc"), Path("c.json"))
+        layout.manifest("cm_cd"), Path("e.json"), layout.eval_grid("cm_cd", "lcsc"), (Path("c.json"), Path("d.json")))
     assert args[:2] == ("cm_cd", "lcsc") and seen["evaluate"]["nfe"] == [1, 2] and seen["search"]["nfe"] == 1
     paths, args, _ = _parsed(monkeypatch, baselines, ["baselines", "--config", config])
     assert paths == baselines.Paths(**common, baselines=layout.baselines("dm")) and args[0] == "dm"

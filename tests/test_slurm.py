@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY
+from lcsc.kernel.tracking import job_name
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm"
@@ -122,8 +123,8 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
                 for p in parents}
     first, second = (children[p.info.run_id] for p in parents)
-    assert sorted(r.info.run_name for r in first if r.info.status == "FAILED") == ["search[model=dm,nfe=2]"] * (1 + retries)
-    finished = sorted(r.info.run_name for r in first + second if r.info.status == "FINISHED")
+    assert sorted(job_name(r.info.run_name) for r in first if r.info.status == "FAILED") == ["search[model=dm,nfe=2]"] * (1 + retries)
+    finished = sorted(job_name(r.info.run_name) for r in first + second if r.info.status == "FINISHED")
     assert finished == sorted(["train_dm[model=dm]", "train_features", "reference_stats[split=train]",
                                "baselines[model=dm]", "search[model=dm,nfe=2]", "tabulate",
                                "export[model=dm,variant=lcsc]", *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS)])

@@ -15,6 +15,7 @@ import yaml
 import inception_standin
 from conftest import REPO, TINY
 from helpers import SNAKEMAKE, snakemake
+from lcsc.kernel.tracking import job_name
 
 
 def test_lint_and_dry_run_of_the_default_config():
@@ -123,6 +124,19 @@ def test_workflow_produces_the_report(workflow_run):
     assert "LCSC over the first 70% of cm_cd's training (2 checkpoints, steps up to 20 of 30) scores FID " \
            f"{fids['cm_cd_first70', 'lcsc'][1]:.2f} at 1 NFE" in cost
     assert ("implied training speed-up of 30/20 = 1.5x" in cost) != ("implies no training speed-up" in cost)
+    # the training-cost table and plot, with the same verdict
+    curve = sections["Training cost"]
+    row = next(line for line in curve.splitlines() if line.startswith("| 0.7 |"))
+    assert row.startswith(f"| 0.7 | 2 | 20 of 30 | {fids['cm_cd_first70', 'lcsc'][1]:.2f} |")
+    assert row.endswith("| 1.5x |") == ("implied training speed-up of 30/20 = 1.5x" in cost)
+    assert (report / "cost_curve.png").stat().st_size > 0
+    # precision, recall and KID beside FID, in the same feature space
+    ev = json.loads((root / RESULTS / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())
+    assert set(ev["kid"]) == set(ev["precision"]) == set(ev["recall"]) == {"1", "2"}
+    assert all(0 <= ev[k][n] <= 1 for k in ("precision", "recall") for n in ("1", "2"))
+    q = next(line for line in sections["dm (diffusion model)"].splitlines() if line.startswith("| lcsc | ")
+             and " / " in line)
+    assert f"{ev['kid']['1'] * 1e3:.2f} / {ev['precision']['1']:.2f} / {ev['recall']['1']:.2f}" in q
     logs = list((root / RESULTS / "tiny-wf" / "logs").rglob("*.log"))
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
     # 3 x 6 + 2 evaluations, tabulate, the 3 full models' exports
@@ -162,13 +176,27 @@ def test_workflow_produces_the_report(workflow_run):
     for rule, wildcards in jobs:
         if rule not in ("tabulate", "all"):
             assert re.search(r"\b(model|base)=dm(_first70)?(,|$)", wildcards), (rule, wildcards)
+    # more searches (search.repeats) add one job each and leave the first search alone; lcsc's
+    # evaluation then reads every search's coefficients
+    (root / "repeats.yaml").write_text(yaml.safe_dump(dict(cfg, search=dict(cfg["search"], repeats=2))))
+    dry = snakemake(["-n", "-p", "--configfile", "repeats.yaml", "--directory", str(root)], root)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    blocks = re.split(r"^(?=(?:local)?rule \w+:$)", dry.stdout, flags=re.M)[1:]
+    rules = [re.match(r"(?:local)?rule (\w+):", b).group(1) for b in blocks]
+    assert rules.count("search_repeat") == len(WF_MODELS) and "search" not in rules, rules
+    second = next(b for b in blocks if b.startswith("rule search_repeat:") and "model=dm," in b)
+    assert "--repeat 1" in second and "/dm/search/nfe2-r1/coefficients.json" in second
+    ev = next(b for b in blocks if b.startswith("rule evaluate:") and "variant=lcsc" in b and "model=dm," in b)
+    command = shlex.split(re.search(r"^Shell command: (.*)$", ev, flags=re.M).group(1))
+    files = command[command.index("--coefficients") + 1:command.index("--coefficients") + 3]
+    assert [Path(f).parent.name for f in files] == ["nfe2", "nfe2-r1"]
 
 
 def test_a_hostile_results_folder_holds_everything_and_runs_nothing(workflow_run):
     root, _ = workflow_run
     assert (root / RESULTS / "tiny-wf" / "report" / "summary.md").stat().st_size > 0
     written = {p.relative_to(root).parts[0] for p in root.iterdir()}
-    assert written <= {".snakemake", "tiny.yaml", "edit.yaml", "moved.yaml", RESULTS.split("/")[0]}, written
+    assert written <= {".snakemake", "tiny.yaml", "edit.yaml", "moved.yaml", "repeats.yaml", RESULTS.split("/")[0]}, written
     outside = [p for p in (root / RESULTS.split("/")[0]).rglob("*") if not str(p).startswith(str(root / RESULTS))]
     assert outside == []
     assert not list(root.rglob("pwned")) and not (REPO / "pwned").exists() and not (Path.cwd() / "pwned").exists()
@@ -221,7 +249,12 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert parent.data.params["search.budget"] == "8"
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {job_name(r.info.run_name): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    # the parent carries the headline numbers, the same as the evaluations on disk
+    dm_lcsc = json.loads((root / RESULTS / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())["fid"]
+    assert parent.data.metrics["dm.lcsc_fid_nfe2"] == pytest.approx(dm_lcsc["2"])
+    assert {"dm.best_baseline_fid_nfe1", "dm.nfe_saving", "cm_cd.training_speedup"} <= set(parent.data.metrics)
+    assert all(r.info.run_name.endswith(f" @{parent.data.tags['lcsc.invocation']}") for r in children.values())
     expected = {"train_dm[model=dm]", "train_cm[model=cm_cd]", "train_cm[model=cm_ct]", "train_features",
                 "reference_stats[split=train]", "tabulate",
                 *[f"export[model={m},variant=lcsc]" for m in ("dm", "cm_cd", "cm_ct")]}

@@ -13,7 +13,7 @@ import yaml
 
 from . import variants
 from .errors import ConfigError
-from .models import for_model, imported, models, nfe_list, truncation
+from .models import cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -43,6 +43,22 @@ def _dotted(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _seed_checks(scfg: dict, ecfg: dict) -> list[str]:
+    """The evaluation seeds (evaluate.seed and those its repeats derive) are none of the searches'
+    (search.seed, search.rescore_seed and theirs), so every reported FID is on noise no search saw."""
+    evaluation = repeat_seeds(ecfg["seed"], ecfg.get("repeats", 1))
+    out = []
+    for key in ("seed", "rescore_seed"):
+        used = repeat_seeds(scfg[key], scfg.get("repeats", 1))
+        shared = sorted(set(used) & set(evaluation))
+        if shared:
+            what = (f"equals search.{key}" if len(used) == len(evaluation) == 1 else
+                    f"and its repeats (evaluate.repeats) share seed {shared[0]} with search.{key} and its repeats "
+                    "(search.repeats)")
+            out.append(f"evaluate.seed: {ecfg['seed']} {what}; the evaluation must use seeds the search never saw")
+    return out
+
+
 def _cross_checks(cfg: dict) -> list[str]:
     errors = []
     errors += _search_nfe_checks("search.nfe", cfg["search"]["nfe"], "search.nfe_weights",
@@ -52,12 +68,7 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
             f"{cfg['train']['iterations']}; it must be at most the number of iterations"
         )
-    for key in ("seed", "rescore_seed"):
-        if cfg["search"][key] == cfg["evaluate"]["seed"]:
-            errors.append(
-                f"evaluate.seed: {cfg['evaluate']['seed']} equals search.{key}; the evaluation must use "
-                "seeds the search never saw"
-            )
+    errors += _seed_checks(cfg["search"], cfg["evaluate"])
     too_many = [n for n in cfg["evaluate"]["nfe"] if n > cfg["diffusion"]["timesteps"]]
     if too_many:
         errors.append(f"evaluate.nfe: {too_many} exceed diffusion.timesteps {cfg['diffusion']['timesteps']}")
@@ -122,9 +133,9 @@ def _trail_checks(cfg: dict) -> list[str]:
                 errors.append(f"trail.pattern: {t['pattern']!r} must have exactly one group (the step)")
         except re.error as exc:
             errors.append(f"trail.pattern: {t['pattern']!r} is not a regular expression ({exc})")
-    if cfg["cost"]["fraction"] is not None:
-        errors.append("cost.fraction: the training-cost experiment truncates trails trained here; set it to null "
-                      "for an imported trail")
+    if cost_fractions(cfg):
+        errors.append("cost.fractions: the training-cost experiment truncates trails trained here; set it to [] "
+                      "(and cost.fraction to null) for an imported trail")
     if source == "state_dict" and t["sampler"] == "cm":
         errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])))
     return errors
@@ -298,7 +309,7 @@ def _consistency_checks(cfg: dict) -> list[str]:
         if variants.kept_ema_decay(teacher) not in cfg["train"]["ema_decays"]:
             errors.append(f"consistency.cd.teacher: {teacher!r} is not an EMA the diffusion model keeps "
                           f"(train.ema_decays {cfg['train']['ema_decays']}); use last or one of those")
-    running = models(dict(cfg, cost={"fraction": None, "models": []}))
+    running = models(dict(cfg, cost={"fractions": [], "fraction": None, "models": []}))
     cm = for_model(cfg, "cm_ct")["train"]
     if c["modes"] and cm["checkpoint_every"] > cm["iterations"]:
         errors.append(f"consistency.train.checkpoint_every: {cm['checkpoint_every']} exceeds the consistency "
@@ -309,8 +320,8 @@ def _consistency_checks(cfg: dict) -> list[str]:
             if n > n_checkpoints:
                 errors.append(f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the consistency "
                               "models' trails will hold")
-    fraction = cfg["cost"]["fraction"]
-    if fraction is not None:
+    fractions = cost_fractions(cfg)
+    if fractions:
         missing = [m for m in cfg["cost"]["models"] if m not in running]
         if missing:
             errors.append(f"cost.models: {missing} do not run (the models are {running}; see consistency.modes)")
@@ -318,11 +329,13 @@ def _consistency_checks(cfg: dict) -> list[str]:
             if m not in running:
                 continue
             t = for_model(cfg, m)["train"]
-            kept = int(fraction * t["iterations"]) // t["checkpoint_every"]
-            need = max([2, *cfg["baselines"]["lawa_last"]])
-            if kept < need:
-                errors.append(f"cost.fraction: the first {fraction:g} of {m}'s {t['iterations']} iterations holds "
-                              f"{kept} checkpoints (one every {t['checkpoint_every']}); it needs at least {need}")
+            for fraction in fractions:
+                kept = int(fraction * t["iterations"]) // t["checkpoint_every"]
+                if kept < 2:
+                    errors.append(f"cost.fractions: the first {fraction:g} of {m}'s {t['iterations']} iterations "
+                                  f"holds {kept} checkpoints (one every {t['checkpoint_every']}); LCSC needs at "
+                                  "least 2")
+                    break
     return errors
 
 

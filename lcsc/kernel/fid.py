@@ -115,3 +115,17 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise InputError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}, not [D] and [D, D]; {rerun}")
     return mu, sigma
+
+
+def load_reference_features(path: str | Path) -> np.ndarray | None:
+    """The reference features a stats file keeps beside mu and sigma (for precision, recall and
+    KID), or None for a file without them."""
+    with reading(path, "a readable reference-stats .npz file", "rerun reference_stats (or pass the right --stats)"):
+        with np.load(path, allow_pickle=False) as z:
+            if "reference_features" not in z.files:
+                return None
+            features = z["reference_features"]
+    if features.ndim != 2 or len(features) < 2:
+        raise InputError(f"{path}: its reference features have shape {features.shape}, not [N >= 2, D]; "
+                         "rerun reference_stats")
+    return features

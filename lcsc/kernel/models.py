@@ -6,6 +6,7 @@ of that model's trail, and `imported`, the one model of a trail brought from ano
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 from .errors import ConfigError
@@ -73,10 +74,42 @@ def models(cfg: dict) -> list[str]:
     if imported(cfg):
         return [IMPORTED]
     out = ["dm", *[f"cm_{m}" for m in cfg["consistency"]["modes"]]]
-    fraction = cfg["cost"]["fraction"]
-    if fraction is not None:
-        out += [truncated_name(m, fraction) for m in cfg["cost"]["models"] if m in out]
+    full = list(out)
+    for m in cfg["cost"]["models"]:  # each model's fractions together, smallest first
+        if m in full:
+            out += [truncated_name(m, f) for f in cost_fractions(cfg)]
     return out
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat` of a search or an evaluation: `seed` itself for the first, a
+    32-bit seed derived from (seed, repeat) after, so repeats never walk into each other's seeds."""
+    if repeat == 0:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"lcsc-repeat:{int(seed)}:{repeat}".encode()).digest()[:4], "little")
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    return [repeat_seed(seed, r) for r in range(repeats)]
+
+
+def search_repeat(cfg: dict, repeat: int) -> dict:
+    """The config of search `repeat` (0 .. search.repeats - 1): its own screening and re-scoring
+    seeds (repeat_seed), everything else the same."""
+    if repeat == 0:
+        return cfg
+    if repeat < 0:
+        raise ConfigError(f"--repeat: {repeat}; the searches are numbered 0, 1, ... (search.repeats)")
+    out = copy.deepcopy(cfg)
+    for key in ("seed", "rescore_seed"):
+        out["search"][key] = repeat_seed(cfg["search"][key], repeat)
+    return out
+
+
+def cost_fractions(cfg: dict) -> list[float]:
+    """The training-cost experiment's fractions (`cost.fractions` and `cost.fraction`), ascending."""
+    c = cfg.get("cost", {})
+    return sorted({float(f) for f in [*c.get("fractions", []), *([c["fraction"]] if c.get("fraction") else [])]})
 
 
 def for_model(cfg: dict, model: str) -> dict:
@@ -87,6 +120,7 @@ def for_model(cfg: dict, model: str) -> dict:
     out = copy.deepcopy(cfg)
     if model_kind(model, cfg) == "dm":
         out.pop("consistency", None)
+        _shorter_lawa(out, model)
         return out
     c = out.get("consistency")
     if c is None:
@@ -99,7 +133,19 @@ def for_model(cfg: dict, model: str) -> dict:
         out["search"]["nfe_weights"] = c.get("search_nfe_weights")
     if "evaluate" in out:
         out["evaluate"]["nfe"] = list(c["evaluate_nfe"])
+    _shorter_lawa(out, model)
     return out
+
+
+def _shorter_lawa(cfg: dict, model: str) -> None:
+    """A truncated trail's searches start from the LAWA windows that fit in it (its report shows
+    last and lcsc only)."""
+    fraction = truncation(model)
+    if fraction is None or "baselines" not in cfg or "train" not in cfg:
+        return
+    t = cfg["train"]
+    kept = int(fraction * t["iterations"]) // t["checkpoint_every"]
+    cfg["baselines"]["lawa_last"] = [n for n in cfg["baselines"]["lawa_last"] if n <= kept]
 
 
 def search_nfe(cfg: dict, model: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 # The report's files (stage tabulate), by the name its code uses for each.
 REPORT_FILES = {"summary_md": "summary.md", "summary_csv": "summary.csv", "fid_vs_nfe": "fid_vs_nfe.png",
                 "coefficients": "coefficients.png", "search_curve": "search_curve.png"}
+COST_CURVE = "cost_curve.png"  # the training-cost plot, with cost.fractions only
 
 
 def dataset_name(data_cfg: dict) -> str:
@@ -66,20 +67,21 @@ class Layout:
     def baselines(self, model: str) -> Path:
         return self.root / model / "baselines.json"
 
-    def search_dir(self, model: str, nfe) -> Path:
-        return self.root / model / "search" / f"nfe{nfe}"
+    def search_dir(self, model: str, nfe, repeat=0) -> Path:
+        """One search's folder: `nfe5` (or `nfe3-5-8`) for the first, `nfe5-r1` for repeat 1 (search.repeats)."""
+        return self.root / model / "search" / (f"nfe{nfe}" if repeat in (0, "0") else f"nfe{nfe}-r{repeat}")
 
-    def coefficients(self, model: str, nfe) -> Path:
-        return search_files(self.search_dir(model, nfe))["coefficients"]
+    def coefficients(self, model: str, nfe, repeat=0) -> Path:
+        return search_files(self.search_dir(model, nfe, repeat))["coefficients"]
 
-    def history(self, model: str, nfe) -> Path:
-        return search_files(self.search_dir(model, nfe))["history"]
+    def history(self, model: str, nfe, repeat=0) -> Path:
+        return search_files(self.search_dir(model, nfe, repeat))["history"]
 
-    def best_weights(self, model: str, nfe) -> Path:
-        return search_files(self.search_dir(model, nfe))["best"]
+    def best_weights(self, model: str, nfe, repeat=0) -> Path:
+        return search_files(self.search_dir(model, nfe, repeat))["best"]
 
-    def journal(self, model: str, nfe) -> Path:
-        return search_files(self.search_dir(model, nfe))["journal"]
+    def journal(self, model: str, nfe, repeat=0) -> Path:
+        return search_files(self.search_dir(model, nfe, repeat))["journal"]
 
     def eval_json(self, model: str, variant: str) -> Path:
         return self.root / model / "eval" / f"{variant}.json"
@@ -93,8 +95,9 @@ class Layout:
     def report_dir(self) -> Path:
         return self.root / "report"
 
-    def report_files(self) -> list[Path]:
-        return [self.report_dir() / name for name in REPORT_FILES.values()]
+    def report_files(self, cost: bool = False) -> list[Path]:
+        """The report's files; `cost`: with the training-cost plot (cost.fractions)."""
+        return [self.report_dir() / name for name in [*REPORT_FILES.values(), *([COST_CURVE] if cost else [])]]
 
     def log(self, rule: str, name: str) -> Path:
         return self.root / "logs" / rule / f"{name}.log"

@@ -18,13 +18,17 @@ from .report import best_ema
 
 
 def plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int]], search_nfe: dict[str, int],
-                     path: Path) -> None:
+                     path: Path, spread: dict[str, dict] | None = None) -> None:
+    """FID against NFE per model, every variant a line; with `spread`, error bars of one standard
+    deviation over the runs (evaluation seeds, and searches for lcsc)."""
     fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4), squeeze=False)
     for ax, (model, results) in zip(axes[0], all_results.items()):
         nfes = model_nfes[model]
         for v, r in results.items():
-            ax.plot(nfes, [r[n] for n in nfes], marker="o", lw=2.5 if v == variants.LCSC else 1.0,
-                    color="black" if v == variants.LCSC else None, label=v)
+            sd = (spread or {}).get(model, {}).get(v, {})
+            ax.errorbar(nfes, [r[n] for n in nfes], yerr=[sd[n][0] for n in nfes] if sd else None, marker="o",
+                        lw=2.5 if v == variants.LCSC else 1.0, capsize=3 if sd else 0,
+                        color="black" if v == variants.LCSC else None, label=v)
         full = all_results.get(base_model(model)) if truncation(model) is not None else None
         if full:  # the training-cost experiment: the full run's own last and best EMA, for comparison
             ema = best_ema(full, search_nfe[model])  # the EMA the report's sentence names
@@ -76,6 +80,35 @@ def plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
         fit = np.array([float(r["fitness"]) for r in rows])
         ax.set_ylim(fit.min() * 0.95, max(np.percentile(fit, 90), min(starts)) * 1.05)
         ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_cost_curve(curves: dict[str, list[dict]], full_lcsc: dict[str, float], nfe: dict[str, int],
+                    path: Path) -> None:
+    """The training-cost experiment: per model, FID at its search NFE against the fraction of
+    training kept, for LCSC and the truncated trail's last checkpoint, with the full run's last,
+    best EMA and LCSC as references."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], curves.items()):
+        x = [r["fraction"] for r in rows]
+        ax.plot(x, [r["searched"] for r in rows], marker="o", lw=2.5, color="black", label="lcsc on the first part")
+        ax.plot(x, [r["part_last"] for r in rows], marker=".", color="tab:blue", label="that part's last checkpoint")
+        ax.axhline(rows[0]["full_last"], ls=":", color="grey", label="full run last")
+        if rows[0]["full_ema"] is not None:
+            ax.axhline(rows[0]["full_ema"], ls="--", color="grey", label=f"full run {rows[0]['ema']}")
+        if model in full_lcsc:
+            ax.scatter([1.0], [full_lcsc[model]], marker="*", s=80, color="tab:red", label="lcsc on the full run",
+                       zorder=3)
+        for r in rows:
+            if r["speedup"]:
+                ax.annotate(f"{r['speedup']:.1f}x", (r["fraction"], r["searched"]), textcoords="offset points",
+                            xytext=(4, -12), fontsize=8)
+        ax.set(xlabel="fraction of training kept", ylabel=f"FID at NFE {nfe[model]}", title=model, xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -20,8 +20,12 @@ def best_baselines(results: dict[str, dict[int, float]], nfes: list[int]) -> dic
     return {n: min(others, key=lambda v: results[v][n]) for n in nfes} if others else {}
 
 
-def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str:
-    """Variant x NFE table: the best value of each column in bold, the best baseline marked †."""
+Spread = dict[str, dict[int, tuple[float, int]]]  # variant -> NFE -> (standard deviation, runs)
+
+
+def markdown_table(results: dict[str, dict[int, float]], nfes: list[int], spread: Spread | None = None) -> str:
+    """Variant x NFE table: the best value of each column in bold, the best baseline marked †;
+    with `spread`, each mean followed by ± its standard deviation over the runs."""
     best = {n: min(r[n] for r in results.values()) for n in nfes}
     base = best_baselines(results, nfes)
     lines = ["| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
@@ -30,9 +34,96 @@ def markdown_table(results: dict[str, dict[int, float]], nfes: list[int]) -> str
         cells = []
         for n in nfes:
             cell = f"**{fmt(r[n])}**" if r[n] == best[n] else fmt(r[n])
+            if spread and n in spread.get(v, {}):
+                cell += f" ± {fmt(spread[v][n][0])}"
             cells.append(cell + (" †" if base.get(n) == v else ""))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def gap_test(results: dict[str, dict[int, float]], spread: Spread, a: str, b: str, n: int) -> tuple[float, float]:
+    """(mean of a - mean of b, two standard errors of that difference) at NFE n: 2 sqrt(s_a^2/n_a
+    + s_b^2/n_b), from each variant's standard deviation over its runs."""
+    (sa, na), (sb, nb) = spread[a][n], spread[b][n]
+    return results[a][n] - results[b][n], 2 * math.sqrt(sa * sa / na + sb * sb / nb)
+
+
+def significance_claim(results: dict[str, dict[int, float]], spread: Spread, nfes: list[int]) -> str | None:
+    """Which of LCSC's gaps to the best baseline at each NFE exceed two standard errors (runs:
+    evaluation seeds, times searches for lcsc)."""
+    base = best_baselines(results, nfes)
+    if variants.LCSC not in results or not base or not all(
+            n in spread.get(v, {}) for n in nfes for v in (variants.LCSC, *base.values())):
+        return None
+    beyond, within = [], []
+    for n in nfes:
+        gap, two_se = gap_test(results, spread, variants.LCSC, base[n], n)
+        (beyond if abs(gap) > two_se else within).append(
+            f"NFE {n} ({'LCSC better' if gap < 0 else 'LCSC worse'} by {abs(gap):.2f}, 2 SE {two_se:.2f}, "
+            f"vs {base[n]})")
+    runs = spread[variants.LCSC][nfes[0]][1], spread[base[nfes[0]]][nfes[0]][1]
+    text = (f"Error bars (mean ± standard deviation over {runs[0]} lcsc runs and {runs[1]} of each baseline): "
+            f"the gap between LCSC and the best baseline exceeds two standard errors at "
+            f"{', '.join(beyond) if beyond else 'no evaluated NFE'}")
+    return text + (f"; it is within noise at {', '.join(within)}." if within else ".")
+
+
+def quality_table(quality: dict[str, dict[str, dict[int, float]]], nfes: list[int]) -> str:
+    """Variant x NFE table of KID (x 1000), precision and recall (k = 3), in the FID's feature space."""
+    lines = ["| variant | " + " | ".join(f"NFE {n}: KID×10³ / P / R" for n in nfes) + " |",
+             "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
+    for v, q in quality.items():
+        cells = [f"{q['kid'][n] * 1e3:.2f} / {q['precision'][n]:.2f} / {q['recall'][n]:.2f}" for n in nfes]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_rows(truncated: dict[float, dict], full: dict[str, dict[int, float]], nfe: int) -> list[dict]:
+    """The training-cost curve of one model: for each fraction (its trail's `kept` record and FIDs),
+    LCSC's FID at `nfe` on the truncated trail, that trail's last, the full run's last and best
+    EMA, and the implied speed-up where LCSC matches the best of the full run's two."""
+    ema = best_ema(full, nfe)
+    refs = {variants.LAST: full[variants.LAST][nfe]} | ({ema: full[ema][nfe]} if ema else {})
+    best_name = min(refs, key=refs.get)
+    rows = []
+    for fraction, t in sorted(truncated.items()):
+        lcsc = t["results"][variants.LCSC][nfe]
+        kept = t["kept"]
+        rows.append({"fraction": fraction, "checkpoints": kept["checkpoints"], "steps": kept["steps"],
+                     "total": kept["total"], "searched": lcsc, "part_last": t["results"][variants.LAST][nfe],
+                     "full_last": refs[variants.LAST], "full_ema": refs.get(ema), "ema": ema,
+                     "reference": best_name,
+                     "speedup": kept["total"] / kept["steps"] if lcsc <= refs[best_name] else None})
+    return rows
+
+
+def cost_table(rows: list[dict], nfe: int) -> str:
+    ema = rows[0]["ema"] if rows else None
+    lines = [f"| fraction | checkpoints | steps | lcsc at NFE {nfe} | that trail's last | full run's last | "
+             f"full run's {ema or 'EMA'} | speed-up |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        speed = f"{r['speedup']:.1f}x" if r["speedup"] else "none"
+        lines.append(f"| {r['fraction']:g} | {r['checkpoints']} | {r['steps']} of {r['total']} | {fmt(r['searched'])} | "
+                     f"{fmt(r['part_last'])} | {fmt(r['full_last'])} | "
+                     f"{fmt(r['full_ema']) if r['full_ema'] is not None else '-'} | {speed} |")
+    return "\n".join(lines)
+
+
+def cost_curve_claim(model: str, rows: list[dict], nfe: int) -> str:
+    """The largest training speed-up the curve shows, or that none of its fractions reaches the full run."""
+    reached = [r for r in rows if r["speedup"]]
+    ref = rows[0]["reference"]
+    target = rows[0]["full_last"] if ref == variants.LAST else rows[0]["full_ema"]
+    if not reached:
+        best = min(rows, key=lambda r: r["searched"])
+        fractions = ", ".join(f"{r['fraction']:g}" for r in rows)
+        return (f"Training cost, {model}: on none of the truncated trails (fractions {fractions}) "
+                f"does LCSC reach the full run's best ({ref}, {fmt(target)}) at {nfe} NFE; the closest is "
+                f"{fmt(best['searched'])} at fraction {best['fraction']:g}: no training speed-up shown.")
+    top = max(reached, key=lambda r: r["speedup"])
+    return (f"Training cost, {model}: LCSC over the first {top['fraction'] * 100:g}% of training ({top['steps']} of "
+            f"{top['total']} iterations) scores {fmt(top['searched'])} at {nfe} NFE, at or below the full run's best "
+            f"({ref}, {fmt(target)}): a {top['speedup']:.1f}x training speed-up.")
 
 
 def kept_emas(results: dict[str, dict[int, float]]) -> list[str]:

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .families import Family, family_for
 from .features import load_features
-from .fid import Reference, load_stats
+from .fid import Reference, load_reference_features, load_stats
 from .io import sha256
 from .models import check_trail, nfe_weights
+from .quality import quality as sample_quality
 from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatten_state
 
 WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
@@ -70,6 +72,8 @@ class Scorer:
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
         self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
         self.stats_hash = sha256(stats)[:16]
+        self.stats_path = Path(stats)
+        self._ref_features: torch.Tensor | None | bool = False  # False: not read yet
         self._W: torch.Tensor | None = None
         if chunk_mb is None and self.device.type == "cuda":  # decided once: stream only what does not fit
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -139,16 +143,44 @@ class Scorer:
                for i in range(0, len(noise), self.batch_size)]
         return torch.cat(out)
 
-    def fid(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def embed(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(features, images) of the samples; features None when samples or features are not finite."""
         images = self.sample(flat, nfe, noise)
         if not torch.isfinite(images).all():
-            warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
-            return WORST_FID, images
+            warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=3)
+            return None, images
         features = self.features(images, self.batch_size)
         if not torch.isfinite(features).all():
-            warnings.warn(f"non-finite features at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=2)
-            return WORST_FID, images
-        return self.reference.fid(features), images
+            warnings.warn(f"non-finite features at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=3)
+            return None, images
+        return features, images
+
+    def fid(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+        features, images = self.embed(flat, nfe, noise)
+        return (WORST_FID if features is None else self.reference.fid(features)), images
+
+    @property
+    def reference_features(self) -> torch.Tensor | None:
+        """The reference images' features the stats file keeps (None in files of older versions)."""
+        if self._ref_features is False:
+            found = load_reference_features(self.stats_path)
+            if found is not None and found.shape[1] != self.ref_mu.size:
+                raise InputError(f"{self.stats_path}: its reference features are {found.shape[1]}-d, its mu "
+                                 f"{self.ref_mu.size}-d; rerun reference_stats")
+            self._ref_features = None if found is None else torch.as_tensor(found, dtype=torch.float64,
+                                                                             device=self.device)
+        return self._ref_features
+
+    def quality(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """FID, and where the stats keep reference features, KID, precision and recall (k = 3) of
+        the samples in the same feature space; with non-finite samples, FID WORST_FID alone."""
+        features, images = self.embed(flat, nfe, noise)
+        if features is None:
+            return {"fid": WORST_FID}, images
+        out = {"fid": self.reference.fid(features)}
+        if self.reference_features is not None:
+            out |= sample_quality(self.reference_features, features.to(self.device, torch.float64))
+        return out, images
 
 
 def simplex_distance(c: np.ndarray) -> float:

@@ -64,7 +64,19 @@ def experiment_name(cfg: dict) -> str:
 
 
 def run_name(stage: str, wildcards: dict[str, str]) -> str:
+    """A job's name, `search[model=dm,nfe=5]`: its record's key within the invocation."""
     return stage + (f"[{','.join(f'{k}={v}' for k, v in wildcards.items())}]" if wildcards else "")
+
+
+def display_name(name: str, invocation: str) -> str:
+    """The job's run name in MLflow, `search[model=dm,nfe=5] @20261203-071200-1a2b3c`: the
+    invocation tells apart the runs of one job made by two invocations."""
+    return f"{name} @{invocation}"
+
+
+def job_name(mlflow_run_name: str) -> str:
+    """The job's name of a run name display_name made (the name itself for any other)."""
+    return mlflow_run_name.split(" @", 1)[0]
 
 
 def records_dir(cfg: dict) -> Path:
@@ -382,7 +394,8 @@ class StageRun:
         _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
         try:
             self.client = _retry(lambda: _client(self.cfg), self.cfg)
-            run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg), run_name=self.name,
+            run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg),
+                                                        run_name=display_name(self.name, self.invocation),
                                                         tags=self.record["tags"],
                                                         start_time=self.record["start_time"]), self.cfg)
             self.run_id = run.info.run_id
@@ -421,6 +434,31 @@ class StageRun:
             self._warn("metric logging", exc)
         self._pending.clear()
         self._last_flush = time.monotonic()
+
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the whole invocation (the report's headline numbers) on its parent run, so
+        that the runs table compares invocations without opening them; kept in the parent's
+        record on disk too, for `lcsc mlflow-sync`."""
+        if not self.cfg["mlflow"]["enabled"] or not os.environ.get(INVOCATION_ENV):
+            return
+        now = int(time.time() * 1000)
+        rows = [[k, float(v), now, 0] for k, v in metrics.items()]
+        path = _record_path(self.cfg, self.invocation, "parent")
+        try:
+            record = json.loads(path.read_text())
+            record["metrics"] = [m for m in record["metrics"] if m[0] not in metrics] + rows
+            _write_record(path, record)
+        except (OSError, ValueError) as exc:
+            print(f"[lcsc] could not add the headline metrics to {path}: {exc}", file=sys.stderr)
+        parent = os.environ.get(PARENT_ENV)
+        if self.client is None or not parent:
+            return
+        from mlflow.entities import Metric
+
+        try:
+            self.client.log_batch(parent, metrics=[Metric(*m) for m in rows])
+        except Exception as exc:
+            self._warn("headline metrics on the parent run", exc)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.record["artifacts"].append([str(Path(path).resolve()), folder])
@@ -487,7 +525,8 @@ def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str
         tags["mlflow.parentRunId"] = parent_id
     else:
         tags.pop("mlflow.parentRunId", None)
-    run = client.create_run(exp_id, run_name=record["name"], tags=tags, start_time=record["start_time"])
+    name = record["name"] if record["key"].endswith("/parent") else display_name(record["name"], record["invocation"])
+    run = client.create_run(exp_id, run_name=name, tags=tags, start_time=record["start_time"])
     rid = run.info.run_id
     params = _params(record["params"])
     for i in range(0, len(params), 100):

@@ -64,6 +64,8 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
     out = {k: copy.deepcopy(cfg[k]) for k in sections if k in cfg}
     if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
         out["search"] = {k: v for k, v in out["search"].items() if k in STAGE_SEARCH_KEYS[stage]}
+    elif stage == "search":  # each search is one of search.repeats: more of them leaves the others be
+        out["search"].pop("repeats", None)
     if model is not None and "consistency" in out and model != IMPORTED:
         _consistency_slice(out, stage, base_model(model)[3:])
     if stage in STAGE_DIFFUSION_KEYS and "diffusion" in out:

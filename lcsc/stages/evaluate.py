@@ -1,5 +1,10 @@
 """Stage evaluate: the FID of one variant at every NFE of the sweep, on seeds the search never
-saw, and a grid of its samples at the search NFE (the first, with several)."""
+saw, with precision, recall and KID in the same feature space where the reference statistics
+hold reference features, and a grid of its samples at the search NFE (the first, with several).
+
+With `evaluate.repeats` every number is measured on each evaluation seed, and for lcsc with
+`search.repeats` on each search's coefficients too; the result holds every run and the mean and
+standard deviation over them."""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..kernel import variants
 from ..kernel.devices import peak_memory
 from ..kernel.images import save_grid
 from ..kernel.io import write_json
-from ..kernel.models import headline_nfe
+from ..kernel.models import headline_nfe, repeat_seeds
 from ..kernel.progress import progress
 from ..kernel.scoring import Scorer
 
 NAME = "evaluate"
+METRICS = ("fid", "kid", "precision", "recall")
 
 
 @dataclass(frozen=True)
@@ -27,35 +34,73 @@ class Paths:
     stats: Path
     result: Path  # the FIDs (JSON)
     grid: Path  # the sample grid (PNG)
-    coefficients: Path | None = None  # the search's, for lcsc
+    coefficients: tuple[Path, ...] = ()  # for lcsc: each search's (search.repeats), the first first
     baselines: Path | None = None  # the baselines stage's, for a profile (else computed from the config)
+
+
+def _sources(scorer: Scorer, variant: str, paths: Paths, bcfg: dict) -> list[tuple]:
+    """(weights, coefficients) of each set of weights the variant stands for: one, or for lcsc
+    one per search."""
+    files = list(paths.coefficients) if variants.source(variant) == variants.COEFFICIENTS else [None]
+    return [variants.weights(scorer, variant, f, paths.baselines, bcfg) for f in files]
+
+
+def summarise(runs: list[dict], nfes: list[int]) -> dict:
+    """Mean (and, over two or more runs, the sample standard deviation) of each metric at each NFE."""
+    out: dict = {}
+    for metric in METRICS:
+        values = {n: [r[metric][str(n)] for r in runs if str(n) in r.get(metric, {})] for n in nfes}
+        if not all(values.values()):
+            continue
+        out[metric] = {str(n): float(np.mean(v)) for n, v in values.items()}
+        if len(runs) > 1:
+            out[f"{metric}_std"] = {str(n): float(np.std(v, ddof=1)) for n, v in values.items()}
+    return out
 
 
 def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device, stage_run=None) -> dict:
     ecfg = cfg["evaluate"]
     scorer = Scorer.open(cfg, paths.manifest, paths.features, paths.stats, device, ecfg["batch_size"], model=model)
-    flat, coeffs = variants.weights(scorer, variant, paths.coefficients, paths.baselines, cfg["baselines"])
-    noise = scorer.make_noise(ecfg["samples"], ecfg["seed"])
-    fids, seconds = {}, {}
-    bar = progress(total=len(ecfg["nfe"]), desc=f"evaluate {model}/{variant}")
-    for nfe in sorted(ecfg["nfe"]):
-        t0 = time.perf_counter()
-        fids[nfe], images = scorer.fid(flat, nfe, noise)
-        seconds[nfe] = time.perf_counter() - t0
-        if nfe == headline_nfe(cfg["search"]["nfe"]):
-            save_grid(images[:ecfg["grid"]], paths.grid)
-        bar.set_postfix(nfe=nfe, fid=f"{fids[nfe]:.2f}")
-        bar.update(1)
-        if stage_run is not None:
-            stage_run.log_metrics({"fid": fids[nfe], f"fid_nfe{nfe}": fids[nfe], "seconds": seconds[nfe]}, step=nfe)
+    sources = _sources(scorer, variant, paths, cfg["baselines"])
+    seeds = repeat_seeds(ecfg["seed"], ecfg.get("repeats", 1))
+    nfes = sorted(ecfg["nfe"])
+    grid_nfe = headline_nfe(cfg["search"]["nfe"])
+    if scorer.reference_features is None:
+        print(f"[evaluate] {paths.stats} holds no reference features (written by an older lcsc): FID only; "
+              "rerun reference_stats for precision, recall and KID", flush=True)
+    runs, seconds = [], {n: 0.0 for n in nfes}
+    bar = progress(total=len(nfes) * len(seeds) * len(sources), desc=f"evaluate {model}/{variant}")
+    for s, (flat, _) in enumerate(sources):
+        for seed in seeds:
+            noise = scorer.make_noise(ecfg["samples"], seed)
+            one = {"search": s, "seed": seed, **{m: {} for m in METRICS}}
+            for nfe in nfes:
+                t0 = time.perf_counter()
+                measured, images = scorer.quality(flat, nfe, noise)
+                seconds[nfe] += time.perf_counter() - t0
+                for metric in METRICS:  # (KID's spread over its subsets is left out: the runs give one)
+                    if metric in measured:
+                        one[metric][str(nfe)] = measured[metric]
+                if nfe == grid_nfe and not runs:
+                    save_grid(images[:ecfg["grid"]], paths.grid)
+                bar.set_postfix(nfe=nfe, fid=f"{measured['fid']:.2f}")
+                bar.update(1)
+            runs.append({k: v for k, v in one.items() if v != {}})
     bar.close()
     print(f"[evaluate] {model}/{variant}: {peak_memory([scorer.device])}", flush=True)
+    summary = summarise(runs, nfes)
     result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
-              "fid": {str(k): v for k, v in fids.items()},
-              "seconds": {str(k): round(v, 3) for k, v in seconds.items()},
-              "coefficients": coeffs, "trail_steps": scorer.trail.steps}
+              **summary, "runs": runs, "repeats": {"searches": len(sources), "seeds": len(seeds), "n": len(runs)},
+              "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
+              "coefficients": sources[0][1], "trail_steps": scorer.trail.steps}
+    if len(sources) > 1:
+        result["search_coefficients"] = [c for _, c in sources]
     write_json(paths.result, result)
     if stage_run is not None:
+        for n in nfes:
+            metrics = {"fid": summary["fid"][str(n)], "seconds": result["seconds"][str(n)]}
+            metrics |= {f"{k}_nfe{n}": v[str(n)] for k, v in summary.items()}
+            stage_run.log_metrics(metrics, step=n)
         stage_run.log_artifact(paths.result)
         stage_run.log_artifact(paths.grid)
     return result

@@ -36,6 +36,10 @@ FOLDER_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".ti
 # Bump when the preparation of images for features changes (quantisation, resize): cached
 # reference stats made by the old code then stop matching.
 FEATURE_PIPELINE_VERSION = 1
+# Reference features kept beside mu and sigma for precision, recall and KID: at most this many,
+# a seeded random subset of a larger set (the cache key carries the number, so older files
+# without features are made again).
+KEPT_FEATURES = 10000
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -109,7 +113,8 @@ def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=Non
     net = load_features(paths.features, device)
     fcfg = cfg["features"]
     images = _folder_images(fcfg) if split == "folder" else _split_images(cfg["data"], split)
-    key = hashlib.sha256(f"{images.content} {net.hash} v{FEATURE_PIPELINE_VERSION}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{images.content} {net.hash} v{FEATURE_PIPELINE_VERSION} kept{KEPT_FEATURES}"
+                         .encode()).hexdigest()[:24]
     # keyed by content alone: the same images under another folder name hit the same file
     cached = next(iter(sorted((cache_dir(cfg) / "stats").glob(f"*-{key}.npz"))),
                   cache_dir(cfg) / "stats" / f"{images.name}-{split}-{key}.npz")
@@ -123,8 +128,11 @@ def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=Non
             feats.append(net(b))
             bar.update(len(b))
         bar.close()
-        mu, sigma = feature_stats(torch.cat(feats))
-        save_stats(cached, mu, sigma, **info)
+        feats = torch.cat(feats)
+        mu, sigma = feature_stats(feats)
+        if len(feats) > KEPT_FEATURES:
+            feats = feats[torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))[:KEPT_FEATURES]]
+        save_stats(cached, mu, sigma, reference_features=feats.cpu().float().numpy(), **info)
     copy_file(cached, paths.stats)
     if stage_run is not None:
         stage_run.set_tags({"lcsc.feature_hash": info["feature_hash"]})

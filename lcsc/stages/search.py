@@ -170,11 +170,15 @@ def _starts(cfg: dict, scorer: Scorer, settings: dict, baselines: Path | None) -
     scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
                        keys=("profiles", "trail_sha256"))
     scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
-    if {k: scored.get(k) for k in settings} != settings:
-        diff = sorted(k for k in settings if scored.get(k) != settings[k])
+    diff = sorted(k for k in settings if scored.get(k) != settings[k])
+    if diff and diff != ["seed"]:
         raise InputError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
                          "rerun the baselines stage")
     starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
+    if diff:  # another of search.repeats: the same profiles (and soup), scored again on this search's noise
+        print(f"[search] {baselines} was scored with seed {scored.get('seed')}, this search uses "
+              f"{settings['seed']}: its {len(starts)} profiles are scored again as starts", flush=True)
+        return starts, {}
     return starts, {n: (p["fitness"], p.get("fids")) for n, p in scored["profiles"].items()}
 
 

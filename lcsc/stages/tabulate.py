@@ -8,26 +8,32 @@ It imports no torch: the report's env has none.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..kernel import plots, variants
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.io import atomic_path, copy_file, read_json, write_text
 from ..kernel.models import base_model, for_model, headline_nfe, nfe_list, truncation
-from ..kernel.paths import REPORT_FILES, feature_tag
+from ..kernel.paths import COST_CURVE, REPORT_FILES, feature_tag
 from ..kernel.report import (
     TITLES,
+    best_baselines,
     claims,
     coefficient_stats,
     consistency_claim,
     cost_claim,
+    cost_curve_claim,
+    cost_rows,
+    cost_table,
     fmt,
     markdown_table,
     monotone_claim,
     nfe_saving_claim,
     nfe_saving_table,
     nfe_savings,
+    quality_table,
+    significance_claim,
     versus_best_baseline,
 )
 
@@ -67,6 +73,20 @@ class _Model:
     trail: dict  # a truncated model's manifest (empty for a full one)
     grids: dict[str, Path]
     coefficients: dict[str, list[float]]  # each variant's over the trail (not the kept EMAs: files of their own)
+    spread: dict[str, dict[int, tuple[float, int]]] = field(default_factory=dict)  # std and runs, with repeats
+    quality: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)  # variant -> kid/precision/recall
+
+
+def _spread(res: dict) -> dict[int, tuple[float, int]]:
+    """An evaluation's standard deviation at each NFE and its number of runs (none for one run)."""
+    runs = res.get("repeats", {}).get("n", 1)
+    return {int(n): (sd, runs) for n, sd in res.get("fid_std", {}).items()} if runs > 1 else {}
+
+
+def _quality(res: dict) -> dict[str, dict[int, float]] | None:
+    if not all(k in res for k in ("kid", "precision", "recall")):
+        return None
+    return {k: {int(n): v for n, v in res[k].items()} for k in ("kid", "precision", "recall")}
 
 
 def _evaluations(paths: Paths) -> dict[tuple[str, str], tuple[dict, Path]]:
@@ -101,6 +121,12 @@ def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
                             {v: evaluations[model, v][1] for v in names[model]},
                             {v: evaluations[model, v][0]["coefficients"] for v in names[model]
                              if evaluations[model, v][0].get("coefficients")})
+        for v in names[model]:
+            res = evaluations[model, v][0]
+            if _spread(res):
+                out[model].spread[v] = _spread(res)
+            if _quality(res):
+                out[model].quality[v] = _quality(res)
     return out
 
 
@@ -109,10 +135,15 @@ def _write_csv(path: Path, report: dict[str, _Model]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["model", "variant", *[f"nfe{n}" for n in every_nfe]])
+            spread = any(m.spread for m in report.values())  # std columns only with repeats
+            w.writerow(["model", "variant", *[f"nfe{n}" for n in every_nfe],
+                        *([f"nfe{n}_std" for n in every_nfe] + ["runs"] if spread else [])])
             for model, m in report.items():
                 for v, r in m.results.items():
-                    w.writerow([model, v, *[f"{r[n]:.4f}" if n in r else "" for n in every_nfe]])
+                    sd = m.spread.get(v, {})
+                    w.writerow([model, v, *[f"{r[n]:.4f}" if n in r else "" for n in every_nfe],
+                                *([f"{sd[n][0]:.4f}" if n in sd else "" for n in every_nfe]
+                                  + [next(iter(sd.values()))[1] if sd else 1] if spread else [])])
 
 
 def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
@@ -121,7 +152,8 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
     both = {variants.LCSC, variants.LAST}
     lines = []
     if fraction is None and both <= set(m.results):
-        lines = [versus_best_baseline(m.results, m.nfes), *claims(m.results, m.search_nfe, m.nfes)]
+        lines = [versus_best_baseline(m.results, m.nfes), significance_claim(m.results, m.spread, m.nfes),
+                 *claims(m.results, m.search_nfe, m.nfes)]
         if base_model(model) != "dm":
             claim = consistency_claim(m.results, m.search_nfe, m.nfes)
             lines = ([claim] if claim else []) + lines + [monotone_claim(m.results[variants.LCSC], m.nfes)]
@@ -130,10 +162,8 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
         lines = [line for line in lines if line]
     elif fraction is not None:
         full = report.get(base_model(model))
-        kept = {"fraction": fraction, "steps": m.trail["iterations"], "total": m.trail["truncated_from"]["iterations"],
-                "checkpoints": len(m.trail["checkpoints"])}
         if full is not None and both <= set(m.results) & set(full.results):
-            lines = [cost_claim(base_model(model), m.results, full.results, m.search_nfe, kept)]
+            lines = [cost_claim(base_model(model), m.results, full.results, m.search_nfe, _kept(m, fraction))]
     s = m.search
     starts = ", ".join(f"{n} {fmt(f)}" for n, f in s["starts"].items())
     rescored = f", re-scored {fmt(s['rescore_fitness'])} on other noise." if s["rescore_fitness"] is not None else "."
@@ -145,6 +175,48 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
                  f"started at {s['start']['name']}. Kept: evaluation {s['evaluation']}, screening fitness "
                  f"{fmt(s['fitness'])}{rescored}")
     return [f"- {line}" for line in lines]
+
+
+def _kept(m: _Model, fraction: float) -> dict:
+    """What a truncated trail keeps of its full run."""
+    return {"fraction": fraction, "steps": m.trail["iterations"], "total": m.trail["truncated_from"]["iterations"],
+            "checkpoints": len(m.trail["checkpoints"])}
+
+
+def cost_curves(report: dict[str, _Model]) -> dict[str, list[dict]]:
+    """Each full model's training-cost rows (lcsc.kernel.report.cost_rows) over its truncated trails."""
+    out = {}
+    for model, full in report.items():
+        if truncation(model) is not None or not {variants.LCSC, variants.LAST} <= set(full.results):
+            continue
+        parts = {truncation(t): {"results": m.results, "kept": _kept(m, truncation(t))} for t, m in report.items()
+                 if truncation(t) is not None and base_model(t) == model
+                 and {variants.LCSC, variants.LAST} <= set(m.results)}
+        if parts:
+            out[model] = cost_rows(parts, full.results, full.search_nfe)
+    return out
+
+
+def headline_metrics(report: dict[str, _Model], curves: dict[str, list[dict]]) -> dict[str, float]:
+    """Each full model's headline numbers, for the invocation's parent run: lcsc's and the best
+    baseline's FID at each NFE, the largest measured NFE saving (1 for none) and the training
+    speed-up (1 for none shown)."""
+    out = {}
+    for model, m in report.items():
+        if truncation(model) is not None or variants.LCSC not in m.results:
+            continue
+        base = best_baselines(m.results, m.nfes)
+        for n in m.nfes:
+            out[f"{model}.lcsc_fid_nfe{n}"] = m.results[variants.LCSC][n]
+            if base:
+                out[f"{model}.best_baseline_fid_nfe{n}"] = m.results[base[n]][n]
+        if base:
+            lcsc = m.results[variants.LCSC]
+            ratios = [n / k for n in m.nfes for k in m.nfes if k < n and lcsc[k] <= m.results[base[n]][n]]
+            out[f"{model}.nfe_saving"] = max(ratios, default=1.0)
+        if model in curves:
+            out[f"{model}.training_speedup"] = max([r["speedup"] or 1.0 for r in curves[model]], default=1.0)
+    return out
 
 
 def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
@@ -160,15 +232,34 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
           "`uniform`; `lawa_<k>`, the average of the last k checkpoints; `ema_<decay>_profile`, that EMA "
           "computed afterwards from the sparse trail; `power_<sigma_rel>`, EDM2's post-hoc power-function "
           "EMA; `greedy_soup`; `lcsc`, the searched combination.", ""]
+    repeats = (cfg["search"].get("repeats", 1), ecfg.get("repeats", 1))
+    if repeats != (1, 1):
+        md += [f"Each cell is the mean ± standard deviation over {repeats[1]} evaluation seed(s), and for lcsc over "
+               f"{repeats[0]} independent search(es) (search.repeats) times those seeds.", ""]
     for model, m in report.items():
         title = TITLES.get(base_model(model), "") if truncation(model) is None else " (training-cost experiment)"
-        md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes), "", *_model_lines(model, m, report), ""]
+        md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes, m.spread), "",
+               *_model_lines(model, m, report), ""]
+        if m.quality:
+            md += [f"KID (×10³), precision and recall (k = 3, Kynkäänniemi et al. 2019) in the same feature space "
+                   f"(lower KID is better, higher precision and recall are better):", "",
+                   quality_table(m.quality, m.nfes), ""]
         if truncation(model) is None and variants.LCSC in m.results and len(m.results) > 1:
             md += ["NFE at which LCSC reaches the best baseline's FID at each evaluated NFE (FID read as linear in "
                    "log NFE between evaluated NFEs; `at most`: already reached at the smallest one):", "",
                    nfe_saving_table(nfe_savings(m.results, m.nfes)), ""]
         if m.coefficients:
             md += ["Coefficients over the trail:", "", coefficient_stats(m.coefficients), ""]
+    curves = cost_curves(report)
+    if curves:
+        md += ["## Training cost", "",
+               "LCSC over the first part of each trail against the full run, at the model's search NFE. The speed-up "
+               "is the full run's iterations over the part's, where LCSC on the part is at or below the best of the "
+               "full run's last checkpoint and best EMA.", ""]
+        for model, rows in curves.items():
+            nfe = report[model].search_nfe
+            md += [f"### {model}", "", cost_table(rows, nfe), "", f"- {cost_curve_claim(model, rows, nfe)}", ""]
+        md += [f"![training cost]({COST_CURVE})", ""]
     md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
            "![search curve](search_curve.png)", "", "## Samples at each model's search NFE", ""]
     md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]
@@ -182,8 +273,15 @@ def run(cfg: dict, paths: Paths, only: list[str] | None = None, stage_run=None) 
     out = {key: paths.report / name for key, name in REPORT_FILES.items()}
     paths.report.mkdir(parents=True, exist_ok=True)
     _write_csv(out["summary_csv"], report)
-    plots.plot_fid_vs_nfe({k: m.results for k, m in report.items()}, {k: m.nfes for k, m in report.items()},
-                          {k: m.search_nfe for k, m in report.items()}, out["fid_vs_nfe"])
+    curves = cost_curves(report)
+    shown = {k: m for k, m in report.items() if not (curves and truncation(k) is not None)}  # the curve shows those
+    plots.plot_fid_vs_nfe({k: m.results for k, m in shown.items()}, {k: m.nfes for k, m in shown.items()},
+                          {k: m.search_nfe for k, m in shown.items()}, out["fid_vs_nfe"],
+                          {k: m.spread for k, m in shown.items()})
+    if curves:
+        out["cost_curve"] = paths.report / COST_CURVE
+        plots.plot_cost_curve(curves, {k: report[k].results[variants.LCSC][report[k].search_nfe] for k in curves},
+                              {k: report[k].search_nfe for k in curves}, out["cost_curve"])
     plots.plot_coefficients({k: m.search for k, m in report.items()}, cfg["baselines"]["ema_decays"],
                             out["coefficients"])
     plots.plot_search_curve({k: m.history for k, m in report.items()}, out["search_curve"])
@@ -201,4 +299,5 @@ def run(cfg: dict, paths: Paths, only: list[str] | None = None, stage_run=None) 
             for v, r in m.results.items():
                 for n in m.nfes:
                     stage_run.log_metrics({f"fid.{model}.{v}": r[n]}, step=n)
+        stage_run.log_parent_metrics(headline_metrics(report, curves))
     return out["summary_md"]

@@ -7,6 +7,7 @@ import yaml
 
 from lcsc.kernel.config import SCHEMA_PATH, config_warnings, load_config, validate
 from lcsc.kernel.errors import ConfigError
+from lcsc.kernel.models import repeat_seed
 
 from conftest import REPO
 
@@ -71,6 +72,9 @@ BAD_CONFIGS = [
     ({"train": {"iterations": 10, "checkpoint_every": 20}}, "train.checkpoint_every", "20 exceeds train.iterations 10"),
     ({"search": {"seed": 5}, "evaluate": {"seed": 5}}, "evaluate.seed", "equals search.seed"),
     ({"search": {"rescore_seed": 2000}}, "evaluate.seed", "equals search.rescore_seed"),
+    # a seed that evaluation repeat 1 derives from 2000 is the search's own: refused
+    ({"search": {"seed": repeat_seed(2000, 1)}, "evaluate": {"repeats": 2}}, "evaluate.seed",
+     f"share seed {repeat_seed(2000, 1)} with search.seed"),
     ({"baselines": {"lawa_last": [99]}}, "baselines.lawa_last", "99 exceeds the 50 checkpoints"),
     ({"diffusion": {"timesteps": 100}, "evaluate": {"nfe": [5, 200]}}, "evaluate.nfe", "[200] exceed diffusion.timesteps 100"),
     ({"search": {"bounds": [2.0, -1.0]}}, "search.bounds", "[2.0, -1.0] must be [lower, upper]"),
@@ -109,7 +113,8 @@ def test_bad_config_is_rejected_naming_key_and_value(config, key, needle):
     ({"consistency.sampling_sigmas": [0.5, 0.8]}, "must decrease"),
     ({"consistency.cd.teacher": "ema_0.5"}, "consistency.cd.teacher: 'ema_0.5' is not an EMA"),
     ({"cost.fraction": 0.25, "consistency.modes": ["ct"]}, r"cost.models: \['cm_cd'\] do not run"),
-    ({"cost.fraction": 0.01}, "cost.fraction: the first 0.01 of cm_cd"),
+    ({"cost.fraction": 0.01}, "cost.fractions: the first 0.01 of cm_cd"),
+    ({"cost.fractions": [0.5, 0.02]}, "cost.fractions: the first 0.02 of cm_cd"),
 ])
 def test_consistency_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

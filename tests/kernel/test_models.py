@@ -5,8 +5,9 @@ import pytest
 from lcsc.kernel.config import load_config
 from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.models import (base_model, check_model, check_trail, for_model, headline_nfe, model_kind, models,
-                                nfe_list, nfe_weights, search_nfe,
+                                nfe_list, nfe_weights, repeat_seed, search_nfe, search_repeat,
                                 trained_model, truncated_name, truncation)
+from lcsc.kernel.paths import Layout
 from lcsc.stages import stage_config
 
 from conftest import REPO
@@ -96,3 +97,32 @@ def test_search_nfe_and_the_trail_a_model_reads():
                               "truncated name of it)")
     with pytest.raises(ConfigError, match="--model dm_first40: m.json holds a cm_cd trail"):
         check_trail("dm_first40", {"kind": "cm", "mode": "cd"}, "m.json")
+
+
+def test_cost_fractions_and_repeats():
+    # cost.fractions and the older cost.fraction merge, each model's fractions smallest first
+    cfg = load_config(REPO / "config" / "config.yaml", {"cost.fractions": [0.5, 0.2], "cost.fraction": 0.4})
+    assert models(cfg) == ["dm", "cm_cd", "cm_ct", "cm_cd_first20", "cm_cd_first40", "cm_cd_first50",
+                           "cm_ct_first20", "cm_ct_first40", "cm_ct_first50"]
+    # repeat 0 keeps the configured seeds (so one search gives today's numbers); the others derive
+    # their own, distinct and reproducible
+    assert repeat_seed(1000, 0) == 1000
+    seeds = [repeat_seed(1000, r) for r in range(1, 20)]
+    assert len(set(seeds)) == 19 and 1000 not in seeds and all(0 <= s < 2**32 for s in seeds)
+    assert repeat_seed(1000, 3) == repeat_seed(1000, 3) != repeat_seed(1001, 3)
+    second = search_repeat(cfg, 1)
+    assert (second["search"]["seed"], second["search"]["rescore_seed"]) == (repeat_seed(1000, 1), repeat_seed(1001, 1))
+    assert {k: v for k, v in second["search"].items() if "seed" not in k} == \
+        {k: v for k, v in cfg["search"].items() if "seed" not in k}
+    assert search_repeat(cfg, 0) is cfg
+    # a truncated trail's search starts from the LAWA windows that fit (cm_cd_first20: 5 checkpoints)
+    assert cfg["baselines"]["lawa_last"] == [8] and for_model(cfg, "cm_cd_first20")["baselines"]["lawa_last"] == []
+    assert for_model(cfg, "cm_cd_first50")["baselines"]["lawa_last"] == [8]
+    assert stage_config(cfg, "baselines", "cm_cd_first20")["baselines"]["lawa_last"] == []
+    with pytest.raises(ConfigError, match="--repeat: -1"):
+        search_repeat(cfg, -1)
+    layout = Layout.of(cfg)
+    assert layout.search_dir("dm", "5").name == "nfe5" and layout.search_dir("dm", "3-5", 2).name == "nfe3-5-r2"
+    # more searches leave the existing ones (their slice) alone
+    more = load_config(REPO / "config" / "config.yaml", {"search.repeats": 3})
+    assert stage_config(more, "search", "dm") == stage_config(load_config(REPO / "config" / "config.yaml"), "search", "dm")

@@ -3,8 +3,9 @@ numbers and verdicts of each claim both where it holds and where it does not."""
 
 import pytest
 
-from lcsc.kernel.report import (best_baselines, best_ema, claims, consistency_claim, cost_claim, kept_emas,
-                                markdown_table)
+from lcsc.kernel.report import (best_baselines, best_ema, claims, consistency_claim, cost_claim, cost_curve_claim,
+                                cost_rows, cost_table, gap_test, kept_emas, markdown_table, quality_table,
+                                significance_claim)
 
 # FID by variant and NFE: lcsc best at NFE 1, the kept EMA best at NFE 2
 RESULTS = {"last": {1: 30.0, 2: 20.0}, "ema_0.99": {1: 25.0, 2: 18.0}, "uniform": {1: 28.0, 2: 19.5},
@@ -163,3 +164,46 @@ def test_coefficient_stats_and_more_steps_getting_worse():
     assert "| lcsc | 1.000 | 1.581 | 1.500 | 1 of 3 |" in table and "| uniform | 1.000 | 0.707 | 0.500 | 0 of 2 |" in table
     assert monotone_claim({1: 33.07, 2: 33.79}, [1, 2]).startswith("LCSC is WORSE at 2 NFE (33.79) than at 1 NFE")
     assert monotone_claim({1: 30.0, 2: 28.0}, [1, 2]) == "LCSC gets no worse with more steps: 30.00 at 1, 28.00 at 2."
+
+
+def test_error_bars_and_which_gaps_exceed_two_standard_errors():
+    results = {"last": {1: 30.0, 2: 20.0}, "ema_0.99": {1: 25.0, 2: 18.0}, "lcsc": {1: 22.0, 2: 18.5}}
+    # (std, runs): lcsc over 2 searches x 3 seeds, the baselines over 3 seeds
+    spread = {"last": {1: (1.0, 3), 2: (1.0, 3)}, "ema_0.99": {1: (0.6, 3), 2: (0.6, 3)},
+              "lcsc": {1: (0.9, 6), 2: (0.9, 6)}}
+    assert markdown_table(results, [1, 2], spread).splitlines()[3] == "| ema_0.99 | 25.00 ± 0.60 † | **18.00** ± 0.60 † |"
+    gap, two_se = gap_test(results, spread, "lcsc", "ema_0.99", 1)
+    assert gap == pytest.approx(-3.0) and two_se == pytest.approx(2 * (0.81 / 6 + 0.36 / 3) ** 0.5)
+    text = significance_claim(results, spread, [1, 2])
+    # NFE 1: 3.00 apart, 2 SE = 1.01: beyond noise; NFE 2: 0.50 apart: within it
+    assert "exceeds two standard errors at NFE 1 (LCSC better by 3.00, 2 SE 1.01, vs ema_0.99)" in text
+    assert "within noise at NFE 2 (LCSC worse by 0.50, 2 SE 1.01, vs ema_0.99)" in text
+    assert "6 lcsc runs and 3 of each baseline" in text
+    assert significance_claim(results, {}, [1, 2]) is None  # one run each: no error bars, no sentence
+
+
+def test_quality_table_shows_kid_precision_and_recall_per_nfe():
+    q = {"lcsc": {"kid": {1: 0.0123, 2: 0.004}, "precision": {1: 0.8, 2: 0.9}, "recall": {1: 0.55, 2: 0.6}}}
+    assert quality_table(q, [1, 2]).splitlines()[2] == "| lcsc | 12.30 / 0.80 / 0.55 | 4.00 / 0.90 / 0.60 |"
+
+
+def test_cost_curve_gives_the_speed_up_of_the_smallest_fraction_that_reaches_the_full_run():
+    full = {"last": {1: 40.0}, "ema_0.99": {1: 30.0}, "lcsc": {1: 20.0}}
+
+    def part(fraction, lcsc, last=60.0):
+        return {"results": {"last": {1: last}, "lcsc": {1: lcsc}},
+                "kept": {"fraction": fraction, "steps": int(1000 * fraction), "total": 1000, "checkpoints": 3}}
+
+    rows = cost_rows({0.1: part(0.1, 35.0), 0.2: part(0.2, 29.0), 0.5: part(0.5, 24.0)}, full, 1)
+    # the full run's best is its EMA (30); 0.1 misses it, 0.2 and 0.5 reach it
+    assert [r["speedup"] for r in rows] == [None, 5.0, 2.0]
+    table = cost_table(rows, 1).splitlines()
+    assert table[0].startswith("| fraction | checkpoints | steps | lcsc at NFE 1 |") and "full run's ema_0.99" in table[0]
+    assert table[2:] == ["| 0.1 | 3 | 100 of 1000 | 35.00 | 60.00 | 40.00 | 30.00 | none |",
+                         "| 0.2 | 3 | 200 of 1000 | 29.00 | 60.00 | 40.00 | 30.00 | 5.0x |",
+                         "| 0.5 | 3 | 500 of 1000 | 24.00 | 60.00 | 40.00 | 30.00 | 2.0x |"]
+    claim = cost_curve_claim("cm_ct", rows, 1)
+    assert "first 20% of training (200 of 1000 iterations) scores 29.00" in claim and "5.0x training speed-up" in claim
+    none = cost_rows({0.1: part(0.1, 35.0), 0.2: part(0.2, 31.0)}, full, 1)
+    assert "no training speed-up shown" in cost_curve_claim("cm_ct", none, 1)
+    assert "closest is 31.00 at fraction 0.2" in cost_curve_claim("cm_ct", none, 1)

@@ -123,9 +123,11 @@ def test_two_searches_compare_through_the_rest_api(tracked):
     # the same metric keys, tags and names, so the UI overlays them
     keys = [{m["key"] for m in r["data"]["metrics"]} for r in searches]
     assert keys[0] == keys[1] and {"fitness", "best_fitness", "rescore_fitness", "seconds"} <= keys[0]
+    # named alike but for the invocation, so the comparison view tells them apart
+    assert len({r["info"]["run_name"] for r in searches}) == 2
     for r in searches:
         tags = _tags(r)
-        assert r["info"]["run_name"] == "search[model=dm,nfe=2]"
+        assert r["info"]["run_name"] == f"search[model=dm,nfe=2] @{tags['lcsc.invocation']}"
         assert (tags["lcsc.model"], tags["lcsc.nfe"], tags["lcsc.dataset"], tags["lcsc.features"]) == \
             ("dm", "2", "digits12", "classifier")
         assert len(tags["lcsc.git_commit"]) in (7, 40) or tags["lcsc.git_commit"] == "unknown"
@@ -214,7 +216,7 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     survivors = {r["info"]["run_id"] for r in _search(port, exp_id, "attributes.status != 'x'")}
     assert earlier <= survivors
     after = _search(port, exp_id, mine_filter)
-    assert sorted(r["info"]["run_name"] for r in after) == sorted(rec["name"] for rec in mine.values())
+    assert sorted(tracking.job_name(r["info"]["run_name"]) for r in after) == sorted(rec["name"] for rec in mine.values())
     assert all(_tags(r)["lcsc.logged"] == "complete" for r in after)
     parent = next(r for r in after if _tags(r).get("lcsc.role") == "invocation")
     assert parent["info"]["status"] == "FINISHED"
@@ -222,7 +224,7 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
         if r is not parent:
             assert _tags(r)["mlflow.parentRunId"] == parent["info"]["run_id"]
             assert r["info"]["status"] == "FINISHED"
-    search = next(r for r in after if r["info"]["run_name"] == "search[model=dm,nfe=2]")
+    search = next(r for r in after if tracking.job_name(r["info"]["run_name"]) == "search[model=dm,nfe=2]")
     recorded = {m[3]: m[1] for m in mine["search[model=dm,nfe=2]"]["metrics"] if m[0] == "fitness"}
     assert _history(port, search, "fitness") == pytest.approx(recorded) and len(recorded) == 18
     assert _params(search)["search.budget"] == "10"

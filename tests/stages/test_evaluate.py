@@ -59,3 +59,34 @@ def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
     assert re.search(r"unknown variant 'best'.*greedy_soup", capsys.readouterr().err)
     assert main(["search", "--config", str(cfg_file), "--set", "search.nfe=9"]) == 2
     assert "search.nfe: 9 is not in evaluate.nfe" in capsys.readouterr().err
+
+
+def test_repeats_give_every_run_and_their_mean_and_spread(trained, tmp_path):
+    """search.repeats x evaluate.repeats: each run is the evaluation one seed and one search would
+    give alone; the result holds their mean and sample standard deviation."""
+    cfg, cfg_file = trained
+    layout = Layout.of(cfg)
+    if not layout.coefficients("dm", 2).exists():
+        assert main(["search", "--config", str(cfg_file)]) == 0
+    more = ["--config", str(cfg_file), "--set", "search.repeats=2", "--set", "evaluate.repeats=2"]
+    assert main(["search", *more, "--repeat", "1"]) == 0
+    second = json.loads(layout.coefficients("dm", 2, 1).read_text())
+    first = json.loads(layout.coefficients("dm", 2).read_text())
+    assert second["seed"] != first["seed"] == cfg["search"]["seed"]  # its own noise and optimizer seed
+    out = tmp_path / "lcsc.json"
+    assert main(["evaluate", *more, "--variant", "lcsc", "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
+    res = json.loads(out.read_text())
+    assert res["repeats"] == {"searches": 2, "seeds": 2, "n": 4}
+    assert [(r["search"], r["seed"]) for r in res["runs"]][:2] == [(0, cfg["evaluate"]["seed"]),
+                                                                  (0, res["runs"][1]["seed"])]
+    assert len({r["seed"] for r in res["runs"]}) == 2 and res["search_coefficients"][1] == second["coefficients"]
+    for n in ("1", "2"):
+        values = [r["fid"][n] for r in res["runs"]]
+        assert res["fid"][n] == pytest.approx(np.mean(values)) and res["fid_std"][n] == pytest.approx(np.std(values, ddof=1))
+        assert len(set(values)) == 4  # other seeds, other searches: other numbers
+        for key in ("kid", "precision", "recall"):
+            assert res[key][n] == pytest.approx(np.mean([r[key][n] for r in res["runs"]]))
+    # the first run is the plain evaluation (first search, evaluate.seed), bit for bit
+    assert main(["evaluate", "--config", str(cfg_file), "--variant", "lcsc"]) == 0
+    plain = json.loads(layout.eval_json("dm", "lcsc").read_text())
+    assert res["runs"][0]["fid"] == plain["fid"] and "fid_std" not in plain and plain["repeats"]["n"] == 1

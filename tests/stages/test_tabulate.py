@@ -124,12 +124,15 @@ def test_the_summary_states_the_tables_and_claims_in_numbers(tmp_path):
 def test_variants_limit_the_report_and_the_logged_metrics(tmp_path):
     cfg = _config(tmp_path)
     given = _inputs(tmp_path, cfg)
-    logged, artifacts = {}, []
+    logged, artifacts, parent = {}, [], {}
 
     class Run:
         def log_metrics(self, metrics, step):
             for k, v in metrics.items():
                 logged[k, step] = v
+
+        def log_parent_metrics(self, metrics):
+            parent.update(metrics)
 
         def log_artifact(self, path, folder=None):
             artifacts.append((Path(path).name, folder))
@@ -139,8 +142,13 @@ def test_variants_limit_the_report_and_the_logged_metrics(tmp_path):
         rows = [(r["model"], r["variant"]) for r in csv.DictReader(fh)]
     assert rows == [("dm", "last"), ("dm", "lcsc"), ("dm_first50", "last"), ("dm_first50", "lcsc")]
     assert logged == {(f"fid.{m}.{v}", n): FIDS[m][v][n] for m, v in rows for n in (1, 2)}
-    assert sorted(artifacts) == sorted([(name, "report") for name in REPORT_FILES.values()]
+    assert sorted(artifacts) == sorted([(name, "report") for name in [*REPORT_FILES.values(), "cost_curve.png"]]
                                        + [(f"samples_{m}_{v}.png", "report") for m, v in rows])
+    # the invocation's headline numbers: lcsc and the best baseline (here last alone) at each NFE,
+    # lcsc at 1 NFE (17) under last at 2 (20): a 2x NFE saving; lcsc on half the trail under the
+    # full run's last: a 2x training speed-up. The truncated model has none of its own.
+    assert parent == {"dm.lcsc_fid_nfe1": 17.0, "dm.lcsc_fid_nfe2": 15.0, "dm.best_baseline_fid_nfe1": 30.0,
+                      "dm.best_baseline_fid_nfe2": 20.0, "dm.nfe_saving": 2.0, "dm.training_speedup": 2.0}
     with pytest.raises(ConfigError, match=r"tabulate --variants best: none of them is a variant of dm, dm_first50 "
                                           r"\(those have last, ema_0.9, ema_0.99, uniform, ema_0.99_profile, lcsc\)"):
         tabulate.run(cfg, tabulate.Paths(**given, report=tmp_path / "x"), ["best"])

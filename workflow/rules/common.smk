@@ -69,6 +69,7 @@ wildcard_constraints:
     base="|".join(MODEL_BASES),
     percent=r"[0-9.]+",
     nfe=r"[0-9]+(-[0-9]+)*",
+    repeat=r"[1-9][0-9]*",
 
 
 def stage_json(stage, model=None):
@@ -110,17 +111,26 @@ def evaluate_inputs(wildcards):
         "stats": reference_stats(),
     }
     source = variants.source(wildcards.variant)
-    if source == variants.COEFFICIENTS:
-        inputs["coefficients"] = LAYOUT.coefficients(wildcards.model, model_search_nfe(wildcards.model))
+    if source == variants.COEFFICIENTS:  # every search of search.repeats
+        inputs["coefficients"] = search_results(wildcards.model)
     elif source == variants.BASELINES:
         inputs["baselines"] = LAYOUT.baselines(wildcards.model)
     return inputs
 
 
+def search_results(model, files=LAYOUT.coefficients):
+    """The coefficients.json (or another file of `files`) of each of the model's search.repeats searches."""
+    return [files(model, model_search_nfe(model), r) for r in range(config["search"]["repeats"])]
+
+
 def variant_args(wildcards, input):
-    """The variant's weights file as evaluate's arguments (a list: the rule quotes each item)."""
-    return [arg for name in (variants.COEFFICIENTS, variants.BASELINES) if name in input.keys()
-            for arg in (f"--{name}", input[name])]
+    """The variant's weights files as evaluate's arguments (a list: the rule quotes each item)."""
+    out = []
+    for name in (variants.COEFFICIENTS, variants.BASELINES):
+        if name in input.keys():
+            given = input[name]
+            out += [f"--{name}", *([given] if isinstance(given, str) else list(given))]
+    return out
 
 
 def teacher_input(wildcards):
@@ -153,7 +163,7 @@ def tabulate_inputs(wildcards):
 
 
 def report_outputs():
-    return LAYOUT.report_files()
+    return LAYOUT.report_files(cost=any(truncation(m) is not None for m in MODELS))
 
 
 def export_card(model, variant):
@@ -169,6 +179,8 @@ def export_inputs(wildcards):
     """The trail, the variant's weights file, and the evaluations its model card shows (the
     variant's, last's and the kept EMAs')."""
     inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("features", "stats")}
+    if "coefficients" in inputs:  # the first search's (search.seed) of the search.repeats
+        inputs["coefficients"] = inputs["coefficients"][0]
     shown = [wildcards.variant, variants.LAST,
              *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL]]
     inputs["evaluations"] = [LAYOUT.eval_json(wildcards.model, v) for v in dict.fromkeys(shown)]
@@ -212,4 +224,4 @@ def search_json(wildcards):
 
 
 def search_journal(wildcards):
-    return LAYOUT.journal(wildcards.model, wildcards.nfe)
+    return LAYOUT.journal(wildcards.model, wildcards.nfe, getattr(wildcards, "repeat", 0))

@@ -47,3 +47,33 @@ rule search:
         " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
         " --baselines {input.baselines:q} --coefficients {output.coefficients:q} --history {output.history:q}"
         " --best {output.best:q} --journal {params.journal:q} 2>&1 | tee {log:q}"
+
+
+# The other searches of search.repeats: the same job with seeds of their own (lcsc.kernel.models.search_repeat).
+rule search_repeat:
+    input:
+        manifest=LAYOUT.manifest("{model}"),
+        features=feature_net(),
+        stats=reference_stats(),
+        baselines=LAYOUT.baselines("{model}"),
+    output:
+        coefficients=LAYOUT.coefficients("{model}", "{nfe}", "{repeat}"),
+        history=LAYOUT.history("{model}", "{nfe}", "{repeat}"),
+        best=LAYOUT.best_weights("{model}", "{nfe}", "{repeat}"),
+    log:
+        LAYOUT.log("search", "{model}-nfe{nfe}-r{repeat}"),
+    params:
+        cfg=search_json,
+        journal=search_journal,
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=GPUS,
+    shell:
+        "lcsc search --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q},repeat={wildcards.repeat:q}"
+        " --model {wildcards.model:q} --repeat {wildcards.repeat:q}"
+        " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
+        " --baselines {input.baselines:q} --coefficients {output.coefficients:q} --history {output.history:q}"
+        " --best {output.best:q} --journal {params.journal:q} 2>&1 | tee {log:q}"
