@@ -195,7 +195,7 @@ def cmd_train_features(args) -> None:
     cfg, layout, device, run = _setup(args, train_features.NAME)
     train_features.check(cfg)
     with run:
-        train_features.run(cfg, train_features.Paths(net=Path(args.out or layout.feature_net("classifier"))),
+        train_features.run(cfg, train_features.Paths(net=Path(args.out or layout.feature_net(feature_tag(cfg["features"])))),
                            device, run)
 
 
@@ -207,6 +207,16 @@ def cmd_inception_features(args) -> None:
     inception_features.check(cfg)
     with run:
         inception_features.run(cfg, paths, device, run)
+
+
+def cmd_dinov2_features(args) -> None:
+    from .stages import dinov2_features
+
+    cfg, layout, device, run = _setup(args, dinov2_features.NAME)
+    paths = dinov2_features.Paths(descriptor=Path(args.out or layout.feature_net(feature_tag(cfg["features"]))))
+    dinov2_features.check(cfg)
+    with run:
+        dinov2_features.run(cfg, paths, device, run)
 
 
 def cmd_reference_stats(args) -> None:
@@ -367,9 +377,11 @@ COMMANDS = [
     ("import-trail", cmd_import_trail, "import another trainer's checkpoints (trail.source diffusers or "
      "state_dict) as a trail manifest; the files stay where they are",
      [("--out", {"help": "the manifest (default: the layout's imported trail)"})]),
-    ("train-features", cmd_train_features, "train the FID feature classifier", [("--out", {})]),
+    ("train-features", cmd_train_features, "train the FID feature classifier or autoencoder", [("--out", {})]),
     ("inception-features", cmd_inception_features,
      "find (or download) and check the Inception weights; write their descriptor", [("--out", {})]),
+    ("dinov2-features", cmd_dinov2_features,
+     "find (or download) and check the DINOv2 weights (FD_DINOv2); write their descriptor", [("--out", {})]),
     ("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split or of "
      "features.reference_folder",
      [("--split", {"default": "train", "choices": ["train", "test", "folder"]}), ("--features", {}), ("--out", {})]),

@@ -15,6 +15,7 @@ import yaml
 import inception_standin
 from conftest import REPO, TINY
 from helpers import SNAKEMAKE, snakemake
+from lcsc.kernel.report import kid_text
 from lcsc.kernel.tracking import job_name
 
 
@@ -136,7 +137,7 @@ def test_workflow_produces_the_report(workflow_run):
     assert all(0 <= ev[k][n] <= 1 for k in ("precision", "recall") for n in ("1", "2"))
     q = next(line for line in sections["dm (diffusion model)"].splitlines() if line.startswith("| lcsc | ")
              and " / " in line)
-    assert f"{ev['kid']['1'] * 1e3:.2f} / {ev['precision']['1']:.2f} / {ev['recall']['1']:.2f}" in q
+    assert f"{kid_text(ev['kid']['1'])} / {ev['precision']['1']:.2f} / {ev['recall']['1']:.2f}" in q
     logs = list((root / RESULTS / "tiny-wf" / "logs").rglob("*.log"))
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
     # 3 x 6 + 2 evaluations, tabulate, the 3 full models' exports

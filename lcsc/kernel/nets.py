@@ -141,3 +141,40 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class ConvAutoencoder(nn.Module):
+    """Small convolutional autoencoder whose bottleneck is the FID feature space of unlabelled
+    images: the encoder pools to 2x2 (as the classifier's body does) and a linear layer gives the
+    `dim`-vector; the decoder only serves training, by asking that vector to hold the image. The
+    features are the bottleneck standardised by the train split's per-dimension mean and standard
+    deviation (buffers set after training), so FID values have a readable scale."""
+
+    def __init__(self, in_channels: int, image_size: int, width: int = 32, dim: int = 64):
+        super().__init__()
+        self.image_size, self.width = image_size, width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width * 2, width * 2, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(width * 2 * 4, dim),
+        )
+        self.expand = nn.Linear(dim, width * 2 * 16)
+        self.up1 = nn.Conv2d(width * 2, width, 3, padding=1)
+        self.up2 = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.Conv2d(width, in_channels, 3, padding=1)
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.encoder(x) - self.shift) / self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        h = F.silu(self.expand(z)).view(len(z), self.width * 2, 4, 4)
+        h = F.silu(self.up1(F.interpolate(h, size=(-(-size // 2),) * 2, mode="nearest")))
+        h = F.silu(self.up2(F.interpolate(h, size=(size, size), mode="nearest")))
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encoder(x))

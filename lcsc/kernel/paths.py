@@ -21,8 +21,12 @@ def dataset_name(data_cfg: dict) -> str:
     return f"{Path(data_cfg['folder']).name}{data_cfg['image_size']}"
 
 
+# The feature spaces that stage train_features trains on the dataset (the others load fixed weights).
+TRAINED_FEATURES = ("classifier", "autoencoder")
+
+
 def feature_tag(features_cfg: dict) -> str:
-    """Name of the feature space in file names: `classifier`, or `inception-<mode>`."""
+    """Name of the feature space in file names: `classifier`, `autoencoder`, `dinov2`, or `inception-<mode>`."""
     if features_cfg["kind"] == "inception":
         return f"inception-{features_cfg['mode']}"
     return features_cfg["kind"]
@@ -58,8 +62,9 @@ class Layout:
         return self.trail_dir(model) / "manifest.json"
 
     def feature_net(self, tag: str) -> Path:
-        """The trained classifier's weights, or an Inception descriptor (`inception-<mode>.json`)."""
-        return self.root / "features" / (f"{tag}.safetensors" if tag == "classifier" else f"{tag}.json")
+        """A trained feature network's weights (`classifier`, `autoencoder`), or an Inception
+        descriptor (`inception-<mode>.json`)."""
+        return self.root / "features" / (f"{tag}.safetensors" if tag in TRAINED_FEATURES else f"{tag}.json")
 
     def stats(self, dataset: str, split: str, kind: str) -> Path:
         return self.root / "stats" / f"{dataset}-{split}-{kind}.npz"

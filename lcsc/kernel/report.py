@@ -68,12 +68,18 @@ def significance_claim(results: dict[str, dict[int, float]], spread: Spread, nfe
     return text + (f"; it is within noise at {', '.join(within)}." if within else ".")
 
 
+def kid_text(kid: float) -> str:
+    """KID to 3 significant digits, whole numbers from 100 on (no exponent in a table)."""
+    return f"{kid:.0f}" if abs(kid) >= 100 else f"{kid:.3g}"
+
+
 def quality_table(quality: dict[str, dict[str, dict[int, float]]], nfes: list[int]) -> str:
-    """Variant x NFE table of KID (x 1000), precision and recall (k = 3), in the FID's feature space."""
-    lines = ["| variant | " + " | ".join(f"NFE {n}: KID×10³ / P / R" for n in nfes) + " |",
+    """Variant x NFE table of KID (3 significant digits: its scale is the feature space's, cubed,
+    so 0.00x in Inception's and hundreds in a trained classifier's), precision and recall (k = 3)."""
+    lines = ["| variant | " + " | ".join(f"NFE {n}: KID / P / R" for n in nfes) + " |",
              "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
     for v, q in quality.items():
-        cells = [f"{q['kid'][n] * 1e3:.2f} / {q['precision'][n]:.2f} / {q['recall'][n]:.2f}" for n in nfes]
+        cells = [f"{kid_text(q['kid'][n])} / {q['precision'][n]:.2f} / {q['recall'][n]:.2f}" for n in nfes]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ STAGE_SECTIONS = {
     "truncate_trail": [],  # the fraction is in the model's name
     "train_features": ["seed", "data", "features"],
     "inception_features": ["features"],
+    "dinov2_features": ["features"],
     "reference_stats": ["data", "features"],
     "baselines": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
     "search": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
@@ -49,7 +50,9 @@ STAGE_DIFFUSION_KEYS = {"train_dm": ("schedule", "timesteps"), "train_cm": ("cli
 MODEL_STAGES = ("train_cm", "baselines", "search", "evaluate", "export")
 # The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
 FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
-                     "inception": ("mode", "weights", "reference_folder")}
+                     "autoencoder": ("dim", "width", "epochs", "batch_size", "lr"),
+                     "inception": ("mode", "weights", "reference_folder"),
+                     "dinov2": ("weights", "reference_folder")}
 
 
 def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
@@ -71,11 +74,10 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
     if stage in STAGE_DIFFUSION_KEYS and "diffusion" in out:
         out["diffusion"] = {k: v for k, v in out["diffusion"].items() if k in STAGE_DIFFUSION_KEYS[stage]}
     if "features" in out:
-        kind = out["features"]["kind"]
-        for other, keys in FEATURE_KIND_KEYS.items():
-            if other != kind:
-                for key in keys:
-                    out["features"].pop(key, None)
+        own = FEATURE_KIND_KEYS[out["features"]["kind"]]
+        for keys in FEATURE_KIND_KEYS.values():
+            for key in set(keys) - set(own):
+                out["features"].pop(key, None)
     for path in RUNTIME_KEYS:
         node = out
         for key in path[:-1]:

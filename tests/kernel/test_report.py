@@ -184,7 +184,9 @@ def test_error_bars_and_which_gaps_exceed_two_standard_errors():
 
 def test_quality_table_shows_kid_precision_and_recall_per_nfe():
     q = {"lcsc": {"kid": {1: 0.0123, 2: 0.004}, "precision": {1: 0.8, 2: 0.9}, "recall": {1: 0.55, 2: 0.6}}}
-    assert quality_table(q, [1, 2]).splitlines()[2] == "| lcsc | 12.30 / 0.80 / 0.55 | 4.00 / 0.90 / 0.60 |"
+    assert quality_table(q, [1, 2]).splitlines()[2] == "| lcsc | 0.0123 / 0.80 / 0.55 | 0.004 / 0.90 / 0.60 |"
+    big = {"last": {"kid": {1: 199098.7}, "precision": {1: 0.6}, "recall": {1: 0.29}}}
+    assert quality_table(big, [1]).splitlines()[2] == "| last | 199099 / 0.60 / 0.29 |"
 
 
 def test_cost_curve_gives_the_speed_up_of_the_smallest_fraction_that_reaches_the_full_run():

@@ -155,6 +155,8 @@ def test_two_searches_compare_through_the_rest_api(tracked):
 
 
 def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked):
+    from lcsc.kernel import tracking
+
     root, port, server, base = tracked
     cfg = dict(base, search=dict(TINY["search"], budget=10))
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))

@@ -75,3 +75,43 @@ def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin
     inception_standin.build(tmp_path / "w.pt", seed=2)
     with pytest.raises(FeatureError, match="changed since inception_features"):
         load_features(descriptor, CPU)
+
+
+def test_autoencoder_features_train_on_an_unlabelled_folder(tmp_path, capsys):
+    """features.kind: autoencoder needs no labels: a flat folder of digits passes the config check
+    (the classifier's fails), the stage trains on it, and in its feature space the test digits lie
+    far closer to the train digits than the same number of noise images or of blurred digits."""
+    import yaml
+    from PIL import Image
+
+    from lcsc.cli import main
+    from lcsc.kernel.data import load_split
+    from lcsc.kernel.errors import ConfigError
+    from lcsc.kernel.features import load_features
+    from lcsc.kernel.fid import frechet_distance
+
+    flat = tmp_path / "flat digits"
+    flat.mkdir()
+    digits = load_split({**tiny_config(tmp_path / "x")["data"]}, "train").images
+    for i, img in enumerate(digits[:600]):
+        Image.fromarray(((img[0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(flat / f"{i:04d}.png")
+    data = {"dataset": "folder", "folder": str(flat), "image_size": 12, "channels": 1}
+    with pytest.raises(ConfigError, match="features.kind: autoencoder"):
+        tiny_config(tmp_path / "r", data=data)  # the classifier default needs labels
+    cfg = tiny_config(tmp_path / "r", data=data, features={"kind": "autoencoder", "epochs": 15, "dim": 16})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train-features", "--config", str(tmp_path / "c.yaml")]) == 0
+    net = load_features(Layout.of(cfg).feature_net("autoencoder"), CPU)
+    train, test = load_split(cfg["data"], "train").images, load_split(cfg["data"], "test").images
+    feats = net(train)
+    assert feats.shape == (len(train), 16) and torch.equal(net(train), feats)
+
+    def fd(a, b):
+        return frechet_distance(*feature_stats(net(a)), *feature_stats(net(b)))
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(test.shape, generator=gen) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(test, 3, stride=1, padding=1, count_include_pad=False)
+    real, far, blur = fd(train, test), fd(train, noise), fd(train, blurred)
+    print(f"autoencoder FD: real {real:.3f}, blurred {blur:.3f}, noise {far:.3f}")
+    assert real < blur < far and 5 * real < blur, (real, blur, far)

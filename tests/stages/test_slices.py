@@ -59,6 +59,13 @@ def test_feature_slices_hold_only_the_keys_of_their_kind():
         assert {"mode", "weights", "reference_folder"}.isdisjoint(stage_config(classifier, stage)["features"])
         assert stage_config(classifier, stage)["features"]["epochs"] == 30
     assert "data" not in stage_config(inception, "inception_features")
+    dinov2 = validate({"features": {"kind": "dinov2", "weights": "/d.pth"}})
+    for stage in ("dinov2_features", "reference_stats"):
+        assert stage_config(dinov2, stage)["features"]["weights"] == "/d.pth"
+        assert {"mode", "epochs", "dim"}.isdisjoint(stage_config(dinov2, stage)["features"])
+    autoencoder = validate({"features": {"kind": "autoencoder"}})
+    assert stage_config(autoencoder, "train_features")["features"]["epochs"] == 30
+    assert {"mode", "weights"}.isdisjoint(stage_config(autoencoder, "train_features")["features"])
 
 
 def test_a_job_slice_read_back_as_the_workflow_passes_it_is_the_same_config():

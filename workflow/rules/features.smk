@@ -1,8 +1,8 @@
 rule train_features:
     output:
-        net=LAYOUT.feature_net("classifier"),
+        net=LAYOUT.feature_net(TRAINED_FEATURE),
     log:
-        LAYOUT.log("train_features", "classifier"),
+        LAYOUT.log("train_features", TRAINED_FEATURE),
     params:
         cfg=stage_json("train_features"),
     conda:
@@ -17,7 +17,7 @@ rule train_features:
 
 rule inception_features:
     input:
-        weights=INCEPTION_WEIGHTS,
+        weights=FEATURE_WEIGHTS,
     output:
         descriptor=LAYOUT.feature_net(f"inception-{config['features']['mode']}"),
     log:
@@ -52,3 +52,22 @@ rule reference_stats:
         "lcsc reference-stats --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards split={wildcards.split:q} --split {wildcards.split:q}"
         " --features {input.features:q} --out {output.stats:q} 2>&1 | tee {log:q}"
+
+
+rule dinov2_features:
+    input:
+        weights=FEATURE_WEIGHTS,
+    output:
+        descriptor=LAYOUT.feature_net("dinov2"),
+    log:
+        LAYOUT.log("dinov2_features", "dinov2"),
+    params:
+        cfg=stage_json("dinov2_features"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=GPUS,
+    shell:
+        "lcsc dinov2-features --config-json {params.cfg:q} --threads {threads:q}"
+        " --out {output.descriptor:q} 2>&1 | tee {log:q}"
