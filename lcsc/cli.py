@@ -199,24 +199,25 @@ def cmd_train_features(args) -> None:
                            device, run)
 
 
+def _descriptor_stage(args, stage) -> None:
+    """A fixed-weights feature stage (inception_features, dinov2_features): check, then write the descriptor."""
+    cfg, layout, device, run = _setup(args, stage.NAME)
+    paths = stage.Paths(descriptor=Path(args.out or layout.feature_net(feature_tag(cfg["features"]))))
+    stage.check(cfg)
+    with run:
+        stage.run(cfg, paths, device, run)
+
+
 def cmd_inception_features(args) -> None:
     from .stages import inception_features
 
-    cfg, layout, device, run = _setup(args, inception_features.NAME)
-    paths = inception_features.Paths(descriptor=Path(args.out or layout.feature_net(feature_tag(cfg["features"]))))
-    inception_features.check(cfg)
-    with run:
-        inception_features.run(cfg, paths, device, run)
+    _descriptor_stage(args, inception_features)
 
 
 def cmd_dinov2_features(args) -> None:
     from .stages import dinov2_features
 
-    cfg, layout, device, run = _setup(args, dinov2_features.NAME)
-    paths = dinov2_features.Paths(descriptor=Path(args.out or layout.feature_net(feature_tag(cfg["features"]))))
-    dinov2_features.check(cfg)
-    with run:
-        dinov2_features.run(cfg, paths, device, run)
+    _descriptor_stage(args, dinov2_features)
 
 
 def cmd_reference_stats(args) -> None:
