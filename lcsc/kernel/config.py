@@ -281,8 +281,9 @@ def config_warnings(cfg: dict) -> list[str]:
     dim = cfg["features"]["dim"] if kind in TRAINED_FEATURES else {"inception": 2048, "dinov2": 1024}[kind]
     for key, n in (("search.samples", cfg["search"]["samples"]),
                    ("search.rescore_samples", cfg["search"]["rescore_samples"]),
-                   ("evaluate.samples", cfg["evaluate"]["samples"])):
-        if n <= dim:
+                   ("evaluate.samples", cfg["evaluate"]["samples"]),
+                   ("consistency.search_samples", cfg.get("consistency", {}).get("search_samples"))):
+        if n is not None and n <= dim:
             out.append(f"{key}: {n} samples in a {dim}-d feature space give a singular covariance; FID is "
                        f"then dominated by its bias (use more than {dim} samples to compare models)")
     n_train = _train_images(cfg)

@@ -114,7 +114,8 @@ def cost_fractions(cfg: dict) -> list[float]:
 
 def for_model(cfg: dict, model: str) -> dict:
     """The config as `model`'s stages read it. A consistency model trains with `train` updated by
-    the non-null keys of `consistency.train`, searches at `consistency.search_nfe` and evaluates
+    the non-null keys of `consistency.train`, searches at `consistency.search_nfe` (with
+    `consistency.search_budget` and `search_samples` where set) and evaluates
     `consistency.evaluate_nfe`; the diffusion model's stages do not see `consistency` at all (so
     they do not rerun when it changes). Applying it twice changes nothing."""
     out = copy.deepcopy(cfg)
@@ -131,6 +132,9 @@ def for_model(cfg: dict, model: str) -> dict:
     if "search" in out:
         out["search"]["nfe"] = c["search_nfe"]
         out["search"]["nfe_weights"] = c.get("search_nfe_weights")
+        for key in ("budget", "samples"):
+            if c.get(f"search_{key}") is not None:
+                out["search"][key] = c[f"search_{key}"]
     if "evaluate" in out:
         out["evaluate"]["nfe"] = list(c["evaluate_nfe"])
     _shorter_lawa(out, model)

@@ -51,6 +51,25 @@ def test_models_and_their_config():
     assert stage_config(cfg, "train_cm", "cm_ct") == stage_config(clip, "train_cm", "cm_ct")
 
 
+def test_a_bigger_diffusion_search_leaves_the_consistency_searches_alone():
+    """consistency.search_budget / search_samples pin the consistency models' searches, so a config
+    (config/evidence.yaml) can give the diffusion model a bigger one: only its jobs rerun."""
+    cfg = load_config(REPO / "config" / "config.yaml")
+    big = load_config(REPO / "config" / "config.yaml", {
+        "search.budget": 400, "search.samples": 2000,
+        "consistency.search_budget": cfg["search"]["budget"], "consistency.search_samples": cfg["search"]["samples"]})
+    for model in ("cm_cd", "cm_ct"):
+        assert for_model(big, model)["search"]["budget"] == 160 and for_model(big, model)["search"]["samples"] == 800
+        for stage in ("baselines", "search", "evaluate"):
+            assert stage_config(cfg, stage, model) == stage_config(big, stage, model), (model, stage)
+    assert for_model(big, "dm")["search"]["budget"] == 400
+    assert stage_config(cfg, "search", "dm") != stage_config(big, "search", "dm")
+    assert stage_config(cfg, "baselines", "dm") != stage_config(big, "baselines", "dm")  # scored on 2000 samples
+    assert stage_config(cfg, "evaluate", "dm") == stage_config(big, "evaluate", "dm")  # the baselines' evaluations stay
+    # null (the default) takes search.*
+    assert for_model(load_config(REPO / "config" / "config.yaml", {"search.budget": 50}), "cm_ct")["search"]["budget"] == 50
+
+
 @pytest.mark.parametrize("name", ["cm_cd_firstx", "dm_first", "cm_ct_first100", "xx_first20", "dm_first1e1", "dm_first010"])
 def test_bad_truncated_model_names(name):
     from lcsc.kernel.models import truncation

@@ -25,8 +25,10 @@ from conftest import TINY
 from helpers import snakemake
 
 EXPERIMENT = "tiny-track"
-VARIANTS = ("last", "ema_0.9", "ema_0.99", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile",
-            "power_0.05", "power_0.1", "greedy_soup", "lcsc")
+# The baselines trimmed to the kept EMAs and uniform: this test is about the server, and five evaluate
+# jobs per pipeline instead of eleven keep it short (test_workflow covers the baselines' runs).
+VARIANTS = ("last", "ema_0.9", "ema_0.99", "uniform", "lcsc")
+BASELINES = {"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False}
 
 
 def _free_port() -> int:
@@ -96,7 +98,7 @@ def _history(port: int, run: dict, key: str) -> dict[int, float]:
 def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("track")
     port = _free_port()
-    base = dict(TINY, experiment=EXPERIMENT, results_dir="results",
+    base = dict(TINY, experiment=EXPERIMENT, results_dir="results", baselines=BASELINES,
                 mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{port}"})
     (root / "server.yaml").write_text(yaml.safe_dump(base))
     server = Server(root, root / "server.yaml", port).start()
