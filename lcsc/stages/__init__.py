@@ -90,8 +90,9 @@ def _consistency_slice(out: dict, stage: str, mode: str) -> None:
     """A consistency model's keys: training those of its own mode, sampling those of the NFEs it samples at."""
     keep = CONSISTENCY_KEYS.get(stage)
     if keep is None:  # train_cm: the training keys of its own mode
-        keep = set(out["consistency"]) - {"modes", "search_nfe", "search_nfe_weights", "evaluate_nfe",
-                                          "sampling_sigmas", "cd" if mode == "ct" else "ct"}
+        keep = set(out["consistency"]) - {"modes", "search_nfe", "search_nfe_weights", "search_budget",
+                                          "search_samples", "evaluate_nfe", "sampling_sigmas",
+                                          "cd" if mode == "ct" else "ct"}
     out["consistency"] = {k: v for k, v in out["consistency"].items() if k in keep}
     if stage in ("baselines", "search"):  # they sample at the search NFE only
         c = out["consistency"]

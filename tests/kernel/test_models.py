@@ -60,8 +60,9 @@ def test_a_bigger_diffusion_search_leaves_the_consistency_searches_alone():
         "consistency.search_budget": cfg["search"]["budget"], "consistency.search_samples": cfg["search"]["samples"]})
     for model in ("cm_cd", "cm_ct"):
         assert for_model(big, model)["search"]["budget"] == 160 and for_model(big, model)["search"]["samples"] == 800
-        for stage in ("baselines", "search", "evaluate"):
+        for stage in ("train_cm", "baselines", "search", "evaluate"):
             assert stage_config(cfg, stage, model) == stage_config(big, stage, model), (model, stage)
+    assert stage_config(cfg, "train_dm") == stage_config(big, "train_dm")
     assert for_model(big, "dm")["search"]["budget"] == 400
     assert stage_config(cfg, "search", "dm") != stage_config(big, "search", "dm")
     assert stage_config(cfg, "baselines", "dm") != stage_config(big, "baselines", "dm")  # scored on 2000 samples
