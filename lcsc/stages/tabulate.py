@@ -219,14 +219,21 @@ def headline_metrics(report: dict[str, _Model], curves: dict[str, list[dict]]) -
     return out
 
 
+def _search_targets(cfg: dict, report: dict[str, _Model]) -> str:
+    """Each model's search NFEs and sample count, as its own config has them ("dm NFE 5, 800 samples")."""
+    out = []
+    for model in report:
+        s = for_model(cfg, model)["search"]
+        out.append(f"{model} NFE {' and '.join(map(str, nfe_list(s['nfe'])))}, {s['samples']} samples")
+    return "; ".join(out)
+
+
 def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
     ecfg = cfg["evaluate"]
-    targets = ", ".join(f"{model} {m.search_nfe}" for model, m in report.items())
     md = [f"# LCSC report: {cfg['experiment']}", "",
           f"FID ({feature_tag(cfg['features'])} features) of {ecfg['samples']} samples "
-          f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates on "
-          f"{cfg['search']['samples']} samples with seed {cfg['search']['seed']} at each model's search NFE "
-          f"({targets}). "
+          f"per cell, evaluation seed {ecfg['seed']}; the search scored candidates with seed "
+          f"{cfg['search']['seed']} at each model's search NFEs and samples ({_search_targets(cfg, report)}). "
           "Lower is better; the best value of each column is in bold, and † marks the best baseline "
           "(every variant but lcsc). Variants: `last`; `ema_<decay>`, the EMA kept during training; "
           "`uniform`; `lawa_<k>`, the average of the last k checkpoints; `ema_<decay>_profile`, that EMA "

@@ -119,6 +119,14 @@ def test_the_summary_states_the_tables_and_claims_in_numbers(tmp_path):
            "iterations: an implied training speed-up of 40/20 = 2.0x." in cost
     assert "over 2 checkpoints (sum_to_one) at NFE 2" in cost and "screening fitness 16.00." in cost
     assert "- dm_lcsc: ![samples_dm_lcsc](samples_dm_lcsc.png)" in md
+    assert "at each model's search NFEs and samples (dm NFE 2, 64 samples; dm_first50 NFE 2, 64 samples)." in md
+
+
+def test_the_header_gives_each_model_its_own_search_nfes_and_samples(tmp_path):
+    """A consistency model searched at two NFEs on fewer samples than the DM says so, not the DM's."""
+    cfg = tiny_config(tmp_path / "results", consistency={"modes": ["cd"], "search_nfe": [1, 2], "search_samples": 32})
+    assert tabulate._search_targets(cfg, {"dm": None, "cm_cd": None}) == \
+        "dm NFE 2, 64 samples; cm_cd NFE 1 and 2, 32 samples"
 
 
 def test_variants_limit_the_report_and_the_logged_metrics(tmp_path):
