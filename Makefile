@@ -2,8 +2,6 @@
 # `make test`: install into .venv and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
-# pytest-xdist workers; each takes whole test files (--dist loadfile), so a module's fixtures run once
-TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint clean-results
@@ -21,7 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/snakemake --cores all --rerun-incomplete
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
