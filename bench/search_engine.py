@@ -7,8 +7,9 @@ FID), three ways on the same trail, candidates and noise:
           dict, a fresh model built and load_state_dict'ed, FID with scipy.linalg.sqrtm;
   vmap    the engine's combination, with `num_workers` candidates sampled at once through
           torch.func.vmap over stacked parameter sets;
-  compile the engine with the U-Net under torch.compile (only with --compile: it needs a C++
-          compiler on the CPU and compiles for tens of seconds before the timed loop).
+  compile the engine with `search.compile: true`, the U-Net under torch.compile (only with
+          --compile: it needs a C++ compiler on the CPU and compiles for tens of seconds, in the
+          warm-up before the timed loop).
 
 For each: evaluations/s, and the share of wall time inside the network forward passes (the
 U-Net while sampling plus the feature net) against everything else. Prints one table naming
@@ -87,11 +88,6 @@ def run_engine(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
     return [scorer.score(c, nfe, noise)[0] for c in cs]
 
 
-def run_compiled(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
-    compiled = torch.compile(scorer.model.forward)  # reads the parameters updated in place per candidate
-    scorer.model.forward = clock.wrap(compiled)
-    scorer.features.net.features = clock.wrap(scorer.features.net.features)
-    return [scorer.score(c, nfe, noise)[0] for c in cs]
 
 
 def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
@@ -171,9 +167,9 @@ def main() -> None:
     trail = Trail.open(layout.manifest("dm"))
     stats = layout.stats(*reference_source(cfg), feature_tag(cfg["features"]))
 
-    def scorer():
+    def scorer(compile=False):
         return Scorer(family_for(trail, cfg), layout.feature_net(feature_tag(cfg["features"])), stats, device,
-                      scfg["batch_size"])
+                      scfg["batch_size"], compile=compile)
 
     cs = candidates(len(trail), args.candidates, seed=0)
     noise = scorer().make_noise(scfg["samples"], scfg["seed"])
@@ -186,11 +182,15 @@ def main() -> None:
     if "vmap" not in args.skip:
         paths["vmap"] = lambda s, clk, cs: run_vmap(s, cs, scfg["nfe"], noise, clk, scfg["num_workers"])
     if args.compile:
-        paths["compile"] = lambda s, clk, cs: run_compiled(s, cs, scfg["nfe"], noise, clk)
+        paths["compile"] = lambda s, clk, cs: run_engine(s, cs, scfg["nfe"], noise, clk)
     rows, fids = [], {}
     for name, fn in paths.items():
-        fn(scorer(), Clock(device), cs[:scfg["num_workers"]])  # warm-up: allocator, kernels, file cache
-        s = scorer()
+        s = scorer(compile=name == "compile")
+        t0 = time.perf_counter()
+        fn(s, Clock(device), cs[:scfg["num_workers"]])  # warm-up: allocator, kernels, file cache, compiling
+        print(f"  {name}: warm-up ({scfg['num_workers']} evaluations) {time.perf_counter() - t0:.1f} s", flush=True)
+        if name != "compile":  # (a compiled scorer keeps its compiled network for the timed loop)
+            s = scorer()
         s.W  # the search stacks the trail once before it starts, outside the loop timed here
         clock = Clock(device)
         t0 = time.perf_counter()

@@ -98,13 +98,18 @@ def _wildcards(text: str | None) -> dict[str, str]:
     return out
 
 
-def _setup(args, stage: str, model: str | None = None):
-    """The config (as `model`'s stages read it, see lcsc.kernel.models.for_model), layout, device
-    and the job's MLflow run."""
+def _model_config(args, model: str | None) -> dict:
+    """The config as `model`'s stages read it (see lcsc.kernel.models.for_model)."""
     cfg = _config(args)
     if model is not None:
         check_model(model)  # an unknown model name is an error here, not deep inside a stage
         cfg = for_model(cfg, model)
+    return cfg
+
+
+def _setup(args, stage: str, model: str | None = None):
+    """The config (as `model`'s stages read it), layout, device and the job's MLflow run."""
+    cfg = _model_config(args, model)
     device = _device(cfg, args.threads)
     run = StageRun(cfg, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model), job_tags(cfg, stage))
     return cfg, Layout.of(cfg), device, run
@@ -137,24 +142,44 @@ def _baselines(layout: Layout, args) -> Path | None:
     return default if default.exists() else None
 
 
+@contextlib.contextmanager
+def _training(args, stage: str, model: str | None = None):
+    """_setup for a training stage, which may be one of several processes (torchrun, train.gpus):
+    it joins their group, takes its share of --threads, and only rank 0 logs to MLflow."""
+    from .kernel import distributed
+
+    cfg = _model_config(args, model)
+    ranks, device = distributed.start(cfg)
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(max(1, args.threads // ranks.world))
+        tracked = cfg if ranks.main else dict(cfg, mlflow=dict(cfg["mlflow"], enabled=False))
+        run = StageRun(tracked, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model),
+                       job_tags(cfg, stage))
+        with run:
+            yield cfg, Layout.of(cfg), device, run, ranks
+    finally:
+        distributed.stop()
+
+
 def cmd_train_dm(args) -> None:
     from .stages import train_dm
 
-    cfg, layout, device, run = _setup(args, train_dm.NAME)
-    paths = train_dm.Paths(trail=Path(args.out_dir or layout.trail_dir("dm")))
-    with run:
-        train_dm.run(cfg, paths, device, run)
+    with _training(args, train_dm.NAME) as (cfg, layout, device, run, ranks):
+        paths = train_dm.Paths(trail=Path(args.out_dir or layout.trail_dir("dm")))
+        train_dm.run(cfg, paths, device, run, ranks)
 
 
 def cmd_train_cm(args) -> None:
     from .stages import train_cm
 
     model = f"cm_{args.mode}"
-    cfg, layout, device, run = _setup(args, train_cm.NAME, model)
-    paths = train_cm.Paths(trail=Path(args.out_dir or layout.trail_dir(model)),
-                           teacher=Path(args.teacher or layout.manifest("dm")) if args.mode == "cd" else None)
-    with run:
-        train_cm.run(cfg, paths, args.mode, device, run)
+    with _training(args, train_cm.NAME, model) as (cfg, layout, device, run, ranks):
+        paths = train_cm.Paths(trail=Path(args.out_dir or layout.trail_dir(model)),
+                               teacher=Path(args.teacher or layout.manifest("dm")) if args.mode == "cd" else None)
+        train_cm.run(cfg, paths, args.mode, device, run, ranks)
 
 
 def cmd_truncate_trail(args) -> None:

@@ -1,7 +1,8 @@
 """The workflow through profiles/slurm on a real single-node SLURM (tests/slurm/cluster.sh brings it
-up on localhost, installing Debian's packages when it can): a job that fails on SLURM fails the
-workflow with its logs named, every job goes through sbatch, a rerun after the fix redoes only
-what failed, and the outputs and MLflow runs are those of a local run."""
+up on localhost, installing Debian's packages when it can, with two stand-in GPUs): a job that fails
+on SLURM fails the workflow with its logs named, every job goes through sbatch, GPU jobs ask for
+and get GPUs (training on two, through torchrun) while CPU-only jobs ask for none, a rerun after the
+fix redoes only what failed, and the outputs and MLflow runs are those of a local run."""
 
 import os
 import re
@@ -25,8 +26,16 @@ FAST = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-
         "--set-resources", "train_dm:mem_mb=1000", "search:mem_mb=1000",
         "--set-threads", *(f"{rule}=1" for rule in ("train_dm", "baselines", "search", "evaluate"))]
 # Fewer variants than the other workflow tests: 5 evaluate jobs instead of 11 keep this test short.
-CFG = dict(TINY, experiment="tiny-slurm", results_dir="results", device="cpu", mlflow={"enabled": True},
+# `device: auto` makes every torch stage a GPU job (gpu=1; train_dm gpu=2 with train.gpus 2); torch
+# here finds no GPU driver, so the jobs compute on the CPU, gloo for the two training processes.
+CFG = dict(TINY, experiment="tiny-slurm", results_dir="results", device="auto", mlflow={"enabled": True},
+           train=dict(TINY["train"], gpus=2),
            baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False})
+# What each rule asks SLURM for: GPUs for the torch stages, none for the export (a weighted sum on
+# the CPU) and the report
+GPU_REQUESTS = {"train_dm": "gres:gpu:2", "train_features": "gres:gpu:1", "reference_stats": "gres:gpu:1",
+                "baselines": "gres:gpu:1", "search": "gres:gpu:1", "evaluate": "gres:gpu:1", "export": None,
+                "tabulate": None}
 VARIANTS = ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
 
 
@@ -53,6 +62,40 @@ def cluster():
 def _submitted() -> int:
     """Batch jobs the controller accepted so far (its log has one such line per accepted sbatch)."""
     return (_state() / "slurmctld.log").read_text().count("_slurm_rpc_submit_batch_job: JobId=")
+
+
+def _jobs() -> dict[str, dict[str, str]]:
+    """The jobs the controller still knows (slurm.conf's MinJobAge keeps finished ones), by id:
+    `scontrol show job`'s fields."""
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, timeout=30)
+    jobs = {}
+    for line in shown.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "JobId" in fields:
+            jobs[fields["JobId"]] = fields
+    return jobs
+
+
+def _check_gpus(root: Path, jobs: dict[str, dict[str, str]]) -> None:
+    """Each rule's jobs asked sbatch for its GPUs (or none), and each job saw what it was given."""
+    by_rule = {}
+    for job in jobs.values():
+        rule = re.match(r"rule_([a-z_]+?)(_wildcards_|$)", job.get("Comment", ""))
+        if rule and rule.group(1) in GPU_REQUESTS:
+            by_rule.setdefault(rule.group(1), []).append(job)
+    assert set(by_rule) == set(GPU_REQUESTS), sorted(by_rule)
+    for rule, asked in GPU_REQUESTS.items():
+        assert {job.get("TresPerJob") for job in by_rule[rule]} == {asked}, (rule, by_rule[rule])
+    logs = root / ".snakemake" / "slurm_logs"
+    for rule, asked in GPU_REQUESTS.items():
+        for log in (logs / f"rule_{rule}").rglob("*.log"):
+            text = log.read_text()
+            given = re.findall(r"this job was given GPUs \(CUDA_VISIBLE_DEVICES=([0-9,]+)\)", text)
+            # every lcsc process in a GPU job saw as many GPUs as it asked for (and torch here none)
+            count = 0 if asked is None else int(asked.rsplit(":", 1)[1])
+            assert bool(given) == bool(count) and all(len(g.split(",")) == count for g in given), (log, given)
+    train_log = (root / "results" / "tiny-slurm" / "logs" / "train_dm" / "dm.log").read_text()
+    assert "2 processes (gloo)" in train_log, train_log[-2000:]
 
 
 def _snakemake(root: Path, slurm_env: dict, *args: str, timeout: int = 600):
@@ -87,6 +130,7 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     journal.parent.mkdir(parents=True)
     journal.write_text('{"type":"header","format":"lcsc-search-journal/1"}\n{"type":"ev\n{"type":"eval"}\n')
     before = _submitted()
+    first_job = max(map(int, _jobs()), default=0)  # jobs of earlier runs are not this test's
     failed = _snakemake(tmp_path, cluster, "--keep-going")
     out = failed.stdout + failed.stderr
     assert failed.returncode != 0
@@ -113,6 +157,7 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
                                            "evaluate", "export", "tabulate")}
     report = tmp_path / "results" / "tiny-slurm" / "report" / "summary.md"
     assert all(f"| {v} |" in report.read_text() for v in VARIANTS)
+    _check_gpus(tmp_path, {i: j for i, j in _jobs().items() if int(i) > first_job})
 
     # MLflow: a parent per invocation, a child per job named as in a local run; the failed search
     # attempts are FAILED children of the first invocation

@@ -151,15 +151,22 @@ def test_workflow_produces_the_report(workflow_run):
         assert "| lcsc |" in (export / "README.md").read_text()
     again = snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
-    # where and how jobs run (MLflow, devices, CPU threads, trail chunks) reruns nothing
+    # where and how jobs run (MLflow, devices, CPU threads, trail chunks, training processes) reruns nothing
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
     (root / "moved.yaml").write_text(yaml.safe_dump(dict(
         cfg, device="cpu", mlflow={"enabled": True, "tracking_uri": "http://127.0.0.1:9", "experiment": "elsewhere"},
-        search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1))))
+        search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1), train=dict(cfg["train"], gpus=2),
+        consistency=dict(cfg["consistency"], train=dict(cfg["consistency"]["train"], gpus=4)))))
     runtime = snakemake(["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"],
                          root)
     assert runtime.returncode == 0, runtime.stderr[-3000:]
     assert "Nothing to be done" in runtime.stdout + runtime.stderr, runtime.stdout[-3000:]
+    # ... and forced, training goes through torchrun with train.gpus processes, asking no GPU on the CPU
+    forced = snakemake(["-n", "-p", "--configfile", "moved.yaml", "--directory", str(root), "--forcerun", "train_dm",
+                        "train_cm"], root)
+    out = forced.stdout + forced.stderr
+    assert "lcsc_train 2 train-dm" in out and "lcsc_train 4 train-cm" in out, out[-3000:]
+    assert re.search(r"resources: .*processes=2, gpu=0", out) and re.search(r"resources: .*processes=4, gpu=0", out)
     # another DM sampler reruns only the DM's sampling stages and the report; other truncated
     # models (cost.models) add their own jobs and touch none of the existing ones
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())

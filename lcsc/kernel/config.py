@@ -21,7 +21,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 # Keys that say where and how a job runs, not what it computes: they reach a stage at run time
 # (`runtime_config`) and are never part of a stage's slice, so changing them reruns no job.
 RUNTIME_KEYS = (("experiment",), ("results_dir",), ("device",), ("mlflow",), ("search", "devices"),
-                ("search", "trail_chunk_mb"), ("data", "root"), ("data", "download"), ("features", "cache_dir"))
+                ("search", "trail_chunk_mb"), ("data", "root"), ("data", "download"), ("features", "cache_dir"),
+                ("train", "gpus"), ("consistency", "train", "gpus"))
 # Names that become folder and file names (experiment, models, variants): anchored at both ends,
 # so a trailing newline or a path separator never passes.
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -88,7 +89,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
-    errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg)
+    errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg) + _gpus_checks(cfg)
     errors += _name_and_path_checks(cfg)
     errors += _search_checks(cfg)
     errors += _feature_space_checks(cfg)
@@ -294,6 +295,18 @@ def config_warnings(cfg: dict) -> list[str]:
                 out.append(f"{key}: {size} exceeds the {n_train} training images of {cfg['data']['dataset']}; "
                            "every batch repeats images")
     return out
+
+
+def _gpus_checks(cfg: dict) -> list[str]:
+    """Each training batch splits evenly over the model's training processes (train.gpus)."""
+    errors = []
+    trained = [("train", cfg["train"])] + [("consistency.train", for_model(cfg, "cm_ct")["train"])
+                                           for _ in cfg["consistency"]["modes"][:1]]
+    for key, t in trained:
+        if t["batch_size"] % t["gpus"]:
+            errors.append(f"{key}.batch_size: {t['batch_size']} images per step do not split evenly over "
+                          f"{t['gpus']} training processes ({key}.gpus); use a multiple of {t['gpus']}")
+    return errors
 
 
 def _consistency_checks(cfg: dict) -> list[str]:

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from .errors import ConfigError
 
+# What a scheduler sets in a job it gave GPUs (SLURM sets both)
+GPU_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS")
+
+
+def given_gpus() -> str | None:
+    """The GPUs this job was given, as its environment says (`CUDA_VISIBLE_DEVICES=0,1`), or None."""
+    for name in GPU_ENV:
+        value = os.environ.get(name, "").strip()
+        if value and value not in ("-1", "NoDevFiles"):
+            return f"{name}={value}"
+    return None
+
 
 def resolve_device(cfg: dict) -> torch.device:
-    """`device`: auto (a GPU when torch sees one), cuda or cpu."""
+    """`device`: auto (a GPU when torch sees one), cuda or cpu. A job that was given GPUs but
+    whose torch sees none (a CPU build of torch, no driver) says so and computes on the CPU."""
     if cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' was asked for but torch sees no GPU")
         return torch.device("cuda")
+    given = given_gpus()
+    if cfg["device"] == "auto" and given:
+        print(f"lcsc: warning: device: auto: this job was given GPUs ({given}) but torch "
+              f"{torch.__version__} sees none (a CPU build of torch, or no driver); computing on the CPU",
+              file=sys.stderr, flush=True)
     return torch.device("cpu")
 
 
@@ -47,3 +68,13 @@ def peak_memory(devices) -> str:
         if d.type == "cuda":
             parts.append(f"{d} {torch.cuda.max_memory_allocated(d) / 2**20:.0f} MB")
     return "peak memory: " + ", ".join(parts)
+
+
+def check_compiler(scfg: dict, devices) -> None:
+    """`search.compile` on the CPU: torch.compile's CPU code needs a C++ compiler."""
+    import shutil
+
+    if scfg.get("compile") and any(torch.device(d).type == "cpu" for d in devices) \
+            and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ConfigError("search.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                          "install one or set search.compile: false")

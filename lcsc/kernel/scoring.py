@@ -58,7 +58,7 @@ class Scorer:
     feature network embeds them, and the reference statistics score them."""
 
     def __init__(self, family: Family, features: str | Path, stats: str | Path, device: torch.device,
-                 batch_size: int, chunk_mb: float | None = None):
+                 batch_size: int, chunk_mb: float | None = None, compile: bool = False):
         self.device = torch.device(device)
         self.chunk_mb = chunk_mb
         self.batch_size = batch_size
@@ -66,6 +66,8 @@ class Scorer:
         self.trail = family.trail
         self.shape = family.noise_shape
         self.model = family.build_network().to(device).eval()
+        if compile:  # the compiled forward reads the parameters that each candidate rewrites in place
+            self.model.forward = torch.compile(self.model.forward)
         self.loader = FlatLoader(self.model)
         self.sampler = family.sampler
         self.features = load_features(features, device)
@@ -111,6 +113,21 @@ class Scorer:
             else:
                 self._W = self.trail.stack(self.loader.shapes, device=self.device, load=self.family.load_checkpoint)
         return self._W
+
+    def share_trail(self, others: list[Scorer]) -> None:
+        """Load the stacked trail once for `others` too (scorers of the same trail on other
+        devices): a streamed trail's host blocks serve every scorer that streams, a trail held on a
+        device every scorer on that device. Call it before their threads start."""
+        held: dict[torch.device, torch.Tensor] = {}  # the trail held whole on a device
+        for scorer in [self, *others]:
+            if scorer is not self and scorer.chunk_mb and self.chunk_mb:
+                scorer._W = self.W.on(scorer.device)
+            elif not scorer.chunk_mb and scorer.device in held:
+                scorer._W = held[scorer.device]
+            elif not scorer.chunk_mb:
+                held[scorer.device] = scorer.W
+            else:  # streamed from its own host blocks (the first scorer holds its trail whole)
+                scorer.W  # noqa: B018 (loaded here, not in its thread)
 
     def weights_of(self, coefficients) -> torch.Tensor:
         return combine(self.W, coefficients)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,13 @@ class ChunkedTrail:
         self.shape = (k, p)
         self.dtype = W.dtype
         self.device = torch.device(device)
+
+    def on(self, device) -> ChunkedTrail:
+        """The same host blocks, streamed to another device: one host copy serves every device
+        (pinned memory, which any CUDA device reads, when this one is a GPU)."""
+        other = copy.copy(self)
+        other.device = torch.device(device)
+        return other
 
     def combine(self, coefficients, out: torch.Tensor | None = None) -> torch.Tensor:
         c = _checked(torch.as_tensor(coefficients, dtype=self.dtype), self.shape[0])

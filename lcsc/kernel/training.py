@@ -3,7 +3,8 @@
 Every `checkpoint_every` steps the raw weights join the trail (safetensors + a manifest entry
 with step, wall time, loss and sha256) and a resume state (weights, EMAs, optimizer, RNG) is
 written atomically, so a killed job continues from its last checkpoint with the same result
-as an uninterrupted run.
+as an uninterrupted run. On several processes (lcsc.kernel.distributed) every rank steps the
+same way and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .distributed import Ranks, split_batch, wrap
 from .errors import InputError, TrainingError
 from .io import json_digest, remove_stale_temps, sha256, write_json
 from .progress import progress
@@ -48,16 +50,18 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 class _Trainer:
     """The state of one training run: the model, its optimizer, EMAs and RNG, the trail so far."""
 
-    def __init__(self, model: nn.Module, train_cfg: dict, out_dir: Path, seed: int, device, desc: str):
-        self.cfg, self.out_dir, self.desc = train_cfg, out_dir, desc
+    def __init__(self, model: nn.Module, train_cfg: dict, out_dir: Path, seed: int, device, desc: str,
+                 ranks: Ranks):
+        self.cfg, self.out_dir, self.desc, self.ranks = train_cfg, out_dir, desc, ranks
         self.decays = list(train_cfg["ema_decays"])
         self.model = model
         model.to(device).train()
+        self.net = wrap(model, ranks, device)  # what the loss calls; `model` holds the same parameters
         self.opt = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
         self.keys = list(model.state_dict().keys())
         self.ema = {d: [t.detach().clone() for t in model.state_dict().values()] for d in self.decays}
-        self.gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # batches and noise: the same on every rank
+        torch.manual_seed(seed + ranks.rank)  # dropout: each rank its own
         self.params = list(model.parameters())
         self.tensors = list(model.state_dict().values())
         self.step, self.wall, self.entries = 0, 0.0, []
@@ -75,8 +79,7 @@ class _Trainer:
                              "delete it to train again from step 0") from exc
         iterations, every = self.cfg["iterations"], self.cfg["checkpoint_every"]
         if meta.get("resume_key") != resume_key or int(meta["step"]) > iterations:
-            print(f"[{self.desc}] {self.resume_path} was written with other settings; starting from step 0",
-                  flush=True)
+            self._say(f"[{self.desc}] {self.resume_path} was written with other settings; starting from step 0")
             return
         state = load_tensors(self.resume_path)
         self.model.load_state_dict({k: state[f"model.{k}"] for k in self.keys})
@@ -85,25 +88,36 @@ class _Trainer:
                 self.ema[d][i].copy_(state[f"ema.{d}.{k}"])
         _load_optimizer(self.opt, {k: v for k, v in state.items() if k.startswith("opt.")}, meta["param_groups"])
         self.gen.set_state(state["rng.train"])
-        torch.set_rng_state(state["rng.global"])
+        own = "rng.global" if self.ranks.main else f"rng.global.{self.ranks.rank}"
+        if own in state:  # (a state from fewer processes has none for this rank: it keeps its seed)
+            torch.set_rng_state(state[own])
         self.step, self.wall, entries = int(meta["step"]), float(meta["wall"]), json.loads(meta["entries"])
         # the last step of a shorter earlier run is off the checkpoint grid: a run that goes on
         # from there would not have saved it
         self.entries = [e for e in entries if e["step"] % every == 0 or e["step"] == iterations]
-        print(f"[{self.desc}] resuming from step {self.step} ({self.resume_path})", flush=True)
+        self._say(f"[{self.desc}] resuming from step {self.step} ({self.resume_path})")
+
+    def _say(self, line: str) -> None:
+        if self.ranks.main:
+            print(line, flush=True)
 
     def train_step(self, loss_fn, data: torch.Tensor, device) -> float:
-        """One optimizer step on a random batch, then the EMAs; the step's loss."""
+        """One optimizer step on a random batch, then the EMAs; the step's loss (over the whole
+        batch: the mean of the ranks' losses on their equal slices)."""
         cfg = self.cfg
         lr = cfg["lr"] * min(1.0, (self.step + 1) / max(1, cfg["warmup"]))
         for group in self.opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=self.gen)
-        loss = loss_fn(self.model, data[idx].to(device), self.gen, self.step)
-        if not math.isfinite(loss.item()):
+        if self.ranks.world == 1:
+            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step)
+        else:  # every rank draws the whole batch's noise and computes on its own slice
+            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)))
+        value = self.ranks.mean(loss)
+        if not math.isfinite(value):
             last = self.out_dir / self.entries[-1]["file"] if self.entries else "none yet"
             raise TrainingError(
-                f"[{self.desc}] loss is {loss.item()} at step {self.step + 1}; stopped. "
+                f"[{self.desc}] loss is {value} at step {self.step + 1}; stopped. "
                 f"The last good checkpoint is {last} (its resume state is {self.resume_path}); a rerun "
                 f"with the same settings resumes there, a rerun with other train settings (e.g. a lower "
                 f"train.lr) starts again from step 0."
@@ -117,10 +131,14 @@ class _Trainer:
         with torch.no_grad():
             for d in self.decays:
                 torch._foreach_lerp_(self.ema[d], self.tensors, 1 - d)
-        return loss.item()
+        return value
 
     def save_checkpoint(self, elapsed: float, mean_loss: float, resume_key: str) -> None:
-        """The weights join the trail; the resume state is written after them."""
+        """The weights join the trail; the resume state is written after them (by rank 0, with
+        every rank's dropout RNG)."""
+        rng = self.ranks.gather(torch.get_rng_state())
+        if not self.ranks.main:
+            return
         name = f"step_{self.step:07d}.safetensors"
         save_tensors(self.out_dir / name, dict(zip(self.keys, self.tensors)))
         self.entries.append({"step": self.step, "file": name, "wall_time": round(elapsed, 3),
@@ -128,13 +146,18 @@ class _Trainer:
         opt_tensors, groups = _optimizer_tensors(self.opt)
         state = {f"model.{k}": v for k, v in zip(self.keys, self.tensors)}
         state |= {f"ema.{d}.{k}": v for d in self.decays for k, v in zip(self.keys, self.ema[d])}
-        state |= opt_tensors | {"rng.train": self.gen.get_state(), "rng.global": torch.get_rng_state()}
+        state |= opt_tensors | {"rng.train": self.gen.get_state(), "rng.global": rng[0]}
+        state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r}
         save_tensors(self.resume_path, state, metadata={
             "resume_key": resume_key, "step": str(self.step), "wall": str(elapsed),
             "entries": json.dumps(self.entries), "param_groups": groups})
 
     def write_manifest(self, manifest_extra: dict) -> Path:
-        """The EMA files and the manifest that lists the trail."""
+        """The EMA files and the manifest that lists the trail (rank 0 writes them)."""
+        manifest_path = self.out_dir / "manifest.json"
+        if not self.ranks.main:
+            self.ranks.barrier()  # returns once rank 0 has written them
+            return manifest_path
         ema_entries = []
         for d in self.decays:
             name = f"ema_{d}.safetensors"
@@ -143,8 +166,8 @@ class _Trainer:
         manifest = {"format": MANIFEST_FORMAT, "iterations": self.cfg["iterations"],
                     "checkpoint_every": self.cfg["checkpoint_every"], "checkpoints": self.entries,
                     "ema": ema_entries, **manifest_extra}
-        manifest_path = self.out_dir / "manifest.json"
         write_json(manifest_path, manifest)
+        self.ranks.barrier()
         return manifest_path
 
 
@@ -160,26 +183,32 @@ def train(
     manifest_extra: dict,
     run=None,
     desc: str = "train",
+    ranks: Ranks = Ranks(),
 ) -> Path:
     """Train `model` on `data` with `loss_fn(model, batch, generator, step)` (the step, 0-based,
     is for losses with a schedule, such as consistency training's discretization curriculum);
-    write the trail and its manifest under `out_dir`.
+    write the trail and its manifest under `out_dir`. On several `ranks` the loss is also called
+    with `part=`, the rank's slice of the batch (see lcsc.kernel.distributed).
 
     Returns the manifest path. `manifest_extra` (model kind, model config, ...) is stored in the
     manifest and is part of the resume key: a resume state from other settings is not reused.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    split_batch(train_cfg["batch_size"], ranks.world)
+    if ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir)
+    ranks.barrier()
     iterations, every = train_cfg["iterations"], train_cfg["checkpoint_every"]
-    trainer = _Trainer(model, train_cfg, out_dir, seed, device, desc)
-    # Everything but the number of iterations decides whether an old resume state fits.
-    resume_key = json_digest({k: v for k, v in train_cfg.items() if k not in ("iterations", "log_every")}
+    trainer = _Trainer(model, train_cfg, out_dir, seed, device, desc, ranks)
+    # Everything but the number of iterations (and of processes) decides whether an old resume
+    # state fits.
+    resume_key = json_digest({k: v for k, v in train_cfg.items() if k not in ("iterations", "log_every", "gpus")}
                              | {"seed": seed, "extra": manifest_extra})[:12]
     trainer.resume(resume_key)
     losses: list[float] = []
     window: list[float] = []
-    bar = progress(total=iterations, initial=trainer.step, desc=desc)
+    bar = progress(total=iterations, initial=trainer.step, desc=desc, quiet=not ranks.main)
     t0 = time.perf_counter()
     while trainer.step < iterations:
         loss = trainer.train_step(loss_fn, data, device)
@@ -190,7 +219,7 @@ def train(
             mean = sum(window) / len(window)
             window.clear()
             bar.set_postfix(loss=f"{mean:.4f}")
-            if run is not None:
+            if run is not None and ranks.main:
                 run.log_metrics({"train_loss": mean}, step=step)
         bar.update(1)
         if step % every == 0 or step == iterations:

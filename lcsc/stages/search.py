@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..kernel import profiles
-from ..kernel.devices import peak_memory, search_devices
+from ..kernel.devices import check_compiler, peak_memory, search_devices
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
 from ..kernel.io import (
@@ -294,12 +294,16 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     devices = search_devices(scfg, torch.device(device))
     optimizer_class(scfg)  # an unknown optimizer fails here, before any scoring
     family = family_for(open_trail(paths.manifest, model), cfg)
-    scorers = [Scorer(family, paths.features, paths.stats, d, scfg["batch_size"], scfg["trail_chunk_mb"])
-               for d in devices]
+    check_compiler(scfg, devices)
+    scorers = [Scorer(family, paths.features, paths.stats, d, scfg["batch_size"], scfg["trail_chunk_mb"],
+                      compile=scfg["compile"]) for d in devices]
     scorer = scorers[0]
+    if len(scorers) > 1:
+        scorer.share_trail(scorers[1:])
     settings = fitness_settings(scfg, scorer)
     # what a fitness depends on; the device type too, so that resuming on other hardware rescores
-    common = {**settings, "trail_sha256": scorer.trail.fingerprint, "device": sorted({d.type for d in devices})}
+    common = {**settings, "trail_sha256": scorer.trail.fingerprint, "device": sorted({d.type for d in devices}),
+              **({"compile": True} if scfg["compile"] else {})}
     screen_digest = json_digest(common)
     rescore_digest = json_digest({**common, "samples": scfg["rescore_samples"], "seed": scfg["rescore_seed"]})
     starts, known = _starts(cfg, scorer, settings, paths.baselines)

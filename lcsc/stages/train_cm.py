@@ -10,6 +10,7 @@ import torch
 
 from ..kernel import variants
 from ..kernel.data import load_split
+from ..kernel.distributed import Ranks
 from ..kernel.errors import ConfigError
 from ..kernel.families.consistency import ConsistencyLoss, Parameterization, VPTeacher
 from ..kernel.families.diffusion import VPDiffusion
@@ -44,7 +45,8 @@ def _teacher(cfg: dict, manifest: Path, device: torch.device) -> tuple[VPTeacher
     return VPTeacher(net, schedule.alpha_bar, cfg["diffusion"]["clip_denoised"]), record
 
 
-def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None) -> Path:
+def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None,
+        ranks: Ranks = Ranks()) -> Path:
     """Train the `mode` consistency model (cfg as lcsc.kernel.models.for_model gives it for cm_<mode>)."""
     if mode not in MODES:
         raise ConfigError(f"--mode: {mode!r}; the consistency modes are {', '.join(MODES)}")
@@ -64,11 +66,13 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
     loss = ConsistencyLoss(ccfg, mode, cfg["train"]["iterations"], teacher)
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
-    print(f"[train_cm] consistency {'distillation' if mode == 'cd' else 'training'}: "
-          f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
-          f"{cfg['train']['iterations']} iterations, device {device}", flush=True)
+    if ranks.main:
+        print(f"[train_cm] consistency {'distillation' if mode == 'cd' else 'training'}: "
+              f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
+              f"{cfg['train']['iterations']} iterations, device {device}" + ranks.describe(), flush=True)
     manifest = train(model, loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"], device=device,
-                     run=stage_run, desc=f"train_cm {mode}", manifest_extra=extra)
-    if stage_run is not None:
+                     run=stage_run, desc=f"train_cm {mode}", manifest_extra=extra,
+                     ranks=ranks)
+    if stage_run is not None and ranks.main:
         stage_run.log_artifact(manifest)
     return manifest

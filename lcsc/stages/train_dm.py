@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..kernel.data import load_split
+from ..kernel.distributed import Ranks
 from ..kernel.families.diffusion import VPDiffusion
 from ..kernel.nets import build_unet
 from ..kernel.training import train
@@ -20,18 +21,19 @@ class Paths:
     trail: Path  # the folder of the trail; its manifest.json is the rule's output
 
 
-def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> Path:
+def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ranks = Ranks()) -> Path:
     data = load_split(cfg["data"], "train")
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
-    print(f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
-          f"{len(data.images)} training images, device {device}", flush=True)
+    if ranks.main:
+        print(f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
+              f"{len(data.images)} training images, device {device}" + ranks.describe(), flush=True)
     diffusion = VPDiffusion.from_config(cfg["diffusion"])
     manifest = train(model, diffusion.loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"],
-                     device=device, run=stage_run, desc="train_dm",
+                     device=device, run=stage_run, desc="train_dm", ranks=ranks,
                      manifest_extra={"kind": "dm", "model_config": cfg["model"],
                                      "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
                                      "data": cfg["data"]})
-    if stage_run is not None:
+    if stage_run is not None and ranks.main:
         stage_run.log_artifact(manifest)
     return manifest

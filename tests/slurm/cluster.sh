@@ -3,7 +3,10 @@
 # packages, no systemd. Needs root (to install the packages and start the daemons).
 # It writes /etc/slurm/slurm.conf (job steps inside a batch job read that path), marked as its
 # own, and refuses to start where a slurm.conf that is not its own exists; `stop` removes it.
-# It writes a munge key only when the package left none.
+# It writes a munge key only when the package left none. The node declares two GPUs through gres
+# (/etc/slurm/gres.conf, also marked and removed): character devices with /dev/null's numbers
+# under $LCSC_SLURM_STATE/gpus stand in for the device files, so SLURM hands them out and sets
+# CUDA_VISIBLE_DEVICES in the jobs that ask for them.
 #
 #   tests/slurm/cluster.sh start   install if needed, start with a clean state, wait until idle
 #   tests/slurm/cluster.sh stop    cancel its jobs, stop the daemons this script started (PID files)
@@ -14,6 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 state=${LCSC_SLURM_STATE:-/tmp/lcsc-slurm}
 conf=/etc/slurm/slurm.conf
+gres_conf=/etc/slurm/gres.conf
 marker="# lcsc test cluster (tests/slurm/cluster.sh)"
 
 fail() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -75,10 +79,12 @@ start)
         echo "SLURM already up: $(timeout 5 sinfo -h -N -o '%N %T %c CPUs %m MB')"
         exit 0
     fi
-    if [ -e "$conf" ] && ! head -1 "$conf" | grep -qF "$marker"; then
-        echo "cluster.sh: $conf exists and is not this script's; refusing to replace a real SLURM config" >&2
-        exit 3
-    fi
+    for f in "$conf" "$gres_conf"; do
+        if [ -e "$f" ] && ! head -1 "$f" | grep -qF "$marker"; then
+            echo "cluster.sh: $f exists and is not this script's; refusing to replace a real SLURM config" >&2
+            exit 3
+        fi
+    done
     have_slurm || install_slurm
     id slurm >/dev/null 2>&1 || fail "no 'slurm' user after installing the packages"
     mkdir -p "$state/slurmctld" "$state/slurmd" /run/munge
@@ -93,9 +99,14 @@ start)
     node=$(/usr/sbin/slurmd -C | head -1 | sed -E 's/NodeName=[^ ]+/NodeName=localhost/; s/RealMemory=[0-9]+//') \
         || fail "slurmd -C could not describe this node"
     mem=$(( $(free -m | awk '/^Mem:/ {print $2}') - 1024 ))
-    mkdir -p /etc/slurm
-    { echo "$marker"; sed -e "s|@NODE@|$node RealMemory=$mem State=UNKNOWN|" -e "s|@STATE@|$state|g" \
+    mkdir -p /etc/slurm "$state/gpus"
+    for i in 0 1; do  # slurmd wants character devices: nodes with /dev/null's numbers, else links to it
+        rm -f "$state/gpus/nvidia$i"
+        mknod "$state/gpus/nvidia$i" c 1 3 2>/dev/null || ln -s /dev/null "$state/gpus/nvidia$i"
+    done
+    { echo "$marker"; sed -e "s|@NODE@|$node RealMemory=$mem Gres=gpu:2 State=UNKNOWN|" -e "s|@STATE@|$state|g" \
         "$here/slurm.conf.in"; } >"$conf"
+    { echo "$marker"; echo "NodeName=localhost Name=gpu File=$state/gpus/nvidia[0-1]"; } >"$gres_conf"
     if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/lcsc-munged.pid || fail "munged did not start"
         munge -n | unmunge >/dev/null || fail "munge does not work after starting munged"
@@ -113,9 +124,11 @@ stop)
     stop_pidfile "$state/slurmd.pid" slurmd
     stop_pidfile "$state/slurmctld.pid" slurmctld
     stop_pidfile /run/munge/lcsc-munged.pid munged  # munged runs as munge: its PID file lives in /run/munge
-    if [ -e "$conf" ] && head -1 "$conf" | grep -qF "$marker"; then
-        rm -f "$conf"
-    fi
+    for f in "$conf" "$gres_conf"; do
+        if [ -e "$f" ] && head -1 "$f" | grep -qF "$marker"; then
+            rm -f "$f"
+        fi
+    done
     ;;
 *)
     echo "usage: $0 start|stop" >&2

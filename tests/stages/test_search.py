@@ -203,25 +203,34 @@ def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
     assert 0 < len(seen) <= 4 + 3  # CMA's first 12 asks repeat; the last batch and its re-scores are new
 
 
-def test_two_devices_score_like_one(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_mb", [None, 0.01])
+def test_two_devices_score_like_one_bit_for_bit_from_one_copy_of_the_trail(trained, tmp_path, monkeypatch,
+                                                                          chunk_mb):
     cfg, _ = trained
     one = run_search(cfg, *trained_paths(cfg), tmp_path / "one", torch.device("cpu"))
-    two_cfg = dict(cfg, search=dict(cfg["search"], devices=["cpu", "cpu"]))
-    per_scorer = {}
+    two_cfg = dict(cfg, search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=chunk_mb))
+    per_scorer, trails = {}, set()
     real = Scorer.measure
 
     def measure(self, coefficients, objective, noises):
         per_scorer[id(self)] = per_scorer.get(id(self), 0) + 1
+        W = self.W
+        trails.add((W.blocks[0] if chunk_mb else W).data_ptr())
         return real(self, coefficients, objective, noises)
 
     monkeypatch.setattr(Scorer, "measure", measure)
     two = run_search(two_cfg, *trained_paths(cfg), tmp_path / "two", torch.device("cpu"))
     assert len(per_scorer) == 2 and min(per_scorer.values()) >= 3, per_scorer  # both devices took a share
+    assert len(trails) == 1  # from the same memory: one stacked trail (or one set of host blocks)
+    # the same candidates in the same order with the same fitness, to the last bit (chunked sums
+    # round differently from one product: only the two-device runs are compared then)
     a, b = _history(tmp_path / "one" / "history.csv"), _history(tmp_path / "two" / "history.csv")
-    assert [r["phase"] for r in a] == [r["phase"] for r in b]
-    for ra, rb in zip(a, b):
-        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-9)
-    assert one["coefficients"] == pytest.approx(two["coefficients"], rel=1e-9)
+    if chunk_mb:
+        one_chunked = dict(cfg, search=dict(cfg["search"], trail_chunk_mb=chunk_mb))
+        one = run_search(one_chunked, *trained_paths(cfg), tmp_path / "one_chunked", torch.device("cpu"))
+        a = _history(tmp_path / "one_chunked" / "history.csv")
+    assert a == b
+    assert one["coefficients"] == two["coefficients"] and one["fitness"] == two["fitness"]
 
 
 KILLER = textwrap.dedent("""
@@ -331,3 +340,24 @@ def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_pat
     assert (np.isclose(searched, lo) | np.isclose(searched, hi)).any(axis=1).mean() > 0.5
     if parametrization == "sum_to_one":
         np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_search_compile_scores_as_the_eager_network_does(trained, tmp_path, monkeypatch):
+    cfg, _ = trained
+    eager = run_search(cfg, *trained_paths(cfg), tmp_path / "eager", torch.device("cpu"))
+    compiled_forwards = []
+    real = Scorer.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        compiled_forwards.append(self.model.forward)
+
+    monkeypatch.setattr(Scorer, "__init__", init)
+    on = dict(cfg, search=dict(cfg["search"], compile=True))
+    compiled = run_search(on, *trained_paths(cfg), tmp_path / "compiled", torch.device("cpu"))
+    assert compiled_forwards and all(type(f).__name__ != "method" for f in compiled_forwards)  # torch.compile's
+    a, b = _history(tmp_path / "eager" / "history.csv"), _history(tmp_path / "compiled" / "history.csv")
+    assert [r["phase"] for r in a] == [r["phase"] for r in b]
+    for ra, rb in zip(a, b):  # the same candidates (CMA's asks follow the fitnesses) to float rounding
+        assert float(rb["fitness"]) == pytest.approx(float(ra["fitness"]), rel=1e-4)
+    assert compiled["coefficients"] == pytest.approx(eager["coefficients"], rel=1e-3, abs=1e-6)

@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from lcsc.kernel import variants
 from lcsc.kernel.config import config_warnings, runtime_config, validate
 from lcsc.kernel.errors import ConfigError, FeatureError
-from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, imported, models, search_nfe, truncation
+from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, for_model, imported, models, search_nfe, truncation
 from lcsc.kernel.paths import TRAINED_FEATURES, Layout, feature_tag, reference_source
 from lcsc.kernel.tracking import PARENT_ENV
 from lcsc.stages import stage_config
@@ -58,7 +58,10 @@ PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
 shell.prefix(
     (f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
-     f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; ')
+     f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; '
+     # training on N processes (train.gpus): `lcsc_train N <stage> ...`, torchrun's launcher above 1
+     f'lcsc_train() {{ local n=$1; shift; if [ "$n" -gt 1 ]; then {PYTHON} -m torch.distributed.run '
+     f'--standalone --nproc-per-node "$n" -m lcsc "$@" --runtime-json {RUNTIME}; else lcsc "$@"; fi; }}; ')
     .replace("{", "{{").replace("}", "}}")  # Snakemake formats the prefix
 )
 
@@ -142,6 +145,19 @@ def teacher_input(wildcards):
 
 def teacher_args(wildcards, input):
     return ["--teacher", input.teacher[0]] if input.teacher else []
+
+
+def training_processes(model):
+    """train.gpus as the model trains with it (consistency.train.gpus for a consistency model)."""
+    return for_model(config, model)["train"]["gpus"]
+
+
+def train_cm_processes(wildcards):
+    return training_processes(f"cm_{wildcards.mode}")
+
+
+def train_cm_gpus(wildcards):
+    return GPUS * train_cm_processes(wildcards)
 
 
 def trail_folder(wildcards, output):

@@ -9,10 +9,12 @@ rule train_dm:
     conda:
         "../../envs/torch.yaml"
     threads: 2
+    # train.gpus processes (a resource, not a param: how many is no rerun trigger), each with a GPU
     resources:
-        gpu=GPUS,
+        processes=training_processes("dm"),
+        gpu=GPUS * training_processes("dm"),
     shell:
-        "lcsc train-dm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=dm"
+        "lcsc_train {resources.processes} train-dm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=dm"
         " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 
@@ -33,9 +35,10 @@ rule train_cm:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=GPUS,
+        processes=train_cm_processes,
+        gpu=train_cm_gpus,
     shell:
-        "lcsc train-cm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=cm_{wildcards.mode:q}"
+        "lcsc_train {resources.processes} train-cm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=cm_{wildcards.mode:q}"
         " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 

@@ -168,11 +168,14 @@ class ConsistencyLoss:
         ct = self.ccfg["ct"]
         return curriculum(step, self.iterations, ct["s0"], ct["s1"])
 
-    def __call__(self, net: nn.Module, x0: torch.Tensor, gen: torch.Generator, step: int = 0) -> torch.Tensor:
+    def __call__(self, net: nn.Module, x0: torch.Tensor, gen: torch.Generator, step: int = 0,
+                 part: slice = slice(None)) -> torch.Tensor:
+        """With `part`, the noise is drawn for the whole batch and the loss is that slice's."""
         sigmas = self.param.karras(self.num_sigmas(step))
         probs = lognormal_probs(sigmas, self.ccfg["p_mean"], self.ccfg["p_std"])
-        n = torch.multinomial(probs, x0.shape[0], replacement=True, generator=gen)
-        z = torch.randn(x0.shape, generator=gen).to(x0.device)
+        n = torch.multinomial(probs, x0.shape[0], replacement=True, generator=gen)[part]
+        z = torch.randn(x0.shape, generator=gen)[part].to(x0.device)
+        x0 = x0[part]
         s_lo = sigmas[n].to(x0.device, torch.float32)
         s_hi = sigmas[n + 1].to(x0.device, torch.float32)
         x_hi = x0 + s_hi[:, None, None, None] * z

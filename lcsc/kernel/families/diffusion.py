@@ -38,10 +38,13 @@ class VPDiffusion:
     def from_config(cls, cfg: dict) -> VPDiffusion:
         return cls(cfg["schedule"], cfg["timesteps"], cfg["sampler"], cfg["clip_denoised"])
 
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator, step: int = 0) -> torch.Tensor:
-        """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step."""
-        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator, step: int = 0,
+             part: slice = slice(None)) -> torch.Tensor:
+        """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step.
+        With `part`, the noise is drawn for the whole batch and the loss is that slice's."""
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator)[part].to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator)[part].to(x0.device)
+        x0 = x0[part]
         ab = self.alpha_bar.to(x0.device)[t].float()[:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         return torch.mean((net(xt, t.float()) - eps) ** 2)
