@@ -342,22 +342,27 @@ def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_pat
         np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, atol=1e-12)
 
 
-def test_search_compile_scores_as_the_eager_network_does(trained, tmp_path, monkeypatch):
+def test_search_compile_runs_the_network_through_torch_compile_and_keeps_its_fitnesses_apart(
+        trained, tmp_path, monkeypatch):
+    """The wiring of `search.compile`, without compiling (which takes tens of seconds on the CPU):
+    torch.compile stands in as a recorder. bench/search_engine.py --compile measures the real one
+    (its FIDs agree with the eager network's to 3e-7 relative)."""
     cfg, _ = trained
-    eager = run_search(cfg, *trained_paths(cfg), tmp_path / "eager", torch.device("cpu"))
-    compiled_forwards = []
-    real = Scorer.__init__
+    eager = run_search(cfg, *trained_paths(cfg), tmp_path / "s", torch.device("cpu"))
+    compiled, calls = [], []
 
-    def init(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        compiled_forwards.append(self.model.forward)
+    def fake_compile(fn):
+        def forward(*args):
+            calls.append(1)
+            return fn(*args)
+        compiled.append(fn)
+        return forward
 
-    monkeypatch.setattr(Scorer, "__init__", init)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     on = dict(cfg, search=dict(cfg["search"], compile=True))
-    compiled = run_search(on, *trained_paths(cfg), tmp_path / "compiled", torch.device("cpu"))
-    assert compiled_forwards and all(type(f).__name__ != "method" for f in compiled_forwards)  # torch.compile's
-    a, b = _history(tmp_path / "eager" / "history.csv"), _history(tmp_path / "compiled" / "history.csv")
-    assert [r["phase"] for r in a] == [r["phase"] for r in b]
-    for ra, rb in zip(a, b):  # the same candidates (CMA's asks follow the fitnesses) to float rounding
-        assert float(rb["fitness"]) == pytest.approx(float(ra["fitness"]), rel=1e-4)
-    assert compiled["coefficients"] == pytest.approx(eager["coefficients"], rel=1e-3, abs=1e-6)
+    again = run_search(on, *trained_paths(cfg), tmp_path / "s", torch.device("cpu"))  # the same folder
+    assert len(compiled) == 1 and compiled[0].__name__ == "forward"  # the one scorer's U-Net forward
+    # every candidate was sampled again through it: the eager run's journal is not reused
+    rows = _history(tmp_path / "s" / "history.csv")
+    assert len(calls) >= len(rows) * cfg["search"]["nfe"]
+    assert again["coefficients"] == eager["coefficients"]  # (the stand-in computes what eager does)
