@@ -1,5 +1,6 @@
 """Training on several processes (train.gpus; gloo processes on the CPU here): the steps of one
-process on the whole batch, the trail written once by rank 0, and a SIGKILLed run resuming."""
+process on the whole batch, the trail written once by rank 0, a SIGKILLed run resuming, and Ctrl-C
+or a failing process ending the launch with one line."""
 
 import os
 import signal
@@ -24,6 +25,7 @@ from conftest import REPO, tiny_config
 from helpers import trail_hashes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+LAUNCH = [sys.executable, "-m", "lcsc.launch", "2"]  # torchrun as the training rules call it
 MODEL = {"channels": 8, "channel_mult": [1, 2], "attention": True, "num_res_blocks": 1, "dropout": 0.0}
 TRAIN = {"iterations": 12, "checkpoint_every": 4, "batch_size": 16, "log_every": 4, "ema_decays": [0.9],
          "warmup": 3, "lr": 1e-3, "grad_clip": 1.0}
@@ -100,10 +102,10 @@ def _trail(tmp_path, name):
 
 @pytest.fixture(scope="module")
 def through_torchrun(tmp_path_factory):
-    """`torchrun ... -m lcsc train-dm` with train.gpus 2, as the rule runs it, and `lcsc train-dm` alone."""
+    """`lcsc.launch 2 train-dm` with train.gpus 2, as the rule runs it, and `lcsc train-dm` alone."""
     tmp = tmp_path_factory.mktemp("ddp")
     runs = {}
-    for name, launcher in (("two", [*TORCHRUN, "-m", "lcsc"]), ("one", [sys.executable, "-m", "lcsc"])):
+    for name, launcher in (("two", LAUNCH), ("one", [sys.executable, "-m", "lcsc"])):
         done = subprocess.run([*launcher, "train-dm", "--config", str(_config(tmp, name)), "--threads", "2"],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -130,7 +132,7 @@ def test_the_cli_under_torchrun_trains_the_trail_of_one_process(through_torchrun
 def test_a_sigkilled_run_on_two_processes_resumes_to_the_same_trail(through_torchrun, tmp_path):
     tmp, _ = through_torchrun
     config = _config(tmp_path, "killed")
-    cmd = [*TORCHRUN, "-m", "lcsc", "train-dm", "--config", str(config), "--threads", "2"]
+    cmd = [*LAUNCH, "train-dm", "--config", str(config), "--threads", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # the launcher and its two workers: one process group
     trail = _trail(tmp_path, "killed")
@@ -146,3 +148,24 @@ def test_a_sigkilled_run_on_two_processes_resumes_to_the_same_trail(through_torc
     # the same bytes as the uninterrupted two-process run
     assert trail_hashes(trail / "manifest.json") == trail_hashes(_trail(tmp, "two") / "manifest.json")
     assert not list(trail.glob("*.tmp"))
+
+
+def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
+    config = _config(tmp_path, "stopped")
+    cmd = [*LAUNCH, "train-dm", "--config", str(config), "--threads", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    trail = _trail(tmp_path, "stopped")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(trail.glob("step_*.safetensors")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "lcsc train-dm: interrupted" in err and "Traceback" not in err, err[-3000:]
+    # a process that fails (here: no data folder) ends the launch with its exit code and one line
+    bad = subprocess.run([*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'none'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr and "training process 0 of 2 failed (exit code 2)" in bad.stderr
+    assert f"lcsc train-dm: data.folder: {tmp_path / 'none'}" in bad.stderr, bad.stderr[-2000:]
