@@ -10,6 +10,7 @@ writes the trail, the EMAs, the manifest and the resume state, and logs to MLflo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (a dataset's download, say), then the others."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
 
 
 def split_batch(batch_size: int, world: int, key: str = "train.batch_size") -> None:

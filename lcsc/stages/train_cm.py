@@ -51,7 +51,8 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
     if mode not in MODES:
         raise ConfigError(f"--mode: {mode!r}; the consistency modes are {', '.join(MODES)}")
     ccfg = cfg["consistency"]
-    data = load_split(cfg["data"], "train")
+    with ranks.main_first():  # one process downloads the data, if it must
+        data = load_split(cfg["data"], "train")
     extra = {"kind": "cm", "mode": mode, "model_config": cfg["model"], "data": cfg["data"],
              "consistency": Parameterization.from_config(ccfg).settings(),
              "training": {k: ccfg[k] for k in ("p_mean", "p_std", "loss", "huber_c")}}

@@ -22,7 +22,8 @@ class Paths:
 
 
 def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ranks = Ranks()) -> Path:
-    data = load_split(cfg["data"], "train")
+    with ranks.main_first():  # one process downloads the data, if it must
+        data = load_split(cfg["data"], "train")
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
