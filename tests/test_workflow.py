@@ -239,10 +239,10 @@ def test_snakemake_and_the_cli_build_the_same_stage_configs(tmp_path):
         ours = json.dumps(stage_config(cfg, rule, model), sort_keys=True)
         assert argv[argv.index("--config-json") + 1] == ours, (rule, model)
         checked.add((rule, model))
+        if rule == "train_cm":
+            train_cm = json.loads(argv[argv.index("--config-json") + 1])
     assert {("train_dm", None), ("train_cm", "cm_ct"), ("search", "cm_ct"), ("search", "cm_ct_first50"),
             ("evaluate", "dm"), ("tabulate", None), ("truncate_trail", None)} <= checked, checked
-    train_cm = json.loads(next(a for a in shlex.split(dry.stdout[dry.stdout.index("lcsc train-cm"):])
-                               if a.startswith("{")))
     assert train_cm["train"]["iterations"] == 100  # `train`'s, not the embedded default's 1000
 
 
