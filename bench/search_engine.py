@@ -41,7 +41,7 @@ from common import machine
 
 from lcsc.kernel.config import load_config
 from lcsc.kernel.devices import resolve_device
-from lcsc.kernel.errors import ConfigError
+from lcsc.kernel.errors import LcscError
 from lcsc.kernel.families import family_for
 from lcsc.kernel.fid import feature_stats
 from lcsc.kernel.paths import Layout, feature_tag, reference_source
@@ -168,10 +168,13 @@ def config_of(config: str, sets: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"bench/search_engine.py: --set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SystemExit(f"bench/search_engine.py: --set {item!r}: the value is not YAML; quote strings") from None
     try:
         return load_config(config, overrides)
-    except (ConfigError, OSError) as exc:
+    except (LcscError, OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"bench/search_engine.py: {exc}") from None
 
 
@@ -265,12 +268,17 @@ def main() -> None:
         wall = time.perf_counter() - t0
         rows.append((name, len(cs) / wall, wall, clock.seconds / wall))
         print(f"  {name}: {wall:.2f} s", flush=True)
+    report(rows, fids, len(cs))
+
+
+def report(rows: list[tuple], fids: dict[str, list[float]], n: int) -> None:
+    """The table of every path's speed and forward-pass share, and how far its FIDs are from the engine's."""
     base = dict((r[0], r[1]) for r in rows).get("naive")
     print("\n| path | evaluations/s | s/evaluation | in forward passes | outside | vs naive |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rate, wall, share in rows:
         speed = f"{rate / base:.2f}x" if base else "-"
-        print(f"| {name} | {rate:.3f} | {wall / len(cs):.3f} | {100 * share:.1f}% | {100 * (1 - share):.1f}% | {speed} |")
+        print(f"| {name} | {rate:.3f} | {wall / n:.3f} | {100 * share:.1f}% | {100 * (1 - share):.1f}% | {speed} |")
     for name in fids:
         if name != "engine":
             diff = max(abs(a - b) / abs(b) for a, b in zip(fids[name], fids["engine"]))
@@ -278,4 +286,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (LcscError, OSError) as exc:  # a device torch does not see, a trail file gone: one line
+        raise SystemExit(f"bench/search_engine.py: {str(exc).splitlines()[0]}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("bench/search_engine.py: interrupted") from None

@@ -8,19 +8,28 @@ printed its own one-line error)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+
+def _interrupted(stage: str, processes: str, how: str = "") -> int:
+    print(f"lcsc {stage}: interrupted{how} on {processes} processes; rerun the same command to resume",
+          file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
+    if len(argv) < 2 or not re.fullmatch(r"[0-9]+", argv[0]) or int(argv[0]) < 1:
         print("usage: python -m lcsc.launch <processes> <lcsc stage> [arguments...]", file=sys.stderr)
         return 2
-    processes, stage = argv[0], argv[1]
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
+    processes, stage = str(int(argv[0])), argv[1]
+    try:
+        from torch.distributed import run as torchrun
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    except KeyboardInterrupt:
+        return _interrupted(stage, processes)
     # each process sets its own torch threads (--threads over the processes); this only keeps the
     # launcher from warning that it chose 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -28,15 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torchrun.run(args)
     except SignalException as exc:
-        print(f"lcsc {stage}: interrupted (signal {int(exc.sigval)}) on {processes} processes; rerun the same "
-              "command to resume", file=sys.stderr)
-        return 130
+        return _interrupted(stage, processes, f" (signal {int(exc.sigval)})")
     except KeyboardInterrupt:
-        print(f"lcsc {stage}: interrupted on {processes} processes; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+        return _interrupted(stage, processes)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        rank, failure = exc.get_first_failure()  # the first to fail; the others may have failed with it
+        if failure.exitcode == 130:  # it was interrupted (and said so)
+            return _interrupted(stage, processes)
         code = failure.exitcode if failure.exitcode > 0 else 1  # a negative code: killed by a signal
         how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"killed by signal {-failure.exitcode}"
         print(f"lcsc {stage}: training process {rank} of {processes} failed ({how}); its message is above",

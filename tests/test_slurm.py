@@ -88,7 +88,9 @@ def _check_gpus(root: Path, jobs: dict[str, dict[str, str]]) -> None:
         assert {job.get("TresPerJob") for job in by_rule[rule]} == {asked}, (rule, by_rule[rule])
     logs = root / ".snakemake" / "slurm_logs"
     for rule, asked in GPU_REQUESTS.items():
-        for log in (logs / f"rule_{rule}").rglob("*.log"):
+        found = sorted((logs / f"rule_{rule}").rglob("*.log"))
+        assert found, f"no SLURM log of a {rule} job under {logs}"
+        for log in found:
             text = log.read_text()
             given = re.findall(r"this job was given GPUs \(CUDA_VISIBLE_DEVICES=([0-9,]+)\)", text)
             # every lcsc process in a GPU job saw as many GPUs as it asked for (and torch here none)

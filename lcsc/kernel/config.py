@@ -202,6 +202,10 @@ def _search_nfe_checks(key: str, nfe, weights_key: str, weights, sweep_key: str,
 
 def _search_checks(cfg: dict) -> list[str]:
     scfg, errors = cfg["search"], []
+    if scfg["compile"] and isinstance(scfg["devices"], list) and len(scfg["devices"]) > 1:
+        errors.append(f"search.compile: true with {len(scfg['devices'])} search.devices; torch.compile is "
+                      "not thread-safe and each device's worker is a thread: compile on one device, or "
+                      "set search.compile: false")
     if scfg["max_norm"] is not None and scfg["max_norm"] < 1:
         errors.append(f"search.max_norm: {scfg['max_norm']} is below 1, the norm of the last checkpoint's "
                       "coefficients; every baseline profile must be a valid start")

@@ -71,9 +71,14 @@ def peak_memory(devices) -> str:
 
 
 def check_compiler(scfg: dict, devices) -> None:
-    """`search.compile` on the CPU: torch.compile's CPU code needs a C++ compiler."""
+    """`search.compile` on one device (the workers of several are threads, and torch.compile is not
+    thread-safe); on the CPU, torch.compile's code needs a C++ compiler."""
     import shutil
 
+    if scfg.get("compile") and len(devices) > 1:
+        raise ConfigError(f"search.compile: true with {len(devices)} search devices; torch.compile is not "
+                          "thread-safe and each device's worker is a thread: compile on one device, or set "
+                          "search.compile: false")
     if scfg.get("compile") and any(torch.device(d).type == "cpu" for d in devices) \
             and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise ConfigError("search.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; "

@@ -116,18 +116,19 @@ class Scorer:
 
     def share_trail(self, others: list[Scorer]) -> None:
         """Load the stacked trail once for `others` too (scorers of the same trail on other
-        devices): a streamed trail's host blocks serve every scorer that streams, a trail held on a
-        device every scorer on that device. Call it before their threads start."""
+        devices). They all take this scorer's placement, so every device sums the trail the same
+        way: streamed, from this scorer's one set of host blocks; whole, one copy per device, shared
+        by the scorers on it. Call it before their threads start."""
         held: dict[torch.device, torch.Tensor] = {}  # the trail held whole on a device
+        for scorer in others:
+            scorer.chunk_mb = self.chunk_mb
         for scorer in [self, *others]:
-            if scorer is not self and scorer.chunk_mb and self.chunk_mb:
-                scorer._W = self.W.on(scorer.device)
-            elif not scorer.chunk_mb and scorer.device in held:
+            if self.chunk_mb:
+                scorer._W = self.W if scorer is self else self.W.on(scorer.device)
+            elif scorer.device in held:
                 scorer._W = held[scorer.device]
-            elif not scorer.chunk_mb:
+            else:
                 held[scorer.device] = scorer.W
-            else:  # streamed from its own host blocks (the first scorer holds its trail whole)
-                scorer.W  # noqa: B018 (loaded here, not in its thread)
 
     def weights_of(self, coefficients) -> torch.Tensor:
         return combine(self.W, coefficients)
@@ -313,11 +314,12 @@ class Evaluator:
             torch.cuda.synchronize(scorer.device)
         return fitness, fids, time.perf_counter() - t0
 
-    def evaluate(self, cs: list[np.ndarray], keys: list[str], objective: Objective, samples: int, seed: int,
+    def evaluate(self, cs: list[np.ndarray], places: list[int], objective: Objective, samples: int, seed: int,
                  on_result) -> None:
         """Calls on_result(i, fitness, fids, seconds) for every cs[i] as soon as it is scored. With several
-        devices, a candidate goes to the device its key picks, so it is scored on the same device
-        whether it comes in a fresh batch or in what is left of one after a resume."""
+        devices, cs[i] goes to device places[i] % devices, its place in the optimizer's ask-batch: the
+        batch's candidates spread evenly (8 on 8 GPUs: one each), and a candidate is scored on the
+        same device whether it comes in a fresh batch or in what is left of one after a resume."""
         if len(self.scorers) == 1:
             for i, c in enumerate(cs):
                 on_result(i, *self._score(self.scorers[0], c, objective, samples, seed))
@@ -325,8 +327,8 @@ class Evaluator:
         done: queue.Queue = queue.Queue()
         stop = threading.Event()
         shares = [[] for _ in self.scorers]
-        for i, key in enumerate(keys):
-            shares[int(key, 16) % len(self.scorers)].append(i)
+        for i, place in enumerate(places):
+            shares[place % len(self.scorers)].append(i)
 
         def work(scorer: Scorer, share: list[int]) -> None:
             try:

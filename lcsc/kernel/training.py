@@ -61,7 +61,8 @@ class _Trainer:
         self.keys = list(model.state_dict().keys())
         self.ema = {d: [t.detach().clone() for t in model.state_dict().values()] for d in self.decays}
         self.gen = torch.Generator().manual_seed(seed)  # batches and noise: the same on every rank
-        torch.manual_seed(seed + ranks.rank)  # dropout: each rank its own
+        torch.manual_seed(seed + ranks.rank)  # dropout: each rank its own (CPU and CUDA generators)
+        self.cuda = torch.device(device) if torch.device(device).type == "cuda" else None
         self.params = list(model.parameters())
         self.tensors = list(model.state_dict().values())
         self.step, self.wall, self.entries = 0, 0.0, []
@@ -91,6 +92,8 @@ class _Trainer:
         own = "rng.global" if self.ranks.main else f"rng.global.{self.ranks.rank}"
         if own in state:  # (a state from fewer processes has none for this rank: it keeps its seed)
             torch.set_rng_state(state[own])
+        if self.cuda is not None and f"rng.cuda.{self.ranks.rank}" in state:  # dropout on a GPU
+            torch.cuda.set_rng_state(state[f"rng.cuda.{self.ranks.rank}"], self.cuda)
         self.step, self.wall, entries = int(meta["step"]), float(meta["wall"]), json.loads(meta["entries"])
         # the last step of a shorter earlier run is off the checkpoint grid: a run that goes on
         # from there would not have saved it
@@ -137,6 +140,7 @@ class _Trainer:
         """The weights join the trail; the resume state is written after them (by rank 0, with
         every rank's dropout RNG)."""
         rng = self.ranks.gather(torch.get_rng_state())
+        cuda = self.ranks.gather(torch.cuda.get_rng_state(self.cuda)) if self.cuda is not None else []
         if not self.ranks.main:
             return
         name = f"step_{self.step:07d}.safetensors"
@@ -147,7 +151,7 @@ class _Trainer:
         state = {f"model.{k}": v for k, v in zip(self.keys, self.tensors)}
         state |= {f"ema.{d}.{k}": v for d in self.decays for k, v in zip(self.keys, self.ema[d])}
         state |= opt_tensors | {"rng.train": self.gen.get_state(), "rng.global": rng[0]}
-        state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r}
+        state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r} | {f"rng.cuda.{r}": t for r, t in enumerate(cuda)}
         save_tensors(self.resume_path, state, metadata={
             "resume_key": resume_key, "step": str(self.step), "wall": str(elapsed),
             "entries": json.dumps(self.entries), "param_groups": groups})

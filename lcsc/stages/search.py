@@ -159,7 +159,8 @@ class Fitness:
             self.cache[todo[i]] = rec
             self.evaluated += 1
 
-        self.evaluator.evaluate([first[k] for k in todo], todo, self.objective, samples, seed, on_result)
+        places = [keys.index(k) for k in todo]  # each one's place in the ask-batch picks its device
+        self.evaluator.evaluate([first[k] for k in todo], places, self.objective, samples, seed, on_result)
         return [self.cache[k] for k in keys]
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lcsc.kernel.devices import resolve_device, search_devices
+from lcsc.kernel.devices import check_compiler, resolve_device, search_devices
 from lcsc.kernel.errors import ConfigError
 
 
@@ -37,3 +37,18 @@ def test_search_devices(monkeypatch):
     _gpus(monkeypatch, 0)
     with pytest.raises(ConfigError, match=r"search.devices: 'cuda' is not available here \(0 CUDA devices visible\)"):
         search_devices({"devices": ["cuda"]}, cpu)
+
+
+def test_search_compile_is_refused_on_several_devices_and_on_a_cpu_without_a_compiler(monkeypatch):
+    import shutil
+
+    check_compiler({"compile": False}, ["cpu", "cpu"])  # eager: any devices
+    with pytest.raises(ConfigError, match=r"^search.compile: true with 2 search devices; torch.compile is not "
+                                          r"thread-safe"):
+        check_compiler({"compile": True}, ["cuda:0", "cuda:1"])
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"^search.compile: torch.compile on the CPU needs a C\+\+ compiler"):
+        check_compiler({"compile": True}, ["cpu"])
+    check_compiler({"compile": True}, ["cuda:0"])  # a GPU compiles through triton, no C++ compiler
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
+    check_compiler({"compile": True}, ["cpu"])

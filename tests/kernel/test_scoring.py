@@ -102,12 +102,11 @@ def test_the_evaluator_scores_each_candidate_once_like_the_scorer(trained, score
     cfg, _ = trained
     second = Scorer.open(cfg, *trained_paths(cfg), CPU, 64)
     cs = [np.array(c) for c in ([0.0, 0.0, 0.0, 1.0], [0.25] * 4, [0.0, 0.0, 0.5, 0.5])]
-    keys = [fitness_key(c, "d") for c in cs]
     noise = scorer.make_noise(64, 7)
     direct = [scorer.score(c, 2, noise)[0] for c in cs]
     for scorers in ([scorer], [scorer, second]):
         seen = []
-        Evaluator(scorers).evaluate(cs, keys, Objective({2: 1.0}), 64, 7,
+        Evaluator(scorers).evaluate(cs, [0, 1, 2], Objective({2: 1.0}), 64, 7,
                                     lambda i, fid, fids, seconds: seen.append((i, fid)))
         assert sorted(seen) == list(enumerate(direct)), len(scorers)
     assert len(set(direct)) == 3

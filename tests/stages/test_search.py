@@ -3,6 +3,7 @@ at several points to the same result, bounds under a huge sigma, non-finite samp
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -359,6 +360,7 @@ def test_search_compile_runs_the_network_through_torch_compile_and_keeps_its_fit
         return forward
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # (compiling is faked: no g++ needed)
     on = dict(cfg, search=dict(cfg["search"], compile=True))
     again = run_search(on, *trained_paths(cfg), tmp_path / "s", torch.device("cpu"))  # the same folder
     assert len(compiled) == 1 and compiled[0].__name__ == "forward"  # the one scorer's U-Net forward
