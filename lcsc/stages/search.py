@@ -149,7 +149,7 @@ class Fitness:
         """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
         keys = [fitness_key(c, digest) for c in cs]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        first = {k: cs[keys.index(k)] for k in todo}
+        places = [keys.index(k) for k in todo]  # each one's place in the ask-batch, which picks its device
         self.reused += len(keys) - len(todo)
 
         def on_result(i: int, fitness: float, fids: dict, seconds: float) -> None:
@@ -159,8 +159,7 @@ class Fitness:
             self.cache[todo[i]] = rec
             self.evaluated += 1
 
-        places = [keys.index(k) for k in todo]  # each one's place in the ask-batch picks its device
-        self.evaluator.evaluate([first[k] for k in todo], places, self.objective, samples, seed, on_result)
+        self.evaluator.evaluate([cs[p] for p in places], places, self.objective, samples, seed, on_result)
         return [self.cache[k] for k in keys]
 
 
