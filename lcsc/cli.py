@@ -27,6 +27,7 @@ from .kernel.config import (
 )
 from .kernel.errors import ConfigError, LcscError, StoreError, UsageError
 from .kernel.interrupts import install
+from .kernel.lock import check_writer
 from .kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_nfe, search_repeat
 from .kernel.paths import (
     Layout,
@@ -55,7 +56,7 @@ def _parse_value(text: str):
                          "e.g. --set 'search.init=\"last\"'") from None
 
 
-def _config(args) -> dict:
+def _config(args, warn: bool = True) -> dict:
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -70,7 +71,7 @@ def _config(args) -> dict:
     if getattr(args, "runtime_json", None):
         raise ConfigError("--runtime-json: only together with --config-json (the workflow passes both)")
     cfg = load_config(args.config, overrides)
-    for warning in config_warnings(cfg):
+    for warning in config_warnings(cfg) if warn else []:
         print(f"lcsc: warning: {warning}", file=sys.stderr)
     return cfg
 
@@ -99,8 +100,10 @@ def _wildcards(text: str | None) -> dict[str, str]:
 
 
 def _model_config(args, model: str | None) -> dict:
-    """The config as `model`'s stages read it (see lcsc.kernel.models.for_model)."""
+    """The config as `model`'s stages read it (see lcsc.kernel.models.for_model); a stage that
+    writes to a results folder another invocation holds refuses (lcsc.kernel.lock)."""
     cfg = _config(args)
+    check_writer(cfg)
     if model is not None:
         check_model(model)  # an unknown model name is an error here, not deep inside a stage
         cfg = for_model(cfg, model)
@@ -185,7 +188,9 @@ def cmd_train_cm(args) -> None:
 def cmd_truncate_trail(args) -> None:
     from .stages import truncate_trail
 
-    layout = Layout.of(_config(args))
+    cfg = _config(args)
+    check_writer(cfg)
+    layout = Layout.of(cfg)
     paths = truncate_trail.Paths(manifest=Path(args.manifest or layout.manifest(base_model(args.model))),
                                  out=Path(args.out or layout.manifest(args.model)))
     truncate_trail.run({}, paths, args.model)
@@ -305,6 +310,7 @@ def cmd_tabulate(args) -> None:
     from .stages import tabulate
 
     cfg = _config(args)
+    check_writer(cfg)
     layout = Layout.of(cfg)
     names = args.models or models(cfg)
     for model in names:
@@ -337,7 +343,7 @@ def cmd_mlflow_sync(args) -> None:
     print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
           f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
           f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
-          f"{counts['killed']} runs of killed jobs marked KILLED "
+          f"{counts['killed']} runs of killed jobs marked KILLED, {counts['registered']} models registered "
           f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
     if counts["failed"]:
         raise StoreError(f"{counts['failed']} records failed (see above); run it again")
@@ -519,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(sig, handler)
 
 
-def _run(argv: list[str] | None) -> int:
+def _parse(argv: list[str] | None):
+    """The parsed arguments, or the exit code 2 after one line on stderr."""
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -529,10 +536,23 @@ def _run(argv: list[str] | None) -> int:
     except _ArgumentError as exc:
         print(f"{exc.prog}: {exc}", file=sys.stderr)
         return 2
-    prog = f"lcsc {args.stage}"
+    return args
+
+
+def _end_progress() -> None:
+    """Close the progress bars a failed stage left open, so that its error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _guarded(prog: str, work) -> int:
+    """Run `work()`: 0; an expected failure is one line on stderr and 2, an interrupt 130."""
     try:
-        args.func(args)
+        work()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (lcsc.kernel.interrupts)
+        _end_progress()
         with contextlib.suppress(OSError):  # after a Ctrl-C the rule's `tee` may be gone: a broken pipe
             print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -544,5 +564,29 @@ def _run(argv: list[str] | None) -> int:
         message = _yaml_message(exc)
     else:
         return 0
+    _end_progress()
     print(f"{prog}: {message}", file=sys.stderr)
     return 2
+
+
+def _run(argv: list[str] | None) -> int:
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
+    return _guarded(f"lcsc {args.stage}", lambda: args.func(args))
+
+
+def preflight(argv: list[str]) -> tuple[dict | None, int]:
+    """What lcsc.launch checks once before it starts N copies of a stage: the arguments and the
+    config (printed as one line on failure, as `main` would, but once). (config, 0) or (None, code)."""
+    args = _parse(argv)
+    if isinstance(args, int):
+        return None, args
+    found: dict = {}
+
+    def check() -> None:
+        found["cfg"] = _config(args, warn=False)  # each process prints the warnings once more
+        check_writer(found["cfg"])
+
+    code = _guarded(f"lcsc {args.stage}", check)
+    return (found["cfg"] if code == 0 else None), code

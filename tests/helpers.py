@@ -7,8 +7,10 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +178,17 @@ def check_one_line(rc: int, err: str, stage: str | None, needles) -> str:
     return lines[0]
 
 
+def table_case(build, workshop, capsys) -> str:
+    """One row of a bad-input table: `build(workshop)` gives (argv, needles); `lcsc` on argv must
+    fail with one line holding every needle. The line."""
+    from lcsc.cli import main
+
+    argv, needles = build(workshop)
+    capsys.readouterr()
+    rc = main(argv)
+    return check_one_line(rc, capsys.readouterr().err, argv[0], needles)
+
+
 def write_folder(folder, n, size, seed, grey=False):
     """n random images (blobs on a gradient, with pixel noise), as clean-fid would read them from disk."""
     rng = np.random.default_rng(seed)
@@ -213,3 +226,38 @@ def sd_config(sd_run, tmp_path, folder=None, **trail):
     path = tmp_path / "imported.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return cfg, str(path)
+
+
+def hold_when(proc: subprocess.Popen, condition, timeout: float, what: str, group: bool = False) -> None:
+    """Let `proc` (with `group`, its whole process group) run in short slices, held by SIGSTOP
+    between them, until `condition()` holds while it is held. It is left held at a point where
+    the condition is true, whatever the machine's speed or load: a signal sent now arrives before
+    it takes another step (SIGCONT lets it go on)."""
+    import psutil
+
+    def send(sig):
+        (os.killpg if group else os.kill)(proc.pid, sig)
+
+    def members():
+        root = psutil.Process(proc.pid)
+        return [root, *(root.children(recursive=True) if group else [])]
+
+    deadline = time.time() + timeout
+    while True:
+        send(signal.SIGSTOP)
+        for member in members():
+            # stopped; or in the kernel (disk-sleep: a vfork parent whose child is stopped, or I/O
+            # that ends in the stop), where it takes no step of its own either
+            try:
+                while member.status() in (psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_WAKING):
+                    time.sleep(0.001)
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}")
+        if condition():
+            return
+        send(signal.SIGCONT)
+        if time.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.01)

@@ -20,7 +20,7 @@ from lcsc.kernel.io import sha256, write_json
 from lcsc.kernel.paths import Layout
 from lcsc.kernel.tensors import save_tensors
 
-from helpers import Ctx, check_one_line
+from helpers import Ctx, table_case
 
 
 INF, NAN = float("inf"), float("nan")
@@ -199,11 +199,7 @@ def test_the_table_is_big_enough():
 
 @pytest.mark.parametrize("build", [b for _, b in CASES], ids=[n for n, _ in CASES])
 def test_bad_input_is_one_line(ctx, build, capsys):
-    argv, needles = build(ctx)
-    capsys.readouterr()
-    rc = main(argv)
-    captured = capsys.readouterr()
-    check_one_line(rc, captured.err, argv[0], needles)
+    table_case(build, ctx, capsys)
 
 
 def test_several_bad_keys_are_listed_one_per_line(ctx, capsys):

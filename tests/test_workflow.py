@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 
 import inception_standin
 from conftest import REPO, TINY
-from helpers import SNAKEMAKE, snakemake
+from helpers import SNAKEMAKE, hold_when, snakemake
 from lcsc.kernel.report import kid_text
 from lcsc.kernel.tracking import job_name
 
@@ -23,7 +24,8 @@ def test_lint_and_dry_run_of_the_default_config():
     lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations" in lint.stdout + lint.stderr
-    dry = subprocess.run([*SNAKEMAKE, "-n", "--directory", str(REPO)], cwd=REPO, capture_output=True,
+    # --forceall: every job of the default DAG, also in a checkout where `make run` has finished it
+    dry = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--directory", str(REPO)], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     for rule in ("train_dm", "train_features", "reference_stats", "search", "evaluate", "tabulate"):
@@ -359,3 +361,64 @@ def test_pipeline_end_to_end_with_inception_features_and_a_local_weights_file(tm
     weights.unlink()
     dry = snakemake(["-n", "--configfile", "c.yaml", "--directory", str(tmp_path)], tmp_path)
     assert dry.returncode != 0 and "features.weights:" in dry.stdout + dry.stderr
+
+
+def test_a_second_invocation_on_the_same_results_folder_refuses_and_the_first_finishes(tmp_path):
+    """Two `snakemake` runs on one absolute results_dir from two working directories (Snakemake's
+    own lock is per working directory): the second refuses at once, naming the first, and deletes
+    nothing; the first, held mid-run while this happens, finishes with every output intact."""
+    import psutil
+
+    from lcsc.kernel.trail import Trail
+
+    results = tmp_path / "shared results"
+    cfg = dict(TINY, experiment="one-writer", results_dir=str(results),
+               baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    target = str(results / "one-writer" / "dm" / "search" / "nfe2" / "coefficients.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
+    command = [*SNAKEMAKE, target, "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
+               "--configfile", str(tmp_path / "tiny.yaml")]
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    lock = results / "one-writer" / "lcsc.lock"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=tmp_path / "first", env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            # held (SIGSTOP) while a job of it runs: the second invocation meets a live one
+            def job_running() -> bool:
+                for p in psutil.Process(first.pid).children(recursive=True):
+                    try:
+                        if "-m" in p.cmdline():
+                            return True
+                    except psutil.Error:  # ended meanwhile
+                        continue
+                return False
+
+            hold_when(first, lambda: lock.exists() and job_running(), 300, "a running job of the first invocation",
+                      group=True)
+            holder = json.loads(lock.read_text())
+            second = subprocess.run(command, cwd=tmp_path / "second", env=env, capture_output=True, text=True,
+                                    timeout=300)
+            out = second.stdout + second.stderr
+            assert second.returncode != 0, out[-3000:]
+            assert f"{lock}: the results folder is in use by invocation {holder['invocation']}" in out, out[-3000:]
+            assert f"working directory {tmp_path / 'first'}" in out
+            assert "Finished jobid" not in out and "rule train_dm" not in out.split("Job stats")[-1]
+            os.killpg(first.pid, signal.SIGCONT)
+            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+    # every output of the first run is there and whole; the lock is gone with it
+    root = results / "one-writer"
+    Trail.open(root / "dm" / "trail" / "manifest.json")  # every checkpoint's sha256 checked
+    result = json.loads((root / "dm" / "search" / "nfe2" / "coefficients.json").read_text())
+    assert len(result["coefficients"]) == len(result["trail_sha256"]) == 4
+    for path in (root / "dm" / "baselines.json", root / "dm" / "search" / "nfe2" / "best.safetensors",
+                 root / "features" / "classifier.safetensors"):
+        assert path.stat().st_size > 0
+    assert not lock.exists()
+    assert not list(root.rglob(".*.tmp"))

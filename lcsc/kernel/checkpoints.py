@@ -83,6 +83,17 @@ def describe(state: dict[str, torch.Tensor], path) -> tuple[str, int]:
     return "+".join(dtypes), sum(v.numel() for v in state.values())
 
 
+def check_finite(state: dict[str, torch.Tensor], path) -> None:
+    """Every float tensor of a checkpoint is finite: one NaN would make every combination that
+    weighs it, the last checkpoint's included (0 x NaN is NaN), score nothing but NaN."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise TrailError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) of {value.numel()}; "
+                             "the checkpoint is broken (a diverged step or a damaged file): leave it out of the "
+                             "trail (trail.files, trail.last) or restore it")
+
+
 def first_difference(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> str | None:
     """What first differs between two checkpoints' keys and shapes (None: they agree)."""
     for key in reference:

@@ -91,6 +91,7 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
     errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg) + _gpus_checks(cfg)
     errors += _name_and_path_checks(cfg)
+    errors += _registry_checks(cfg)
     errors += _search_checks(cfg)
     errors += _feature_space_checks(cfg)
     fcfg = cfg["features"]
@@ -138,12 +139,31 @@ def _trail_checks(cfg: dict) -> list[str]:
                 errors.append(f"trail.pattern: {t['pattern']!r} must have exactly one group (the step)")
         except re.error as exc:
             errors.append(f"trail.pattern: {t['pattern']!r} is not a regular expression ({exc})")
+    for key in ("files", *(("ema",) if source == "state_dict" else ())):
+        try:
+            check_glob(t[key], f"trail.{key}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    for key in ("unet", *(("ema",) if source == "diffusers" else ())):
+        if t[key] is not None and (not t[key] or t[key] in (".", "..") or "/" in t[key] or "\\" in t[key]):
+            errors.append(f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
+                          f"{'unet' if key == 'unet' else 'unet_ema'}), not a path")
     if cost_fractions(cfg):
         errors.append("cost.fractions: the training-cost experiment truncates trails trained here; set it to [] "
                       "(and cost.fraction to null) for an imported trail")
     if source == "state_dict" and t["sampler"] == "cm":
         errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])))
     return errors
+
+
+def check_glob(pattern: str | None, key: str) -> None:
+    """A glob of files inside the trail's folder: relative, and never climbing out with `..`."""
+    if not pattern:
+        return
+    parts = pattern.replace("\\", "/").split("/")
+    if pattern.startswith(("/", "~")) or re.match(r"[A-Za-z]:", pattern) or ".." in parts:
+        raise ConfigError(f"{key}: {pattern!r} must be a glob relative to trail.path that stays inside it (no "
+                          "absolute path, no '..'); move trail.path to the folder that holds the files")
 
 
 def _non_finite(node, path=()) -> list[str]:
@@ -179,6 +199,20 @@ def _name_and_path_checks(cfg: dict) -> list[str]:
         if unknown and truncation(model) is None:
             errors.append(f"export.variants: {unknown} are not variants of {model} ({', '.join(names[1:])})")
     return errors
+
+
+def _registry_checks(cfg: dict) -> list[str]:
+    """A name MLflow's model registry takes: not blank, no '/' or ':' (MLflow refuses them), nor a
+    name a path would read as another ('.', '..'); no quote or control character either (lcsc
+    finds its versions with a registry search, whose filter quotes the name)."""
+    name = cfg["export"]["register"]
+    if name is None:
+        return []
+    if (not name.strip() or any(ch in name for ch in "/:'\"\\") or name.startswith(".")
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+        return [f"export.register: {name!r} is not a name MLflow's model registry takes (not blank, no '/', ':', "
+                "quotes, backslashes or control characters, not starting with '.'); e.g. lcsc-digits"]
+    return []
 
 
 # Optimizers accepted without importing nevergrad at parse time (its import takes ~2 s); any other
@@ -291,6 +325,9 @@ def config_warnings(cfg: dict) -> list[str]:
         if n is not None and n <= dim:
             out.append(f"{key}: {n} samples in a {dim}-d feature space give a singular covariance; FID is "
                        f"then dominated by its bias (use more than {dim} samples to compare models)")
+    if cfg["export"]["register"] and not cfg["mlflow"]["enabled"]:
+        out.append(f"export.register: {cfg['export']['register']!r} is set, but mlflow.enabled is false: nothing "
+                   "is logged, so nothing is registered (enable MLflow to register the exports)")
     n_train = _train_images(cfg)
     if n_train is not None:
         for key, size in (("train.batch_size", cfg["train"]["batch_size"]),

@@ -22,15 +22,16 @@ def given_gpus() -> str | None:
     return None
 
 
-def resolve_device(cfg: dict) -> torch.device:
+def resolve_device(cfg: dict, quiet: bool = False) -> torch.device:
     """`device`: auto (a GPU when torch sees one), cuda or cpu. A job that was given GPUs but
-    whose torch sees none (a CPU build of torch, no driver) says so and computes on the CPU."""
+    whose torch sees none (a CPU build of torch, no driver) says so (unless `quiet`) and computes
+    on the CPU."""
     if cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' was asked for but torch sees no GPU")
         return torch.device("cuda")
     given = given_gpus()
-    if cfg["device"] == "auto" and given:
+    if cfg["device"] == "auto" and given and not quiet:
         print(f"lcsc: warning: device: auto: this job was given GPUs ({given}) but torch "
               f"{torch.__version__} sees none (a CPU build of torch, or no driver); computing on the CPU",
               file=sys.stderr, flush=True)
@@ -51,6 +52,9 @@ def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
             raise ConfigError(f"search.devices: {name!r} is not available here "
                               f"({torch.cuda.device_count()} CUDA devices visible)")
+        if d.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"search.devices: {name!r}, but this torch has no MPS device (Apple silicon only); "
+                              "use cpu or cuda devices")
         out.append(d)
     return out
 

@@ -67,9 +67,11 @@ def build_net(meta: dict) -> torch.nn.Module:
     return DigitClassifier(meta["channels"], meta["num_classes"], meta["width"], meta["dim"])
 
 
-def load_features(path: str | Path, device: torch.device):
+def load_features(path: str | Path, device: torch.device, cfg: dict | None = None):
     """The feature extractor a features file names: a trained network (.safetensors) or the
-    descriptor (.json) of fixed weights (Inception, DINOv2) whose file must still hold the same bytes."""
+    descriptor (.json) of fixed weights (Inception, DINOv2) whose file must still hold the same
+    bytes. With `cfg`, a TorchScript Inception (code, not only data) must be the file the config's
+    `features` name: a descriptor in the results folder never chooses what runs."""
     path = Path(path)
     if path.suffix != ".json":
         return FeatureNet(path, device)
@@ -85,6 +87,14 @@ def load_features(path: str | Path, device: torch.device):
                          f"{', '.join(missing)}); rerun {stage} (or pass the right --features)")
     stage, name = ("dinov2_features", "DINOv2") if dinov2 else ("inception_features", "Inception")
     weights = Path(info["weights"])
+    if cfg is not None and not dinov2 and info["mode"] != "legacy_pytorch":  # (those are state dicts: data)
+        if cfg["features"]["kind"] != "inception":
+            raise FeatureError(f"{path}: an Inception descriptor, but the config's features.kind is "
+                               f"{cfg['features']['kind']!r}; pass the feature file of this config (--features)")
+        configured = weights_file(cfg["features"], download=False, cache=cache_dir(cfg))
+        if weights.resolve() != configured.resolve():
+            raise FeatureError(f"{path}: names the weights {weights}, but the config's features name {configured}; "
+                               f"a TorchScript file runs code, so only the config chooses it: rerun {stage}")
     if not weights.is_file():
         raise FeatureError(f"{path}: its {name} weights {weights} are gone (features.weights); "
                            f"restore the file or rerun {stage}")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 
 @functools.cache
@@ -46,6 +46,25 @@ def atomic_path(path: str | Path):
                 raise OSError(f"{exc} while writing {path}") from exc
             raise OSError(exc.errno, f"{exc.strerror or exc} (while writing it)", str(path)) from exc
         raise
+
+
+def resolve_path(value: str | Path, key: str) -> Path:
+    """`value` (a path the config gives as `key`) made absolute, with `~` and every symlink
+    followed; a symlink loop or an unreadable part is a ConfigError naming the key."""
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's "Symlink loop from ..."
+        raise ConfigError(f"{key}: {value} cannot be resolved ({first_line(exc)}); a symlink loop or an "
+                          "unreadable folder: fix the path") from None
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path`, with every symlink followed, lies in `folder` (itself resolved): a symlink
+    loop or an unreadable part lies nowhere."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def remove_stale_temps(folder: str | Path) -> None:

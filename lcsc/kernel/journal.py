@@ -92,5 +92,8 @@ class Journal:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()  # also releases the lock
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()  # also releases the lock
+            except OSError:  # a record whose write failed (disk full) is still buffered: it is torn,
+                pass  # and dropped when the journal is reopened; the failed append named the file

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .families import Family, family_for
+from .families import Family, check_source, family_for
 from .features import load_features
 from .fid import Reference, load_reference_features, load_stats
 from .io import sha256
@@ -43,9 +43,12 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | N
     return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
 
 
-def open_trail(manifest: str | Path, model: str | None = None) -> Trail:
-    """The trail of `manifest`, checked to hold `model` (if given) before its files are hashed."""
+def open_trail(manifest: str | Path, model: str | None = None, cfg: dict | None = None) -> Trail:
+    """The trail of `manifest`, checked to hold `model` (if given) and to be the trail `cfg` names
+    (lcsc.kernel.families.check_source) before any of its files is read."""
     trail = Trail.open(manifest, verify=False)
+    if cfg is not None:
+        check_source(trail, cfg)
     if model is not None:
         check_trail(model, trail.manifest, manifest)
     trail.verify()
@@ -58,7 +61,7 @@ class Scorer:
     feature network embeds them, and the reference statistics score them."""
 
     def __init__(self, family: Family, features: str | Path, stats: str | Path, device: torch.device,
-                 batch_size: int, chunk_mb: float | None = None, compile: bool = False):
+                 batch_size: int, chunk_mb: float | None = None, compile: bool = False, cfg: dict | None = None):
         self.device = torch.device(device)
         self.chunk_mb = chunk_mb
         self.batch_size = batch_size
@@ -70,7 +73,7 @@ class Scorer:
             self.model.forward = torch.compile(self.model.forward)
         self.loader = FlatLoader(self.model)
         self.sampler = family.sampler
-        self.features = load_features(features, device)
+        self.features = load_features(features, device, cfg)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
         self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
         self.stats_hash = sha256(stats)[:16]
@@ -85,7 +88,8 @@ class Scorer:
     def open(cls, cfg: dict, manifest: str | Path, features: str | Path, stats: str | Path, device: torch.device,
              batch_size: int, chunk_mb: float | None = None, model: str | None = None) -> Scorer:
         """A Scorer over the trail of `manifest` (which must hold `model`, if given), sampled as `cfg` says."""
-        return cls(family_for(open_trail(manifest, model), cfg), features, stats, device, batch_size, chunk_mb)
+        return cls(family_for(open_trail(manifest, model, cfg), cfg), features, stats, device, batch_size, chunk_mb,
+                   cfg=cfg)
 
     def make_noise(self, samples: int, seed: int) -> torch.Tensor:
         return make_noise(samples, self.shape, seed, self.device, self.family.noise_steps)

@@ -3,7 +3,10 @@ safetensors, or from `.pt`/`.pth` with `weights_only=True`, so a pickle cannot r
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -13,9 +16,34 @@ from .errors import InputError
 from .io import atomic_path, first_line, reading
 
 
+def os_error(exc: Exception, path) -> OSError | None:
+    """The OSError inside a writer's own error (safetensors reports a full disk as `I/O error: No
+    space left on device (os error 28)`, older versions as `IoError(Os { code: 28, ...})`), or None
+    when it holds none."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)|Os \{ code: (\d+)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code), str(path))
+
+
+@contextlib.contextmanager
+def os_errors(path):
+    """Inside: a writer's error that holds an OSError is raised as that OSError, naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        error = os_error(exc, path)
+        if error is None or error is exc:
+            raise
+        raise error from None
+
+
 def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, os_errors(tmp):
         save_file(clean, str(tmp), metadata=metadata)
 
 

@@ -197,14 +197,19 @@ def _owner_gone(tags: dict) -> bool:
     return False
 
 
-def _invocation() -> str:
+def new_invocation() -> str:
+    """A new invocation's id: its start time and a random suffix."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def start_parent(cfg: dict) -> tuple[str, str | None]:
-    """Begin an invocation: its id, and its parent run's id (None when MLflow is off or failing).
-    The parent's record is written either way, so `lcsc mlflow-sync` can create it later."""
-    invocation = _invocation()
+_invocation = new_invocation
+
+
+def start_parent(cfg: dict, invocation: str | None = None) -> tuple[str, str | None]:
+    """Begin an invocation (a new one, or `invocation`): its id, and its parent run's id (None when
+    MLflow is off or failing). The parent's record is written either way, so `lcsc mlflow-sync`
+    can create it later."""
+    invocation = invocation or new_invocation()
     if not cfg["mlflow"]["enabled"]:
         return invocation, None
     name = f"{cfg['experiment']}@{time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -471,18 +476,22 @@ class StageRun:
 
     def register_model(self, name: str, folder: str) -> str | None:
         """A new version of the registered model `name` whose source is the artifact `folder` of
-        this run; its version number, or None when MLflow is off or failed (one warning)."""
+        this run; its version number, or None when MLflow is off or failed (one warning). The
+        registration is kept in the run's record either way: `lcsc mlflow-sync` does the ones
+        that failed."""
+        if not self.cfg["mlflow"]["enabled"]:
+            return None
+        entry = {"name": name, "folder": folder, "version": None}
+        self.record.setdefault("registrations", []).append(entry)
         if self.client is None:
+            print(f"[lcsc] MLflow is unavailable: {name} is registered by `lcsc mlflow-sync` later", file=sys.stderr)
             return None
         try:
-            with contextlib.suppress(Exception):  # it exists already
-                self.client.create_registered_model(name)
-            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{folder}"
-            version = self.client.create_model_version(name, source, run_id=self.run_id)
+            entry["version"] = _register(self.client, self.run_id, name, folder)
         except Exception as exc:
             self._warn("model registration", exc)
             return None
-        return str(version.version)
+        return entry["version"]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.record["tags"] |= {k: str(v) for k, v in tags.items()}
@@ -511,6 +520,18 @@ class StageRun:
             except Exception as err:
                 self._warn("run closing", err)
         _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
+
+
+def _register(client, run_id: str, name: str, folder: str) -> str:
+    """Register the artifact `folder` of run `run_id` as a version of model `name`, once: a version
+    of that run already there (a sync run twice) is returned instead. Its version number."""
+    source = f"{client.get_run(run_id).info.artifact_uri}/{folder}"
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.source == source:
+            return str(version.version)
+    with contextlib.suppress(Exception):  # it exists already
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, source, run_id=run_id).version)
 
 
 def _find_all(client, exp_id: str, key: str) -> list:
@@ -562,7 +583,7 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     end_orphan_records(cfg)  # jobs killed before they could end their records: KILLED, not RUNNING
     records = sorted(folder.glob("*/*.json"))
     counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0,
-              "skipped": 0, "failed": 0, "killed": 0}
+              "skipped": 0, "failed": 0, "killed": 0, "registered": 0}
     if not records:
         return counts
     loaded = []
@@ -570,7 +591,7 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
         try:
             record = json.loads(path.read_text())
             record["key"], record["name"], record["status"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"[lcsc] {path}: not a run record ({exc}); skipped", file=sys.stderr)
             counts["failed"] += 1
             continue
@@ -578,15 +599,16 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
         if meant != (tracking_uri(cfg), experiment_name(cfg)) and not any_store:
             counts["skipped"] += 1
             continue
-        loaded.append(record)
+        loaded.append((path, record))
     client = _client(cfg)
     exp_id = _experiment_id(client, cfg)
     parents: dict[str, str] = {}
     with open(folder / ".sync.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two syncs at once would both create a missing run
-        for record in sorted(loaded, key=lambda r: r["parent_key"] is not None):  # parents first
+        for path, record in sorted(loaded, key=lambda r: r[1]["parent_key"] is not None):  # parents first
             try:
                 _sync_one(client, exp_id, record, parents, counts)
+                _sync_registrations(client, path, record, parents.get(record["key"]), counts)
             except Exception as exc:  # one bad request must not stop the others
                 print(f"[lcsc] {record['name']}: {exc}", file=sys.stderr)
                 counts["failed"] += 1
@@ -596,6 +618,19 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
             print(f"[lcsc] could not end the runs of killed jobs: {exc}", file=sys.stderr)
             counts["failed"] += 1
     return counts
+
+
+def _sync_registrations(client, path: Path, record: dict, run_id: str | None, counts: dict[str, int]) -> None:
+    """The model registrations a job recorded but could not make (export.register while the store
+    was down): made now, against the job's run, and marked done in its record."""
+    pending = [r for r in record.get("registrations", []) if isinstance(r, dict) and r.get("version") is None]
+    if not pending or run_id is None or record["status"] != "FINISHED":
+        return
+    for entry in pending:
+        entry["version"] = _register(client, run_id, entry["name"], entry["folder"])
+        print(f"[lcsc] {record['name']}: registered as {entry['name']} version {entry['version']}")
+        counts["registered"] += 1
+    _write_record(path, record)
 
 
 def _sync_one(client, exp_id: str, record: dict, parents: dict[str, str], counts: dict[str, int]) -> None:

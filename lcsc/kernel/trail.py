@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoints import check_finite
 from .errors import TrailError
-from .io import read_json, sha256
+from .io import inside, read_json, sha256
 from .models import IMPORTED_KINDS
 from .tensors import load_tensors
 
 MANIFEST_FORMAT = "lcsc-trail/1"
+MAX_STEP = 2**63 - 1  # a step must fit the int64 that numpy, torch and MLflow keep it in
 
 
 @dataclass
@@ -42,13 +44,13 @@ class Trail:
             raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {found!r}, not "
                              f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail")
         entries = _checked_entries(manifest_path, manifest)
+        check_steps(manifest_path, [c["step"] for c in manifest["checkpoints"]])
         files_root = _files_root(manifest_path, manifest)
-        inside = files_root.resolve()
         # an imported trail's files stay in the training run's folder, relative to it
         base = files_root if manifest.get("kind") in IMPORTED_KINDS else manifest_path.parent
         for where, entry in entries:
             file = Path(entry["file"])
-            if file.is_absolute() or not (base / file).resolve().is_relative_to(inside):
+            if file.is_absolute() or not inside(base / file, files_root):
                 raise TrailError(f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
                                  f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
                                  "wrote it)")
@@ -128,6 +130,17 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
     return out
 
 
+def check_steps(where, steps: list[int]) -> None:
+    """A trail's steps strictly increase and fit in int64; their size is never used as a length."""
+    for a, b in zip([None, *steps], steps):
+        if b < 0 or b > MAX_STEP:
+            raise TrailError(f"{where}: step {b} is not a training step (0 to 2^63 - 1); a file name's date or hash "
+                             "was read as the step: set trail.pattern to the part that counts the steps")
+        if a is not None and b <= a:
+            raise TrailError(f"{where}: step {b} follows step {a}; a trail's steps must increase: rerun the stage "
+                             "that wrote it")
+
+
 def _files_root(manifest_path: Path, manifest: dict) -> Path:
     """The folder the manifest's files must lie in: its own folder, an imported trail's run folder
     (its absolute `root`), or, for a manifest that declares a relative `root` (a truncated trail:
@@ -155,7 +168,7 @@ def _files_root(manifest_path: Path, manifest: dict) -> Path:
 
 
 def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) -> None:
-    """Raise TrailError naming `path` unless `state` has exactly the model's tensors and shapes."""
+    """Raise TrailError naming `path` unless `state` has exactly the model's tensors and shapes, all finite."""
     missing = [k for k in shapes if k not in state]
     extra = [k for k in state if k not in shapes]
     wrong = [k for k in shapes if k in state and tuple(state[k].shape) != tuple(shapes[k])]
@@ -168,6 +181,7 @@ def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) 
             ) if part)
         raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail}); it belongs to another "
                          "model: restore it or rerun the stage that wrote it")
+    check_finite(state, path)
 
 
 def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:

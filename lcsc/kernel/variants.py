@@ -11,10 +11,11 @@ Kept free of torch at import: the workflow and the report ask it for names.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import profiles
-from .errors import ConfigError, TrailError
+from .errors import ConfigError, InputError, TrailError
 from .io import read_json
 from .models import IMPORTED, for_model, truncation
 
@@ -106,7 +107,7 @@ def coefficients_of(trail, variant: str, coefficients: str | Path | None = None,
         found = read_json(coefficients, "rerun the search (or pass the right --coefficients)",
                           keys=("coefficients", "trail_sha256"))
         trail.check_fingerprint(found.get("trail_sha256"), coefficients)
-        return [float(c) for c in found["coefficients"]]
+        return checked_coefficients(found["coefficients"], len(trail), coefficients)
     if baselines is not None:
         scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
                            keys=("profiles", "trail_sha256"))
@@ -120,7 +121,18 @@ def coefficients_of(trail, variant: str, coefficients: str | Path | None = None,
         where = f"in {baselines}" if baselines else "without the baselines stage's file"
         raise ConfigError(f"unknown variant {variant!r} ({where} the variants are: "
                           f"{LCSC}, {KEPT_EMA}<decay> kept in training, {', '.join(known)})")
-    return [float(c) for c in known[variant]]
+    return checked_coefficients(known[variant], len(trail), baselines or "baselines")
+
+
+def checked_coefficients(values, k: int, where) -> list[float]:
+    """`k` finite coefficients, one per checkpoint; anything else is an InputError naming `where`."""
+    ok = isinstance(values, list) and len(values) == k and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not ok:
+        shown = f"{len(values)} values" if isinstance(values, list) else f"a JSON {type(values).__name__}"
+        raise InputError(f"{where}: its coefficients are not {k} finite numbers, one per checkpoint ({shown}); "
+                         "the file was damaged or belongs to another trail: rerun the stage that wrote it")
+    return [float(c) for c in values]
 
 
 def weights(scorer, variant: str, coefficients: str | Path | None = None, baselines: str | Path | None = None,

@@ -11,6 +11,7 @@ the search settings, how to load it and how to reproduce it.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,12 @@ import torch
 
 from ..kernel import variants
 from ..kernel.checkpoints import read_file, state_at
-from ..kernel.errors import ConfigError
+from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
 from ..kernel.models import nfe_list
 from ..kernel.scoring import open_trail
-from ..kernel.tensors import save_tensors
+from ..kernel.tensors import os_errors, save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
 
 NAME = "export"
@@ -40,7 +41,7 @@ class Paths:
 
 
 def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_run=None) -> Path:
-    trail = open_trail(paths.manifest, model)
+    trail = open_trail(paths.manifest, model, cfg)
     family = family_for(trail, cfg)
     net = family.build_network()
     loader = FlatLoader(net)  # the network's own storage: the combination is written straight into it
@@ -56,12 +57,13 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = trail.manifest.get("kind", "dm")
-    written = WRITERS.get(kind, _write_lcsc)(cfg, trail, net, state, out)
+    with os_errors(out):  # diffusers' save_pretrained writes through safetensors too
+        written = WRITERS.get(kind, _write_lcsc)(cfg, trail, net, state, out)
     fingerprint = hashlib.sha256("".join(trail.fingerprint).encode()).hexdigest()
     write_json(out / COEFFICIENTS, {"model": model, "variant": variant, "coefficients": c, "steps": trail.steps,
                                     "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
                                     "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
-    evaluations = [read_json(p, "rerun the evaluate stage", keys=("model", "variant", "fid")) for p in paths.evaluations]
+    evaluations = [read_evaluation(p) for p in paths.evaluations]
     sampler = family.sampler.settings(None)["sampler"]
     write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
                                       len(trail)))
@@ -76,6 +78,21 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     return out
 
 
+def read_evaluation(path: Path) -> dict:
+    """An evaluate stage's JSON, with the keys and types the model card reads; anything else is
+    an InputError naming the file."""
+    e = read_json(path, "rerun the evaluate stage", keys=("model", "variant", "fid", "samples", "seed"))
+    fid = e["fid"]
+    ok = (isinstance(e["model"], str) and isinstance(e["variant"], str) and isinstance(fid, dict) and fid
+          and all(isinstance(k, str) and k.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for k, v in fid.items())
+          and all(isinstance(e[k], int) and not isinstance(e[k], bool) for k in ("samples", "seed")))
+    if not ok:
+        raise InputError(f"{path}: not an evaluation the evaluate stage writes (model and variant names, fid as "
+                         "{NFE: number}, samples and seed as integers); rerun the evaluate stage")
+    return e
+
+
 def _write_lcsc(cfg, trail, net, state: dict, out: Path) -> list[str]:
     save_tensors(out / "model.safetensors", state)
     return ["model.safetensors"]
@@ -84,18 +101,19 @@ def _write_lcsc(cfg, trail, net, state: dict, out: Path) -> list[str]:
 def _write_diffusers(cfg, trail, net, state: dict, out: Path) -> list[str]:
     from diffusers import DDPMPipeline
 
-    from ..kernel.families.diffusers import scheduler_class
+    from ..kernel.families.diffusers import scheduler_from_config
 
     net.load_state_dict(state)
     net.save_pretrained(out / "unet")
-    scheduler = scheduler_class(cfg["diffusion"]["sampler"]).from_config(trail.manifest["scheduler_config"])
+    scheduler = scheduler_from_config(trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"],
+                                      f"{trail.root / 'manifest.json'}: scheduler_config")
     DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
     return ["unet/", "pipeline/"]
 
 
 def _write_state_dict(cfg, trail, net, state: dict, out: Path) -> list[str]:
     """The input's layout: its key path, its prefix, its dtypes, its file format."""
-    source = trail.manifest["source"]
+    source = cfg["trail"]  # the config's key path and prefix (the manifest agrees: check_source)
     last = trail.checkpoint_path(len(trail) - 1)
     prefix = source.get("prefix") or ""
     original = state_at(read_file(last), source.get("key"), last)
@@ -109,8 +127,10 @@ def _write_state_dict(cfg, trail, net, state: dict, out: Path) -> list[str]:
     nested = tensors
     for part in reversed(source["key"].split(".") if source.get("key") else []):
         nested = {part: nested}
+    buffer = io.BytesIO()  # torch's zip writer reports a full disk without its errno: Python's write keeps it
+    torch.save(nested, buffer)
     with atomic_path(out / name) as tmp:
-        torch.save(nested, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return [name]
 
 

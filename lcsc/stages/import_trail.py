@@ -1,11 +1,11 @@
 """Stage import_trail: a training run of another trainer (`trail.source` diffusers or state_dict)
 -> the same trail manifest as lcsc's own training writes, listing the files where they are.
 
-Each checkpoint's step is parsed from its path (`trail.pattern`), the checkpoints are thinned as
-asked (`trail.every`, `trail.last`), and every kept file is read once, as data, to check that all
-have the network's keys and shapes and float tensors; the manifest records each file's sha256,
-bytes, dtype and parameter count, so a file changed after the import stops every later stage
-with its name. Nothing is copied.
+Each checkpoint's step is parsed from its path (`trail.pattern`: digits), the checkpoints are
+thinned as asked (`trail.every`, `trail.last`), and every kept file is read once, as data, to check
+that it lies in `trail.path` (symlinks followed) and has the network's keys and shapes and finite
+float tensors; the manifest records each file's sha256, bytes, dtype and parameter count, so a file
+changed after the import stops every later stage with its name. Nothing is copied.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..kernel.checkpoints import describe, first_difference, read_state
+from ..kernel.checkpoints import check_finite, describe, first_difference, read_state
+from ..kernel.config import check_glob
 from ..kernel.errors import ConfigError, TrailError
-from ..kernel.io import read_json, sha256, write_json
+from ..kernel.families import source_record
+from ..kernel.io import inside, read_json, resolve_path, sha256, write_json
 from ..kernel.progress import progress
 from ..kernel.tensors import load_tensors
-from ..kernel.trail import MANIFEST_FORMAT
+from ..kernel.trail import MANIFEST_FORMAT, check_steps
 
 NAME = "import_trail"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -36,14 +38,18 @@ class Paths:
 
 def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
     t = cfg["trail"]
-    root = Path(t["path"]).expanduser().resolve()
+    root = resolve_path(t["path"], "trail.path")
     if not root.is_dir():
         raise ConfigError(f"trail.path: {root} is not a folder (the training run's output folder)")
+    for key in ("files", "ema"):
+        if t[key] and (t["source"] == "state_dict" or key == "files"):
+            check_glob(t[key], f"trail.{key}")
     ema = _ema_file(t, root)
     emas = set(root.glob(t["ema"])) if t["source"] == "state_dict" and t["ema"] else set()
     files = select(checkpoint_files(t, root, exclude=emas), t["every"], t[KEEP_LAST])
     if len(files) < 2:
         raise TrailError(f"{root}: {len(files)} checkpoint(s) kept of trail.files {_glob(t)!r}; LCSC needs at least 2")
+    check_steps(f"{root} (trail.pattern)", [step for step, _ in files])
     reader = _reader(t)
     reference = _network_state(t, files[-1][1])
     entries = []
@@ -53,12 +59,12 @@ def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
         bar.update(1)
     bar.close()
     manifest = {"format": MANIFEST_FORMAT, "kind": t["source"], "root": str(root), "iterations": files[-1][0],
-                "source": _source(t), "checkpoints": entries,
+                "source": source_record(t), "checkpoints": entries,
                 "data": {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]},
                 "ema": [] if ema is None else [{"decay": t["ema_decay"], **_entry(ema, root, reader, reference)}]}
     if t["source"] == "diffusers":
         manifest["model_config"] = read_json(files[-1][1].parent / "config.json", "the UNet's config.json is missing")
-        manifest["scheduler_config"] = _scheduler_config(t, root)
+        manifest["scheduler_config"] = _scheduler_config(t, root, cfg["diffusion"]["sampler"])
     else:
         manifest["sampler"] = t["sampler"]
         if t["sampler"] == "cm":
@@ -84,12 +90,19 @@ def checkpoint_files(t: dict, root: Path, exclude: set = frozenset()) -> list[tu
     for path in sorted(root.glob(_glob(t))):
         if not path.is_file() or path in exclude:
             continue
+        if not inside(path, root):
+            raise TrailError(f"{path}: matched by trail.files {_glob(t)!r} but it lies outside trail.path {root} "
+                             "(a symlink leads out); a trail's files stay in its folder: narrow trail.files")
         rel = path.relative_to(root).as_posix()
         match = pattern.search(rel if t["pattern"] or t["source"] == "diffusers" else path.name)
         if match is None:
             raise TrailError(f"{path}: no training step in its path (trail.pattern {pattern.pattern!r}); set "
                              "trail.pattern or trail.files")
-        step = int(match.group(1))
+        digits = match.group(1)
+        if digits is None or not re.fullmatch(r"[0-9]+", digits):
+            raise TrailError(f"{path}: trail.pattern {pattern.pattern!r} reads the step as {digits!r}, not as digits; "
+                             r"make its group match the step's digits only, e.g. (\d+)")
+        step = int(digits)
         if step in seen:
             raise TrailError(f"{path}: step {step} again (also {seen[step]}); narrow trail.files or trail.pattern")
         seen[step] = path
@@ -114,7 +127,11 @@ def _ema_file(t: dict, root: Path) -> Path | None:
         if not path.is_file():
             raise TrailError(f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
                              "to its folder (unet_ema in diffusers' examples) or null")
-        recorded = read_json(path.parent / "config.json", "the EMA's config.json is missing").get("decay")
+        recorded = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
+        recorded = recorded.get("decay") if isinstance(recorded, dict) else None
+        if not isinstance(recorded, (int, float, type(None))) or isinstance(recorded, bool):
+            raise TrailError(f"{path.parent / 'config.json'}: decay {recorded!r} is not a number; not the config "
+                             "diffusers' EMAModel.save_pretrained writes")
         if recorded is not None and float(recorded) != float(t["ema_decay"]):
             raise ConfigError(f"trail.ema_decay: {t['ema_decay']} in the config, but {path.parent / 'config.json'} "
                               f"records decay {recorded}")
@@ -132,10 +149,10 @@ def _reader(t: dict):
 def _network_state(t: dict, last: Path) -> dict:
     """The keys and shapes the network has, which every checkpoint must match."""
     if t["source"] == "diffusers":
-        from diffusers import UNet2DModel
+        from ..kernel.families.diffusers import unet_from_config
 
-        config = read_json(last.parent / "config.json", "the UNet's config.json is missing")
-        net = UNet2DModel.from_config(config)
+        config_file = last.parent / "config.json"
+        net = unet_from_config(read_json(config_file, "the UNet's config.json is missing"), config_file)
     else:
         from ..kernel.families.state_dict import build_from_factory
 
@@ -150,22 +167,18 @@ def _entry(path: Path, root: Path, reader, reference: dict) -> dict:
         raise TrailError(f"{path}: not a checkpoint of the trail's network ({difference}); remove it from the "
                          "trail (trail.files) or fix trail.key / trail.prefix / the factory")
     dtype, params = describe(state, path)
+    check_finite(state, path)
     return {"file": path.relative_to(root).as_posix(), "sha256": sha256(path), "bytes": path.stat().st_size,
             "dtype": dtype, "params": params}
 
 
-def _scheduler_config(t: dict, root: Path) -> dict:
+def _scheduler_config(t: dict, root: Path, sampler: str) -> dict:
+    from ..kernel.families.diffusers import scheduler_from_config
+
     path = Path(t["scheduler"]).expanduser() if t["scheduler"] else root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise ConfigError(f"trail.scheduler: {path} does not exist; give the run's scheduler_config.json (what "
                           "DDPMPipeline.save_pretrained writes under scheduler/)")
-    return read_json(path, "give the run's scheduler_config.json as trail.scheduler")
-
-
-def _source(t: dict) -> dict:
-    """What the trail's family needs to read and rebuild it (and what the export writes back)."""
-    keys = {"diffusers": ("unet", "ema"), "state_dict": ("key", "prefix", "factory", "factory_kwargs", "code")}
-    out = {k: t[k] for k in keys[t["source"]]}
-    if t["source"] == "state_dict" and t["code"]:
-        out["code"] = str(Path(t["code"]).expanduser().resolve())
-    return out
+    config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
+    scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
+    return config

@@ -110,7 +110,7 @@ def _split_images(data_cfg: dict, split: str) -> _Images:
 def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=None) -> dict:
     """Mean and covariance of the reference images' features; `split` is train or test of the
     dataset, or `folder` (features.reference_folder). Reused from the content-keyed cache."""
-    net = load_features(paths.features, device)
+    net = load_features(paths.features, device, cfg)
     fcfg = cfg["features"]
     images = _folder_images(fcfg) if split == "folder" else _split_images(cfg["data"], split)
     key = hashlib.sha256(f"{images.content} {net.hash} v{FEATURE_PIPELINE_VERSION} kept{KEPT_FEATURES}"

@@ -293,10 +293,10 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         remove_stale_temps(out.parent)
     devices = search_devices(scfg, torch.device(device))
     optimizer_class(scfg)  # an unknown optimizer fails here, before any scoring
-    family = family_for(open_trail(paths.manifest, model), cfg)
+    family = family_for(open_trail(paths.manifest, model, cfg), cfg)
     check_compiler(scfg, devices)
     scorers = [Scorer(family, paths.features, paths.stats, d, scfg["batch_size"], scfg["trail_chunk_mb"],
-                      compile=scfg["compile"]) for d in devices]
+                      compile=scfg["compile"], cfg=cfg) for d in devices]
     scorer = scorers[0]
     if len(scorers) > 1:
         scorer.share_trail(scorers[1:])

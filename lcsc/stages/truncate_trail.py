@@ -39,6 +39,9 @@ def truncate(manifest_path: str | Path, fraction: float, out: str | Path) -> dic
     sha256s are checked on every open, as for any trail). The EMAs kept during training belong to
     the full run, so the truncated trail lists none."""
     source = Trail.open(manifest_path)
+    if source.manifest.get("kind", "dm") not in ("dm", "cm"):
+        raise TrailError(f"{manifest_path}: a trail of kind {source.manifest.get('kind')!r}; the training-cost "
+                         "experiment truncates the trails trained here (kind dm or cm) only")
     out = Path(out)
     if not isinstance(source.manifest.get("iterations"), int):
         raise TrailError(f"{manifest_path}: no iterations (the length of the training); the manifest is damaged: "

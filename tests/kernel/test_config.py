@@ -181,3 +181,14 @@ def test_useless_settings_warn_naming_the_keys():
     assert any(w.startswith("train.batch_size: 4000 exceeds the 1438 training images of digits")
                for w in config_warnings(cfg))
     assert config_warnings(load_config(REPO / "config" / "config.yaml")) == []  # the embedded default is clean
+
+
+def test_a_registry_name_is_checked_and_registering_without_mlflow_warns():
+    cfg = validate({"export": {"register": "digits-unet"}, "mlflow": {"enabled": False}})
+    assert ("export.register: 'digits-unet' is set, but mlflow.enabled is false: nothing is logged, so nothing is "
+            "registered (enable MLflow to register the exports)") in config_warnings(cfg)
+    assert not any(w.startswith("export.register") for w in config_warnings(validate({"export": {
+        "register": "digits-unet"}})))
+    for name in ("team/unet", "unet:v2", "..", ".hidden", "", " ", "it's", "tab\there"):
+        with pytest.raises(ConfigError, match=r"export.register: .* is not a name MLflow's model registry takes"):
+            validate({"export": {"register": name}})

@@ -22,7 +22,7 @@ from lcsc.kernel.trail import Trail
 from lcsc.kernel.training import train
 
 from conftest import REPO, tiny_config
-from helpers import trail_hashes
+from helpers import check_one_line, hold_when, trail_hashes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 LAUNCH = [sys.executable, "-m", "lcsc.launch", "2"]  # torchrun as the training rules call it
@@ -136,12 +136,10 @@ def test_a_sigkilled_run_on_two_processes_resumes_to_the_same_trail(through_torc
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # the launcher and its two workers: one process group
     trail = _trail(tmp_path, "killed")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(trail.glob("step_*.safetensors"))) < 2:
-        time.sleep(0.02)
+    hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 2 and not (trail / "manifest.json").exists(),
+              300, "the second checkpoint", group=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (trail / "manifest.json").exists(), "the run finished before it could be killed"
     resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step" in resumed.stdout
@@ -156,19 +154,88 @@ def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     trail = _trail(tmp_path, "stopped")
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(trail.glob("step_*.safetensors")):
-        time.sleep(0.02)
+    hold_when(proc, lambda: any(trail.glob("step_*.safetensors")) and not (trail / "manifest.json").exists(), 300,
+              "the first checkpoint", group=True)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+    os.killpg(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     # the launcher's own line, after the processes' (each says it was interrupted)
     assert err.rstrip().splitlines()[-1].startswith("lcsc train-dm: interrupted"), err[-3000:]
     assert err.rstrip().endswith("on 2 processes; rerun the same command to resume"), err[-3000:]
-    # a process that fails (here: no data folder) ends the launch with its exit code and one line
+    # a bad config is refused once, before any process starts: one line, not one per process
     bad = subprocess.run([*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'none'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    check_one_line(bad.returncode, bad.stderr, "train-dm", [f"data.folder: {tmp_path / 'none'}"])
+    # a process that fails as it runs (an image folder with no images) ends the launch with its exit
+    # code and one line; the processes' own message shows once
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'empty'}",
+                          "--set", "features.kind=autoencoder"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2, bad.stderr[-3000:]
-    assert "Traceback" not in bad.stderr and "training process 0 of 2 failed (exit code 2)" in bad.stderr
-    assert f"lcsc train-dm: data.folder: {tmp_path / 'none'}" in bad.stderr, bad.stderr[-2000:]
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("lcsc train-dm: ")]
+    assert "Traceback" not in bad.stderr and len(lines) == 2, bad.stderr[-3000:]
+    assert str(tmp_path / "empty") in lines[0], bad.stderr[-3000:]
+    assert lines[1] == "lcsc train-dm: training process 0 of 2 failed (exit code 2); its message is above"
+
+
+def test_the_launcher_checks_the_processes_against_the_node_before_starting_any(tmp_path):
+    config = _config(tmp_path, "many")
+    cores = len(os.sched_getaffinity(0))
+    done = subprocess.run([*LAUNCH[:-1], str(cores + 1), "train-dm", "--config", str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    check_one_line(done.returncode, done.stderr, "train-dm",
+                   [f"{cores + 1} training processes, but this node has {cores} CPU cores"])
+    assert not _trail(tmp_path, "many").exists()
+    for bad in (["0", "train-dm"], ["1000000000", "train-dm"], ["2"], ["x", "train-dm"]):
+        done = subprocess.run([*LAUNCH[:-1], *bad], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith("usage: python -m lcsc.launch"), done.stderr
+
+
+def test_a_process_that_cannot_be_started_stops_those_started_before_it(tmp_path, monkeypatch, capsys):
+    """The second process cannot be created (as when the node is out of processes or memory): the
+    launch ends with one line, and the first process, already running, is gone."""
+    import subprocess as sp
+
+    from lcsc import launch
+
+    started = []
+    real = sp.Popen
+
+    def popen(*args, **kwargs):
+        if started:
+            raise OSError(11, "Resource temporarily unavailable")
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    config = _config(tmp_path, "nofork")
+    code = launch.main(["2", "train-dm", "--config", str(config)])
+    err = capsys.readouterr().err
+    check_one_line(code, err, "train-dm", ["could not start training process 1 of 2 (Resource temporarily "
+                                           "unavailable)"])
+    assert started and started[0].poll() is not None  # reaped, not left running
+
+
+def test_processes_die_with_a_launcher_killed_outright(tmp_path):
+    """SIGKILL to the launcher alone (the OOM killer, say): the kernel ends its processes too."""
+    import psutil
+
+    config = _config(tmp_path, "orphans")
+    launcher = subprocess.Popen([*LAUNCH, "train-dm", "--config", str(config), "--set", "train.iterations=100000"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        children = []
+        while time.time() < deadline and len(children) < 2:
+            children = psutil.Process(launcher.pid).children()
+            time.sleep(0.05)
+        assert len(children) == 2
+        launcher.kill()
+        launcher.wait()
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"{len(alive)} training processes outlived their launcher"
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()

@@ -274,7 +274,7 @@ def test_sync_removes_duplicates_reattaches_orphans_and_skips_other_stores(tmp_p
     for _ in range(2):  # the second sync finds nothing to do
         counts = tracking.sync(cfg)
         assert counts == {"records": 3, "created": 0, "replaced": 0, "completed": 0, "complete": 2,
-                          "skipped": 1, "failed": 0, "killed": 0}
+                          "skipped": 1, "failed": 0, "killed": 0, "registered": 0}
         runs = client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{child_key}'")
         assert [r.info.run_id for r in runs] == [run.run_id]  # the partial twin is gone
         assert runs[0].data.tags["mlflow.parentRunId"] == parent_id  # re-attached

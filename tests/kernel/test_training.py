@@ -4,7 +4,6 @@ a non-finite loss stopping it."""
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from lcsc.kernel.trail import Trail
 from lcsc.kernel.training import train
 
 from conftest import REPO, tiny_config
-from helpers import trail_hashes, train_tiny
+from helpers import hold_when, trail_hashes, train_tiny
 
 
 def test_trail_manifest_and_files(tmp_path):
@@ -84,12 +83,10 @@ def test_sigkill_during_training_resumes_to_the_same_trail(tmp_path):
     proc = subprocess.Popen([*cmd, "--config", str(tmp_path / "killed.yaml")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trail = tmp_path / "killed" / "tiny" / "dm" / "trail"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(trail.glob("step_*.safetensors"))) < 4:
-        time.sleep(0.05)
+    hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 4
+              and not (trail / "manifest.json").exists(), 300, "the fourth checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (trail / "manifest.json").exists(), "the job finished before it could be killed"
     subprocess.run([*cmd, "--config", str(tmp_path / "killed.yaml")], cwd=REPO, check=True, capture_output=True)
     assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-2000:]
     resumed = trail_hashes(trail / "manifest.json")

@@ -30,11 +30,11 @@ def exported(sd_run, tmp_path_factory):
     assert main(["export", "--config", config, "--model", "imported", "--evaluations", *evaluations,
                  "--set", "mlflow.enabled=true",
                  "--set", "export.register=digits-unet"]) == 0
-    return cfg, layout, uri
+    return cfg, layout, uri, config, evaluations
 
 
 def test_export_keeps_the_inputs_layout_and_equals_the_combination(exported, sd_run):
-    cfg, layout, _ = exported
+    cfg, layout, *_ = exported
     out = layout.export_dir("imported", "lcsc")
     run = sd_run[1]
     saved = torch.load(out / "model.pt", weights_only=True)
@@ -55,7 +55,7 @@ def test_export_keeps_the_inputs_layout_and_equals_the_combination(exported, sd_
 
 
 def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
-    cfg, layout, _ = exported
+    cfg, layout, *_ = exported
     card = (layout.export_dir("imported", "lcsc") / "README.md").read_text()
     for variant in ("lcsc", "last", "ema_0.99"):
         fid = json.loads(layout.eval_json("imported", variant).read_text())["fid"]
@@ -67,7 +67,7 @@ def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
 def test_export_is_logged_and_registered_in_mlflow(exported):
     from mlflow.tracking import MlflowClient
 
-    _, layout, uri = exported
+    _, layout, uri, *_ = exported
     client = MlflowClient(uri)
     version = client.get_model_version("digits-unet", "1")
     run = client.get_run(version.run_id)
@@ -77,3 +77,37 @@ def test_export_is_logged_and_registered_in_mlflow(exported):
     assert version.source.endswith("/export/lcsc")
     stored = Path(urlparse(run.info.artifact_uri).path) / "export" / "lcsc" / "README.md"
     assert stored.read_text() == (layout.export_dir("imported", "lcsc") / "README.md").read_text()
+
+
+def test_a_registration_that_fails_is_recorded_and_made_by_mlflow_sync(exported, tmp_path, capsys, monkeypatch):
+    """export.register while the tracking server is down: the export finishes, its run record keeps
+    the registration, and `lcsc mlflow-sync` makes it (once, however often it runs)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a store given by URI keeps its artifacts in ./mlruns
+
+    from lcsc.kernel.tracking import records_dir
+
+    cfg, layout, _, config, evaluations = exported
+    down = "http://127.0.0.1:9"  # nothing listens there
+    assert main(["export", "--config", config, "--model", "imported", "--evaluations", *evaluations,
+                 "--out-dir", str(tmp_path / "x"), "--set", "mlflow.enabled=true",
+                 "--set", f"mlflow.tracking_uri={down}", "--set", "export.register=digits-unet-later"]) == 0
+    assert "digits-unet-later is registered by `lcsc mlflow-sync` later" in capsys.readouterr().err
+    [path] = [p for p in records_dir(cfg).glob("*/export*.json") if down in p.read_text()]
+    assert json.loads(path.read_text())["registrations"] == [
+        {"name": "digits-unet-later", "folder": "export/lcsc", "version": None}]
+    store = f"sqlite:///{tmp_path / 'later.db'}"
+    sync = ["mlflow-sync", "--config", config, "--set", "mlflow.enabled=true", "--set",
+            f"mlflow.tracking_uri={store}", "--any-store"]
+    assert main(sync) == 0
+    assert "1 models registered" in capsys.readouterr().out
+    client = MlflowClient(store)
+    version = client.get_model_version("digits-unet-later", "1")
+    assert version.source.endswith("/export/lcsc") and client.get_run(version.run_id).info.run_name.startswith("export")
+    names = {a.path for a in client.list_artifacts(version.run_id, "export/lcsc")}
+    assert "export/lcsc/model.pt" in names  # the source the version points to holds the weights
+    assert json.loads(path.read_text())["registrations"][0]["version"] == "1"
+    assert main(sync) == 0  # again: nothing more to register
+    assert "0 models registered" in capsys.readouterr().out
+    assert len(client.search_model_versions("name = 'digits-unet-later'")) == 1

@@ -210,10 +210,17 @@ def export_folder(wildcards, output):
 
 
 onstart:
-    from lcsc.kernel.tracking import INVOCATION_ENV, start_parent
+    from lcsc.kernel.errors import LcscError
+    from lcsc.kernel.lock import acquire
+    from lcsc.kernel.tracking import INVOCATION_ENV, new_invocation, start_parent
 
     from lcsc.kernel.interrupts import install_forwarding; install_forwarding()  # SIGINT/SIGTERM reach the jobs
-    invocation, run_id = start_parent(config)
+    invocation = new_invocation()
+    try:  # one invocation writes to a results folder at a time (lcsc.kernel.lock)
+        acquire(config, invocation)
+    except LcscError as exc:
+        raise WorkflowError(str(exc)) from None
+    invocation, run_id = start_parent(config, invocation)
     os.environ[INVOCATION_ENV] = invocation
     os.environ.pop(PARENT_ENV, None)  # never a parent inherited from an outer process
     if run_id:
@@ -222,15 +229,19 @@ onstart:
 
 
 onsuccess:
+    from lcsc.kernel.lock import release
     from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
 
     end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=True)
+    release()
 
 
 onerror:
+    from lcsc.kernel.lock import release
     from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
 
     end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=False)
+    release()
 
 
 def search_json(wildcards):

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..io import json_digest
+from ..errors import ConfigError, TrailError
+from ..io import first_line, json_digest
 from ..tensors import load_tensors
 from .base import Family
 
@@ -34,24 +34,56 @@ def scheduler_class(sampler: str):
     return getattr(diffusers, SCHEDULERS[sampler])
 
 
+def unet_from_config(config, where) -> nn.Module:
+    """A UNet2DModel built from its config (a dict: diffusers takes anything else for a path or a
+    Hub name and goes online); what diffusers refuses is a TrailError naming `where`."""
+    from diffusers import UNet2DModel
+
+    if not isinstance(config, dict):
+        raise TrailError(f"{where}: the UNet's config is a JSON {type(config).__name__}, not an object; not a "
+                         "config.json that UNet2DModel.save_pretrained writes")
+    try:
+        return UNet2DModel.from_config(config)
+    except Exception as exc:
+        raise TrailError(f"{where}: diffusers refuses this UNet config ({type(exc).__name__}: {first_line(exc)}); "
+                         "not a config.json that UNet2DModel.save_pretrained writes") from None
+
+
+def scheduler_from_config(config, sampler: str, where, nfe: int | None = None):
+    """The diffusers scheduler of `sampler` from a scheduler config, with `nfe` steps set; what
+    diffusers refuses is a TrailError naming `where` (the file or manifest holding the config)."""
+    if not isinstance(config, dict):
+        raise TrailError(f"{where}: the scheduler config is a JSON {type(config).__name__}, not an object; give "
+                         "the run's scheduler_config.json (trail.scheduler)")
+    cls = scheduler_class(sampler)
+    try:
+        scheduler = cls.from_config(config)
+        if nfe is not None:
+            scheduler.set_timesteps(nfe)
+    except Exception as exc:
+        raise TrailError(f"{where}: diffusers' {cls.__name__} refuses this scheduler config ({type(exc).__name__}: "
+                         f"{first_line(exc)}); give the run's own scheduler_config.json (trail.scheduler)") from None
+    return scheduler
+
+
 class DiffusersSampler:
     """Deterministic sampling with a diffusers scheduler (DDIM with eta 0, or DPM-Solver++ 2M)."""
 
     noise_steps = None  # one noise image per sample
 
-    def __init__(self, scheduler_config: dict, sampler: str):
+    def __init__(self, scheduler_config: dict, sampler: str, where="trail.scheduler"):
+        scheduler_from_config(scheduler_config, sampler, where)  # refused here, not at the first sample
         prediction = scheduler_config.get("prediction_type", "epsilon")
         if prediction not in PREDICTION_TYPES:
             raise ConfigError(f"trail.scheduler: prediction_type {prediction!r} is not one of "
                               f"{', '.join(PREDICTION_TYPES)}")
         self.config = dict(scheduler_config)
         self.sampler = sampler
+        self.where = where
         self.cls = scheduler_class(sampler)
 
     def scheduler(self, nfe: int):
-        scheduler = self.cls.from_config(self.config)
-        scheduler.set_timesteps(nfe)
-        return scheduler
+        return scheduler_from_config(self.config, self.sampler, self.where, nfe)
 
     def network_calls(self, nfe: int) -> int:
         if nfe < 1:
@@ -89,12 +121,11 @@ class DiffusersFamily(Family):
                                   f"({self.trail.root / 'manifest.json'}) has {key} {unet[key]!r}")
 
     def make_sampler(self, cfg: dict) -> DiffusersSampler:
-        return DiffusersSampler(self.trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"])
+        return DiffusersSampler(self.trail.manifest.get("scheduler_config"), cfg["diffusion"]["sampler"],
+                                f"{self.trail.root / 'manifest.json'}: scheduler_config")
 
     def build_network(self) -> nn.Module:
-        from diffusers import UNet2DModel
-
-        return UNet2DModel.from_config(self.unet_config)
+        return unet_from_config(self.unet_config, f"{self.trail.root / 'manifest.json'}: model_config")
 
     def load_checkpoint(self, path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         return load_tensors(path, device)

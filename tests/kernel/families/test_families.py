@@ -41,11 +41,14 @@ def test_family_for_picks_the_family_by_the_manifests_kind(tmp_path):
     family = family_for(_cm_trail(tmp_path, cfg), cfg)
     assert type(family) is ConsistencyFamily and isinstance(family.sampler, ConsistencySampler)
     assert family.sampler.sigmas == [5.0, 0.821]
-    for kind in ("gan", "DM", None):
+    # a kind that no family has, or an imported trail's kind where the config trains its own: the
+    # family is the config's, and a manifest that says otherwise is refused
+    for kind in ("gan", "DM", None, "state_dict", "diffusers"):
         with pytest.raises(TrailError) as err:
             family_for(_trail(tmp_path, cfg, kind=kind), cfg)
-        assert str(err.value) == (f"{tmp_path / 'manifest.json'}: kind {kind!r} is no model family lcsc knows "
-                                  "(dm, cm, diffusers, state_dict); rerun the stage that wrote the trail")
+        assert str(err.value) == (f"{tmp_path / 'manifest.json'}: a trail of kind {kind!r}, but the config's "
+                                  "trail.source is 'lcsc', whose trails are of kind 'dm' or 'cm'; this manifest was "
+                                  "not written for this config: rerun the stage that wrote it")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
