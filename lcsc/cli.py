@@ -147,7 +147,7 @@ def _baselines(layout: Layout, args) -> Path | None:
 
 @contextlib.contextmanager
 def _training(args, stage: str, model: str | None = None):
-    """_setup for a training stage, which may be one of several processes (torchrun, train.gpus):
+    """_setup for a training stage, which may be one of several processes (lcsc.launch, train.gpus):
     it joins their group, takes its share of --threads, and only rank 0 logs to MLflow."""
     from .kernel import distributed
 

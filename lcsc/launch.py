@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     processes, stage = int(argv[0]), argv[1]
     launch = Launch(processes, argv[1:])
-    previous = {sig: signal.signal(sig, launch._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal ignored from the start (nohup, a script's background job) stays ignored, as in the processes
+    previous = {sig: signal.signal(sig, launch._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         from .cli import preflight
         from .kernel.devices import resolve_device

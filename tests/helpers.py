@@ -228,6 +228,19 @@ def sd_config(sd_run, tmp_path, folder=None, **trail):
     return cfg, str(path)
 
 
+def like_a_terminal() -> None:
+    """preexec_fn of a process a test interrupts: SIGINT and SIGTERM as a terminal's foreground job
+    has them (a test run started in the background of a script, or under nohup, passes SIGINT on
+    ignored, and lcsc, like every POSIX program, then leaves it ignored); and SIGTERM when the test
+    process dies, so that a test run stopped midway leaves no process behind."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+_prctl = __import__("ctypes").CDLL(None).prctl  # looked up here, in the test process, not after a fork
+
+
 def hold_when(proc: subprocess.Popen, condition, timeout: float, what: str, group: bool = False) -> None:
     """Let `proc` (with `group`, its whole process group) run in short slices, held by SIGSTOP
     between them, until `condition()` holds while it is held. It is left held at a point where

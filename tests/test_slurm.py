@@ -1,7 +1,7 @@
 """The workflow through profiles/slurm on a real single-node SLURM (tests/slurm/cluster.sh brings it
 up on localhost, installing Debian's packages when it can, with two stand-in GPUs): a job that fails
 on SLURM fails the workflow with its logs named, every job goes through sbatch, GPU jobs ask for
-and get GPUs (training on two, through torchrun) while CPU-only jobs ask for none, a rerun after the
+and get GPUs (training on two, through lcsc.launch) while CPU-only jobs ask for none, a rerun after the
 fix redoes only what failed, and the outputs and MLflow runs are those of a local run."""
 
 import os

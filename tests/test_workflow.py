@@ -163,7 +163,7 @@ def test_workflow_produces_the_report(workflow_run):
                          root)
     assert runtime.returncode == 0, runtime.stderr[-3000:]
     assert "Nothing to be done" in runtime.stdout + runtime.stderr, runtime.stdout[-3000:]
-    # ... and forced, training goes through torchrun with train.gpus processes, asking no GPU on the CPU
+    # ... and forced, training goes through lcsc.launch with train.gpus processes, asking no GPU on the CPU
     forced = snakemake(["-n", "-p", "--configfile", "moved.yaml", "--directory", str(root), "--forcerun", "train_dm",
                         "train_cm"], root)
     out = forced.stdout + forced.stderr

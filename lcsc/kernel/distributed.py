@@ -1,11 +1,12 @@
 """Training on several processes: one per GPU (NCCL), or gloo processes on the CPU.
 
-`torchrun --standalone --nproc-per-node N` (the training rules launch it when `train.gpus` is
-above 1) starts N copies of the stage and tells each its rank through the environment. Every rank
-draws the same batch indices and noise from the same generator and computes the loss on its own
-slice of the global batch; DistributedDataParallel averages the gradients, so every rank takes the
-same optimizer step as one process on the whole batch would (to float rounding). Rank 0 alone
-writes the trail, the EMAs, the manifest and the resume state, and logs to MLflow.
+`python -m lcsc.launch N` (the training rules run it when `train.gpus` is above 1; `torchrun
+--standalone --nproc-per-node N` works the same) starts N copies of the stage and tells each its
+rank through the environment. Every rank draws the same batch indices and noise from the same
+generator and computes the loss on its own slice of the global batch; DistributedDataParallel
+averages the gradients, so every rank takes the same optimizer step as one process on the whole
+batch would (to float rounding). Rank 0 alone writes the trail, the EMAs, the manifest and the
+resume state, and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from .errors import ConfigError
 from .devices import resolve_device
 
-# torchrun's environment
+# the ranks' environment, as lcsc.launch and torchrun set it
 WORLD_ENV, RANK_ENV, LOCAL_RANK_ENV = "WORLD_SIZE", "RANK", "LOCAL_RANK"
 
 
@@ -84,7 +85,7 @@ def split_batch(batch_size: int, world: int, key: str = "train.batch_size") -> N
 
 
 def start(cfg: dict) -> tuple[Ranks, torch.device]:
-    """This process's ranks and device. Under torchrun (WORLD_SIZE above 1) it joins the process
+    """This process's ranks and device. Under lcsc.launch or torchrun (WORLD_SIZE above 1) it joins the process
     group: NCCL on GPU `LOCAL_RANK` where the config's device is a GPU, else gloo on the CPU."""
     world = int(os.environ.get(WORLD_ENV, "1") or 1)
     device = resolve_device(cfg)

@@ -22,7 +22,7 @@ from lcsc.kernel.trail import Trail
 from lcsc.kernel.training import train
 
 from conftest import REPO, tiny_config
-from helpers import check_one_line, hold_when, trail_hashes
+from helpers import check_one_line, hold_when, like_a_terminal, trail_hashes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 LAUNCH = [sys.executable, "-m", "lcsc.launch", "2"]  # torchrun as the training rules call it
@@ -152,7 +152,7 @@ def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
     config = _config(tmp_path, "stopped")
     cmd = [*LAUNCH, "train-dm", "--config", str(config), "--threads", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=like_a_terminal)
     trail = _trail(tmp_path, "stopped")
     hold_when(proc, lambda: any(trail.glob("step_*.safetensors")) and not (trail / "manifest.json").exists(), 300,
               "the first checkpoint", group=True)

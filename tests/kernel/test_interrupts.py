@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_config
-from helpers import hold_when
+from helpers import hold_when, like_a_terminal
 from lcsc.kernel import interrupts, tracking
 
 LCSC = [sys.executable, "-m", "lcsc"]
@@ -85,10 +85,11 @@ def test_sigterm_stops_training_at_once_and_the_rerun_resumes_to_the_same_trail(
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [*LCSC, "train-dm", "--threads", "1", "--config"]
     # the uninterrupted run, meanwhile
-    whole = subprocess.Popen([*cmd, str(tmp_path / "whole.yaml")], cwd=tmp_path, env=_env(),
+    whole = subprocess.Popen([*cmd, str(tmp_path / "whole.yaml")], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(tmp_path / "killed.err", "w") as err:
         proc = subprocess.Popen([*cmd, str(tmp_path / "killed.yaml")], cwd=tmp_path, env=_env(),
+                                preexec_fn=like_a_terminal,
                                 stdout=subprocess.DEVNULL, stderr=err)
         trail = tmp_path / "killed" / "tiny" / "dm" / "trail"
         hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 2
@@ -134,7 +135,7 @@ def test_sigint_stops_a_search_and_the_rerun_ends_as_an_uninterrupted_one(traine
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(mine))
     cmd = [*LCSC, "search", "--threads", "1", "--config"]
-    whole = subprocess.Popen([*cmd, str(configs["whole"])], cwd=tmp_path, env=_env(),
+    whole = subprocess.Popen([*cmd, str(configs["whole"])], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "killed" / "tiny" / "dm" / "search" / f"nfe{cfg['search']['nfe']}"
     journal = out / "state" / "journal.jsonl"
@@ -145,7 +146,7 @@ def test_sigint_stops_a_search_and_the_rerun_ends_as_an_uninterrupted_one(traine
         return bool(asks) and sum('"type":"eval"' in line for line in lines[asks[0]:]) >= 2
 
     with open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen([*cmd, str(configs["killed"])], cwd=tmp_path, env=_env(),
+        proc = subprocess.Popen([*cmd, str(configs["killed"])], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
                                 stdout=subprocess.DEVNULL, stderr=err)
         # held where it is searching and not done: the signal lands mid-search on any machine
         hold_when(proc, lambda: searching() and not (out / "coefficients.json").exists(), 300,
@@ -376,7 +377,8 @@ def test_sigint_to_snakemake_stops_its_running_jobs(tmp_path):
     target = "results/tiny-int/dm/trail/manifest.json"  # train_dm alone
     smk = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--snakefile", str(REPO / "Snakefile"),
                             "--cores", "2", "--configfile", "tiny.yaml", "--directory", str(tmp_path)],
-                           cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                           cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                           preexec_fn=like_a_terminal)
     try:
         trail = tmp_path / "results" / "tiny-int" / "dm" / "trail"
         jobs: list[psutil.Process] = []

@@ -59,7 +59,7 @@ RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
 shell.prefix(
     (f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
      f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; '
-     # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through torchrun above 1
+     # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through lcsc.launch above 1
      f'lcsc_train() {{ local n=$1; shift; if [ "$n" -gt 1 ]; then {PYTHON} -m lcsc.launch "$n" "$@" '
      f'--runtime-json {RUNTIME}; else lcsc "$@"; fi; }}; ')
     .replace("{", "{{").replace("}", "}}")  # Snakemake formats the prefix
