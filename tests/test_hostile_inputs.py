@@ -223,6 +223,16 @@ def _link_out(h: Hostile):
     return build
 
 
+def _ema_out(h: Hostile):
+    """The last checkpoint's EMA folder a symlink to a copy outside the run's folder."""
+    def build(folder: Path) -> None:
+        ema = folder / "checkpoint-20" / "unet_ema"
+        shutil.copytree(ema, h.tmp / "ema elsewhere")
+        shutil.rmtree(ema)
+        ema.symlink_to(h.tmp / "ema elsewhere")
+    return build
+
+
 def _symlink_loop(h: Hostile, name: str) -> str:
     loop = h.tmp / name
     loop.symlink_to(loop)
@@ -323,6 +333,8 @@ CASES = [
         "pattern": r"(\d{99})?\.pt"})], [".pt", "trail.pattern", "as None"])),
     ("import-files-symlink-out", lambda h: (["import-trail", "--config", _sd_run_with(h, _link_out(h))],
                                             ["model000050.pt", "lies outside trail.path"])),
+    ("import-diffusers-ema-symlink-out", lambda h: (["import-trail", "--config", _diff_run_with(h, _ema_out(h))],
+                                                   ["unet_ema/diffusion_pytorch_model.safetensors", "outside trail.path"])),
     ("import-path-symlink-loop", lambda h: (["import-trail", "--config", h.sd_config(path=_symlink_loop(h, "loop"))],
                                             ["trail.path", "Symlink loop"])),
     ("import-code-symlink-loop", lambda h: (["import-trail", "--config", h.sd_config(code=_symlink_loop(h, "cloop"))],

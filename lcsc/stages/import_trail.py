@@ -127,6 +127,9 @@ def _ema_file(t: dict, root: Path) -> Path | None:
         if not path.is_file():
             raise TrailError(f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
                              "to its folder (unet_ema in diffusers' examples) or null")
+        if not inside(path, root):
+            raise TrailError(f"{path}: the EMA's weights lie outside trail.path {root} (a symlink leads out); a "
+                             "trail's files stay in its folder")
         recorded = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
         recorded = recorded.get("decay") if isinstance(recorded, dict) else None
         if not isinstance(recorded, (int, float, type(None))) or isinstance(recorded, bool):

@@ -85,6 +85,7 @@ def test_a_registration_that_fails_is_recorded_and_made_by_mlflow_sync(exported,
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # a store given by URI keeps its artifacts in ./mlruns
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after retries
 
     from lcsc.kernel.tracking import records_dir
 
