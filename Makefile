@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores all --rerun-incomplete
 
+# one test process per core (pytest-xdist); --dist loadfile keeps each file in one process, so its
+# module fixtures (whole pipelines) are built once; files go out in tests/conftest.py's order (the
+# longest pipelines first), not by their number of tests
 test: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

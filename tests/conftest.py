@@ -43,6 +43,20 @@ def tiny_config(results_dir: Path, **overrides) -> dict:
     return validate(cfg)
 
 
+# The files that run whole pipelines, longest first. `make test` spreads files over two processes
+# (pytest-xdist, --dist loadfile: a file's module fixtures are built once); starting these first
+# lets the SLURM test's waits on the scheduler overlap the other pipelines instead of ending the run.
+LONG_FILES = ("test_slurm.py", "test_workflow.py", "test_tracking.py", "test_your_own_run.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: the order within each file, and of the other files, is kept
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
