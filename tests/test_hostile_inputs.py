@@ -372,6 +372,9 @@ CASES = [
         ["scheduler_config.json", "bogus"])),
     ("diffusers-scheduler-a-list", lambda h: (["import-trail", "--config", _diff_run_with(h, lambda f: (
         f / "scheduler" / "scheduler_config.json").write_text("[]"))], ["scheduler_config.json", "not an object"])),
+    ("diffusers-scheduler-learned-variance", lambda h: (["import-trail", "--config", _diff_run_with(h, lambda f: (
+        f / "scheduler" / "scheduler_config.json").write_text(json.dumps({"variance_type": "learned_range"})))],
+        ["scheduler_config.json", "variance_type 'learned_range'", "not sampled here"])),
     ("diffusers-ema-decay-not-a-number", lambda h: (["import-trail", "--config", _diff_run_with(h, lambda f: (
         f / "checkpoint-20" / "unet_ema" / "config.json").write_text(json.dumps({"decay": "slow"})))],
         ["unet_ema/config.json", "decay 'slow'"])),

@@ -90,6 +90,7 @@ def _cross_checks(cfg: dict) -> list[str]:
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
     errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg) + _gpus_checks(cfg)
+    errors += _ddpm_checks(cfg) if cfg["diffusion"]["sampler"] == "ddpm" else []
     errors += _name_and_path_checks(cfg)
     errors += _registry_checks(cfg)
     errors += _search_checks(cfg)
@@ -113,6 +114,31 @@ def _cross_checks(cfg: dict) -> list[str]:
             f"model.channel_mult with {levels} levels needs"
         )
     return errors
+
+
+def largest_nfe(cfg: dict) -> int:
+    """The largest NFE any stage samples at (search.nfe and evaluate.nfe)."""
+    nfe = cfg["search"]["nfe"]
+    return max([*(nfe if isinstance(nfe, list) else [nfe]), *cfg["evaluate"]["nfe"]])
+
+
+DDPM_NOISE_LIMIT = 4 * 2**30  # bytes of noise drawn in advance for one stage's samples
+
+
+def _ddpm_checks(cfg: dict) -> list[str]:
+    """DDPM is diffusers' sampler, and stochastic: its noise (one image per step, drawn in advance
+    for every sample) must fit in memory."""
+    if cfg["trail"]["source"] != "diffusers":
+        return ["diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
+                "only; use ddim or dpmpp2m"]
+    steps = 1 + largest_nfe(cfg)
+    image = 4 * cfg["data"]["channels"] * cfg["data"]["image_size"] ** 2
+    samples = max(cfg["evaluate"]["samples"], cfg["search"]["samples"], cfg["search"]["rescore_samples"])
+    if samples * steps * image > DDPM_NOISE_LIMIT:
+        return [f"diffusion.sampler: ddpm draws {steps} noise images per sample (the largest NFE, plus one), "
+                f"{samples * steps * image / 2**30:.1f} GiB for {samples} samples, over the "
+                f"{DDPM_NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m"]
+    return []
 
 
 def _trail_checks(cfg: dict) -> list[str]:

@@ -328,3 +328,15 @@ def monotone_claim(lcsc: dict[int, float], nfes: list[int]) -> str | None:
     a, b = worse[0]
     return (f"LCSC is WORSE at {b} NFE ({fmt(lcsc[b])}) than at {a} NFE ({fmt(lcsc[a])}): "
             "more steps do not help the searched combination here.")
+
+
+def sampler_line(settings: dict) -> str:
+    """What a model was sampled with, from its sampler's settings (as evaluate records them): the
+    sampler's name, and a clip lcsc adds to match the run's own pipeline."""
+    text = f"sampler: {settings.get('sampler', 'unknown')}"
+    clip = settings.get("x0_clip")
+    if clip is not None:
+        text += (f", its predicted clean image clipped to [-{clip:g}, {clip:g}] at every step as the run's own "
+                 "pipeline clips it (the scheduler config's clip_sample)")
+    return text
+

@@ -92,7 +92,8 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
     result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
               **summary, "runs": runs, "repeats": {"searches": len(sources), "seeds": len(seeds), "n": len(runs)},
               "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
-              "coefficients": sources[0][1], "trail_steps": scorer.trail.steps}
+              "coefficients": sources[0][1], "trail_steps": scorer.trail.steps,
+              "sampler": scorer.sampler.settings(None)}
     if len(sources) > 1:
         result["search_coefficients"] = [c for _, c in sources]
     write_json(paths.result, result)

@@ -23,6 +23,7 @@ from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
 from ..kernel.models import nfe_list
+from ..kernel.report import sampler_line
 from ..kernel.scoring import open_trail
 from ..kernel.tensors import os_errors, save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
@@ -64,7 +65,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
                                     "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
                                     "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
     evaluations = [read_evaluation(p) for p in paths.evaluations]
-    sampler = family.sampler.settings(None)["sampler"]
+    sampler = sampler_line(family.sampler.settings(None)).removeprefix("sampler: ")
     write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
                                       len(trail)))
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")

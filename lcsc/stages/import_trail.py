@@ -176,7 +176,7 @@ def _entry(path: Path, root: Path, reader, reference: dict) -> dict:
 
 
 def _scheduler_config(t: dict, root: Path, sampler: str) -> dict:
-    from ..kernel.families.diffusers import scheduler_from_config
+    from ..kernel.families.diffusers import check_scheduler, scheduler_from_config
 
     path = Path(t["scheduler"]).expanduser() if t["scheduler"] else root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
@@ -184,4 +184,5 @@ def _scheduler_config(t: dict, root: Path, sampler: str) -> dict:
                           "DDPMPipeline.save_pretrained writes under scheduler/)")
     config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
     scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
+    check_scheduler(config, sampler, path)  # and lcsc samples it as the trainer's pipeline does
     return config

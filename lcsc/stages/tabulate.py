@@ -33,6 +33,7 @@ from ..kernel.report import (
     nfe_saving_table,
     nfe_savings,
     quality_table,
+    sampler_line,
     significance_claim,
     versus_best_baseline,
 )
@@ -75,6 +76,7 @@ class _Model:
     coefficients: dict[str, list[float]]  # each variant's over the trail (not the kept EMAs: files of their own)
     spread: dict[str, dict[int, tuple[float, int]]] = field(default_factory=dict)  # std and runs, with repeats
     quality: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)  # variant -> kid/precision/recall
+    sampler: dict = field(default_factory=dict)  # the sampler's settings, as evaluate recorded them
 
 
 def _spread(res: dict) -> dict[int, tuple[float, int]]:
@@ -127,6 +129,8 @@ def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
                 out[model].spread[v] = _spread(res)
             if _quality(res):
                 out[model].quality[v] = _quality(res)
+            if isinstance(res.get("sampler"), dict):
+                out[model].sampler = res["sampler"]
     return out
 
 
@@ -247,6 +251,8 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
         title = TITLES.get(base_model(model), "") if truncation(model) is None else " (training-cost experiment)"
         md += [f"## {model}{title}", "", markdown_table(m.results, m.nfes, m.spread), "",
                *_model_lines(model, m, report), ""]
+        if m.sampler:
+            md += [f"Samples of every variant: {sampler_line(m.sampler)}.", ""]
         if m.quality:
             md += [f"KID, precision and recall (k = 3, Kynkäänniemi et al. 2019) in the same feature space "
                    f"(lower KID is better, higher precision and recall are better; KID's scale is the feature "

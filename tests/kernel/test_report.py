@@ -209,3 +209,13 @@ def test_cost_curve_gives_the_speed_up_of_the_smallest_fraction_that_reaches_the
     none = cost_rows({0.1: part(0.1, 35.0), 0.2: part(0.2, 31.0)}, full, 1)
     assert "no training speed-up shown" in cost_curve_claim("cm_ct", none, 1)
     assert "closest is 31.00 at fraction 0.2" in cost_curve_claim("cm_ct", none, 1)
+
+
+def test_the_sampler_line_says_where_lcsc_clips_as_the_run_does():
+    from lcsc.kernel.report import sampler_line
+
+    assert sampler_line({"sampler": "ddim", "clip_denoised": True}) == "sampler: ddim"
+    line = sampler_line({"sampler": "diffusers-DPMSolverMultistepScheduler", "x0_clip": 1.0})
+    assert line == ("sampler: diffusers-DPMSolverMultistepScheduler, its predicted clean image clipped to [-1, 1] at "
+                    "every step as the run's own pipeline clips it (the scheduler config's clip_sample)")
+    assert sampler_line({"sampler": "diffusers-DDIMScheduler", "x0_clip": None}) == "sampler: diffusers-DDIMScheduler"

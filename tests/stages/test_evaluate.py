@@ -60,6 +60,9 @@ def test_evaluate_every_variant_and_tabulate(trained):
     assert "| lcsc |" in md and "At the search NFE 2" in md and "the best baseline" in md
     assert md.count("†") >= 2 + 1  # one per NFE column, plus the legend
     assert "computed afterwards from the sparse trail (ema_0.99_profile)" in md
+    # what the samples were drawn with, as evaluate recorded it
+    assert lcsc_eval["sampler"] == {"sampler": "ddim", "clip_denoised": True, "schedule": "linear", "timesteps": 1000}
+    assert "Samples of every variant: sampler: ddim." in md
 
 
 def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
