@@ -515,3 +515,42 @@ def test_a_full_disk_is_one_line_naming_the_file(hostile, full_disk, capsys):
         rc = main(argv)
         err = "\n".join(line for line in capsys.readouterr().err.splitlines() if "%|" not in line)  # progress bars
         check_one_line(rc, err, argv[0], [name, "No space left on device"])
+
+
+# ---- a run lcsc did not write, checked against the config at import --------------------------
+
+def _import(h: Hostile, folder: Path, **sections) -> str:
+    cfg = copy.deepcopy(h.diff[0])
+    cfg["results_dir"] = str(h.tmp / "results")
+    cfg["trail"]["path"] = str(folder)
+    for key, values in sections.items():
+        cfg.setdefault(key, {}).update(values)
+    path = h.tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_an_imported_run_is_checked_against_the_config_at_import(hostile, capsys):
+    """Image size, LAWA windows and damaged files are refused at import, before any stage samples,
+    with the setting that fixes each; a checkpoint folder without weights is left out and said."""
+    run = hostile.run_copy("diff")
+    unet_config = next(run.glob("checkpoint-*/unet/config.json"))
+    check_one_line(main(["import-trail", "--config", _import(hostile, run, data={"image_size": 16})]),
+                   capsys.readouterr().err, "import-trail",
+                   ["data.image_size: 16 in the config", str(unet_config.parent.parent.parent.name), "sample_size 12",
+                    "set data.image_size: 12"])
+    check_one_line(main(["import-trail", "--config", _import(hostile, run, baselines={"lawa_last": [3]})]),
+                   capsys.readouterr().err, "import-trail",
+                   ["baselines.lawa_last: 3 exceeds the 2 checkpoints imported", "trail.every, trail.last"])
+    # a checkpoint folder the trainer left without its UNet is listed with the reason, and skipped
+    (run / "checkpoint-5" / "optimizer").mkdir(parents=True)
+    assert main(["import-trail", "--config", _import(hostile, run)]) == 0
+    out = capsys.readouterr().out
+    assert "[import_trail] skipped checkpoint-5: no unet/diffusion_pytorch_model.safetensors in it (it holds " \
+           "optimizer)" in out
+    # a damaged file of the run: how to leave it out, not "rerun the stage that writes it"
+    weights = run / "checkpoint-10" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    line = check_one_line(main(["import-trail", "--config", _import(hostile, run)]), capsys.readouterr().err,
+                          "import-trail", [str(weights), "trail.files, trail.last or trail.every"])
+    assert "rerun" not in line

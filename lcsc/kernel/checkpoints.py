@@ -22,13 +22,17 @@ CONVERT = ("in your own environment, where its code is trusted, load it and save
            "e.g. torch.save(net.state_dict(), 'model.pt') or safetensors.torch.save_file(...)")
 
 
+# What to do with a damaged file of a run lcsc did not write
+FOREIGN = "leave it out of the trail (trail.files, trail.last or trail.every) or restore it from the run"
+
+
 def read_file(path: str | Path) -> dict:
-    """The object a checkpoint file holds, read without running code from it."""
+    """The object a checkpoint file holds (a file of an imported run), read without running code from it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", str(path))
     if path.suffix == ".safetensors":
-        return load_tensors(path)
+        return load_tensors(path, fix=FOREIGN)
     if path.suffix not in TORCH_SUFFIXES:
         raise TrailError(f"{path}: {path.suffix or 'no suffix'} is not a checkpoint format lcsc reads "
                          f"({', '.join(SUFFIXES)}); a pickle is never unpickled: {CONVERT}")
@@ -41,7 +45,7 @@ def read_file(path: str | Path) -> dict:
         if isinstance(exc, OSError) and exc.filename:
             raise
         raise TrailError(f"{path}: not a readable torch checkpoint ({first_line(exc).split('. ')[0]}); it was cut "
-                         "short or is another kind of file: restore it") from None
+                         f"short or is another kind of file: {FOREIGN}") from None
     if not isinstance(obj, dict):
         raise TrailError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors; {CONVERT}")
     return obj

@@ -340,3 +340,13 @@ def sampler_line(settings: dict) -> str:
                  "pipeline clips it (the scheduler config's clip_sample)")
     return text
 
+
+def feature_space_line(kind: str, tag: str) -> str:
+    """What a FID in this run's feature space can be compared with."""
+    if kind in ("classifier", "autoencoder"):
+        return (f"The FIDs are in a feature space trained on this run's own data ({tag}: features.kind {kind}); "
+                "they compare the variants of this run with each other, never with any published FID or with "
+                "another run's.")
+    return (f"The FIDs are in the {tag} feature space; they compare with other projects' only at the same reference "
+            "set, image size and sample count.")
+

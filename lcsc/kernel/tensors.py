@@ -47,8 +47,12 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
         save_file(clean, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: str | Path, device="cpu") -> dict:
-    """Read a safetensors file; `.pt`/`.pth` files are read with weights_only=True."""
+REWRITE = "restore it or rerun the stage that writes it"
+
+
+def load_tensors(path: str | Path, device="cpu", fix: str = REWRITE) -> dict:
+    """Read a safetensors file; `.pt`/`.pth` files are read with weights_only=True. `fix`: what the
+    error of a damaged file tells the user to do (a file lcsc did not write is not rerun)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "no such tensor file", str(path))
@@ -61,6 +65,6 @@ def load_tensors(path: str | Path, device="cpu") -> dict:
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return obj
-    with reading(path, "a readable safetensors file", "it was cut short or is another kind of file: restore it "
-                 "or rerun the stage that writes it"):  # safetensors has its own errors for truncated headers
+    with reading(path, "a readable safetensors file", f"it was cut short or is another kind of file: {fix}"):
+        # (safetensors has its own errors for truncated headers)
         return load_file(str(path), device=str(device))

@@ -23,7 +23,8 @@ from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
 from ..kernel.models import nfe_list
-from ..kernel.report import sampler_line
+from ..kernel.paths import feature_tag
+from ..kernel.report import feature_space_line, sampler_line
 from ..kernel.scoring import open_trail
 from ..kernel.tensors import os_errors, save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
@@ -155,6 +156,7 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
         f"# {model} / {variant}: a linear combination of saved checkpoints", "",
         f"Exported by lcsc from a trail of {n_checkpoints} checkpoints ({kind}); files: {', '.join(written)}.", "",
         f"## FID ({e['samples']} samples, evaluation seed {e['seed']}, which the search never saw)", "",
+        feature_space_line(cfg["features"]["kind"], feature_tag(cfg["features"])), "",
         "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
         "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "",
         "## Provenance", "",

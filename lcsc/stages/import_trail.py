@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..kernel.checkpoints import check_finite, describe, first_difference, read_state
+from ..kernel.checkpoints import FOREIGN, check_finite, describe, first_difference, read_state
 from ..kernel.config import check_glob
 from ..kernel.errors import ConfigError, TrailError
 from ..kernel.families import source_record
@@ -47,9 +47,12 @@ def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
     ema = _ema_file(t, root)
     emas = set(root.glob(t["ema"])) if t["source"] == "state_dict" and t["ema"] else set()
     files = select(checkpoint_files(t, root, exclude=emas), t["every"], t[KEEP_LAST])
+    for folder, why in skipped_folders(t, root):
+        print(f"[import_trail] skipped {folder}: {why}", flush=True)
     if len(files) < 2:
         raise TrailError(f"{root}: {len(files)} checkpoint(s) kept of trail.files {_glob(t)!r}; LCSC needs at least 2")
     check_steps(f"{root} (trail.pattern)", [step for step, _ in files])
+    check_counts(cfg, len(files), root)
     reader = _reader(t)
     reference = _network_state(t, files[-1][1])
     entries = []
@@ -63,7 +66,10 @@ def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
                 "data": {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]},
                 "ema": [] if ema is None else [{"decay": t["ema_decay"], **_entry(ema, root, reader, reference)}]}
     if t["source"] == "diffusers":
+        from ..kernel.families.diffusers import check_unet_fits
+
         manifest["model_config"] = read_json(files[-1][1].parent / "config.json", "the UNet's config.json is missing")
+        check_unet_fits(manifest["model_config"], cfg, files[-1][1].parent / "config.json")
         manifest["scheduler_config"] = _scheduler_config(t, root, cfg["diffusion"]["sampler"])
     else:
         manifest["sampler"] = t["sampler"]
@@ -143,9 +149,32 @@ def _ema_file(t: dict, root: Path) -> Path | None:
     return emas[-1][1]
 
 
+def skipped_folders(t: dict, root: Path) -> list[tuple[str, str]]:
+    """The checkpoint folders of a diffusers run (`checkpoint-<step>/`, with the default
+    trail.files) that hold no UNet weights, each with what it lacks: they are left out, and said."""
+    if t["source"] != "diffusers" or t["files"]:
+        return []
+    wanted = f"{t['unet']}/{DIFFUSERS_WEIGHTS}"
+    out = []
+    for folder in sorted(p for p in root.glob("checkpoint-*") if p.is_dir()):
+        if not (folder / wanted).is_file():
+            has = sorted(c.name for c in folder.iterdir())[:4]
+            out.append((folder.name, f"no {wanted} in it (it holds {', '.join(has) if has else 'nothing'}); "
+                        "a checkpoint saved without its UNet, or trail.unet names another folder"))
+    return out
+
+
+def check_counts(cfg: dict, kept: int, root: Path) -> None:
+    """The config's counts of checkpoints fit the trail as imported (a parse cannot know its length)."""
+    too_long = [n for n in cfg["baselines"]["lawa_last"] if n > kept]
+    if too_long:
+        raise ConfigError(f"baselines.lawa_last: {too_long[0]} exceeds the {kept} checkpoints imported from {root}; "
+                          f"use windows of at most {kept} (or keep more checkpoints: trail.every, trail.last)")
+
+
 def _reader(t: dict):
     if t["source"] == "diffusers":
-        return load_tensors
+        return lambda path: load_tensors(path, fix=FOREIGN)
     return lambda path: read_state(path, t["key"], t["prefix"])
 
 

@@ -219,3 +219,12 @@ def test_the_sampler_line_says_where_lcsc_clips_as_the_run_does():
     assert line == ("sampler: diffusers-DPMSolverMultistepScheduler, its predicted clean image clipped to [-1, 1] at "
                     "every step as the run's own pipeline clips it (the scheduler config's clip_sample)")
     assert sampler_line({"sampler": "diffusers-DDIMScheduler", "x0_clip": None}) == "sampler: diffusers-DDIMScheduler"
+
+
+def test_the_feature_space_line_says_what_a_fid_compares_with():
+    from lcsc.kernel.report import feature_space_line
+
+    assert "trained on this run's own data (autoencoder: features.kind autoencoder)" in \
+        feature_space_line("autoencoder", "autoencoder")
+    line = feature_space_line("inception", "inception-clean")
+    assert line.startswith("The FIDs are in the inception-clean feature space") and "same reference set" in line

@@ -62,6 +62,10 @@ def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
         row = f"| {variant} | " + " | ".join(f"{fid[str(n)]:.2f}" for n in sorted(cfg["evaluate"]["nfe"])) + " |"
         assert row in card
     assert "trail fingerprint" in card and "torch.load('model.pt', weights_only=True)" in card
+    # which space the FIDs are in, and that they compare within this run only
+    assert "The FIDs are in a feature space trained on this run's own data (classifier: features.kind classifier)" \
+        in card and "never with any published FID" in card
+    assert "- sampler: ddim" in card
 
 
 def test_export_is_logged_and_registered_in_mlflow(exported):

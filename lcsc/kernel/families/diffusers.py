@@ -118,6 +118,17 @@ def check_scheduler(config: dict, sampler: str, where) -> None:
                           "the predicted clean image of DPM-Solver++ (algorithm_type dpmsolver++) only")
 
 
+def check_unet_fits(unet: dict, cfg: dict, where) -> None:
+    """The config's images are the UNet's: `data.image_size` its sample_size, `data.channels` its
+    in_channels (checked at import, before any stage samples)."""
+    unet = unet if isinstance(unet, dict) else {}
+    for key, data_key in (("sample_size", "image_size"), ("in_channels", "channels")):
+        if key in unet and unet[key] != cfg["data"][data_key]:
+            raise ConfigError(f"data.{data_key}: {cfg['data'][data_key]!r} in the config, but the UNet ({where}) has "
+                              f"{key} {unet[key]!r}; set data.{data_key}: {unet[key]!r}"
+                              + (" (and data.resize if the run resized its images)" if key == "sample_size" else ""))
+
+
 class DiffusersSampler:
     """Sampling with the run's scheduler: DDIM (eta 0) or DPM-Solver++ 2M, deterministic, or the
     trainer's DDPM ancestral sampler (`noise_steps`: one noise image per step up to `max_nfe`)."""
@@ -227,11 +238,7 @@ class DiffusersFamily(Family):
 
     def check_config(self, cfg: dict) -> None:
         super().check_config(cfg)
-        unet = self.trail.model_config
-        for key, data_key in (("sample_size", "image_size"), ("in_channels", "channels")):
-            if key in unet and unet[key] != cfg["data"][data_key]:
-                raise ConfigError(f"data.{data_key}: {cfg['data'][data_key]!r} in the config, but the imported UNet "
-                                  f"({self.trail.root / 'manifest.json'}) has {key} {unet[key]!r}")
+        check_unet_fits(self.trail.model_config, cfg, self.trail.root / "manifest.json")
 
     def make_sampler(self, cfg: dict) -> DiffusersSampler:
         return DiffusersSampler(self.trail.manifest.get("scheduler_config"), cfg["diffusion"]["sampler"],
