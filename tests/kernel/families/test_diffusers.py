@@ -62,6 +62,7 @@ def test_the_trainers_own_pipelines_at_their_step_counts(unet, clip):
     (make_noise), from the seed the pipeline's generator gets."""
     from lcsc.kernel.scoring import make_noise
 
+    torch.set_num_threads(1)  # 2000 calls of a tiny UNet: a second thread only waits (and fights the other tests)
     config = dict(diffusers.DDPMScheduler(clip_sample=clip, clip_sample_range=0.5).config)
     shape, seed = (1, 12, 12), 3
     ddpm = DiffusersSampler(config, "ddpm", max_nfe=1000)
