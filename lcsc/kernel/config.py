@@ -122,22 +122,11 @@ def largest_nfe(cfg: dict) -> int:
     return max([*(nfe if isinstance(nfe, list) else [nfe]), *cfg["evaluate"]["nfe"]])
 
 
-DDPM_NOISE_LIMIT = 4 * 2**30  # bytes of noise drawn in advance for one stage's samples
-
-
 def _ddpm_checks(cfg: dict) -> list[str]:
-    """DDPM is diffusers' sampler, and stochastic: its noise (one image per step, drawn in advance
-    for every sample) must fit in memory."""
+    """DDPM is diffusers' sampler (how much noise it draws is checked where it draws it)."""
     if cfg["trail"]["source"] != "diffusers":
         return ["diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
                 "only; use ddim or dpmpp2m"]
-    steps = 1 + largest_nfe(cfg)
-    image = 4 * cfg["data"]["channels"] * cfg["data"]["image_size"] ** 2
-    samples = max(cfg["evaluate"]["samples"], cfg["search"]["samples"], cfg["search"]["rescore_samples"])
-    if samples * steps * image > DDPM_NOISE_LIMIT:
-        return [f"diffusion.sampler: ddpm draws {steps} noise images per sample (the largest NFE, plus one), "
-                f"{samples * steps * image / 2**30:.1f} GiB for {samples} samples, over the "
-                f"{DDPM_NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m"]
     return []
 
 

@@ -9,6 +9,7 @@ are never compared or reused.
 from __future__ import annotations
 
 import hashlib
+import math
 import queue
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .families import Family, check_source, family_for
 from .features import load_features
 from .fid import Reference, load_reference_features, load_stats
@@ -29,6 +30,7 @@ from .quality import quality as sample_quality
 from .trail import ChunkedTrail, FlatLoader, Trail, check_state, combine, flatten_state
 
 WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
+NOISE_LIMIT = 4 * 2**30  # bytes of noise one stage may draw in advance (DDPM: one image per step)
 
 
 def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | None = None) -> torch.Tensor:
@@ -40,6 +42,11 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | N
     gen = torch.Generator().manual_seed(seed)
     if steps is None:
         return torch.randn((n, *shape), generator=gen).to(device)
+    size = 4 * n * steps * math.prod(shape)
+    if size > NOISE_LIMIT:
+        raise ConfigError(f"the sampler draws {steps} noise images per sample in advance (diffusion.sampler ddpm: the "
+                          f"largest NFE plus one), {size / 2**30:.1f} GiB for {n} samples, over the "
+                          f"{NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m")
     return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
 
 

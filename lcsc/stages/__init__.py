@@ -28,7 +28,7 @@ STAGE_SECTIONS = {
     "evaluate": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
                  "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
-    "import_trail": ["data", "diffusion", "consistency", "trail"],
+    "import_trail": ["data", "diffusion", "consistency", "trail", "baselines"],
     "export": ["data", "diffusion", "consistency", "search", "evaluate", "baselines", "export"],
 }
 # Stages that read `trail` only for an imported trail: with `trail.source: lcsc` their slices (and
@@ -71,6 +71,8 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
         out["search"].pop("repeats", None)
     if model is not None and "consistency" in out and model != IMPORTED:
         _consistency_slice(out, stage, base_model(model)[3:])
+    if stage == "import_trail":  # the import checks the LAWA windows against the checkpoints it keeps
+        out["baselines"] = {"lawa_last": out["baselines"]["lawa_last"]}
     if stage in STAGE_DIFFUSION_KEYS and "diffusion" in out:
         out["diffusion"] = {k: v for k, v in out["diffusion"].items() if k in STAGE_DIFFUSION_KEYS[stage]}
     if "features" in out:

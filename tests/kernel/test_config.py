@@ -59,9 +59,6 @@ BAD_CONFIGS = [
     ({"diffusion": {"sampler": "euler"}}, "diffusion.sampler", "'euler' is not one of ['ddim', 'dpmpp2m', 'ddpm']"),
     ({"diffusion": {"sampler": "ddpm"}}, "diffusion.sampler", "ddpm is the DDPM sampler of diffusers' pipelines, for "
      "trail.source diffusers only"),
-    ({"diffusion": {"sampler": "ddpm"}, "trail": {"source": "diffusers", "path": "/run"},
-      "data": {"channels": 3, "image_size": 32}, "evaluate": {"nfe": [1000], "samples": 2000}},
-     "diffusion.sampler", "ddpm draws 1001 noise images per sample (the largest NFE, plus one), 22.9 GiB for 2000 samples"),
     ({"diffusion": {"timesteps": 20}}, "diffusion.timesteps", "20 is less than the minimum of 100"),
     ({"evaluate": {"nfe": [2, 2]}}, "evaluate.nfe", "has non-unique elements"),
     ({"evaluate": {"nfe": []}}, "evaluate.nfe", "should be non-empty"),

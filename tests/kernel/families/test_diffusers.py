@@ -125,3 +125,11 @@ def test_a_setting_that_would_change_samples_is_honoured_or_refused(change, samp
     config = dict(diffusers.DDPMScheduler().config, **change)
     with pytest.raises(ConfigError, match=message):
         DiffusersSampler(config, sampler, where="run/scheduler_config.json")
+
+
+def test_noise_drawn_in_advance_is_bounded():
+    from lcsc.kernel.errors import ConfigError
+    from lcsc.kernel.scoring import make_noise
+
+    with pytest.raises(ConfigError, match=r"draws 1001 noise images per sample in advance .* 22.9 GiB for 2000 samples"):
+        make_noise(2000, (3, 32, 32), 0, "cpu", 1001)
