@@ -34,11 +34,6 @@ from .base import Family
 # diffusion.sampler -> the diffusers scheduler class that samples with it
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpmpp2m": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-# The scheduler-config keys that change samples; each is honoured by the scheduler class, by lcsc
-# (the x0 clip of DPM-Solver++), or refused by `check_scheduler`.
-SAMPLE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
-               "clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-               "timestep_spacing", "steps_offset", "rescale_betas_zero_snr", "variance_type")
 # The schedulers whose config says clip_sample: true when it does not say it (their class default)
 CLIPPING_BY_DEFAULT = ("DDPMScheduler", "DDIMScheduler")
 # (fixed_large_log is left out: diffusers' own DDPM step takes the square root of a log there)
@@ -97,9 +92,11 @@ def x0_clip(config: dict) -> float | None:
 
 def check_scheduler(config: dict, sampler: str, where) -> None:
     """Every setting of the run's scheduler config that changes samples is honoured by `sampler`,
-    or this is one line naming it. The class takes what its constructor names; the rest of
-    SAMPLE_KEYS is honoured here (DPM-Solver++'s x0 clip) or meaningless to it (a deterministic
-    sampler adds no variance: `variance_type` fixed_* changes only DDPM's)."""
+    or this is one line naming it. The class takes what its constructor names; the rest is
+    honoured here (DPM-Solver++'s x0 clip) or meaningless to it (a deterministic sampler adds no
+    variance: `variance_type` fixed_* changes only DDPM's)."""
+    if not isinstance(config, dict):
+        return  # scheduler_from_config's own line says what it is
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise ConfigError(f"{where}: prediction_type {prediction!r} is not one of {', '.join(PREDICTION_TYPES)}")
@@ -134,8 +131,6 @@ class DiffusersSampler:
     trainer's DDPM ancestral sampler (`noise_steps`: one noise image per step up to `max_nfe`)."""
 
     def __init__(self, scheduler_config: dict, sampler: str, where="trail.scheduler", max_nfe: int | None = None):
-        if not isinstance(scheduler_config, dict):
-            scheduler_from_config(scheduler_config, sampler, where)  # the one line for a config that is no object
         check_scheduler(scheduler_config, sampler, where)
         scheduler_from_config(scheduler_config, sampler, where)  # refused here, not at the first sample
         self.config = dict(scheduler_config)
