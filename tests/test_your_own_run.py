@@ -68,7 +68,9 @@ def test_the_exported_pipeline_scores_the_evaluated_fid(workflow, nfe):
     net = load_features(layout.feature_net("classifier"), "cpu")
     stats = next(layout.stats("x", "y", "z").parent.glob("*-train-classifier.npz"))
     fid = Reference(*load_stats(stats, net.hash), torch.device("cpu")).fid(net(x, ecfg["batch_size"]))
-    evaluated = json.loads(layout.eval_json("imported", "lcsc").read_text())["fid"][str(nfe)]
+    evaluation = json.loads(layout.eval_json("imported", "lcsc").read_text())
+    assert evaluation["repeats"]["seeds"] == 2  # an imported trail's default; the first run is evaluate.seed's
+    evaluated = evaluation["runs"][0]["fid"][str(nfe)]
     assert abs(fid - evaluated) / evaluated < 1e-5, (fid, evaluated)
     unet = diffusers.UNet2DModel.from_pretrained(layout.export_dir("imported", "lcsc") / "unet")
     for a, b in zip(unet.state_dict().values(), pipe.unet.state_dict().values()):

@@ -85,6 +85,9 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append("data.folder: required when data.dataset is 'folder'")
     if cfg["data"]["dataset"] == "digits" and cfg["data"]["channels"] != 1:
         errors.append(f"data.channels: {cfg['data']['channels']} but digits are grey; use 1")
+    if cfg["data"]["resize"] is not None and cfg["data"]["dataset"] != "folder":
+        errors.append(f"data.resize: {cfg['data']['resize']!r} applies to data.dataset folder only "
+                      f"(this is {cfg['data']['dataset']!r}); remove it")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["channels"] != 3:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
@@ -332,7 +335,8 @@ def config_warnings(cfg: dict) -> list[str]:
                            + ("; it is the consistency-distillation teacher (consistency.cd.teacher): "
                               "use a shorter decay or train longer" if teacher else ""))
     kind = cfg["features"]["kind"]
-    dim = cfg["features"]["dim"] if kind in TRAINED_FEATURES else {"inception": 2048, "dinov2": 1024}[kind]
+    dim = cfg["features"]["dim"] + (kind == "autoencoder") if kind in TRAINED_FEATURES \
+        else {"inception": 2048, "dinov2": 1024}[kind]  # (the autoencoder adds its reconstruction error)
     for key, n in (("search.samples", cfg["search"]["samples"]),
                    ("search.rescore_samples", cfg["search"]["rescore_samples"]),
                    ("evaluate.samples", cfg["evaluate"]["samples"]),
@@ -425,6 +429,9 @@ def validate(config: dict | None, cross_checks: bool = True) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"<top level>: the config must be a mapping, got {type(cfg).__name__}")
     schema = _schema()
+    if isinstance(cfg.get("trail"), dict) and isinstance(cfg.get("evaluate", {}), dict) and imported(cfg):
+        # one evaluation seed cannot tell a win from that seed's luck: an imported run defaults to two
+        cfg.setdefault("evaluate", {}).setdefault("repeats", 2)
     _fill_defaults(schema, cfg)
     validator = jsonschema.Draft7Validator(schema)
     errors = []

@@ -37,9 +37,24 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], bunch.target.astype(np.int64)
 
 
-def _folder(folder: Path, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "lanczos": Image.LANCZOS}
+
+
+def _trainer_resize(im: Image.Image, size: int, resize: str) -> Image.Image:
+    """The short side to `size` with the trainer's interpolation, then a centre crop: what
+    torchvision's Resize(size) + CenterCrop(size) do to a PIL image."""
+    scale = size / min(im.size)
+    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+    im = im.resize((w, h), RESAMPLE[resize])
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _folder(folder: Path, channels: int, size: int, resize: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every image, centre-cropped to a square and resized to `size`: folders of mixed sizes
-    work as long as no image is smaller than `size`."""
+    work as long as no image is smaller than `size`. With `resize` (data.resize), the trainer's
+    own resize instead, upsampling included."""
     if not folder.is_dir():
         raise DataError(f"data.folder: {folder} is not a folder")
     everything = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -57,14 +72,18 @@ def _folder(folder: Path, channels: int, size: int) -> tuple[np.ndarray, np.ndar
     for path in files:
         try:
             with Image.open(path) as im:
-                if min(im.size) < size:
+                if min(im.size) < size and resize is None:
                     raise DataError(f"{path}: {im.width}x{im.height} is smaller than data.image_size {size}; "
-                                    "upsampling would invent detail. Lower data.image_size or remove the image")
+                                    "upsampling would invent detail. Lower data.image_size, remove the image, "
+                                    "or set data.resize to the interpolation your trainer upsampled with")
                 im = im.convert(mode)
-                side = min(im.size)  # centre crop to a square, then resize
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side))
-                im = im.resize((size, size), Image.BICUBIC)
+                if resize is not None:
+                    im = _trainer_resize(im, size, resize)
+                else:
+                    side = min(im.size)  # centre crop to a square, then resize
+                    left, top = (im.width - side) // 2, (im.height - side) // 2
+                    im = im.crop((left, top, left + side, top + side))
+                    im = im.resize((size, size), Image.BICUBIC)
                 arr = np.asarray(im, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
@@ -160,7 +179,7 @@ def load_split(data_cfg: dict, split: str) -> Split:
     if data_cfg["dataset"] == "digits":
         images, labels = _digits()
     else:
-        images, labels = _folder(Path(data_cfg["folder"]), data_cfg["channels"], size)
+        images, labels = _folder(Path(data_cfg["folder"]), data_cfg["channels"], size, data_cfg.get("resize"))
     x = torch.from_numpy(images)
     if x.shape[-1] != size:
         x = _to_size(x, size)

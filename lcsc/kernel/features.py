@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import FeatureError, InputError
+from .gate import refusal
 from .dinov2 import DINOv2Features
 from .dinov2 import resolve_weights as resolve_dinov2_weights
 from .inception import InceptionFeatures, resolve_weights
@@ -33,6 +34,13 @@ METADATA_KEY = "lcsc"  # the safetensors metadata entry of a trained classifier:
 class FeatureNet:
     """A loaded feature extractor: `__call__(images in [-1, 1]) -> [N, D]` features."""
 
+    @classmethod
+    def of(cls, net: torch.nn.Module, device: torch.device) -> FeatureNet:
+        """A network in memory, as the extractor its saved file will give (for the gate)."""
+        self = cls.__new__(cls)
+        self.net, self.device, self.hash, self.gate = net.to(device).eval(), device, "", None
+        return self
+
     def __init__(self, path: str | Path, device: torch.device):
         path = Path(path)
         if not path.exists():
@@ -43,6 +51,9 @@ class FeatureNet:
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {})[METADATA_KEY])
             self.net = build_net(meta)
+        self.gate = meta.get("gate")  # the sanity gate's record (None: a file older than the gate)
+        self.kind = meta.get("arch", "classifier")
+        self.path = path
         try:
             self.net.load_state_dict(load_tensors(path))
         except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
@@ -103,6 +114,18 @@ def load_features(path: str | Path, device: torch.device, cfg: dict | None = Non
         raise FeatureError(f"{path}: the weights file {weights} changed since {stage} "
                            f"checked it; rerun it (snakemake -R {stage})")
     return net
+
+
+def check_gate(net) -> None:
+    """Refuse a trained feature space for search unless its sanity gate passed (the fixed spaces,
+    Inception and DINOv2, carry no gate record yet and are not refused)."""
+    if not isinstance(net, FeatureNet):
+        return
+    if not isinstance(net.gate, dict) or "passed" not in net.gate:
+        raise FeatureError(f"{net.path}: no sanity gate record (written before lcsc checked feature spaces); "
+                           "rerun train_features (snakemake -R train_features)")
+    if not net.gate["passed"]:
+        raise FeatureError(refusal(net.kind, net.gate, net.path))
 
 
 def weights_file(fcfg: dict, download: bool = True, cache: str | Path = "") -> Path:

@@ -148,7 +148,8 @@ class ConvAutoencoder(nn.Module):
     images: the encoder pools to 2x2 (as the classifier's body does) and a linear layer gives the
     `dim`-vector; the decoder only serves training, by asking that vector to hold the image. The
     features are the bottleneck standardised by the train split's per-dimension mean and standard
-    deviation (buffers set after training), so FID values have a readable scale."""
+    deviation (buffers set after training), so FID values have a readable scale, plus the image's
+    standardised log reconstruction error: `dim + 1` features."""
 
     def __init__(self, in_channels: int, image_size: int, width: int = 32, dim: int = 64):
         super().__init__()
@@ -165,9 +166,21 @@ class ConvAutoencoder(nn.Module):
         self.out = nn.Conv2d(width, in_channels, 3, padding=1)
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
+        # the log reconstruction error's mean and deviation over the train split (one more feature)
+        self.register_buffer("error_shift", torch.zeros(1))
+        self.register_buffer("error_scale", torch.ones(1))
+
+    def log_error(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's log mean squared reconstruction error, [N, 1]."""
+        return (self(x) - x).pow(2).flatten(1).mean(1, keepdim=True).clamp_min(1e-12).log()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.encoder(x) - self.shift) / self.scale
+        # The bottleneck alone is blind to what the encoder never saw in training: on grey data
+        # the colour directions of the first convolution keep their random start, and noise in
+        # them moves the bottleneck by little. What the network cannot rebuild shows in its
+        # reconstruction error, so that error is one more (standardised) feature.
+        z = (self.encoder(x) - self.shift) / self.scale
+        return torch.cat([z, (self.log_error(x) - self.error_shift) / self.error_scale], 1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         size = self.image_size

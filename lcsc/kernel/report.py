@@ -4,6 +4,7 @@ of the paper (and where they fail) stated in numbers. Kept free of torch (the re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from . import variants
 
@@ -21,6 +22,73 @@ def best_baselines(results: dict[str, dict[int, float]], nfes: list[int]) -> dic
 
 
 Spread = dict[str, dict[int, tuple[float, int]]]  # variant -> NFE -> (standard deviation, runs)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What a gap between two FIDs must exceed to count: the data-vs-data floor (FID of real images
+    against real images) and, where the evaluation ran on several seeds, two standard errors."""
+
+    floor: float | None = None
+    spread: Spread = field(default_factory=dict)
+
+    def threshold(self, a: str, b: str, n: int) -> float:
+        two_se = 0.0
+        if n in self.spread.get(a, {}) and n in self.spread.get(b, {}):
+            (sa, na), (sb, nb) = self.spread[a][n], self.spread[b][n]
+            two_se = 2 * math.sqrt(sa * sa / na + sb * sb / nb)
+        return max(self.floor or 0.0, two_se)
+
+    def beats(self, results: dict[str, dict[int, float]], a: str, b: str, n: int) -> bool:
+        """Whether a's FID is below b's at NFE n by more than the noise."""
+        return results[b][n] - results[a][n] > self.threshold(a, b, n)
+
+
+NO_NOISE = Noise()
+
+
+def evaluation_spread(res: dict) -> dict[int, tuple[float, int]]:
+    """An evaluation's standard deviation at each NFE and its number of runs (none for one run)."""
+    runs = res.get("repeats", {}).get("n", 1)
+    return {int(n): (sd, runs) for n, sd in res.get("fid_std", {}).items()} if runs > 1 else {}
+
+
+def evaluation_floor(res: dict) -> dict | None:
+    """An evaluation's data-vs-data floor, if it has a readable one (older evaluations have none)."""
+    f = res.get("floor")
+    ok = isinstance(f, dict) and all(isinstance(f.get(k), (int, float)) and math.isfinite(f[k])
+                                     for k in ("fid", "n", "of", "samples"))
+    return f if ok else None
+
+
+def verdicts(results: dict[str, dict[int, float]], noise: Noise, a: str, others: list[str], nfes: list[int]) -> str:
+    """`a` against each of `others` at each NFE, in words: a win or a loss only beyond the noise."""
+    out = []
+    for b in others:
+        for n in nfes:
+            gap = results[b][n] - results[a][n]
+            limit = noise.threshold(a, b, n)
+            word = (f"beats {b}" if gap > limit else f"is worse than {b}" if -gap > limit
+                    else f"shows no measurable difference from {b}")
+            out.append(f"{a} {word} at NFE {n} (gap {abs(gap):.2f}, noise {limit:.2f})")
+    return "; ".join(out) + "."
+
+
+def noise_line(floor: dict | None, spread: Spread, nfes: list[int]) -> str | None:
+    """The noise a claim must beat, in words: the floor and the evaluation-seed spread."""
+    if not floor:
+        return None
+    text = (f"Noise floor: two disjoint sets of {floor['n']} real images score FID {fmt(floor['fid'])} against "
+            f"each other (of the data set's {floor['of']}; the evaluation draws {floor['samples']} samples)")
+    sds = [sd for v in spread.values() for n, (sd, _) in v.items() if n in nfes]
+    if sds:
+        runs = next(iter(next(iter(spread.values())).values()))[1]
+        text += (f"; over {runs} evaluation runs a variant's FID varies by a standard deviation of "
+                 f"{fmt(min(sds))} to {fmt(max(sds))}")
+    else:
+        text += "; one evaluation seed, so no seed spread was measured (evaluate.repeats: 2 measures it)"
+    return text + (". A gap counts only beyond the floor and two standard errors; a smaller one is reported as "
+                   "no measurable difference.")
 
 
 def markdown_table(results: dict[str, dict[int, float]], nfes: list[int], spread: Spread | None = None) -> str:
@@ -143,7 +211,8 @@ def best_ema(results: dict[str, dict[int, float]], nfe: int) -> str | None:
     return min(emas, key=lambda v: results[v][nfe]) if emas else None
 
 
-def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> str | None:
+def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int],
+                      noise: Noise = NO_NOISE) -> str | None:
     """The paper's consistency-model claim, measured: LCSC at the search NFE (1 by default) against
     the base model (the last checkpoint and the best EMA) at the next NFE of the sweep (2)."""
     more = [n for n in nfes if n > search_nfe]
@@ -152,8 +221,9 @@ def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfe
     m, n = search_nfe, min(more)
     lcsc, last = results[variants.LCSC][m], results[variants.LAST][n]
     ema = best_ema(results, n)
-    beats_last = lcsc < last
-    beats_ema = ema is None or lcsc < results[ema][n]
+    beats_last = lcsc < last and last - lcsc > noise.threshold(variants.LCSC, variants.LAST, n)
+    beats_ema = ema is None or (lcsc < results[ema][n] and results[ema][n] - lcsc > noise.threshold(variants.LCSC,
+                                                                                                   ema, n))
     versus = f"the last checkpoint at {n} NFE scores {fmt(last)}" + (
         f" and the best EMA at {n} NFE ({ema}) {fmt(results[ema][n])}" if ema else "")
     if beats_last and beats_ema:
@@ -162,7 +232,9 @@ def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfe
         verdict = (f"LCSC at {m} NFE beats the last checkpoint but not the best EMA at {n} NFE: "
                    "the paper's claim holds only against the last checkpoint here")
     else:
-        verdict = f"LCSC at {m} NFE does NOT beat the base model at {n} NFE: the paper's claim does not hold here"
+        verdict = (f"LCSC at {m} NFE does NOT beat the base model at {n} NFE"
+                   + (" by more than the noise" if noise is not NO_NOISE and lcsc < last else "")
+                   + ": the paper's claim does not hold here")
     return (f"Paper's claim, LCSC at {m} NFE vs the base model at {n} NFE: LCSC scores {fmt(lcsc)} at {m} NFE; "
             f"{versus}. {verdict} (evaluation seeds the search never saw).")
 
@@ -186,20 +258,28 @@ def cost_claim(model: str, truncated: dict[str, dict[int, float]], full: dict[st
                    f"implies no training speed-up at this fraction.")
 
 
-def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int]) -> list[str]:
-    """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers."""
+def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int],
+           noise: Noise = NO_NOISE) -> list[str]:
+    """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers; with
+    `noise`, a win only where the gap is beyond it ("no measurable difference" otherwise)."""
     lcsc, last = results[variants.LCSC], results[variants.LAST]
     emas = {v: results[v] for v in kept_emas(results)}
     out = []
     at = search_nfe
     if emas:
         best_ema = min(emas, key=lambda v: emas[v][at])
-        verdict = "below" if lcsc[at] < min(last[at], emas[best_ema][at]) else "NOT below"
+        below = lcsc[at] < min(last[at], emas[best_ema][at])
+        verdict = "below" if below else "NOT below"
+        if below and not (noise.beats(results, variants.LCSC, variants.LAST, at)
+                          and noise.beats(results, variants.LCSC, best_ema, at)):
+            verdict = "below, but not by more than the noise (no measurable difference from at least one of)"
         out.append(f"At the search NFE {at}, LCSC's FID {fmt(lcsc[at])} is {verdict} both the last "
                    f"checkpoint's {fmt(last[at])} and the best EMA's ({best_ema}) {fmt(emas[best_ema][at])}, "
                    f"on evaluation seeds the search never saw.")
     base = best_baselines(results, nfes)[at]
     verdict = "beats" if lcsc[at] < results[base][at] else "does NOT beat"
+    if lcsc[at] < results[base][at] and not noise.beats(results, variants.LCSC, base, at):
+        verdict = "shows no measurable difference from"
     out.append(f"At NFE {at} LCSC {verdict} the best baseline, {base} ({fmt(results[base][at])}).")
     for v in emas:
         profile = variants.kept_ema_profile(v)
@@ -218,7 +298,7 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
     return out
 
 
-def versus_best_baseline(results: dict[str, dict[int, float]], nfes: list[int]) -> str | None:
+def versus_best_baseline(results: dict[str, dict[int, float]], nfes: list[int], noise: Noise = NO_NOISE) -> str | None:
     """One sentence on LCSC against the best baseline at every NFE: where it wins, where it loses
     and by how much (every variant but lcsc counts as a baseline, the greedy soup too)."""
     if variants.LCSC not in results:
@@ -228,17 +308,25 @@ def versus_best_baseline(results: dict[str, dict[int, float]], nfes: list[int]) 
         return None
     lcsc = results[variants.LCSC]
     wins = [n for n in nfes if lcsc[n] < results[base[n]][n]]
-    losses = [n for n in nfes if n not in wins]
+    ties = [n for n in wins if not noise.beats(results, variants.LCSC, base[n], n)]
+    wins = [n for n in wins if n not in ties]
+    losses = [n for n in nfes if n not in wins and n not in ties]
 
     def at(n: int) -> str:
         ref = results[base[n]][n]
         return f"NFE {n} ({fmt(lcsc[n])} vs {base[n]} {fmt(ref)}, {lcsc[n] - ref:+.2f})"
 
-    if not losses:
+    tied = (f"; no measurable difference (a smaller gap than the noise) at {', '.join(at(n) for n in ties)}"
+            if ties else "")
+    if not losses and not ties:
         return (f"Against the best baseline at each NFE, LCSC wins at every evaluated NFE: "
                 f"{', '.join(at(n) for n in nfes)}.")
+    if not losses:
+        return (f"Against the best baseline at each NFE, LCSC wins at "
+                f"{', '.join(at(n) for n in wins) if wins else 'no evaluated NFE'}{tied}.")
     text = f"Against the best baseline at each NFE, LCSC LOSES at {', '.join(at(n) for n in losses)}"
-    return text + (f"; it wins at {', '.join(at(n) for n in wins)}." if wins else "; it wins at no evaluated NFE.")
+    return text + (f"; it wins at {', '.join(at(n) for n in wins)}" if wins else "; it wins at no evaluated NFE") \
+        + tied + "."
 
 
 def _lcsc_nfe_for(lcsc: dict[int, float], nfes: list[int], target: float) -> tuple[float | None, str]:

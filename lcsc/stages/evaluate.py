@@ -17,6 +17,8 @@ import torch
 
 from ..kernel import variants
 from ..kernel.devices import peak_memory
+from ..kernel.features import cache_dir
+from ..kernel.floor import data_floor
 from ..kernel.images import save_grid
 from ..kernel.io import write_json
 from ..kernel.models import headline_nfe, repeat_seeds
@@ -89,11 +91,14 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
     bar.close()
     print(f"[evaluate] {model}/{variant}: {peak_memory([scorer.device])}", flush=True)
     summary = summarise(runs, nfes)
+    floor = data_floor(cfg["data"], scorer.features, ecfg["samples"], cache_dir(cfg))
+    print(f"[evaluate] the data-vs-data floor: FID {floor['fid']:.3f} between two disjoint sets of {floor['n']} "
+          f"real images", flush=True)
     result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
               **summary, "runs": runs, "repeats": {"searches": len(sources), "seeds": len(seeds), "n": len(runs)},
               "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
               "coefficients": sources[0][1], "trail_steps": scorer.trail.steps,
-              "sampler": scorer.sampler.settings(None)}
+              "sampler": scorer.sampler.settings(None), "floor": floor}
     if len(sources) > 1:
         result["search_coefficients"] = [c for _, c in sources]
     write_json(paths.result, result)

@@ -24,7 +24,15 @@ from ..kernel.families import family_for
 from ..kernel.io import atomic_path, read_json, write_json, write_text
 from ..kernel.models import nfe_list
 from ..kernel.paths import feature_tag
-from ..kernel.report import feature_space_line, sampler_line
+from ..kernel.report import (
+    Noise,
+    evaluation_floor,
+    evaluation_spread,
+    feature_space_line,
+    noise_line,
+    sampler_line,
+    verdicts,
+)
 from ..kernel.scoring import open_trail
 from ..kernel.tensors import os_errors, save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
@@ -152,13 +160,21 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
             for v in shown]
     e = by_variant[variant]
     scfg = cfg["search"]
+    results = {v: {int(n): f for n, f in by_variant[v]["fid"].items()} for v in shown}
+    spread = {v: evaluation_spread(by_variant[v]) for v in shown if evaluation_spread(by_variant[v])}
+    floor = evaluation_floor(e)
+    common = [n for n in nfes if all(n in r for r in results.values())]
+    noise = [noise_line(floor, spread, common) or "No data-vs-data floor was measured (an evaluation older than "
+             "the floor): the gaps below may be noise.", "",
+             verdicts(results, Noise(floor["fid"] if floor else None, spread), variant,
+                      [v for v in shown if v != variant], common), ""] if len(shown) > 1 else []
     lines = [
         f"# {model} / {variant}: a linear combination of saved checkpoints", "",
         f"Exported by lcsc from a trail of {n_checkpoints} checkpoints ({kind}); files: {', '.join(written)}.", "",
         f"## FID ({e['samples']} samples, evaluation seed {e['seed']}, which the search never saw)", "",
         feature_space_line(cfg["features"]["kind"], feature_tag(cfg["features"])), "",
         "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-        "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "",
+        "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "", *noise,
         "## Provenance", "",
         f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
         f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "

@@ -10,8 +10,10 @@ changed after the import stops every later stage with its name. Nothing is copie
 
 from __future__ import annotations
 
+import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +146,41 @@ def _ema_file(t: dict, root: Path) -> Path | None:
         if recorded is not None and float(recorded) != float(t["ema_decay"]):
             raise ConfigError(f"trail.ema_decay: {t['ema_decay']} in the config, but {path.parent / 'config.json'} "
                               f"records decay {recorded}")
+        settings = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
+        used = effective_decay(settings)
+        if used is not None and abs(math.log((1 - used) / (1 - float(t["ema_decay"])))) > 0.05:
+            warnings.warn(f"trail.ema_decay: {t['ema_decay']} names the run's EMA, but its warm-up left the decay at "
+                          f"{used:.6g} at its last update ({path.parent / 'config.json'}: "
+                          + ", ".join(f"{k} {settings[k]}" for k in EMA_SCHEDULE if k in settings)
+                          + f"); the variant keeps the configured name; set trail.ema_decay: {used:.4g} to name it "
+                          "for the decay it had", stacklevel=2)
         return path
     emas = checkpoint_files(dict(t, files=t["ema"]), root)
     return emas[-1][1]
+
+
+EMA_SCHEDULE = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+
+
+def effective_decay(settings) -> float | None:
+    """The decay diffusers' EMAModel applied at its last update, from the settings its
+    save_pretrained records (None where they are incomplete): after `update_after_step`, with
+    warm-up 1 - (1 + step / inv_gamma)^-power, else (1 + step) / (10 + step), capped by `decay`
+    and floored by `min_decay`."""
+    if not isinstance(settings, dict):
+        return None
+    try:
+        decay, low = float(settings["decay"]), float(settings.get("min_decay", 0.0))
+        step = max(0, int(settings["optimization_step"]) - int(settings.get("update_after_step", 0)) - 1)
+        if step <= 0:
+            return 0.0
+        if settings.get("use_ema_warmup"):
+            value = 1 - (1 + step / float(settings.get("inv_gamma", 1.0))) ** -float(settings.get("power", 2 / 3))
+        else:
+            value = (1 + step) / (10 + step)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return max(min(value, decay), low)
 
 
 def skipped_folders(t: dict, root: Path) -> list[tuple[str, str]]:

@@ -39,6 +39,7 @@ from ..kernel import profiles
 from ..kernel.devices import check_compiler, peak_memory, search_devices
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
+from ..kernel.features import check_gate
 from ..kernel.io import (
     atomic_path,
     json_digest,
@@ -298,6 +299,7 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     scorers = [Scorer(family, paths.features, paths.stats, d, scfg["batch_size"], scfg["trail_chunk_mb"],
                       compile=scfg["compile"], cfg=cfg) for d in devices]
     scorer = scorers[0]
+    check_gate(scorer.features)
     if len(scorers) > 1:
         scorer.share_trail(scorers[1:])
     settings = fitness_settings(scfg, scorer)

@@ -8,6 +8,7 @@ It imports no torch: the report's env has none.
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,13 @@ from ..kernel.paths import COST_CURVE, REPORT_FILES, feature_tag
 from ..kernel.report import (
     TITLES,
     best_baselines,
+    best_ema,
     claims,
     coefficient_stats,
+    Noise,
     consistency_claim,
+    evaluation_floor,
+    evaluation_spread,
     cost_claim,
     cost_curve_claim,
     cost_rows,
@@ -35,6 +40,7 @@ from ..kernel.report import (
     quality_table,
     sampler_line,
     significance_claim,
+    noise_line,
     versus_best_baseline,
 )
 
@@ -77,12 +83,7 @@ class _Model:
     spread: dict[str, dict[int, tuple[float, int]]] = field(default_factory=dict)  # std and runs, with repeats
     quality: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)  # variant -> kid/precision/recall
     sampler: dict = field(default_factory=dict)  # the sampler's settings, as evaluate recorded them
-
-
-def _spread(res: dict) -> dict[int, tuple[float, int]]:
-    """An evaluation's standard deviation at each NFE and its number of runs (none for one run)."""
-    runs = res.get("repeats", {}).get("n", 1)
-    return {int(n): (sd, runs) for n, sd in res.get("fid_std", {}).items()} if runs > 1 else {}
+    floor: dict = field(default_factory=dict)  # the data-vs-data floor, as evaluate measured it
 
 
 def _quality(res: dict) -> dict[str, dict[int, float]] | None:
@@ -125,12 +126,14 @@ def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
                              if evaluations[model, v][0].get("coefficients")})
         for v in names[model]:
             res = evaluations[model, v][0]
-            if _spread(res):
-                out[model].spread[v] = _spread(res)
+            if evaluation_spread(res):
+                out[model].spread[v] = evaluation_spread(res)
             if _quality(res):
                 out[model].quality[v] = _quality(res)
             if isinstance(res.get("sampler"), dict):
                 out[model].sampler = res["sampler"]
+            if evaluation_floor(res):
+                out[model].floor = evaluation_floor(res)
     return out
 
 
@@ -156,10 +159,11 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
     both = {variants.LCSC, variants.LAST}
     lines = []
     if fraction is None and both <= set(m.results):
-        lines = [versus_best_baseline(m.results, m.nfes), significance_claim(m.results, m.spread, m.nfes),
-                 *claims(m.results, m.search_nfe, m.nfes)]
+        noise = Noise(m.floor["fid"] if m.floor else None, m.spread)
+        lines = [noise_line(m.floor, m.spread, m.nfes), versus_best_baseline(m.results, m.nfes, noise),
+                 significance_claim(m.results, m.spread, m.nfes), *claims(m.results, m.search_nfe, m.nfes, noise)]
         if base_model(model) != "dm":
-            claim = consistency_claim(m.results, m.search_nfe, m.nfes)
+            claim = consistency_claim(m.results, m.search_nfe, m.nfes, noise)
             lines = ([claim] if claim else []) + lines + [monotone_claim(m.results[variants.LCSC], m.nfes)]
         else:
             lines.append(nfe_saving_claim(m.results, m.nfes))
@@ -232,7 +236,23 @@ def _search_targets(cfg: dict, report: dict[str, _Model]) -> str:
     return "; ".join(out)
 
 
-def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
+def _compared(m: _Model) -> dict[str, str]:
+    """The variants shown side by side: last, the best kept EMA and the best baseline at the search
+    NFE, and lcsc (each once, in that order)."""
+    at = m.search_nfe if all(m.search_nfe in r for r in m.results.values()) else m.nfes[0]
+    rows = {"last": variants.LAST if variants.LAST in m.results else None,
+            "best EMA": best_ema(m.results, at),
+            "best baseline": best_baselines(m.results, [at]).get(at),
+            "lcsc": variants.LCSC if variants.LCSC in m.results else None}
+    out, seen = {}, set()
+    for role, v in rows.items():
+        if v is not None and v not in seen and v in m.grids:
+            out[role if role not in (variants.LAST, variants.LCSC) else v] = v
+            seen.add(v)
+    return out
+
+
+def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path], compared: dict[str, Path] | None = None) -> str:
     ecfg = cfg["evaluate"]
     md = [f"# LCSC report: {cfg['experiment']}", "",
           f"FID ({feature_tag(cfg['features'])} features) of {ecfg['samples']} samples "
@@ -274,6 +294,10 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path]) -> str:
             nfe = report[model].search_nfe
             md += [f"### {model}", "", cost_table(rows, nfe), "", f"- {cost_curve_claim(model, rows, nfe)}", ""]
         md += [f"![training cost]({COST_CURVE})", ""]
+    if compared:
+        md += ["## Side by side", "", "The same noise through last, the best EMA, the best baseline and lcsc at each "
+               "model's search NFE (the first images of each variant's evaluation): look before trusting a gap.", ""]
+        md += [f"![{p.stem}]({p.name})" for p in compared.values()] + [""]
     md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
            "![search curve](search_curve.png)", "", "## Samples at each model's search NFE", ""]
     md += [f"- {p.stem.removeprefix('samples_')}: ![{p.stem}]({p.name})" for p in grids]
@@ -305,9 +329,21 @@ def run(cfg: dict, paths: Paths, only: list[str] | None = None, stage_run=None) 
             dst = paths.report / f"samples_{model}_{v}.png"
             copy_file(grid, dst)
             grids.append(dst)
-    write_text(out["summary_md"], _markdown(cfg, report, grids))
+    compared = {}
+    for model, m in report.items():  # last, the best EMA, the best baseline and lcsc, from the same noise
+        rows = _compared(m)
+        if len(rows) > 1:
+            try:
+                plots.side_by_side({f"{role}: {v}" if role != v else v: paths.report / f"samples_{model}_{v}.png"
+                                    for role, v in rows.items()}, paths.report / f"side_by_side_{model}.png",
+                                   f"{model}: the same noise through each variant at NFE {m.search_nfe}")
+                compared[model] = paths.report / f"side_by_side_{model}.png"
+            except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a file that is no image
+                print(f"[tabulate] {model}: no side-by-side picture, a sample grid is not a readable PNG ({exc})",
+                      file=sys.stderr, flush=True)
+    write_text(out["summary_md"], _markdown(cfg, report, grids, compared))
     if stage_run is not None:
-        for p in [*out.values(), *grids]:
+        for p in [*out.values(), *grids, *compared.values()]:
             stage_run.log_artifact(p, "report")
         for model, m in report.items():
             for v, r in m.results.items():

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..kernel.data import load_split
 from ..kernel.errors import ConfigError, DataError
-from ..kernel.features import METADATA_KEY
+from ..kernel import gate
+from ..kernel.features import METADATA_KEY, FeatureNet
 from ..kernel.nets import ConvAutoencoder, DigitClassifier
 from ..kernel.paths import TRAINED_FEATURES, dataset_name
 from ..kernel.progress import progress
@@ -43,8 +44,22 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
     else:
         meta = train_classifier(cfg, paths.net, device, stage_run)
         final = {"final_test_accuracy": meta["test_accuracy"]}
+    print(f"[train_features] the sanity gate of features.kind {cfg['features']['kind']} "
+          f"({', '.join(gate.BROKEN)} against the held-out split):\n{gate.table(meta['gate'])}", flush=True)
+    if not meta["gate"]["passed"]:
+        print(f"[train_features] {gate.refusal(cfg['features']['kind'], meta['gate'], paths.net)}", flush=True)
     if stage_run is not None:
-        stage_run.log_metrics(final, step=0)
+        stage_run.log_metrics({**final, **gate.metrics(meta["gate"])}, step=0)
+    return meta
+
+
+def _save(cfg: dict, net: torch.nn.Module, out: Path, meta: dict, device: torch.device) -> dict:
+    """Measure the trained network's sanity gate, then save it with its metadata and gate record."""
+    net.eval()
+    extract = FeatureNet.of(net, device)
+    meta["gate"] = gate.run_gate(extract, load_split(cfg["data"], "train").images,
+                                 load_split(cfg["data"], "test").images, device)
+    save_tensors(out, net.state_dict(), metadata={METADATA_KEY: json.dumps(meta)})
     return meta
 
 
@@ -69,8 +84,7 @@ def train_classifier(cfg: dict, out: Path, device: torch.device, stage_run=None)
     meta = {"arch": "classifier", "channels": train.images.shape[1], "num_classes": train.num_classes,
             "width": fcfg["width"], "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]),
             "test_accuracy": acc}
-    save_tensors(out, net.state_dict(), metadata={METADATA_KEY: json.dumps(meta)})
-    return meta
+    return _save(cfg, net, out, meta, device)
 
 
 def train_autoencoder(cfg: dict, out: Path, device: torch.device, stage_run=None) -> dict:
@@ -94,12 +108,14 @@ def train_autoencoder(cfg: dict, out: Path, device: torch.device, stage_run=None
     net.eval()
     with torch.no_grad():
         z = torch.cat([net.encoder(train.images[i:i + 500].to(device)) for i in range(0, len(train.images), 500)])
+        err = torch.cat([net.log_error(train.images[i:i + 500].to(device)) for i in range(0, len(train.images), 500)])
     net.shift.copy_(z.mean(0))
     net.scale.copy_(z.std(0).clamp_min(1e-6))
+    net.error_shift.copy_(err.mean(0))
+    net.error_scale.copy_(err.std(0).clamp_min(1e-6))
     meta = {"arch": "autoencoder", "channels": channels, "image_size": size, "width": fcfg["width"],
             "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]), "test_mse": mse}
-    save_tensors(out, net.state_dict(), metadata={METADATA_KEY: json.dumps(meta)})
-    return meta
+    return _save(cfg, net, out, meta, device)
 
 
 def _fit(cfg: dict, net: torch.nn.Module, images: torch.Tensor, loss_fn, score_fn, device: torch.device,

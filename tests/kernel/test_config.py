@@ -194,3 +194,10 @@ def test_a_registry_name_is_checked_and_registering_without_mlflow_warns():
     for name in ("team/unet", "unet:v2", "..", ".hidden", "", " ", "it's", "tab\there"):
         with pytest.raises(ConfigError, match=r"export.register: .* is not a name MLflow's model registry takes"):
             validate({"export": {"register": name}})
+
+
+def test_an_imported_trail_is_evaluated_on_two_seeds_unless_the_config_says_otherwise():
+    trail = {"source": "diffusers", "path": "/runs/x"}
+    assert validate({"trail": trail})["evaluate"]["repeats"] == 2
+    assert validate({"trail": trail, "evaluate": {"repeats": 1}})["evaluate"]["repeats"] == 1
+    assert validate({})["evaluate"]["repeats"] == 1  # trained here: the default digits report is unchanged

@@ -130,3 +130,24 @@ def test_cifar10_loader_on_a_small_archive_in_its_format(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot unpack .*fetch cifar-10-python.tar.gz again"):
         load_split(dict(data_cfg, root=str(broken)), "train")
     assert not (broken / "cifar-10-batches-py").exists() and not list(broken.glob(".unpack-*"))
+
+
+def test_data_resize_upsamples_as_the_trainer_did(tmp_path):
+    """Without data.resize an image smaller than data.image_size is refused; with it, the folder is
+    read as torchvision's Resize + CenterCrop give it (PIL's own interpolation, short side first)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (8, 10, 3), dtype=np.uint8) for _ in range(6)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{i}.png")
+    data = {"dataset": "folder", "folder": str(folder), "image_size": 16, "channels": 3}
+    label_free = {"kind": "autoencoder"}
+    with pytest.raises(DataError, match="data.resize"):
+        load_split(validate({"data": data, "features": label_free})["data"], "all")
+    got = load_split(validate({"data": {**data, "resize": "bilinear"}, "features": label_free})["data"], "all").images
+    im = Image.fromarray(arrays[0]).resize((20, 16), Image.BILINEAR).crop((2, 0, 18, 16))
+    want = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1) * 2 - 1
+    torch.testing.assert_close(got[0], want)
+    with pytest.raises(Exception, match="data.resize: 'bilinear' applies to data.dataset folder only"):
+        validate({"data": {"resize": "bilinear"}})

@@ -228,3 +228,28 @@ def test_the_feature_space_line_says_what_a_fid_compares_with():
         feature_space_line("autoencoder", "autoencoder")
     line = feature_space_line("inception", "inception-clean")
     assert line.startswith("The FIDs are in the inception-clean feature space") and "same reference set" in line
+
+
+def test_a_gap_inside_the_noise_is_no_measurable_difference():
+    """A win is claimed only beyond the data-vs-data floor and two standard errors of the seeds."""
+    from lcsc.kernel.report import Noise, noise_line, verdicts, versus_best_baseline
+
+    results = {"last": {3: 10.0, 5: 8.0}, "ema_0.99": {3: 9.0, 5: 7.0}, "lcsc": {3: 5.0, 5: 6.8}}
+    spread = {v: {3: (0.5, 2), 5: (0.5, 2)} for v in results}
+    noise = Noise(floor=1.0, spread=spread)
+    assert noise.threshold("lcsc", "last", 3) == 1.0  # 2 SE = 2 sqrt(0.125 + 0.125) = 1.0 as well
+    assert Noise(floor=0.2, spread=spread).threshold("lcsc", "last", 3) == pytest.approx(1.0)
+    assert Noise(floor=3.0).threshold("lcsc", "last", 3) == 3.0
+    text = versus_best_baseline(results, [3, 5], noise)
+    assert "wins at NFE 3" in text and "no measurable difference (a smaller gap than the noise) at NFE 5" in text
+    assert versus_best_baseline(results, [3, 5]).startswith("Against the best baseline at each NFE, LCSC wins at "
+                                                             "every evaluated NFE")  # no noise given: as before
+    said = verdicts(results, noise, "lcsc", ["last", "ema_0.99"], [3, 5])
+    assert "lcsc beats last at NFE 3 (gap 5.00, noise 1.00)" in said
+    assert "lcsc shows no measurable difference from ema_0.99 at NFE 5 (gap 0.20, noise 1.00)" in said
+    assert "beats" not in verdicts(results, Noise(floor=6.0), "lcsc", ["last"], [3, 5])
+    line = noise_line({"fid": 1.0, "n": 898, "of": 1797, "samples": 2000}, spread, [3, 5])
+    assert "two disjoint sets of 898 real images score FID 1.00" in line and "standard deviation of 0.50" in line
+    assert "no seed spread was measured" in noise_line({"fid": 1.0, "n": 9, "of": 18, "samples": 9}, {}, [3])
+    assert claims(results, 5, [3, 5], noise)[1] == ("At NFE 5 LCSC shows no measurable difference from the best "
+                                                    "baseline, ema_0.99 (7.00).")

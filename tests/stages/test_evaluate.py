@@ -63,6 +63,13 @@ def test_evaluate_every_variant_and_tabulate(trained):
     # what the samples were drawn with, as evaluate recorded it
     assert lcsc_eval["sampler"] == {"sampler": "ddim", "clip_denoised": True, "schedule": "linear", "timesteps": 1000}
     assert "Samples of every variant: sampler: ddim." in md
+    # the data-vs-data floor: two disjoint halves of the 1797 digits (fewer than the evaluation's samples)
+    floor = lcsc_eval["floor"]
+    assert floor["n"] == min(cfg["evaluate"]["samples"], 1797 // 2) and floor["of"] == 1797 and floor["fid"] > 0
+    assert all(json.loads(layout.eval_json("dm", v).read_text())["floor"] == floor for v in variants)  # once, cached
+    assert f"score FID {floor['fid']:.2f} against each other" in md
+    # last, the best EMA, the best baseline and lcsc from the same noise, in one picture the report shows
+    assert (report / "side_by_side_dm.png").stat().st_size > 1000 and "![side_by_side_dm](side_by_side_dm.png)" in md
 
 
 def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):

@@ -144,3 +144,21 @@ def test_a_state_dict_trail_sampled_as_a_consistency_model(sd_run, tmp_path, cap
 
     family = family_for(Trail.open(imported_manifest(cfg)), dict(cfg, trail=dict(cfg["trail"], sampler="cm")))
     assert isinstance(family.sampler, ConsistencySampler)
+
+
+def test_the_effective_ema_decay_is_diffusers_own():
+    """The decay diffusers' EMAModel applied at its last update, from the settings it saves, for
+    warm-up on and off, a late start and a floor: equal to EMAModel.get_decay."""
+    from diffusers.training_utils import EMAModel
+
+    from lcsc.stages.import_trail import effective_decay
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    for kw, step in (({"decay": 0.9999, "use_ema_warmup": True, "power": 0.75}, 4000),
+                     ({"decay": 0.9999}, 300), ({"decay": 0.9, "update_after_step": 10}, 15),
+                     ({"decay": 0.999, "min_decay": 0.5, "use_ema_warmup": True, "inv_gamma": 3.0}, 2),
+                     ({"decay": 0.95}, 1)):
+        ema = EMAModel(p, **kw)
+        settings = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} | {"optimization_step": step}
+        assert effective_decay(settings) == pytest.approx(ema.get_decay(step), rel=1e-12), kw
+    assert effective_decay({"decay": 0.9}) is None and effective_decay("x") is None

@@ -104,7 +104,7 @@ def test_autoencoder_features_train_on_an_unlabelled_folder(tmp_path, capsys):
     net = load_features(Layout.of(cfg).feature_net("autoencoder"), CPU)
     train, test = load_split(cfg["data"], "train").images, load_split(cfg["data"], "test").images
     feats = net(train)
-    assert feats.shape == (len(train), 16) and torch.equal(net(train), feats)
+    assert feats.shape == (len(train), 17) and torch.equal(net(train), feats)  # the bottleneck + its error
 
     def fd(a, b):
         return frechet_distance(*feature_stats(net(a)), *feature_stats(net(b)))
@@ -115,3 +115,94 @@ def test_autoencoder_features_train_on_an_unlabelled_folder(tmp_path, capsys):
     real, far, blur = fd(train, test), fd(train, noise), fd(train, blurred)
     print(f"autoencoder FD: real {real:.3f}, blurred {blur:.3f}, noise {far:.3f}")
     assert real < blur < far and 5 * real < blur, (real, blur, far)
+
+
+def _grey_rgb_digits(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits at their own 8x8 as grey RGB images (R = G = B), train and held-out splits."""
+    from lcsc.kernel.data import load_split
+
+    data = {"dataset": "digits", "image_size": 8, "channels": 1, "split_seed": 0, "test_fraction": 0.2}
+    return tuple(load_split(data, s).images.expand(-1, 3, -1, -1).contiguous() for s in ("train", "test"))
+
+
+def test_sanity_gate_catches_colour_noise_that_the_bare_bottleneck_misses():
+    """The autoencoder space as it was (the standardised bottleneck alone) fails the gate on grey
+    RGB data: colour noise on the held-out digits lies within a few floors of the data, since the
+    encoder's colour directions never learnt anything. With the reconstruction error as a feature
+    every broken set is far from the data. The gate's verdicts are measured, not assumed."""
+    from lcsc.kernel import gate
+    from lcsc.kernel.features import FeatureNet
+    from lcsc.kernel.nets import ConvAutoencoder
+
+    train, test = _grey_rgb_digits()
+    torch.manual_seed(0)
+    net = ConvAutoencoder(3, 8, width=16, dim=16)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        for idx in torch.randperm(len(train), generator=gen).split(128):
+            loss = torch.nn.functional.mse_loss(net(train[idx]), train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        z, err = net.encoder(train), net.log_error(train)
+    net.shift.copy_(z.mean(0)), net.scale.copy_(z.std(0)), net.error_shift.copy_(err.mean(0))
+    net.error_scale.copy_(err.std(0))
+
+    class Bottleneck(torch.nn.Module):  # the space before the gate: no reconstruction error
+        def features(self, x):
+            return (net.encoder(x) - net.shift) / net.scale
+
+    old = gate.run_gate(FeatureNet.of(Bottleneck(), CPU), train, test)
+    new = gate.run_gate(FeatureNet.of(net, CPU), train, test)
+    print(gate.table(old), gate.table(new), sep="\n")
+    assert not old["passed"] and "colour_noise" in old["failed"], old
+    assert old["broken"]["colour_noise"]["ratio"] < gate.RATIO
+    assert new["passed"] and min(r["ratio"] for r in new["broken"].values()) >= gate.RATIO, new
+    line = gate.refusal("autoencoder", old, "f.safetensors")
+    assert "\n" not in line and "colour_noise" in line and "features.kind: inception" in line
+
+
+def test_broken_sets_are_what_their_names_say():
+    from lcsc.kernel import gate
+
+    train, test = _grey_rgb_digits()
+    sets = gate.broken_sets(test, train)
+    assert set(sets) == set(gate.BROKEN) and all(s.shape == test.shape for s in sets.values())
+    colour = sets["colour_noise"]
+    # colour noise keeps the brightness where nothing was clipped, and is colour (channels differ)
+    unclipped = (colour.abs() < 1).all(1)
+    torch.testing.assert_close(colour.mean(1)[unclipped], test.mean(1)[unclipped], atol=1e-6, rtol=0)
+    assert (colour[:, 0] - colour[:, 1]).abs().mean() > 0.3
+    assert torch.equal(sets["shuffled"].flatten(2).sort(-1).values, test.flatten(2).sort(-1).values)
+    assert sets["blank"].flatten(1).std(1).max() == 0
+    changed = (sets["half_noise"] != test).flatten(1).any(1)
+    assert changed.sum() == len(test) // 2
+    assert torch.equal(gate.broken_sets(test, train)["gaussian"], sets["gaussian"])  # the same table every run
+
+
+def test_search_refuses_a_space_that_failed_its_gate_or_never_ran_it(tmp_path):
+    import json
+
+    from lcsc.kernel import gate
+    from lcsc.kernel.features import METADATA_KEY, FeatureNet, check_gate
+    from lcsc.kernel.nets import DigitClassifier
+    from lcsc.kernel.tensors import save_tensors
+
+    net = DigitClassifier(1, 10, 8, 4)
+    meta = {"arch": "classifier", "channels": 1, "num_classes": 10, "width": 8, "dim": 4}
+    failed = {"floor": 1.0, "ratio_needed": gate.RATIO, "passed": False, "failed": ["half_noise"],
+              "broken": {"half_noise": {"fid": 3.0, "ratio": 3.0}}}
+    for name, extra, message in (("old", {}, "no sanity gate record"),
+                                 ("failed", {"gate": failed}, "failed its sanity gate (half_noise 3.0x")):
+        path = tmp_path / f"{name}.safetensors"
+        save_tensors(path, net.state_dict(), metadata={METADATA_KEY: json.dumps({**meta, **extra})})
+        with pytest.raises(FeatureError, match=message.replace("(", r"\(")) as err:
+            check_gate(FeatureNet(path, CPU))
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+    passed = dict(failed, passed=True, failed=[])
+    save_tensors(tmp_path / "ok.safetensors", net.state_dict(),
+                 metadata={METADATA_KEY: json.dumps({**meta, "gate": passed})})
+    check_gate(FeatureNet(tmp_path / "ok.safetensors", CPU))

@@ -1,0 +1,106 @@
+"""The sanity gate of a feature space: does it see broken samples?
+
+A search minimises FID in one feature space, so a space that scores noise close to data lets the
+search trade real images for noise and the report call it a win. The gate measures, in the space,
+the Frechet distance from the train split's features to five broken sets made from the held-out
+(test) split, and divides each by the floor, the distance from the train split to the held-out
+split itself:
+
+- `gaussian`: N(0, 1) noise, clipped to the image range;
+- `colour_noise`: the held-out images with colour noise added (Gaussian noise per channel, less
+  its mean over the channels, so brightness is kept: what a grey data set never shows); uniform
+  noise on one-channel data, which has no colour;
+- `blank`: every pixel at the data's mean value;
+- `half_noise`: the held-out images, half of them replaced by Gaussian noise;
+- `shuffled`: each held-out image with its pixels in a random order (its colours kept).
+
+A space passes when every ratio is at least `RATIO` ("far": an order of magnitude above real
+against real). The table goes to the features stage's log and MLflow, and into the feature
+file's record; a space that fails is refused for search.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .fid import Reference
+
+RATIO = 10.0
+BROKEN = ("gaussian", "colour_noise", "blank", "half_noise", "shuffled")
+CHROMA = 0.5  # the deviation of the colour noise added to each held-out image, before its channel mean is taken off
+SEED = 0  # the broken sets' noise: fixed, so the gate's table is the same on every rerun
+
+
+def broken_sets(held_out: torch.Tensor, train: torch.Tensor, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """The five broken versions of `held_out` ([N, C, H, W] in [-1, 1]), each N images."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(held_out)
+    gaussian = torch.randn(held_out.shape, generator=gen).clamp(-1, 1)
+    if held_out.shape[1] > 1:  # colour on grey: noise in each channel less its mean over the channels
+        chroma = torch.randn(held_out.shape, generator=gen) * CHROMA
+        colour = (held_out + chroma - chroma.mean(1, keepdim=True)).clamp(-1, 1)
+    else:  # one channel has no colour: uniform noise
+        colour = torch.rand(held_out.shape, generator=gen) * 2 - 1
+    blank = train.mean((0, 2, 3), keepdim=True).expand_as(held_out).clone()
+    half = held_out.clone()
+    noisy = torch.randperm(n, generator=gen)[: n // 2]
+    half[noisy] = torch.randn(half[noisy].shape, generator=gen).clamp(-1, 1)
+    flat = held_out.flatten(2)
+    order = torch.stack([torch.randperm(flat.shape[-1], generator=gen) for _ in range(n)])
+    shuffled = torch.gather(flat, 2, order[:, None].expand_as(flat)).view_as(held_out)
+    return {"gaussian": gaussian, "colour_noise": colour, "blank": blank, "half_noise": half, "shuffled": shuffled}
+
+
+def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu") -> dict:
+    """The gate's table for the feature extractor `extract` (images -> [N, D] features): the floor,
+    each broken set's distance and its ratio to the floor, and the verdict."""
+    reference = _reference(extract(train), device)
+    floor = reference.fid(extract(held_out))
+    rows = {}
+    for name, images in broken_sets(held_out, train).items():
+        distance = reference.fid(extract(images))
+        rows[name] = {"fid": distance, "ratio": distance / floor if floor > 0 else math.inf}
+    failed = [name for name, row in rows.items() if not row["ratio"] >= RATIO]
+    return {"floor": floor, "broken": rows, "ratio_needed": RATIO, "passed": not failed, "failed": failed,
+            "train": len(train), "held_out": len(held_out)}
+
+
+def _reference(features: torch.Tensor, device) -> Reference:
+    f = torch.as_tensor(features).double()
+    mu = f.mean(0)
+    centred = f - mu
+    return Reference(mu, centred.T @ centred / (len(f) - 1), device)
+
+
+def table(gate: dict) -> str:
+    """The gate as a markdown table with its verdict below."""
+    lines = [f"| set | FID vs train ({gate['train']} images) | x floor |", "| --- | ---: | ---: |",
+             f"| held-out split ({gate['held_out']}, the floor) | {gate['floor']:.3f} | 1 |"]
+    for name, row in gate["broken"].items():
+        lines.append(f"| {name} | {row['fid']:.3f} | {row['ratio']:.1f} |")
+    verdict = ("passed: every broken set is at least "
+               if gate["passed"] else f"FAILED ({', '.join(gate['failed'])}): a broken set must be at least ")
+    lines.append("")
+    lines.append(f"Sanity gate {verdict}{gate['ratio_needed']:g}x the floor.")
+    return "\n".join(lines)
+
+
+def refusal(kind: str, gate: dict, path) -> str:
+    """The one line that refuses a space which failed its gate, naming a space to use instead."""
+    worst = ", ".join(f"{name} {gate['broken'][name]['ratio']:.1f}x" for name in gate["failed"])
+    instead = ("features.kind: autoencoder (label-free) or inception on RGB images with a GPU"
+               if kind == "classifier" else "features.kind: inception (RGB images, best on a GPU) or classifier "
+               "(a folder with one sub-folder per class)")
+    return (f"{path}: features.kind {kind} failed its sanity gate ({worst} the real-vs-real floor; a broken set "
+            f"must be {gate['ratio_needed']:g}x), so its FID cannot tell broken samples from real ones and is "
+            f"refused for search; use {instead}, or more features.epochs")
+
+
+def metrics(gate: dict) -> dict[str, float]:
+    """The gate's figures as MLflow metrics."""
+    out = {"gate_floor": gate["floor"], "gate_passed": float(gate["passed"])}
+    for name, row in gate["broken"].items():
+        out[f"gate_{name}_ratio"] = row["ratio"]
+    return out
