@@ -49,8 +49,8 @@ def diff_imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("diff-imported")
     run = diffusers_run(root / "run", steps=20, every=10)
     cfg = {"experiment": "hostile", "results_dir": str(root / "results"), "data": {"image_size": 12},
-           "trail": {"source": "diffusers", "path": str(run), "ema": "unet_ema", "ema_decay": 0.9999},
-           "baselines": {"lawa_last": []}, "mlflow": {"enabled": False}}
+           "trail": {"source": "diffusers", "path": str(run), "ema": "unet_ema", "ema_decay": 0.6897},
+           "baselines": {"lawa_last": []}, "mlflow": {"enabled": False}}  # EMAModel's decay after 20 steps
     config = root / "diff.yaml"
     config.write_text(yaml.safe_dump(cfg))
     assert main(["import-trail", "--config", str(config)]) == 0
@@ -378,6 +378,9 @@ CASES = [
     ("diffusers-ema-decay-not-a-number", lambda h: (["import-trail", "--config", _diff_run_with(h, lambda f: (
         f / "checkpoint-20" / "unet_ema" / "config.json").write_text(json.dumps({"decay": "slow"})))],
         ["unet_ema/config.json", "decay 'slow'"])),
+    ("diffusers-ema-decay-the-recorded-maximum", lambda h: (["import-trail", "--config", h.diff_config(ema_decay=0.9999)],
+        ["trail.ema_decay: 0.9999", "averaged with decay 0.689655", "optimization_step 20",
+         "set trail.ema_decay: 0.6897"])),
     # export's evaluation files, devices, the registry name
     ("export-evaluations-a-list", lambda h: (_export_with(h, [GOOD_EVALUATION]), ["e.json", "not the object"])),
     ("export-evaluations-fid-a-list", lambda h: (_export_with(h, dict(GOOD_EVALUATION, fid=[1.0, 2.0])),

@@ -38,7 +38,7 @@ from ..kernel.tensors import os_errors, save_tensors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
 
 NAME = "export"
-CARD, COEFFICIENTS = "README.md", "coefficients.json"
+CARD, COEFFICIENTS, SAMPLES = "README.md", "coefficients.json", "samples.png"
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,9 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
                                     "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
     evaluations = [read_evaluation(p) for p in paths.evaluations]
     sampler = sampler_line(family.sampler.settings(None)).removeprefix("sampler: ")
+    picture = _samples_picture(model, variant, paths.evaluations, evaluations, out / SAMPLES)
     write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
-                                      len(trail)))
+                                      len(trail)) + picture)
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
     if stage_run is not None:
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
@@ -86,6 +87,25 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
             if version:
                 print(f"[export] registered as {cfg['export']['register']} version {version}")
     return out
+
+
+def _samples_picture(model: str, variant: str, files, evaluations: list[dict], out: Path) -> str:
+    """The exported variant's samples above last's and the kept EMAs', each from the same noise (the
+    grid each evaluate job saved beside its JSON), as the model card's picture; "" where a grid is
+    missing or unreadable (the card then goes without it)."""
+    grids = {e["variant"]: Path(f).with_suffix(".png") for f, e in zip(files, evaluations) if e.get("model") == model}
+    order = [variant, variants.LAST, *[v for v in grids if variants.kept_ema_decay(v) is not None]]
+    rows = {v: grids[v] for v in dict.fromkeys(order) if v in grids}
+    if len(rows) < 2 or not all(p.is_file() for p in rows.values()):
+        return ""
+    from ..kernel.plots import side_by_side  # matplotlib: only when there is a picture to draw
+
+    try:
+        side_by_side(rows, out, f"{model}: {', '.join(rows)} from the same noise")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a file that is no image
+        print(f"[export] no samples picture in the model card: a sample grid is not a readable PNG ({exc})")
+        return ""
+    return f"\n## Samples\n\nThe same noise through each variant, at the search NFE:\n\n![samples]({out.name})\n"
 
 
 def read_evaluation(path: Path) -> dict:

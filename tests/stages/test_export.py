@@ -66,6 +66,13 @@ def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
     assert "The FIDs are in a feature space trained on this run's own data (classifier: features.kind classifier)" \
         in card and "never with any published FID" in card
     assert "- sampler: ddim" in card
+    # the noise a win must beat, a verdict per NFE against last and the EMA, and the samples side by side
+    floor = json.loads(layout.eval_json("imported", "lcsc").read_text())["floor"]
+    assert f"score FID {floor['fid']:.2f} against each other" in card and "one evaluation seed" in card
+    assert all(f"at NFE {n} (gap" in card for n in cfg["evaluate"]["nfe"])
+    assert "lcsc beats last" in card or "no measurable difference from last" in card or "worse than last" in card
+    out = layout.export_dir("imported", "lcsc")
+    assert "![samples](samples.png)" in card and (out / "samples.png").stat().st_size > 1000
 
 
 def test_export_is_logged_and_registered_in_mlflow(exported):
