@@ -124,7 +124,7 @@ def check_gate(net) -> None:
     if not isinstance(net.gate, dict) or "passed" not in net.gate:
         raise FeatureError(f"{net.path}: no sanity gate record (written before lcsc checked feature spaces); "
                            "rerun train_features (snakemake -R train_features)")
-    if not net.gate["passed"]:
+    if net.gate["passed"] is not True:
         raise FeatureError(refusal(net.kind, net.gate, net.path))
 
 

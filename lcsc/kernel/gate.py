@@ -89,12 +89,17 @@ def table(gate: dict) -> str:
 
 def refusal(kind: str, gate: dict, path) -> str:
     """The one line that refuses a space which failed its gate, naming a space to use instead."""
-    worst = ", ".join(f"{name} {gate['broken'][name]['ratio']:.1f}x" for name in gate["failed"])
+    try:  # the record comes from a file, so its shape is not trusted
+        worst = ", ".join(f"{name} {float(gate['broken'][name]['ratio']):.1f}x" for name in gate["failed"]) \
+            + " the real-vs-real floor"
+        needed = float(gate["ratio_needed"])
+    except (KeyError, TypeError, ValueError):
+        worst, needed = "its record is unreadable", RATIO
     instead = ("features.kind: autoencoder (label-free) or inception on RGB images with a GPU"
                if kind == "classifier" else "features.kind: inception (RGB images, best on a GPU) or classifier "
                "(a folder with one sub-folder per class)")
-    return (f"{path}: features.kind {kind} failed its sanity gate ({worst} the real-vs-real floor; a broken set "
-            f"must be {gate['ratio_needed']:g}x), so its FID cannot tell broken samples from real ones and is "
+    return (f"{path}: features.kind {kind} failed its sanity gate ({worst}; a broken set "
+            f"must be {needed:g}x), so its FID cannot tell broken samples from real ones and is "
             f"refused for search; use {instead}, or more features.epochs")
 
 

@@ -116,19 +116,17 @@ def plot_cost_curve(curves: dict[str, list[dict]], full_lcsc: dict[str, float], 
 
 
 def side_by_side(rows: dict[str, Path], path: Path, title: str) -> None:
-    """The sample grids of a few variants (each drawn from the same noise) one above the other,
-    each row named, so that a reader compares them image by image."""
+    """The sample grids of a few variants (each drawn from the same noise) next to each other, each
+    under its name, so that a reader compares them image by image."""
     import matplotlib.image as mpimg
 
     images = {label: mpimg.imread(str(p)) for label, p in rows.items()}
-    width = max(im.shape[1] for im in images.values())
-    height = sum(im.shape[0] for im in images.values())
-    fig, axes = plt.subplots(len(images), 1, figsize=(min(12, 2 + width / 100), 0.6 + height / 100), squeeze=False)
-    for ax, (label, im) in zip(axes[:, 0], images.items()):
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.7), squeeze=False)
+    for ax, (label, im) in zip(axes[0], images.items()):
         ax.imshow(im, cmap="gray" if im.ndim == 2 else None, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center")
-    fig.suptitle(title)
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

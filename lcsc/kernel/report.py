@@ -293,8 +293,10 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
             cheaper = [m for m in nfes if m < n and lcsc[m] <= ref]
             if cheaper:
                 m = min(cheaper)
+                within = noise.floor is not None and ref - lcsc[m] <= noise.floor
                 out.append(f"LCSC at NFE {m} (FID {fmt(lcsc[m])}) matches or beats the best EMA at "
-                           f"NFE {n} (FID {fmt(ref)}).")
+                           f"NFE {n} (FID {fmt(ref)})" + (": a match, the gap is within the noise floor."
+                                                          if within else "."))
     return out
 
 
@@ -405,14 +407,16 @@ def coefficient_stats(coefficients: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def monotone_claim(lcsc: dict[int, float], nfes: list[int]) -> str | None:
-    """Whether LCSC gets no worse with more steps (a consistency model's second step should help)."""
+def monotone_claim(lcsc: dict[int, float], nfes: list[int], floor: float | None = None) -> str | None:
+    """Whether LCSC gets no worse with more steps (a consistency model's second step should help);
+    with `floor`, worse only by more than the noise floor."""
     pts = sorted(nfes)
-    worse = [(a, b) for a, b in zip(pts, pts[1:]) if lcsc[b] > lcsc[a]]
+    worse = [(a, b) for a, b in zip(pts, pts[1:]) if lcsc[b] - lcsc[a] > (floor or 0.0)]
     if len(pts) < 2:
         return None
     if not worse:
-        return f"LCSC gets no worse with more steps: {', '.join(f'{fmt(lcsc[n])} at {n}' for n in pts)}."
+        return (f"LCSC gets no worse with more steps{' (beyond the noise floor)' if floor is not None else ''}: "
+                f"{', '.join(f'{fmt(lcsc[n])} at {n}' for n in pts)}.")
     a, b = worse[0]
     return (f"LCSC is WORSE at {b} NFE ({fmt(lcsc[b])}) than at {a} NFE ({fmt(lcsc[a])}): "
             "more steps do not help the searched combination here.")

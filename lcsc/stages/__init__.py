@@ -29,7 +29,7 @@ STAGE_SECTIONS = {
                  "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
     "import_trail": ["data", "diffusion", "consistency", "trail", "baselines"],
-    "export": ["data", "diffusion", "consistency", "search", "evaluate", "baselines", "export"],
+    "export": ["data", "diffusion", "consistency", "search", "evaluate", "baselines", "export", "features"],
 }
 # Stages that read `trail` only for an imported trail: with `trail.source: lcsc` their slices (and
 # so their rerun triggers) are those of the trained models alone.

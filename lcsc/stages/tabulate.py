@@ -164,7 +164,7 @@ def _model_lines(model: str, m: _Model, report: dict[str, _Model]) -> list[str]:
                  significance_claim(m.results, m.spread, m.nfes), *claims(m.results, m.search_nfe, m.nfes, noise)]
         if base_model(model) != "dm":
             claim = consistency_claim(m.results, m.search_nfe, m.nfes, noise)
-            lines = ([claim] if claim else []) + lines + [monotone_claim(m.results[variants.LCSC], m.nfes)]
+            lines = ([claim] if claim else []) + lines + [monotone_claim(m.results[variants.LCSC], m.nfes, noise.floor)]
         else:
             lines.append(nfe_saving_claim(m.results, m.nfes))
         lines = [line for line in lines if line]

@@ -253,3 +253,12 @@ def test_a_gap_inside_the_noise_is_no_measurable_difference():
     assert "no seed spread was measured" in noise_line({"fid": 1.0, "n": 9, "of": 18, "samples": 9}, {}, [3])
     assert claims(results, 5, [3, 5], noise)[1] == ("At NFE 5 LCSC shows no measurable difference from the best "
                                                     "baseline, ema_0.99 (7.00).")
+
+
+def test_worse_with_more_steps_only_beyond_the_floor():
+    from lcsc.kernel.report import monotone_claim
+
+    assert monotone_claim({5: 1.01, 8: 1.12}, [5, 8]).startswith("LCSC is WORSE at 8 NFE")
+    assert monotone_claim({5: 1.01, 8: 1.12}, [5, 8], floor=0.93).startswith(
+        "LCSC gets no worse with more steps (beyond the noise floor)")
+    assert monotone_claim({5: 1.01, 8: 2.12}, [5, 8], floor=0.93).startswith("LCSC is WORSE at 8 NFE")

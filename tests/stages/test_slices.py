@@ -105,3 +105,9 @@ def test_a_model_stage_without_a_model_is_the_diffusion_models():
         stage_config(cfg, "train_cm")
     # the truncation stage reads nothing of the config: the fraction is in the model's name
     assert stage_config(cfg, "truncate_trail") == {}
+
+
+def test_the_export_names_the_feature_space_of_the_config():
+    """The model card says which space its FIDs are in, so the export's slice holds `features`."""
+    cfg = validate({"features": {"kind": "autoencoder"}})
+    assert stage_config(cfg, "export", "dm")["features"]["kind"] == "autoencoder"
