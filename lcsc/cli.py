@@ -256,7 +256,8 @@ def cmd_reference_stats(args) -> None:
     cfg, layout, device, run = _setup(args, reference_stats.NAME)
     name = reference_source(cfg)[0] if args.split == "folder" else dataset_name(cfg["data"])
     paths = reference_stats.Paths(features=_features(cfg, layout, args),
-                                  stats=Path(args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))))
+                                  stats=Path(args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))),
+                                  grid=Path(args.grid or layout.real_grid(name, args.split)))
     with run:
         reference_stats.run(cfg, paths, args.split, device, run)
 
@@ -323,7 +324,8 @@ def cmd_tabulate(args) -> None:
         histories=tuple(map(Path, args.histories or [layout.history(m, search_nfe(cfg, m)) for m in names])),
         evaluations=tuple(map(Path, args.evaluations or [layout.eval_json(m, v) for m, v in shown])),
         grids=tuple(map(Path, args.grids or [layout.eval_grid(m, v) for m, v in shown])),
-        report=Path(args.out_dir or layout.report_dir()))
+        report=Path(args.out_dir or layout.report_dir()),
+        real=Path(args.real or layout.real_grid(*reference_source(cfg))))
     with StageRun(cfg, tabulate.NAME, _wildcards(args.wildcards), stage_config(cfg, tabulate.NAME)) as run:
         summary = tabulate.run(cfg, paths, args.variants, run)
     print(summary.read_text())
@@ -416,7 +418,8 @@ COMMANDS = [
      "find (or download) and check the DINOv2 weights (FD_DINOv2); write their descriptor", [("--out", {})]),
     ("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split or of "
      "features.reference_folder",
-     [("--split", {"default": "train", "choices": ["train", "test", "folder"]}), ("--features", {}), ("--out", {})]),
+     [("--split", {"default": "train", "choices": ["train", "test", "folder"]}), ("--features", {}), ("--out", {}),
+      ("--grid", dict(help="a PNG grid of the first reference images (default: beside the stats)"))]),
     ("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search",
      [_MODEL, *_INPUTS, ("--out", {})]),
     ("search", cmd_search, "search LCSC coefficients with nevergrad",
@@ -443,6 +446,7 @@ COMMANDS = [
       ("--histories", dict(_MANY, help="each model's history.csv, in the order of --models")),
       ("--evaluations", dict(_MANY, help="every evaluation JSON to show")),
       ("--grids", dict(_MANY, help="the sample grid of each evaluation, in the same order")),
+      ("--real", dict(help="a grid of reference images (reference_stats writes it), shown beside the samples")),
       ("--out-dir", {"help": "the report's folder"})]),
     ("mlflow-server", cmd_mlflow_server,
      "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)",

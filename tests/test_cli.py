@@ -186,11 +186,12 @@ def test_training_and_feature_paths(tiny, monkeypatch):
     assert paths == train_features.Paths(net=layout.feature_net("classifier"))
     paths, args, _ = _parsed(monkeypatch, reference_stats, ["reference-stats", "--config", config, "--split", "test"])
     assert paths == reference_stats.Paths(features=layout.feature_net("classifier"),
-                                          stats=layout.stats("digits12", "test", "classifier"))
+                                          stats=layout.stats("digits12", "test", "classifier"),
+                                          grid=layout.real_grid("digits12", "test"))
     assert args[0] == "test"
     paths, _, _ = _parsed(monkeypatch, reference_stats, ["reference-stats", "--config", config, "--features", "f",
-                                                        "--out", "s.npz"])
-    assert paths == reference_stats.Paths(features=Path("f"), stats=Path("s.npz"))
+                                                        "--out", "s.npz", "--grid", "r.png"])
+    assert paths == reference_stats.Paths(features=Path("f"), stats=Path("s.npz"), grid=Path("r.png"))
 
 
 def test_tabulate_paths_list_each_models_files_in_order(tiny, tmp_path, monkeypatch, capsys):

@@ -69,6 +69,10 @@ class Layout:
     def stats(self, dataset: str, split: str, kind: str) -> Path:
         return self.root / "stats" / f"{dataset}-{split}-{kind}.npz"
 
+    def real_grid(self, dataset: str, split: str) -> Path:
+        """A grid of the reference images, shown beside the samples in the report."""
+        return self.root / "stats" / f"{dataset}-{split}-real.png"
+
     def baselines(self, model: str) -> Path:
         return self.root / model / "baselines.json"
 

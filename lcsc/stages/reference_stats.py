@@ -18,6 +18,7 @@ from ..kernel.data import load_split
 from ..kernel.errors import ConfigError, DataError
 from ..kernel.features import cache_dir, load_features
 from ..kernel.fid import feature_stats, save_stats
+from ..kernel.images import save_grid
 from ..kernel.io import copy_file
 from ..kernel.paths import dataset_name
 from ..kernel.progress import progress
@@ -29,6 +30,7 @@ NAME = "reference_stats"
 class Paths:
     features: Path  # the feature network (or Inception descriptor)
     stats: Path  # the .npz of mu and sigma
+    grid: Path | None = None  # a grid of the first reference images, for the report's side-by-side picture
 
 
 # clean-fid's image types (PIL reads them all), hidden files skipped as data.folder does
@@ -40,6 +42,7 @@ FEATURE_PIPELINE_VERSION = 1
 # a seeded random subset of a larger set (the cache key carries the number, so older files
 # without features are made again).
 KEPT_FEATURES = 10000
+REAL_GRID = 64  # reference images in the grid the report shows beside the samples
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -134,6 +137,8 @@ def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=Non
             feats = feats[torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))[:KEPT_FEATURES]]
         save_stats(cached, mu, sigma, reference_features=feats.cpu().float().numpy(), **info)
     copy_file(cached, paths.stats)
+    if paths.grid is not None:
+        save_grid(next(iter(images.batches()))[:REAL_GRID], paths.grid)
     if stage_run is not None:
         stage_run.set_tags({"lcsc.feature_hash": info["feature_hash"]})
         stage_run.log_metrics({"images": info["n"]}, step=0)

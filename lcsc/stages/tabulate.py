@@ -56,6 +56,7 @@ class Paths:
     evaluations: tuple[Path, ...]  # every evaluation JSON, in any order
     grids: tuple[Path, ...]  # the sample grid of each evaluation, in the same order
     report: Path  # the folder of REPORT_FILES and the samples_<model>_<variant>.png copies
+    real: Path | None = None  # a grid of reference images, the first panel of the side-by-side picture
 
     def __post_init__(self):
         for name, items in (("manifests", self.manifests), ("searches", self.searches),
@@ -295,8 +296,9 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path], compared:
             md += [f"### {model}", "", cost_table(rows, nfe), "", f"- {cost_curve_claim(model, rows, nfe)}", ""]
         md += [f"![training cost]({COST_CURVE})", ""]
     if compared:
-        md += ["## Side by side", "", "The same noise through last, the best EMA, the best baseline and lcsc at each "
-               "model's search NFE (the first images of each variant's evaluation): look before trusting a gap.", ""]
+        md += ["## Side by side", "", "Real images beside the same noise through last, the best EMA, the best "
+               "baseline and lcsc at each model's search NFE (the first images of each variant's evaluation): look "
+               "before trusting a gap.", ""]
         md += [f"![{p.stem}]({p.name})" for p in compared.values()] + [""]
     md += ["## Plots", "", "![FID vs NFE](fid_vs_nfe.png)", "", "![coefficients](coefficients.png)", "",
            "![search curve](search_curve.png)", "", "## Samples at each model's search NFE", ""]
@@ -333,9 +335,12 @@ def run(cfg: dict, paths: Paths, only: list[str] | None = None, stage_run=None) 
     for model, m in report.items():  # last, the best EMA, the best baseline and lcsc, from the same noise
         rows = _compared(m)
         if len(rows) > 1:
+            panels = {f"{role}: {v}" if role != v else v: paths.report / f"samples_{model}_{v}.png"
+                      for role, v in rows.items()}
+            if paths.real is not None and paths.real.is_file():  # real images first, where there are any
+                panels = {"real images": paths.real, **panels}
             try:
-                plots.side_by_side({f"{role}: {v}" if role != v else v: paths.report / f"samples_{model}_{v}.png"
-                                    for role, v in rows.items()}, paths.report / f"side_by_side_{model}.png",
+                plots.side_by_side(panels, paths.report / f"side_by_side_{model}.png",
                                    f"{model}: the same noise through each variant at NFE {m.search_nfe}")
                 compared[model] = paths.report / f"side_by_side_{model}.png"
             except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a file that is no image

@@ -70,6 +70,12 @@ def test_evaluate_every_variant_and_tabulate(trained):
     assert f"score FID {floor['fid']:.2f} against each other" in md
     # last, the best EMA, the best baseline and lcsc from the same noise, in one picture the report shows
     assert (report / "side_by_side_dm.png").stat().st_size > 1000 and "![side_by_side_dm](side_by_side_dm.png)" in md
+    from PIL import Image
+
+    real = layout.real_grid("digits12", "train")  # reference_stats' grid of real digits, the picture's first panel
+    with Image.open(real) as im:
+        assert im.size == ((8 * 13 + 1) * 4,) * 2  # 64 digits of 12 px, 8 a row, a 1 px border, 4x
+    assert "Real images beside the same noise" in md
 
 
 def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):

@@ -177,6 +177,7 @@ def tabulate_inputs(wildcards):
         "histories": [LAYOUT.history(m, model_search_nfe(m)) for m in MODELS],
         "evaluations": [LAYOUT.eval_json(m, v) for m in MODELS for v in VARIANTS[m]],
         "grids": [LAYOUT.eval_grid(m, v) for m in MODELS for v in VARIANTS[m]],
+        "real": LAYOUT.real_grid(REFERENCE, REFERENCE_SPLIT),
     }
 
 

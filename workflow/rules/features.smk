@@ -39,6 +39,7 @@ rule reference_stats:
         features=feature_net(),
     output:
         stats=LAYOUT.stats(REFERENCE, "{split}", FEATURES),
+        grid=LAYOUT.real_grid(REFERENCE, "{split}"),
     log:
         LAYOUT.log("reference_stats", "{split}"),
     params:
@@ -51,7 +52,7 @@ rule reference_stats:
     shell:
         "lcsc reference-stats --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards split={wildcards.split:q} --split {wildcards.split:q}"
-        " --features {input.features:q} --out {output.stats:q} 2>&1 | tee {log:q}"
+        " --features {input.features:q} --out {output.stats:q} --grid {output.grid:q} 2>&1 | tee {log:q}"
 
 
 rule dinov2_features:
