@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from .data import load_split
+from .data import content_digest, load_split
 from .fid import feature_stats, frechet_distance
 from .io import write_json
 
@@ -27,8 +27,7 @@ def data_floor(data_cfg: dict, features, samples: int, cache) -> dict:
     extractor `features` and an evaluation of `samples` samples."""
     images = load_split(data_cfg, "all").images
     n = min(samples, len(images) // 2)
-    content = hashlib.sha256(str(tuple(images.shape)).encode() + images.float().contiguous().numpy().tobytes())
-    key = hashlib.sha256(f"{content.hexdigest()} {features.hash} {n} {SEED}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{content_digest(images)} {features.hash} {n} {SEED}".encode()).hexdigest()[:24]
     path = cache / "floors" / f"{key}.json"
     try:
         cached = json.loads(path.read_text())

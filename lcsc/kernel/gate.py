@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .fid import Reference
+from .fid import Reference, feature_stats
 
 RATIO = 10.0
 BROKEN = ("gaussian", "colour_noise", "blank", "half_noise", "shuffled")
@@ -56,7 +56,7 @@ def broken_sets(held_out: torch.Tensor, train: torch.Tensor, seed: int = SEED) -
 def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu") -> dict:
     """The gate's table for the feature extractor `extract` (images -> [N, D] features): the floor,
     each broken set's distance and its ratio to the floor, and the verdict."""
-    reference = _reference(extract(train), device)
+    reference = Reference(*feature_stats(extract(train)), device)
     floor = reference.fid(extract(held_out))
     rows = {}
     for name, images in broken_sets(held_out, train).items():
@@ -65,13 +65,6 @@ def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu")
     failed = [name for name, row in rows.items() if not row["ratio"] >= RATIO]
     return {"floor": floor, "broken": rows, "ratio_needed": RATIO, "passed": not failed, "failed": failed,
             "train": len(train), "held_out": len(held_out)}
-
-
-def _reference(features: torch.Tensor, device) -> Reference:
-    f = torch.as_tensor(features).double()
-    mu = f.mean(0)
-    centred = f - mu
-    return Reference(mu, centred.T @ centred / (len(f) - 1), device)
 
 
 def table(gate: dict) -> str:

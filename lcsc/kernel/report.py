@@ -33,11 +33,8 @@ class Noise:
     spread: Spread = field(default_factory=dict)
 
     def threshold(self, a: str, b: str, n: int) -> float:
-        two_se = 0.0
-        if n in self.spread.get(a, {}) and n in self.spread.get(b, {}):
-            (sa, na), (sb, nb) = self.spread[a][n], self.spread[b][n]
-            two_se = 2 * math.sqrt(sa * sa / na + sb * sb / nb)
-        return max(self.floor or 0.0, two_se)
+        both = n in self.spread.get(a, {}) and n in self.spread.get(b, {})
+        return max(self.floor or 0.0, two_standard_errors(self.spread, a, b, n) if both else 0.0)
 
     def beats(self, results: dict[str, dict[int, float]], a: str, b: str, n: int) -> bool:
         """Whether a's FID is below b's at NFE n by more than the noise."""
@@ -112,8 +109,13 @@ def markdown_table(results: dict[str, dict[int, float]], nfes: list[int], spread
 def gap_test(results: dict[str, dict[int, float]], spread: Spread, a: str, b: str, n: int) -> tuple[float, float]:
     """(mean of a - mean of b, two standard errors of that difference) at NFE n: 2 sqrt(s_a^2/n_a
     + s_b^2/n_b), from each variant's standard deviation over its runs."""
+    return results[a][n] - results[b][n], two_standard_errors(spread, a, b, n)
+
+
+def two_standard_errors(spread: Spread, a: str, b: str, n: int) -> float:
+    """2 sqrt(s_a^2/n_a + s_b^2/n_b) at NFE n, from each variant's deviation over its runs."""
     (sa, na), (sb, nb) = spread[a][n], spread[b][n]
-    return results[a][n] - results[b][n], 2 * math.sqrt(sa * sa / na + sb * sb / nb)
+    return 2 * math.sqrt(sa * sa / na + sb * sb / nb)
 
 
 def significance_claim(results: dict[str, dict[int, float]], spread: Spread, nfes: list[int]) -> str | None:
@@ -221,9 +223,9 @@ def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfe
     m, n = search_nfe, min(more)
     lcsc, last = results[variants.LCSC][m], results[variants.LAST][n]
     ema = best_ema(results, n)
-    beats_last = lcsc < last and last - lcsc > noise.threshold(variants.LCSC, variants.LAST, n)
-    beats_ema = ema is None or (lcsc < results[ema][n] and results[ema][n] - lcsc > noise.threshold(variants.LCSC,
-                                                                                                   ema, n))
+    # LCSC at m against the others at n: a win only beyond the noise (the threshold is never negative)
+    beats_last = last - lcsc > noise.threshold(variants.LCSC, variants.LAST, n)
+    beats_ema = ema is None or results[ema][n] - lcsc > noise.threshold(variants.LCSC, ema, n)
     versus = f"the last checkpoint at {n} NFE scores {fmt(last)}" + (
         f" and the best EMA at {n} NFE ({ema}) {fmt(results[ema][n])}" if ema else "")
     if beats_last and beats_ema:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..kernel.data import load_split
+from ..kernel.data import content_digest, load_split
 from ..kernel.errors import ConfigError, DataError
 from ..kernel.features import cache_dir, load_features
 from ..kernel.fid import feature_stats, save_stats
@@ -104,10 +104,7 @@ def _folder_images(fcfg: dict) -> _Images:
 def _split_images(data_cfg: dict, split: str) -> _Images:
     """A split of the dataset, keyed by the exact values of every image, in order."""
     images = load_split(data_cfg, split).images
-    content = hashlib.sha256()
-    content.update(str(tuple(images.shape)).encode())
-    content.update(images.float().contiguous().numpy().tobytes())
-    return _Images(dataset_name(data_cfg), len(images), content.hexdigest(), lambda: images.split(256))
+    return _Images(dataset_name(data_cfg), len(images), content_digest(images), lambda: images.split(256))
 
 
 def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=None) -> dict:

@@ -53,12 +53,11 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
     return meta
 
 
-def _save(cfg: dict, net: torch.nn.Module, out: Path, meta: dict, device: torch.device) -> dict:
-    """Measure the trained network's sanity gate, then save it with its metadata and gate record."""
+def _save(net: torch.nn.Module, out: Path, meta: dict, train, test, device: torch.device) -> dict:
+    """Measure the trained network's sanity gate on the splits it trained and tested on, then save
+    it with its metadata and gate record."""
     net.eval()
-    extract = FeatureNet.of(net, device)
-    meta["gate"] = gate.run_gate(extract, load_split(cfg["data"], "train").images,
-                                 load_split(cfg["data"], "test").images, device)
+    meta["gate"] = gate.run_gate(FeatureNet.of(net, device), train.images, test.images, device)
     save_tensors(out, net.state_dict(), metadata={METADATA_KEY: json.dumps(meta)})
     return meta
 
@@ -84,7 +83,7 @@ def train_classifier(cfg: dict, out: Path, device: torch.device, stage_run=None)
     meta = {"arch": "classifier", "channels": train.images.shape[1], "num_classes": train.num_classes,
             "width": fcfg["width"], "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]),
             "test_accuracy": acc}
-    return _save(cfg, net, out, meta, device)
+    return _save(net, out, meta, train, test, device)
 
 
 def train_autoencoder(cfg: dict, out: Path, device: torch.device, stage_run=None) -> dict:
@@ -115,7 +114,7 @@ def train_autoencoder(cfg: dict, out: Path, device: torch.device, stage_run=None
     net.error_scale.copy_(err.std(0).clamp_min(1e-6))
     meta = {"arch": "autoencoder", "channels": channels, "image_size": size, "width": fcfg["width"],
             "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]), "test_mse": mse}
-    return _save(cfg, net, out, meta, device)
+    return _save(net, out, meta, train, test, device)
 
 
 def _fit(cfg: dict, net: torch.nn.Module, images: torch.Tensor, loss_fn, score_fn, device: torch.device,
