@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import torch
 
@@ -31,7 +32,8 @@ def data_floor(data_cfg: dict, features, samples: int, cache) -> dict:
     path = cache / "floors" / f"{key}.json"
     try:
         cached = json.loads(path.read_text())
-        if isinstance(cached, dict) and isinstance(cached.get("fid"), float) and cached.get("n") == n:
+        if isinstance(cached, dict) and isinstance(cached.get("fid"), float) and math.isfinite(cached["fid"]) \
+                and cached.get("n") == n:  # the cache lies in the results folder: a NaN or a stray value is recomputed
             return {**cached, "samples": samples}
     except (OSError, ValueError):
         pass  # computed below: a missing or damaged cache entry only costs time
