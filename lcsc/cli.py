@@ -214,7 +214,8 @@ def cmd_export(args) -> None:
                          evaluations=tuple(map(Path, evaluations)),
                          out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
                          coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
-                         baselines=_baselines(layout, args))
+                         baselines=_baselines(layout, args),
+                         real=Path(args.real or layout.real_grid(*reference_source(cfg))))
     with run:
         export.run(cfg, paths, args.model, args.variant, device, run)
 
@@ -437,6 +438,7 @@ COMMANDS = [
      [_MODEL, ("--variant", {"default": variants.LCSC}), ("--manifest", {}), ("--coefficients", {}),
       ("--baselines", {}), ("--evaluations", dict(_MANY, help="the evaluation JSONs the model card shows "
                                                            "(default: the variant's and last's)")),
+      ("--real", dict(help="a grid of reference images (reference_stats writes it), the picture's first panel")),
       ("--out-dir", {"help": "the export folder"})]),
     ("tabulate", cmd_tabulate, "tables and plots of every evaluation",
      [("--models", dict(_MANY, help="default: every model the config runs")),

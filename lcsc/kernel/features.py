@@ -113,17 +113,18 @@ def load_features(path: str | Path, device: torch.device, cfg: dict | None = Non
     if net.hash != info["hash"]:
         raise FeatureError(f"{path}: the weights file {weights} changed since {stage} "
                            f"checked it; rerun it (snakemake -R {stage})")
+    # the sanity gate's record, as a trained file carries it (None: a descriptor older than the gate)
+    net.gate, net.kind, net.path = info.get("gate"), "dinov2" if dinov2 else "inception", path
     return net
 
 
 def check_gate(net) -> None:
-    """Refuse a trained feature space for search unless its sanity gate passed (the fixed spaces,
-    Inception and DINOv2, carry no gate record yet and are not refused)."""
-    if not isinstance(net, FeatureNet):
-        return
+    """Refuse a feature space for search unless its sanity gate passed: the record its stage wrote
+    into the trained file or the fixed space's descriptor."""
+    stage = "train_features" if isinstance(net, FeatureNet) else f"{net.kind}_features"
     if not isinstance(net.gate, dict) or "passed" not in net.gate:
         raise FeatureError(f"{net.path}: no sanity gate record (written before lcsc checked feature spaces); "
-                           "rerun train_features (snakemake -R train_features)")
+                           f"rerun {stage} (snakemake -R {stage})")
     if net.gate["passed"] is not True:
         raise FeatureError(refusal(net.kind, net.gate, net.path))
 

@@ -16,7 +16,9 @@ split itself:
 
 A space passes when every ratio is at least `RATIO` ("far": an order of magnitude above real
 against real). The table goes to the features stage's log and MLflow, and into the feature
-file's record; a space that fails is refused for search.
+file's record (the trained file's metadata, or a fixed space's descriptor); a space that fails is
+refused for search. A fixed space (Inception, DINOv2) is gated on at most `CAPS` images of each
+split: those networks are slow on a CPU.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import math
 import torch
 
 from .fid import Reference, feature_stats
+from .progress import progress
 
 RATIO = 10.0
 BROKEN = ("gaussian", "colour_noise", "blank", "half_noise", "shuffled")
 CHROMA = 0.5  # the deviation of the colour noise added to each held-out image, before its channel mean is taken off
 SEED = 0  # the broken sets' noise: fixed, so the gate's table is the same on every rerun
+CAPS = (2000, 500)  # a fixed space's gate: at most this many train and held-out images
 
 
 def broken_sets(held_out: torch.Tensor, train: torch.Tensor, seed: int = SEED) -> dict[str, torch.Tensor]:
@@ -56,15 +60,48 @@ def broken_sets(held_out: torch.Tensor, train: torch.Tensor, seed: int = SEED) -
 def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu") -> dict:
     """The gate's table for the feature extractor `extract` (images -> [N, D] features): the floor,
     each broken set's distance and its ratio to the floor, and the verdict."""
-    reference = Reference(*feature_stats(extract(train)), device)
-    floor = reference.fid(extract(held_out))
+    bar = progress(total=(len(train) + len(held_out) * (1 + len(BROKEN))), desc="sanity gate")
+
+    def features(images):  # in chunks, so that a slow network shows its progress
+        out = []
+        for i in range(0, len(images), 250):
+            out.append(extract(images[i:i + 250]))
+            bar.update(len(out[-1]))
+        return torch.cat(out)
+
+    reference = Reference(*feature_stats(features(train)), device)
+    floor = reference.fid(features(held_out))
     rows = {}
     for name, images in broken_sets(held_out, train).items():
-        distance = reference.fid(extract(images))
+        distance = reference.fid(features(images))
         rows[name] = {"fid": distance, "ratio": distance / floor if floor > 0 else math.inf}
+    bar.close()
     failed = [name for name, row in rows.items() if not row["ratio"] >= RATIO]
     return {"floor": floor, "broken": rows, "ratio_needed": RATIO, "passed": not failed, "failed": failed,
             "train": len(train), "held_out": len(held_out)}
+
+
+def on_data(data_cfg: dict, extract, device="cpu", caps: tuple[int, int] = CAPS) -> dict:
+    """The gate of a fixed space on the configured data: its train and held-out splits, each cut
+    to a fixed random subset of at most `caps` images."""
+    from .data import load_split
+
+    gen = torch.Generator().manual_seed(SEED)
+    splits = []
+    for split, cap in zip(("train", "test"), caps):
+        images = load_split(data_cfg, split).images
+        splits.append(images[torch.randperm(len(images), generator=gen)[:cap]] if len(images) > cap else images)
+    return run_gate(extract, *splits, device)
+
+
+def announce(kind: str, gate: dict, path, stage_run=None, tag: str = "features") -> None:
+    """Print the gate's table (and the refusal where it failed) to the stage's log; log its figures."""
+    print(f"[{tag}] the sanity gate of features.kind {kind} ({', '.join(BROKEN)} against the held-out "
+          f"split):\n{table(gate)}", flush=True)
+    if not gate["passed"]:
+        print(f"[{tag}] {refusal(kind, gate, path)}", flush=True)
+    if stage_run is not None:
+        stage_run.log_metrics(metrics(gate), step=0)
 
 
 def table(gate: dict) -> str:

@@ -20,8 +20,8 @@ STAGE_SECTIONS = {
     "train_cm": ["seed", "data", "model", "diffusion", "train", "consistency"],
     "truncate_trail": [],  # the fraction is in the model's name
     "train_features": ["seed", "data", "features"],
-    "inception_features": ["features"],
-    "dinov2_features": ["features"],
+    "inception_features": ["data", "features"],  # the data: the sanity gate's splits
+    "dinov2_features": ["data", "features"],
     "reference_stats": ["data", "features"],
     "baselines": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
     "search": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],

@@ -48,6 +48,7 @@ class Paths:
     out: Path  # the export folder
     coefficients: Path | None = None  # the search's, for lcsc
     baselines: Path | None = None  # the baselines stage's, for a profile
+    real: Path | None = None  # a grid of reference images, the first panel of the card's picture
 
 
 def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_run=None) -> Path:
@@ -75,7 +76,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
                                     "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
     evaluations = [read_evaluation(p) for p in paths.evaluations]
     sampler = sampler_line(family.sampler.settings(None)).removeprefix("sampler: ")
-    picture = _samples_picture(model, variant, paths.evaluations, evaluations, out / SAMPLES)
+    picture = _samples_picture(model, variant, paths.evaluations, evaluations, out / SAMPLES, paths.real)
     write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
                                       len(trail)) + picture)
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
@@ -89,10 +90,11 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     return out
 
 
-def _samples_picture(model: str, variant: str, files, evaluations: list[dict], out: Path) -> str:
-    """The exported variant's samples above last's and the kept EMAs', each from the same noise (the
-    grid each evaluate job saved beside its JSON), as the model card's picture; "" where a grid is
-    missing or unreadable (the card then goes without it)."""
+def _samples_picture(model: str, variant: str, files, evaluations: list[dict], out: Path,
+                     real: Path | None = None) -> str:
+    """Real images, then the exported variant's samples, last's and the kept EMAs', each from the
+    same noise (the grid each evaluate job saved beside its JSON), as the model card's picture; ""
+    where a grid is missing or unreadable (the card then goes without it)."""
     grids = {e["variant"]: Path(f).with_suffix(".png") for f, e in zip(files, evaluations) if e.get("model") == model}
     order = [variant, variants.LAST, *[v for v in grids if variants.kept_ema_decay(v) is not None]]
     rows = {v: grids[v] for v in dict.fromkeys(order) if v in grids}
@@ -100,12 +102,16 @@ def _samples_picture(model: str, variant: str, files, evaluations: list[dict], o
         return ""
     from ..kernel.plots import side_by_side  # matplotlib: only when there is a picture to draw
 
+    title = f"{model}: {', '.join(rows)} from the same noise"
+    if real is not None and real.is_file():  # real images first, where there are any
+        rows = {"real images": real, **rows}
     try:
-        side_by_side(rows, out, f"{model}: {', '.join(rows)} from the same noise")
+        side_by_side(rows, out, title)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a file that is no image
         print(f"[export] no samples picture in the model card: a sample grid is not a readable PNG ({exc})")
         return ""
-    return f"\n## Samples\n\nThe same noise through each variant, at the search NFE:\n\n![samples]({out.name})\n"
+    lead = "Real images, then the" if "real images" in rows else "The"
+    return f"\n## Samples\n\n{lead} same noise through each variant, at the search NFE:\n\n![samples]({out.name})\n"
 
 
 def read_evaluation(path: Path) -> dict:

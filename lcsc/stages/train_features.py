@@ -44,12 +44,9 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
     else:
         meta = train_classifier(cfg, paths.net, device, stage_run)
         final = {"final_test_accuracy": meta["test_accuracy"]}
-    print(f"[train_features] the sanity gate of features.kind {cfg['features']['kind']} "
-          f"({', '.join(gate.BROKEN)} against the held-out split):\n{gate.table(meta['gate'])}", flush=True)
-    if not meta["gate"]["passed"]:
-        print(f"[train_features] {gate.refusal(cfg['features']['kind'], meta['gate'], paths.net)}", flush=True)
+    gate.announce(cfg["features"]["kind"], meta["gate"], paths.net, stage_run, tag="train_features")
     if stage_run is not None:
-        stage_run.log_metrics({**final, **gate.metrics(meta["gate"])}, step=0)
+        stage_run.log_metrics(final, step=0)
     return meta
 
 

@@ -107,7 +107,8 @@ def test_stage_descriptor_and_reference_stats(weights, tmp_path, capsys):
 
     from conftest import tiny_config
     from lcsc.cli import main
-    from lcsc.kernel.features import load_features
+    from lcsc.kernel import gate
+    from lcsc.kernel.features import check_gate, load_features
     from lcsc.kernel.fid import load_stats
     from lcsc.kernel.paths import Layout
 
@@ -122,6 +123,22 @@ def test_stage_descriptor_and_reference_stats(weights, tmp_path, capsys):
     assert descriptor.name == "dinov2.json"
     assert main(["reference-stats", "--config", str(tmp_path / "c.yaml"), "--split", "test"]) == 0
     net = load_features(descriptor, CPU)
+    # the stage gated the space on the digits' splits and the search follows its verdict (the
+    # random stand-in is no DINOv2: it may fail, and is refused then, naming the failed sets)
+    record = net.gate
+    assert set(record["broken"]) == set(gate.BROKEN) and record["floor"] > 0
+    assert (record["train"], record["held_out"]) == (1438, 359)
+    for name, row in record["broken"].items():
+        assert row["ratio"] == pytest.approx(row["fid"] / record["floor"])
+        assert (name in record["failed"]) == (row["ratio"] < gate.RATIO)
+    assert record["passed"] == (not record["failed"])
+    assert "the sanity gate of features.kind dinov2" in capsys.readouterr().out
+    if record["passed"]:
+        check_gate(net)
+    else:
+        with pytest.raises(FeatureError, match="features.kind dinov2 failed its sanity gate") as err:
+            check_gate(net)
+        assert all(name in str(err.value) for name in record["failed"])
     mu, sigma = load_stats(layout.stats("digits12", "test", "dinov2"), net.hash)
     assert mu.shape == (128,) and sigma.shape == (128, 128)
     dinov2_standin.build(local, seed=1)  # other bytes in the same file

@@ -11,6 +11,8 @@ import torch
 
 from helpers import sd_config, trained_paths
 from lcsc.cli import main
+from lcsc.kernel.data import load_split
+from lcsc.kernel.images import save_grid
 from lcsc.kernel.paths import Layout
 
 
@@ -27,7 +29,10 @@ def exported(sd_run, tmp_path_factory):
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"  # the default store: <results_dir>/mlflow.db
     layout = Layout.of(cfg)
     evaluations = [str(layout.eval_json("imported", v)) for v in ("lcsc", "last", "ema_0.99")]
+    real = tmp_path / "real digits.png"  # the reference images' grid, as reference_stats writes it
+    save_grid(load_split(cfg["data"], "train").images[:64], real)
     assert main(["export", "--config", config, "--model", "imported", "--evaluations", *evaluations,
+                 "--real", str(real),
                  "--set", "mlflow.enabled=true",
                  "--set", "export.register=digits-unet"]) == 0
     return cfg, layout, uri, config, evaluations
@@ -72,7 +77,11 @@ def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
     assert all(f"at NFE {n} (gap" in card for n in cfg["evaluate"]["nfe"])
     assert "lcsc beats last" in card or "no measurable difference from last" in card or "worse than last" in card
     out = layout.export_dir("imported", "lcsc")
-    assert "![samples](samples.png)" in card and (out / "samples.png").stat().st_size > 1000
+    assert "![samples](samples.png)" in card and "Real images, then the same noise" in card
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as picture:  # four panels of 320 px: real, lcsc, last, ema_0.99
+        assert picture.width == 4 * 320, picture.size
 
 
 def test_export_is_logged_and_registered_in_mlflow(exported):

@@ -18,8 +18,13 @@ CPU = torch.device("cpu")
 
 
 def test_features_and_stats(trained):
+    from lcsc.kernel import gate
+    from lcsc.kernel.features import load_features
+
     cfg, _ = trained
     layout = Layout.of(cfg)
+    net = load_features(layout.feature_net("classifier"), CPU)  # the classifier passed its gate
+    assert net.gate["passed"] and min(row["ratio"] for row in net.gate["broken"].values()) >= gate.RATIO
     with np.load(layout.stats(dataset_name(cfg["data"]), "train", "classifier")) as z:
         assert z["mu"].shape == (16,) and z["sigma"].shape == (16, 16)
         assert str(z["split"]) == "train" and int(z["n"]) == 1438
@@ -28,7 +33,8 @@ def test_features_and_stats(trained):
 
 def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin, folders, capsys):
     from lcsc.cli import main
-    from lcsc.kernel.features import load_features
+    from lcsc.kernel import gate
+    from lcsc.kernel.features import check_gate, load_features
     from lcsc.kernel.fid import load_stats
     from lcsc.kernel.paths import Layout
 
@@ -41,6 +47,11 @@ def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin
     assert main(["inception-features", "--config", str(tmp_path / "c.yaml")]) == 0
     descriptor = layout.feature_net("inception-clean")
     net = load_features(descriptor, CPU)
+    # the stage gated the space on the digits' splits: the stand-in sees every broken set
+    assert net.gate["passed"] and net.gate["train"] == 1438 and net.gate["held_out"] == 359, net.gate
+    assert min(row["ratio"] for row in net.gate["broken"].values()) >= gate.RATIO
+    assert "Sanity gate passed" in capsys.readouterr().out
+    check_gate(net)
     for split in ("folder", "train", "folder"):
         assert main(["reference-stats", "--config", str(tmp_path / "c.yaml"), "--split", split]) == 0
     out = capsys.readouterr().out
@@ -202,6 +213,17 @@ def test_search_refuses_a_space_that_failed_its_gate_or_never_ran_it(tmp_path):
         with pytest.raises(FeatureError, match=message.replace("(", r"\(")) as err:
             check_gate(FeatureNet(path, CPU))
         assert "\n" not in str(err.value) and str(path) in str(err.value)
+    # a fixed space's descriptor from before the gate: refused, naming its stage
+    descriptor = tmp_path / "inception-clean.json"
+    weights = inception_standin.build(tmp_path / "w.pt")
+    from lcsc.kernel.features import load_features
+    from lcsc.kernel.inception import InceptionFeatures
+    from lcsc.kernel.io import write_json
+
+    write_json(descriptor, {"kind": "inception", "mode": "clean", "weights": str(weights),
+                            "hash": InceptionFeatures(weights, "clean", CPU).hash})
+    with pytest.raises(FeatureError, match=r"no sanity gate record .*rerun inception_features"):
+        check_gate(load_features(descriptor, CPU))
     passed = dict(failed, passed=True, failed=[])
     save_tensors(tmp_path / "ok.safetensors", net.state_dict(),
                  metadata={METADATA_KEY: json.dumps({**meta, "gate": passed})})

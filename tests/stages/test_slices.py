@@ -58,7 +58,9 @@ def test_feature_slices_hold_only_the_keys_of_their_kind():
     for stage in ("train_features", "reference_stats"):
         assert {"mode", "weights", "reference_folder"}.isdisjoint(stage_config(classifier, stage)["features"])
         assert stage_config(classifier, stage)["features"]["epochs"] == 30
-    assert "data" not in stage_config(inception, "inception_features")
+    # the data is the sanity gate's: a new data set reruns the gate of a fixed space
+    assert stage_config(inception, "inception_features")["data"]["dataset"] == "digits"
+    assert stage_config(validate({"features": {"kind": "dinov2"}}), "dinov2_features")["data"]["image_size"] == 12
     dinov2 = validate({"features": {"kind": "dinov2", "weights": "/d.pth"}})
     for stage in ("dinov2_features", "reference_stats"):
         assert stage_config(dinov2, stage)["features"]["weights"] == "/d.pth"

@@ -195,14 +195,15 @@ def export_outputs():
 
 
 def export_inputs(wildcards):
-    """The trail, the variant's weights file, and the evaluations its model card shows (the
-    variant's, last's and the kept EMAs')."""
+    """The trail, the variant's weights file, the evaluations its model card shows (the
+    variant's, last's and the kept EMAs') and the real images its picture starts with."""
     inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("features", "stats")}
     if "coefficients" in inputs:  # the first search's (search.seed) of the search.repeats
         inputs["coefficients"] = inputs["coefficients"][0]
     shown = [wildcards.variant, variants.LAST,
              *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL]]
     inputs["evaluations"] = [LAYOUT.eval_json(wildcards.model, v) for v in dict.fromkeys(shown)]
+    inputs["real"] = LAYOUT.real_grid(REFERENCE, REFERENCE_SPLIT)  # the picture's first panel
     return inputs
 
 
