@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean-results
+.PHONY: run test test-fast lint clean-results
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(STAMP)
 # longest pipelines first), not by their number of tests
 test: $(STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder
+
+# the inner loop: every test but the whole pipelines (marker e2e, which includes slurm)
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder -m "not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

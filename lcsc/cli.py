@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .kernel import variants
+from .kernel import jobtime, variants
 from .kernel.config import (
     apply_overrides,
     config_warnings,
@@ -521,11 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     stderr, `lcsc <stage>: <file or key>: <what is wrong>; <what to do>`, and exit code 2; an
     interrupt (Ctrl-C, SIGTERM) exits with 130 and the stage resumes when run again. Any other
     exception is a bug and keeps its traceback."""
+    jobtime.mark("main")
     saved = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
     install()  # SIGTERM, as Ctrl-C, raises KeyboardInterrupt in the stage: it unwinds, closing its files and run
+    code = 2
     try:
-        return _run(argv)
+        code = _run(argv)
+        return code
     finally:  # an in-process caller (a test, a notebook) gets its own handlers back
+        jobtime.write(next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), "lcsc"), code)
         for sig, handler in saved:
             if handler is not None:
                 signal.signal(sig, handler)

@@ -54,6 +54,11 @@ def pytest_collection_modifyitems(items):
         name = item.path.name
         return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
 
+    for item in items:  # whole pipelines: `e2e` (and `slurm`); `make test-fast` leaves them out
+        if item.path.name in LONG_FILES:
+            item.add_marker(pytest.mark.e2e)
+        if item.path.name == "test_slurm.py":
+            item.add_marker(pytest.mark.slurm)
     items.sort(key=rank)  # stable: the order within each file, and of the other files, is kept
 
 

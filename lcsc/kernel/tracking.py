@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -37,10 +38,15 @@ import time
 import uuid
 from pathlib import Path
 
+from . import jobtime
 from .config import flatten
 from .io import json_digest, write_json
 from .paths import dataset_name, feature_tag
 
+# The short jobs that, in a workflow run with `mlflow.defer`, only write their record: the
+# workflow logs them when it ends (end_parent), saving each MLflow's import and store.
+DEFERRED_STAGES = ("train_features", "inception_features", "dinov2_features", "reference_stats",
+                   "truncate_trail", "import_trail", "baselines", "evaluate", "export")
 PARENT_ENV = "LCSC_MLFLOW_PARENT_RUN_ID"
 INVOCATION_ENV = "LCSC_INVOCATION"
 COMPLETE = "complete"
@@ -351,11 +357,41 @@ def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool, 
         return
     try:
         client = _client(cfg)
+        _log_deferred(client, cfg, invocation, run_id)
         client.set_terminated(run_id, status)
         client.set_tag(run_id, "lcsc.logged", COMPLETE)
         end_orphan_runs(client, client.get_run(run_id).info.experiment_id, parent_id=run_id)
     except Exception as exc:
         print(f"[lcsc] could not close MLflow run {run_id}: {exc}", file=sys.stderr)
+
+
+def _log_deferred(client, cfg: dict, invocation: str, parent_id: str) -> None:
+    """Log the records of this invocation's deferred jobs (mlflow.defer) under its parent run,
+    with their registrations; one that fails stays on disk for `lcsc mlflow-sync`."""
+    start, counts = time.monotonic(), {"created": 0, "replaced": 0, "complete": 0, "registered": 0}
+    exp_id = client.get_run(parent_id).info.experiment_id
+    for path in sorted((records_dir(cfg) / invocation).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            if not record.get("deferred") or record.get("status") == "RUNNING" or path.stem == "parent":
+                continue
+            parents = {record["parent_key"]: parent_id}
+            _sync_one(client, exp_id, record, parents, counts)
+            _sync_registrations(client, path, record, parents.get(record["key"]), counts)
+        except Exception as exc:  # the others still go; `lcsc mlflow-sync` retries this one
+            print(f"[lcsc] {path}: not logged to MLflow ({exc}); `lcsc mlflow-sync` logs it later", file=sys.stderr)
+    logged = counts["created"] + counts["replaced"]
+    if logged:
+        print(f"[lcsc] logged {logged} short jobs' runs to MLflow ({time.monotonic() - start:.1f} s; mlflow.defer)")
+
+
+def _timed(method):
+    """A StageRun method whose time counts as MLflow's in the job's phases (lcsc.kernel.jobtime)."""
+    @functools.wraps(method)
+    def timed(*args, **kwargs):
+        with jobtime.mlflow():
+            return method(*args, **kwargs)
+    return timed
 
 
 class StageRun:
@@ -373,6 +409,8 @@ class StageRun:
         self._last_flush = time.monotonic()
         self.logged_all = True
         self.name = run_name(stage, wildcards)
+        jobtime.mark("setup")
+        jobtime.name_job(self.name)
         self.invocation = os.environ.get(INVOCATION_ENV) or "manual-" + _invocation()
         parent = os.environ.get(PARENT_ENV)
         self.record = {"key": f"{self.invocation}/{self.name}", "invocation": self.invocation, "name": self.name,
@@ -384,6 +422,11 @@ class StageRun:
         self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"], **_owner()}
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
+        # a short job of a workflow run: its record only, logged when the workflow ends
+        self.deferred = bool(cfg["mlflow"]["enabled"] and cfg["mlflow"]["defer"] and stage in DEFERRED_STAGES
+                             and os.environ.get(INVOCATION_ENV))
+        if self.deferred:
+            self.record["deferred"] = True
 
     def _warn(self, what: str, exc: Exception) -> None:
         print(f"[lcsc] MLflow {what} failed ({exc}); results stay on disk, logging is off for this job "
@@ -391,12 +434,15 @@ class StageRun:
         self.client = None
         self.logged_all = False
 
+    @_timed
     def __enter__(self) -> StageRun:
         if not self.cfg["mlflow"]["enabled"]:
             return self
         # RUNNING on disk from the start: if the job is killed outright, the next invocation or
         # `lcsc mlflow-sync` finds it and marks it KILLED (see end_orphan_records)
         _write_record(_record_path(self.cfg, self.invocation, self.name), self.record)
+        if self.deferred:
+            return self
         try:
             self.client = _retry(lambda: _client(self.cfg), self.cfg)
             run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg),
@@ -417,6 +463,7 @@ class StageRun:
             raise
         return self
 
+    @_timed
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         rows = [[k, float(v), now, int(step)] for k, v in metrics.items()]
@@ -427,6 +474,7 @@ class StageRun:
         if len(self._pending) >= 500 or time.monotonic() - self._last_flush > 10:
             self.flush()
 
+    @_timed
     def flush(self) -> None:
         if self.client is None or not self._pending:
             return
@@ -440,6 +488,7 @@ class StageRun:
         self._pending.clear()
         self._last_flush = time.monotonic()
 
+    @_timed
     def log_parent_metrics(self, metrics: dict[str, float]) -> None:
         """Metrics of the whole invocation (the report's headline numbers) on its parent run, so
         that the runs table compares invocations without opening them; kept in the parent's
@@ -465,6 +514,7 @@ class StageRun:
         except Exception as exc:
             self._warn("headline metrics on the parent run", exc)
 
+    @_timed
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.record["artifacts"].append([str(Path(path).resolve()), folder])
         if self.client is None:
@@ -474,6 +524,7 @@ class StageRun:
         except Exception as exc:
             self._warn("artifact upload", exc)
 
+    @_timed
     def register_model(self, name: str, folder: str) -> str | None:
         """A new version of the registered model `name` whose source is the artifact `folder` of
         this run; its version number, or None when MLflow is off or failed (one warning). The
@@ -483,6 +534,9 @@ class StageRun:
             return None
         entry = {"name": name, "folder": folder, "version": None}
         self.record.setdefault("registrations", []).append(entry)
+        if self.deferred:
+            print(f"[lcsc] {name} is registered when the workflow ends (mlflow.defer)")
+            return None
         if self.client is None:
             print(f"[lcsc] MLflow is unavailable: {name} is registered by `lcsc mlflow-sync` later", file=sys.stderr)
             return None
@@ -493,6 +547,7 @@ class StageRun:
             return None
         return entry["version"]
 
+    @_timed
     def set_tags(self, tags: dict[str, str]) -> None:
         self.record["tags"] |= {k: str(v) for k, v in tags.items()}
         if self.client is None:
@@ -503,6 +558,7 @@ class StageRun:
         except Exception as exc:
             self._warn("tagging", exc)
 
+    @_timed
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.cfg["mlflow"]["enabled"]:
             return

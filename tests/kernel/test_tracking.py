@@ -144,8 +144,14 @@ def test_two_searches_compare_through_the_rest_api(tracked):
     for r in evaluations:
         by_variant.setdefault(_tags(r)["lcsc.variant"], []).append(r)
         assert _history(port, r, "fid").keys() == {1, 2}
-        assert _tags(r)["lcsc.nfe"] == "1,2"
+        assert _tags(r)["lcsc.nfe"] == "1,2" and _params(r)["evaluate.samples"] == "96"
+        assert r["info"]["status"] == "FINISHED" and _tags(r)["lcsc.logged"] == "complete"
     assert set(by_variant) == set(VARIANTS)
+    # the evaluations were short jobs: they wrote records only, and the workflow logged them at its end
+    records = [json.loads(p.read_text()) for p in (root / "results" / EXPERIMENT / "tracking").glob("*/*.json")]
+    assert {r["name"].split("[")[0] for r in records if r.get("deferred")} == \
+        {"train_features", "reference_stats", "baselines", "evaluate"}
+    assert not any(r.get("deferred") for r in records if r["name"].startswith(("train_dm", "search", "tabulate")))
     lcsc = _search(port, exp_id, "tags.`lcsc.stage` = 'evaluate' and tags.`lcsc.variant` = 'lcsc'")
     assert len(lcsc) == 2
     latest = max(lcsc, key=lambda r: r["info"]["start_time"])
