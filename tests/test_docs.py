@@ -107,7 +107,7 @@ def _demo_run(args: list[str], tmp_path: Path) -> None:
 
 
 CHECKS = [
-    (r"make (run|test|lint)", lambda m, tmp: _make(m[1], tmp)),
+    (r"make (run|test|test-fast|lint)", lambda m, tmp: _make(m[1], tmp)),
     (r"\.venv/bin/snakemake (.+)", lambda m, tmp: _snakemake(shlex.split(m[1]), tmp)),
     (r"\.venv/bin/python -m lcsc (.+)", lambda m, tmp: _lcsc(shlex.split(m[1]), tmp)),
     (r"\.venv/bin/python bench/(\w+\.py) (.+)", lambda m, tmp: _bench(m[1], shlex.split(m[2]), tmp)),

@@ -150,7 +150,7 @@ def test_two_searches_compare_through_the_rest_api(tracked):
     # the evaluations were short jobs: they wrote records only, and the workflow logged them at its end
     records = [json.loads(p.read_text()) for p in (root / "results" / EXPERIMENT / "tracking").glob("*/*.json")]
     assert {r["name"].split("[")[0] for r in records if r.get("deferred")} == \
-        {"train_features", "reference_stats", "baselines", "evaluate"}
+        {"train_features", "reference_stats", "baselines", "evaluate", "export"}
     assert not any(r.get("deferred") for r in records if r["name"].startswith(("train_dm", "search", "tabulate")))
     lcsc = _search(port, exp_id, "tags.`lcsc.stage` = 'evaluate' and tags.`lcsc.variant` = 'lcsc'")
     assert len(lcsc) == 2

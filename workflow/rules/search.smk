@@ -11,7 +11,7 @@ rule baselines:
         cfg=model_json("baselines"),
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
     shell:
@@ -38,7 +38,7 @@ rule search:
         journal=search_journal,
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
     shell:
@@ -67,7 +67,7 @@ rule search_repeat:
         journal=search_journal,
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
     shell:
