@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     stderr, `lcsc <stage>: <file or key>: <what is wrong>; <what to do>`, and exit code 2; an
     interrupt (Ctrl-C, SIGTERM) exits with 130 and the stage resumes when run again. Any other
     exception is a bug and keeps its traceback."""
-    jobtime.mark("main")
+    jobtime.begin()
     saved = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
     install()  # SIGTERM, as Ctrl-C, raises KeyboardInterrupt in the stage: it unwinds, closing its files and run
     code = 2

@@ -37,6 +37,14 @@ def process_start() -> float | None:
         return None
 
 
+def begin() -> None:
+    """A command starts (again, for an in-process caller): its phases count from here."""
+    _marks.clear()
+    _mlflow[0] = 0.0
+    _job["name"] = ""
+    mark("main")
+
+
 def mark(name: str) -> None:
     """The time a phase ends: `main` (the command starts), `setup` (its stage is imported and its
     config read: the job's MLflow run is made)."""

@@ -423,7 +423,7 @@ class StageRun:
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
         # a short job of a workflow run: its record only, logged when the workflow ends
-        self.deferred = bool(cfg["mlflow"]["enabled"] and cfg["mlflow"]["defer"] and stage in DEFERRED_STAGES
+        self.deferred = bool(cfg["mlflow"]["enabled"] and cfg["mlflow"].get("defer") and stage in DEFERRED_STAGES
                              and os.environ.get(INVOCATION_ENV))
         if self.deferred:
             self.record["deferred"] = True
