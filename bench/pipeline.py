@@ -33,6 +33,10 @@ def rule_of(stage: str, job: str) -> str:
     return (job or stage).split("[", 1)[0]
 
 
+def _share(part: float, whole: float) -> float:
+    return 100 * part / max(whole, 1e-9)
+
+
 def table(lines: list[dict], wall: float | None) -> str:
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for line in lines:
@@ -48,16 +52,16 @@ def table(lines: list[dict], wall: float | None) -> str:
             totals[key] += value
         over = row["start"] + row["imports"] + row["mlflow"]
         out.append(f"| {rule} | {int(row['jobs'])} | " + " | ".join(f"{row[k]:.1f}" for k in (*PHASES, "total"))
-                   + f" | {100 * over / max(row['total'], 1e-9):.0f}% |")
+                   + f" | {_share(over, row['total']):.0f}% |")
     over = totals["start"] + totals["imports"] + totals["mlflow"]
     out.append(f"| **all** | {int(totals['jobs'])} | " + " | ".join(f"{totals[k]:.1f}" for k in (*PHASES, "total"))
-               + f" | {100 * over / max(totals['total'], 1e-9):.0f}% |")
+               + f" | {_share(over, totals['total']):.0f}% |")
     out.append("")
     out.append(f"Per-job overhead (start + imports + MLflow): {over:.1f} s of {totals['total']:.1f} s of job time "
-               f"({100 * over / max(totals['total'], 1e-9):.1f}%).")
+               f"({_share(over, totals['total']):.1f}%).")
     if wall is not None:
         out.append(f"Wall time of the whole run: {wall:.1f} s ({wall / 60:.1f} min); the overhead is "
-                   f"{100 * over / wall:.1f}% of it counted as if the jobs ran one after another.")
+                   f"{_share(over, wall):.1f}% of it counted as if the jobs ran one after another.")
     return "\n".join(out)
 
 

@@ -115,12 +115,26 @@ def plot_cost_curve(curves: dict[str, list[dict]], full_lcsc: dict[str, float], 
     plt.close(fig)
 
 
+MAX_GRID_PIXELS = 2**24  # a sample grid is well under a megapixel; matplotlib reads any size whole
+
+
 def side_by_side(rows: dict[str, Path], path: Path, title: str) -> None:
     """The sample grids of a few variants (each drawn from the same noise) next to each other, each
     under its name, so that a reader compares them image by image."""
     import matplotlib.image as mpimg
+    from PIL import Image
 
-    images = {label: mpimg.imread(str(p)) for label, p in rows.items()}
+    def read(p: Path):  # a grid from a results folder may be anything: its size is read first
+        try:
+            with Image.open(p) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{p}: {exc}") from exc
+        if width * height > MAX_GRID_PIXELS:
+            raise ValueError(f"{p}: {width}x{height} pixels, far more than a grid of samples")
+        return mpimg.imread(str(p))
+
+    images = {label: read(p) for label, p in rows.items()}
     fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.7), squeeze=False)
     for ax, (label, im) in zip(axes[0], images.items()):
         ax.imshow(im, cmap="gray" if im.ndim == 2 else None, interpolation="nearest")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..kernel.dinov2 import DINOv2Features, resolve_weights
 from ..kernel import gate
+from ..kernel.dinov2 import DINOv2Features, resolve_weights
 from ..kernel.errors import ConfigError
 from ..kernel.io import write_json
 
