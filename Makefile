@@ -24,9 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder
 
-# the inner loop: every test but the whole pipelines (marker e2e, which includes slurm)
+# the inner loop: every test but the whole pipelines (marker e2e, which includes slurm) and the
+# slow ones (marker slow: whole stages, processes killed and resumed, several processes)
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder -m "not e2e"
+	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder -m "not e2e and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

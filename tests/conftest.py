@@ -4,6 +4,7 @@ workshop over it (`ctx`), and the Inception stand-in with its image folders (`st
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,22 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: the order within each file, and of the other files, is kept
 
 
+def _threads_per_process() -> int:
+    """2 torch threads, or 1 when pytest-xdist's processes already fill the cores: on 2 cores, two
+    processes of two threads each took 231 s for four files of stage tests that one thread each ran
+    in 143 s (2026-12-07)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return 1 if workers >= (os.cpu_count() or 1) else 2
+
+
+THREADS = _threads_per_process()
+if THREADS == 1:  # the stages the tests start as processes inherit it (torch's default thread count)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -76,6 +76,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["tabulate"])
 
 
+@pytest.mark.slow
 def test_python_m_lcsc_prints_one_line(ctx):
     """The real command: argparse's usage block and Python's traceback both stay away."""
     for argv, needle in ((["search", "--threads", "x"], "--threads"),
@@ -99,6 +100,7 @@ def test_the_cli_refuses_a_trail_of_another_model(trained, tmp_path, capsys):
     assert "does not name a truncated trail" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_experiments_in_one_results_folder_do_not_clobber(tmp_path):
     for name, lr in (("a", 1e-3), ("b", 5e-4)):
         cfg = tiny_config(tmp_path / "results", experiment=name,

@@ -100,6 +100,7 @@ def test_weights_are_found_refused_and_never_unpickled(weights, tmp_path, monkey
             DINOv2Features(tmp_path / name, CPU)
 
 
+@pytest.mark.slow
 def test_stage_descriptor_and_reference_stats(weights, tmp_path, capsys):
     import shutil
 

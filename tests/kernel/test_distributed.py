@@ -24,6 +24,8 @@ from lcsc.kernel.training import train
 from conftest import REPO, tiny_config
 from helpers import check_one_line, hold_when, like_a_terminal, trail_hashes
 
+pytestmark = pytest.mark.slow  # every test starts several processes
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 LAUNCH = [sys.executable, "-m", "lcsc.launch", "2"]  # torchrun as the training rules call it
 MODEL = {"channels": 8, "channel_mult": [1, 2], "attention": True, "num_res_blocks": 1, "dropout": 0.0}

@@ -77,6 +77,7 @@ def _trail_hashes(manifest: Path):
     return [(c["step"], c["sha256"]) for c in json.loads(manifest.read_text())["checkpoints"]]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_at_once_and_the_rerun_resumes_to_the_same_trail(tmp_path):
     overrides = {"train": {"iterations": 160, "checkpoint_every": 20}}
     for name in ("killed", "whole"):
@@ -124,6 +125,7 @@ def _history(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_search_and_the_rerun_ends_as_an_uninterrupted_one(trained, tmp_path):
     cfg, _ = trained
     configs = {}
@@ -172,6 +174,7 @@ def test_sigint_stops_a_search_and_the_rerun_ends_as_an_uninterrupted_one(traine
     assert (a["coefficients"], a["fitness"], a["evaluation"]) == (b["coefficients"], b["fitness"], b["evaluation"])
 
 
+@pytest.mark.slow
 def test_runs_left_running_by_killed_jobs_are_ended(tmp_path, monkeypatch):
     """A job SIGKILLed leaves its run RUNNING (and, where it wrote one, its record): the failed
     invocation's end_parent ends them; sync and the next invocation end older ones; runs under a
@@ -258,6 +261,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_runs_of_a_process_killed_outright_are_ended(tmp_path, monkeypatch):
     """SIGKILL to the Snakemake driver leaves its parent run and its job's run RUNNING with nobody
     left to end them, and so does SIGKILL to a stage run by hand (no parent at all): the next
@@ -284,6 +288,7 @@ def test_runs_of_a_process_killed_outright_are_ended(tmp_path, monkeypatch):
     tracking.end_parent(cfg, invocation, parent, ok=True)
 
 
+@pytest.mark.slow
 def test_an_invocation_that_exits_without_ending_its_run_ends_it_killed(tmp_path):
     cfg = tiny_config(tmp_path / "results", experiment="stopped", mlflow=_mlflow(tmp_path, "m"))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -367,6 +372,7 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigint_to_snakemake_stops_its_running_jobs(tmp_path):
     """SIGINT to the Snakemake process alone (a scheduler's or a wrapper's, not a terminal's, which
     reaches every process): Snakemake itself would wait for the running job to finish."""

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_a_job_writes_its_phases_and_they_add_up(trained, tmp_path):
     from helpers import trained_paths
 

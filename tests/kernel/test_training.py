@@ -20,6 +20,7 @@ from conftest import REPO, tiny_config
 from helpers import hold_when, trail_hashes, train_tiny
 
 
+@pytest.mark.slow
 def test_trail_manifest_and_files(tmp_path):
     cfg = tiny_config(tmp_path, train={"iterations": 25, "checkpoint_every": 10})
     manifest = train_tiny(cfg, tmp_path / "trail", 25)
@@ -32,6 +33,7 @@ def test_trail_manifest_and_files(tmp_path):
     assert not list((tmp_path / "trail").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = tiny_config(tmp_path)
     full = Trail.open(train_tiny(cfg, tmp_path / "full", 30))
@@ -47,6 +49,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [c["sha256"] for c in full.manifest["checkpoints"]] == [c["sha256"] for c in resumed.manifest["checkpoints"]]
 
 
+@pytest.mark.slow
 def test_resume_state_from_other_settings_is_not_reused(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     train_tiny(cfg, tmp_path / "t", 20)
@@ -71,6 +74,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path):
     assert (tmp_path / "t" / "step_0000010.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_resumes_to_the_same_trail(tmp_path):
     overrides = {"train": {"iterations": 240, "checkpoint_every": 20}}
     for name in ("killed", "whole"):

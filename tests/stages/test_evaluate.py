@@ -25,6 +25,7 @@ def _with_baselines_and_search(cfg: dict, cfg_file) -> Layout:
     return layout
 
 
+@pytest.mark.slow
 def test_evaluate_every_variant_and_tabulate(trained):
     cfg, cfg_file = trained
     layout = _with_baselines_and_search(cfg, cfg_file)
@@ -87,6 +88,7 @@ def test_unknown_variant_and_bad_config_fail_clearly(trained, capsys):
     assert "search.nfe: 9 is not in evaluate.nfe" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_repeats_give_every_run_and_their_mean_and_spread(trained, tmp_path):
     """search.repeats x evaluate.repeats: each run is the evaluation one seed and one search would
     give alone; the result holds their mean and sample standard deviation."""

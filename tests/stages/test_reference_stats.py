@@ -31,6 +31,7 @@ def test_features_and_stats(trained):
         np.testing.assert_allclose(z["sigma"], z["sigma"].T)
 
 
+@pytest.mark.slow
 def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin, folders, capsys):
     from lcsc.cli import main
     from lcsc.kernel import gate
@@ -88,6 +89,7 @@ def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin
         load_features(descriptor, CPU)
 
 
+@pytest.mark.slow
 def test_autoencoder_features_train_on_an_unlabelled_folder(tmp_path, capsys):
     """features.kind: autoencoder needs no labels: a flat folder of digits passes the config check
     (the classifier's fails), the stage trains on it, and in its feature space the test digits lie
@@ -136,6 +138,7 @@ def _grey_rgb_digits(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(load_split(data, s).images.expand(-1, 3, -1, -1).contiguous() for s in ("train", "test"))
 
 
+@pytest.mark.slow
 def test_sanity_gate_catches_colour_noise_that_the_bare_bottleneck_misses():
     """The autoencoder space as it was (the standardised bottleneck alone) fails the gate on grey
     RGB data: colour noise on the held-out digits lies within a few floors of the data, since the

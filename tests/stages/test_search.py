@@ -65,6 +65,7 @@ def test_search_outputs_and_fitness_is_reproducible(trained):
         assert torch.equal(best[key], value)
 
 
+@pytest.mark.slow
 def test_a_search_over_several_nfes_records_each_fid_and_combines_them(trained, tmp_path):
     from lcsc.stages import baselines
 
@@ -127,6 +128,7 @@ def test_stale_inputs_are_refused_with_the_file_named(trained, tmp_path):
     assert mode == 0o666 & ~umask
 
 
+@pytest.mark.slow
 def test_non_finite_samples_score_worst_and_the_search_goes_on(trained, tmp_path, monkeypatch):
     cfg, _ = trained
     layout = Layout.of(cfg)
@@ -179,6 +181,7 @@ def _history(path):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
     cfg, _ = trained
     # LAWA over all 4 checkpoints is the uniform profile: the same coefficients, scored once
@@ -204,6 +207,7 @@ def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
     assert 0 < len(seen) <= 4 + 3  # CMA's first 12 asks repeat; the last batch and its re-scores are new
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_mb", [None, 0.01])
 def test_two_devices_score_like_one_bit_for_bit_from_one_copy_of_the_trail(trained, tmp_path, monkeypatch,
                                                                           chunk_mb):
@@ -270,6 +274,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp_path):
     cfg, _ = trained
     cfg = tiny_config(tmp_path, search={"budget": 12, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
@@ -343,6 +348,7 @@ def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_pat
         np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_search_compile_runs_the_network_through_torch_compile_and_keeps_its_fitnesses_apart(
         trained, tmp_path, monkeypatch):
     """The wiring of `search.compile`, without compiling (which takes tens of seconds on the CPU):

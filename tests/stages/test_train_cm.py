@@ -1,5 +1,6 @@
 """Stage train_cm: the CD loss falls, CD and CT trails have the DM trail's format, CT resumes."""
 
+import pytest
 import torch
 import yaml
 
@@ -14,6 +15,7 @@ from lcsc.kernel.trail import Trail
 from helpers import cm_config
 
 
+@pytest.mark.slow
 def test_cd_loss_falls_and_cd_ct_trails_use_the_dm_manifest_format(trained, tmp_path):
     cfg, _ = trained
     cfg = dict(cfg, consistency=dict(cfg["consistency"], modes=["cd", "ct"],
@@ -42,6 +44,7 @@ def test_cd_loss_falls_and_cd_ct_trails_use_the_dm_manifest_format(trained, tmp_
     assert ct.manifest["training"]["curriculum_iterations"] == 120 and "teacher" not in ct.manifest
 
 
+@pytest.mark.slow
 def test_ct_resume_equals_uninterrupted(tmp_path):
     """The curriculum depends on the step, which the resume state restores."""
     from lcsc.kernel.training import train

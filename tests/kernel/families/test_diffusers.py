@@ -55,6 +55,7 @@ def test_samples_equal_ddpm_pipelines(unet, sampler):
     torch.testing.assert_close(ours, _pixels(out), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", [True, False])
 def test_the_trainers_own_pipelines_at_their_step_counts(unet, clip):
     """DDPMPipeline (stochastic, 1000 steps) and DDIMPipeline (50 steps, eta 0) of a run whose

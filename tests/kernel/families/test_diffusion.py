@@ -88,6 +88,7 @@ def test_schedules_are_decreasing_in_unit_interval():
         assert (ab[1:] < ab[:-1]).all() and 0 < ab[-1] < ab[0] < 1
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_run():
     torch.manual_seed(0)
     d = VPDiffusion()
