@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+KERNEL_LIMIT = 2**24  # entries of one whole-set kernel matrix KID may hold (128 MB in float64)
+
 
 def _check(real: torch.Tensor, fake: torch.Tensor, least: int) -> None:
     for name, x in (("real", real), ("fake", fake)):
@@ -76,6 +78,27 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within_x + within_y - 2 * _kernel(x, y).mean())
 
 
+def _subset_mmd2s(real: torch.Tensor, fake: torch.Tensor, picks: list) -> list[float]:
+    """mmd2_unbiased of each subset pair (indices into real, fake), from the kernel over the whole
+    sets: a subset's sum over its pairs is r' K r for its 0/1 indicator r, so all subsets take one
+    product per kernel matrix instead of three kernels each (100 subsets of 1000 of 2000 points in
+    64-d: about 20 times less work). Equal to the subset-by-subset values to float64 rounding."""
+    r = torch.zeros(len(real), len(picks), dtype=torch.float64, device=real.device)
+    f = torch.zeros(len(fake), len(picks), dtype=torch.float64, device=fake.device)
+    for j, (ri, fi) in enumerate(picks):
+        r[ri.to(r.device), j] = 1
+        f[fi.to(f.device), j] = 1
+    size = len(picks[0][0])
+
+    def within(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # sum over distinct pairs of each subset
+        k = _kernel(x, x)
+        return ((k @ v) * v).sum(0) - (k.diagonal()[:, None] * v).sum(0)
+
+    between = ((_kernel(real, fake) @ f) * r).sum(0)
+    mmd2 = (within(real, r) + within(fake, f)) / (size * (size - 1)) - 2 * between / (size * size)
+    return mmd2.tolist()
+
+
 def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> tuple[float, float]:
     """KID: (mean, standard deviation) of mmd2_unbiased over `subsets` random subsets of
@@ -88,11 +111,12 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size:
     if size < 2:
         raise ValueError(f"kid: subsets of {size} points; need at least 2")
     gen = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(subsets):
-        ri = torch.randperm(len(real), generator=gen)[:size].to(real.device)
-        fi = torch.randperm(len(fake), generator=gen)[:size].to(fake.device)
-        values.append(mmd2_unbiased(real[ri], fake[fi]))
+    picks = [(torch.randperm(len(real), generator=gen)[:size], torch.randperm(len(fake), generator=gen)[:size])
+             for _ in range(subsets)]
+    if max(len(real), len(fake)) ** 2 > KERNEL_LIMIT:  # one subset at a time
+        values = [mmd2_unbiased(real[ri.to(real.device)], fake[fi.to(fake.device)]) for ri, fi in picks]
+    else:
+        values = _subset_mmd2s(real, fake, picks)
     v = torch.tensor(values, dtype=torch.float64)
     return float(v.mean()), float(v.std(unbiased=True)) if len(v) > 1 else 0.0
 

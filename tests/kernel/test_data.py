@@ -35,6 +35,30 @@ def test_digits_split_is_deterministic_disjoint_and_padded():
     assert sum(tuple(x.flatten().tolist()) + (int(y),) in train_set for x, y in zip(test.images, test.labels)) < 5
 
 
+def test_digits_are_scikit_learns_exactly_without_importing_it(monkeypatch):
+    """The digits come from scikit-learn's own file, read without importing scikit-learn (seconds
+    of every job that loads them), and equal its load_digits bit for bit; without that file,
+    from load_digits itself."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from lcsc.kernel import data
+
+    images, labels = data._digits()
+    bunch = load_digits()
+    assert np.array_equal(images[:, 0], bunch.images.astype(np.float32) / 16.0) and images.dtype == np.float32
+    assert np.array_equal(labels, bunch.target) and labels.dtype == np.int64
+    code = ("import sys; from lcsc.kernel.config import validate; from lcsc.kernel.data import load_split; "
+            "load_split(validate({})['data'], 'all'); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    again, again_labels = data._digits()
+    assert np.array_equal(again, images) and np.array_equal(again_labels, labels)
+
+
 def test_other_sizes_are_resampled():
     cfg = validate({"data": {"image_size": 16}})["data"]
     assert load_split(cfg, "test").images.shape[1:] == (1, 16, 16)

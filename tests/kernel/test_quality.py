@@ -85,3 +85,17 @@ def test_quality_gives_all_four_and_bad_inputs_are_refused():
         precision_recall(x, x[:, :3])
     with pytest.raises(ValueError, match="need \\[N >= 2, D\\]"):
         mmd2_unbiased(x[:1], x)
+
+
+def test_kid_from_the_whole_sets_kernel_equals_kid_subset_by_subset(monkeypatch):
+    """Where the whole sets' kernel fits (quality.KERNEL_LIMIT), every subset's MMD comes from it;
+    the same subsets scored one by one give the same KID to float64 rounding."""
+    from lcsc.kernel import quality as q
+
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(300, 8, generator=gen, dtype=torch.float64)
+    b = torch.randn(250, 8, generator=gen, dtype=torch.float64) * 1.2 + 0.3
+    whole = kid(a, b, subsets=20, subset_size=100, seed=1)
+    monkeypatch.setattr(q, "KERNEL_LIMIT", 0)
+    one_by_one = kid(a, b, subsets=20, subset_size=100, seed=1)
+    assert whole == pytest.approx(one_by_one, rel=1e-12) and whole[0] > 0
