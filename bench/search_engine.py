@@ -241,7 +241,7 @@ def main() -> None:
                       scfg["batch_size"], compile=compile)
 
     cs = candidates(len(trail), args.candidates, seed=0)
-    noise = scorer().make_noise(scfg["samples"], scfg["seed"])
+    noise = scorer().make_noise(scfg["samples"], scfg["seed"]).noise  # (an unconditional trail: no labels)
     print(f"{len(trail)} checkpoints x {scorer().loader.numel} parameters; {args.candidates} candidates, "
           f"{scfg['samples']} samples at NFE {scfg['nfe']}, batch {scfg['batch_size']}; {machine(device)}",
           flush=True)

@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import variants
+from . import families, variants
 from .errors import ConfigError
-from .models import cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
+from .models import TRAINED_HERE, cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
 from .paths import TRAINED_FEATURES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -92,7 +92,8 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
-    errors += _trail_checks(cfg) if imported(cfg) else _consistency_checks(cfg) + _gpus_checks(cfg)
+    errors += _trail_checks(cfg) if imported(cfg) else \
+        _consistency_checks(cfg) + _gpus_checks(cfg) + _conditioning_checks(cfg)
     errors += _ddpm_checks(cfg) if cfg["diffusion"]["sampler"] == "ddpm" else []
     errors += _name_and_path_checks(cfg)
     errors += _registry_checks(cfg)
@@ -125,17 +126,33 @@ def largest_nfe(cfg: dict) -> int:
     return max([*(nfe if isinstance(nfe, list) else [nfe]), *cfg["evaluate"]["nfe"]])
 
 
+DATASET_CLASSES = {"digits": 10, "cifar10": 10}  # (a folder's: its class sub-folders, counted when it is read)
+
+
+def _conditioning_checks(cfg: dict) -> list[str]:
+    """A class-conditional model has the data set's classes; label dropout needs classes."""
+    m, dataset = cfg["model"], cfg["data"]["dataset"]
+    classes = m.get("num_classes")
+    if classes is None:
+        return ["model.label_dropout: set, but the model is unconditional (no model.num_classes)"] \
+            if m.get("label_dropout") else []
+    if dataset in DATASET_CLASSES and classes != DATASET_CLASSES[dataset]:
+        return [f"model.num_classes: {classes}, but data.dataset {dataset} has {DATASET_CLASSES[dataset]} classes"]
+    return []
+
+
 def _ddpm_checks(cfg: dict) -> list[str]:
     """DDPM is diffusers' sampler (how much noise it draws is checked where it draws it)."""
-    if cfg["trail"]["source"] != "diffusers":
+    if cfg["trail"]["source"] == TRAINED_HERE or cfg["trail"]["source"] not in families.SOURCES or \
+            "ddpm" not in families.diffusion_samplers(cfg):
         return ["diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
                 "only; use ddim or dpmpp2m"]
     return []
 
 
 def _trail_checks(cfg: dict) -> list[str]:
-    """An imported trail (`trail.source` diffusers or state_dict) needs its folder, and a
-    state-dict trail the code that builds its network."""
+    """An imported trail needs its folder; its family checks the keys of its own
+    (lcsc.kernel.families.config_errors)."""
     t, errors = cfg["trail"], []
     source = t["source"]
     if not t["path"]:
@@ -143,33 +160,21 @@ def _trail_checks(cfg: dict) -> list[str]:
     if bool(t["ema"]) != (t["ema_decay"] is not None):
         errors.append("trail.ema_decay: give it together with trail.ema (the decay names the variant ema_<decay>)"
                       if t["ema"] else "trail.ema: trail.ema_decay is set, but no trail.ema names the EMA's files")
-    if source == "state_dict" and not t["factory"]:
-        errors.append("trail.factory: required with trail.source 'state_dict': package.module:function that "
-                      "builds the network")
-    only = {"diffusers": ("key", "prefix", "factory", "code"), "state_dict": ("scheduler",)}[source]
-    errors += [f"trail.{key}: set, but trail.source {source!r} does not read it" for key in only if t[key]]
-    if source == "diffusers" and t["sampler"] != "dm":
-        errors.append("trail.sampler: a diffusers trail samples with its own schedulers (diffusion.sampler); "
-                      "trail.sampler applies to state_dict trails")
     if t["pattern"] is not None:
         try:
             if re.compile(t["pattern"]).groups != 1:
                 errors.append(f"trail.pattern: {t['pattern']!r} must have exactly one group (the step)")
         except re.error as exc:
             errors.append(f"trail.pattern: {t['pattern']!r} is not a regular expression ({exc})")
-    for key in ("files", *(("ema",) if source == "state_dict" else ())):
-        try:
-            check_glob(t[key], f"trail.{key}")
-        except ConfigError as exc:
-            errors.append(str(exc))
-    for key in ("unet", *(("ema",) if source == "diffusers" else ())):
-        if t[key] is not None and (not t[key] or t[key] in (".", "..") or "/" in t[key] or "\\" in t[key]):
-            errors.append(f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
-                          f"{'unet' if key == 'unet' else 'unet_ema'}), not a path")
+    try:
+        check_glob(t["files"], "trail.files")
+    except ConfigError as exc:
+        errors.append(str(exc))
     if cost_fractions(cfg):
         errors.append("cost.fractions: the training-cost experiment truncates trails trained here; set it to [] "
                       "(and cost.fraction to null) for an imported trail")
-    if source == "state_dict" and t["sampler"] == "cm":
+    errors += families.config_errors(cfg)
+    if t["sampler"] == "cm" and source in families.SOURCES:
         errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])))
     return errors
 

@@ -11,6 +11,20 @@ from PIL import Image
 from .io import atomic_path
 
 
+def by_class(images: torch.Tensor, labels: torch.Tensor, shown: int, num_classes: int) -> tuple[torch.Tensor, int]:
+    """A class-conditional model's samples for a grid with one row per class (class 0 first):
+    `shown // num_classes` (at least 1) samples of each class, in sample order; and the row length."""
+    per = max(1, shown // num_classes)
+    rows = []
+    for c in range(num_classes):
+        picked = images[(labels == c).nonzero().flatten()[:per].to(images.device)]
+        if len(picked) < per:  # fewer samples of the class than a row holds: the row ends blank (white)
+            picked = torch.cat([picked, torch.ones((per - len(picked), *images.shape[1:]), dtype=images.dtype,
+                                                   device=images.device)])
+        rows.append(picked)
+    return torch.cat(rows), per
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
     """Images in [-1, 1] as one PNG grid."""
     x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().cpu()

@@ -15,8 +15,12 @@ TRUNCATED = "_first"
 MODEL_BASES = ("dm", "cm_cd", "cm_ct")
 IMPORTED = "imported"
 TRAINED_HERE = "lcsc"  # trail.source of the trails lcsc's own training writes
-# the manifest kinds of imported trails (lcsc.kernel.families)
-IMPORTED_KINDS = ("diffusers", "state_dict")
+TRAINED_KINDS = ("dm", "cm")  # the manifest kinds of those trails; an imported trail's kind is its source
+
+
+def imported_kind(kind) -> bool:
+    """Whether a manifest's kind is an imported trail's (any kind but the trained ones)."""
+    return kind not in TRAINED_KINDS
 
 
 def imported(cfg: dict) -> bool:
@@ -32,7 +36,7 @@ def model_kind(model: str, cfg: dict | None = None) -> str:
     """`dm` or `cm`: how the model samples (for `imported`, as `cfg`'s trail says)."""
     if model == IMPORTED:
         trail = (cfg or {}).get("trail", {})
-        return "cm" if trail.get("source") == "state_dict" and trail.get("sampler") == "cm" else "dm"
+        return "cm" if trail.get("sampler") == "cm" else "dm"  # (only a family sampled as the config says takes cm)
     base = base_model(model)
     if base in MODEL_BASES:
         return "dm" if base == "dm" else "cm"
@@ -183,7 +187,7 @@ def nfe_weights(scfg: dict) -> dict[int, float]:
 def trained_model(manifest: dict) -> str:
     """The model a trail manifest holds: `dm`, `cm_<mode>` or `imported`."""
     kind = manifest.get("kind", "dm")
-    if kind in IMPORTED_KINDS:
+    if imported_kind(kind):
         return IMPORTED
     return "dm" if kind == "dm" else f"cm_{manifest.get('mode')}"
 

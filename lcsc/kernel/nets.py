@@ -1,4 +1,5 @@
-"""A small U-Net with sinusoidal noise-level conditioning, sized by the `model` config section."""
+"""A small U-Net with sinusoidal noise-level conditioning, sized by the `model` config section, and
+class-conditional with `model.num_classes`: a label embedding added to the noise-level embedding."""
 
 from __future__ import annotations
 
@@ -61,13 +62,21 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps- or x0-style predictor: `forward(x, t)` with t a float noise-level input per image."""
+    """eps- or x0-style predictor: `forward(x, t)` with t a float noise-level input per image, or,
+    class-conditional (`num_classes`), `forward(x, t, labels)` with an int64 class per image. With
+    `label_dropout` (classifier-free guidance's training) the embedding has one more row, the
+    index `num_classes`, for "no label"."""
 
     def __init__(self, in_channels: int, channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
-                 attention: bool = False, dropout: float = 0.0):
+                 attention: bool = False, dropout: float = 0.0, num_classes: int | None = None,
+                 label_dropout: float = 0.0):
         super().__init__()
         emb_dim = channels * 4
         self.time = TimeEmbedding(channels)
+        self.num_classes = num_classes
+        # (registered only when conditional: an unconditional U-Net keeps its state dict and numbers)
+        if num_classes:
+            self.label = nn.Embedding(num_classes + (1 if label_dropout > 0 else 0), emb_dim)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [channels]
@@ -95,8 +104,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time(t)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError(f"this U-Net is class-conditional ({self.num_classes} classes): pass labels")
+            emb = emb + self.label(labels)
+        elif labels is not None:
+            raise ValueError("this U-Net is unconditional: it takes no labels")
         h = self.inp(x)
         hs = [h]
         for layer in self.down:
@@ -120,7 +135,16 @@ def build_unet(model_cfg: dict, channels: int) -> UNet:
         num_res_blocks=model_cfg["num_res_blocks"],
         attention=model_cfg["attention"],
         dropout=model_cfg["dropout"],
+        num_classes=model_cfg.get("num_classes"),
+        label_dropout=model_cfg.get("label_dropout", 0.0),
     )
+
+
+def with_labels(net, labels: torch.Tensor | None):
+    """`net` as a function of (x, t) that passes `labels` to every call (None: `net` itself)."""
+    if labels is None:
+        return net
+    return lambda x, t: net(x, t, labels)
 
 
 class DigitClassifier(nn.Module):

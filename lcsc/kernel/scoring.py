@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
-from .families import Family, check_source, family_for
+from .families import check_source, family_for
+from .families.base import Family
 from .features import load_features
 from .fid import Reference, load_reference_features, load_stats
 from .io import sha256
@@ -48,6 +49,46 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | N
                           f"largest NFE plus one), {size / 2**30:.1f} GiB for {n} samples, over the "
                           f"{NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m")
     return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
+
+
+def label_seed(seed: int) -> int:
+    """The seed of the labels drawn with the noise of `seed`: a stream of their own, so that the
+    noise of a seed is the same for a conditional model as for an unconditional one."""
+    return int.from_bytes(hashlib.sha256(f"lcsc-labels:{seed}".encode()).digest()[:7], "little")
+
+
+def make_labels(n: int, num_classes: int, seed: int, device) -> torch.Tensor:
+    """`n` class labels drawn from `seed`, class-balanced: every class n // num_classes times, the
+    n % num_classes left over classes drawn without repeats, the whole in a random order. The same
+    on every machine and device, like the noise."""
+    gen = torch.Generator().manual_seed(label_seed(seed))
+    rest = torch.randperm(num_classes, generator=gen)[: n % num_classes]
+    labels = torch.cat([torch.arange(num_classes).repeat(n // num_classes), rest])
+    return labels[torch.randperm(n, generator=gen)].to(device)
+
+
+def labels_drawn(n: int, num_classes: int) -> str:
+    """How the labels of `n` samples are drawn, in words (the report's and the evaluation's)."""
+    per, rest = divmod(n, num_classes)
+    if rest == 0:
+        return f"class-balanced labels: each of the {num_classes} classes {per} times"
+    return (f"class-balanced labels: each of the {num_classes} classes {per} or {per + 1} times ({rest} classes "
+            "drawn for the remainder)")
+
+
+@dataclass(frozen=True)
+class Latents:
+    """What samples depend on besides the weights and the sampler: the noise and, for a
+    class-conditional model, each sample's label; both drawn from one seed."""
+
+    noise: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.noise.shape[0]
+
+    def __getitem__(self, part: slice) -> Latents:
+        return Latents(self.noise[part], None if self.labels is None else self.labels[part])
 
 
 def open_trail(manifest: str | Path, model: str | None = None, cfg: dict | None = None) -> Trail:
@@ -98,8 +139,15 @@ class Scorer:
         return cls(family_for(open_trail(manifest, model, cfg), cfg), features, stats, device, batch_size, chunk_mb,
                    cfg=cfg)
 
-    def make_noise(self, samples: int, seed: int) -> torch.Tensor:
-        return make_noise(samples, self.shape, seed, self.device, self.family.noise_steps)
+    @property
+    def num_classes(self) -> int | None:
+        return self.family.num_classes
+
+    def make_noise(self, samples: int, seed: int) -> Latents:
+        """The noise of `samples` samples from `seed`, with their labels for a class-conditional model."""
+        noise = make_noise(samples, self.shape, seed, self.device, self.family.noise_steps)
+        classes = self.num_classes
+        return Latents(noise, None if classes is None else make_labels(samples, classes, seed, self.device))
 
     @property
     def trail_bytes(self) -> int:
@@ -144,12 +192,12 @@ class Scorer:
     def weights_of(self, coefficients) -> torch.Tensor:
         return combine(self.W, coefficients)
 
-    def score(self, coefficients, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def score(self, coefficients, nfe: int, noise: Latents | torch.Tensor) -> tuple[float, torch.Tensor]:
         """FID of the combination c @ W, written straight into the model's parameters."""
         self.loader.combine_into(self.W, coefficients)
         return self.fid(None, nfe, noise)
 
-    def measure(self, coefficients, objective: Objective, noises: dict[int, torch.Tensor]) -> tuple[float, dict]:
+    def measure(self, coefficients, objective: Objective, noises: dict[int, Latents]) -> tuple[float, dict]:
         """The objective's fitness of the combination c @ W, and the FID at each of its NFEs
         (none sampled for a candidate over the norm bound)."""
         if not objective.feasible(coefficients):
@@ -164,15 +212,25 @@ class Scorer:
         return flatten_state(state, self.loader.keys)
 
     @torch.no_grad()
-    def sample(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> torch.Tensor:
-        """Samples of the weights `flat` (None: the weights already in the model)."""
+    def sample(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> torch.Tensor:
+        """Samples of the weights `flat` (None: the weights already in the model) from `noise`
+        (its labels passed to every network call of a class-conditional model)."""
         if flat is not None:
             self.loader.load(flat)
-        out = [self.sampler.sample(self.model, noise[i:i + self.batch_size], nfe)
-               for i in range(0, len(noise), self.batch_size)]
+        latents = noise if isinstance(noise, Latents) else Latents(noise)
+        if (latents.labels is None) != (self.num_classes is None):
+            raise ValueError(f"the model is {'class-conditional' if self.num_classes else 'unconditional'}, but the "
+                             f"noise comes {'without' if latents.labels is None else 'with'} labels")
+        out = []
+        for i in range(0, len(latents), self.batch_size):
+            part = latents[i:i + self.batch_size]
+            if part.labels is None:  # (an unconditional sampler need not take labels at all)
+                out.append(self.sampler.sample(self.model, part.noise, nfe))
+            else:
+                out.append(self.sampler.sample(self.model, part.noise, nfe, labels=part.labels))
         return torch.cat(out)
 
-    def embed(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def embed(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(features, images) of the samples; features None when samples or features are not finite."""
         images = self.sample(flat, nfe, noise)
         if not torch.isfinite(images).all():
@@ -184,7 +242,7 @@ class Scorer:
             return None, images
         return features, images
 
-    def fid(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def fid(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> tuple[float, torch.Tensor]:
         features, images = self.embed(flat, nfe, noise)
         return (WORST_FID if features is None else self.reference.fid(features)), images
 
@@ -200,7 +258,7 @@ class Scorer:
                                                                              device=self.device)
         return self._ref_features
 
-    def quality(self, flat: torch.Tensor | None, nfe: int, noise: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    def quality(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> tuple[dict, torch.Tensor]:
         """FID, and where the stats keep reference features, KID, precision and recall (k = 3) of
         the samples in the same feature space; with non-finite samples, FID WORST_FID alone."""
         features, images = self.embed(flat, nfe, noise)
@@ -286,9 +344,12 @@ def fitness_settings(scfg: dict, scorer: Scorer) -> dict:
     """Everything a search fitness depends on besides the trail: scores made under other
     settings must not be compared with the search's own."""
     objective = Objective.of(scfg)
-    return {**objective.settings(), "samples": scfg["samples"], "seed": scfg["seed"],
-            "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
-            **scorer.sampler.settings(max(objective.nfes)), "batch_size": scfg["batch_size"]}
+    out = {**objective.settings(), "samples": scfg["samples"], "seed": scfg["seed"],
+           "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
+           **scorer.sampler.settings(max(objective.nfes)), "batch_size": scfg["batch_size"]}
+    if scorer.num_classes is not None:  # (absent for an unconditional model: its keys stay as they were)
+        out["labels"] = f"balanced:{scorer.num_classes}"
+    return out
 
 
 def fitness_key(coefficients, settings_digest: str) -> str:
@@ -307,13 +368,13 @@ class Evaluator:
         self.scorers = scorers
         self._noise: dict[tuple, torch.Tensor] = {}
 
-    def noise(self, scorer: Scorer, samples: int, seed: int) -> torch.Tensor:
+    def noise(self, scorer: Scorer, samples: int, seed: int) -> Latents:
         key = (str(scorer.device), samples, seed)
         if key not in self._noise:
             self._noise[key] = scorer.make_noise(samples, seed)
         return self._noise[key]
 
-    def noises(self, scorer: Scorer, objective: Objective, samples: int, seed: int) -> dict[int, torch.Tensor]:
+    def noises(self, scorer: Scorer, objective: Objective, samples: int, seed: int) -> dict[int, Latents]:
         """The fixed noise of each of the objective's NFEs on `scorer`'s device."""
         return {n: self.noise(scorer, samples, objective.noise_seed(seed, n)) for n in objective.nfes}
 

@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoints import check_finite
 from .errors import TrailError
 from .io import inside, read_json, sha256
-from .models import IMPORTED_KINDS
+from .models import imported_kind
 from .tensors import load_tensors
 
 MANIFEST_FORMAT = "lcsc-trail/1"
@@ -47,7 +47,7 @@ class Trail:
         check_steps(manifest_path, [c["step"] for c in manifest["checkpoints"]])
         files_root = _files_root(manifest_path, manifest)
         # an imported trail's files stay in the training run's folder, relative to it
-        base = files_root if manifest.get("kind") in IMPORTED_KINDS else manifest_path.parent
+        base = files_root if imported_kind(manifest.get("kind", "dm")) else manifest_path.parent
         for where, entry in entries:
             file = Path(entry["file"])
             if file.is_absolute() or not inside(base / file, files_root):
@@ -62,7 +62,8 @@ class Trail:
     def verify(self) -> None:
         """Every file the manifest lists exists and holds the bytes its sha256 says."""
         manifest_path = self.root / "manifest.json"
-        rerun = "rerun import_trail" if self.manifest.get("kind") in IMPORTED_KINDS else "rerun the training (it resumes)"
+        imported = imported_kind(self.manifest.get("kind", "dm"))
+        rerun = "rerun import_trail" if imported else "rerun the training (it resumes)"
         for _, entry in _checked_entries(manifest_path, self.manifest):
             path = self.base / entry["file"]
             if not path.exists():
@@ -147,7 +148,7 @@ def _files_root(manifest_path: Path, manifest: dict) -> Path:
     its base trail's folder), that folder, which must hold a trail manifest itself. A truncated manifest written before `root` was declared
     lies in the folder of its first file."""
     declared = manifest.get("root")
-    if manifest.get("kind") in IMPORTED_KINDS:
+    if imported_kind(manifest.get("kind", "dm")):
         if not isinstance(declared, str) or not Path(declared).is_absolute() or not Path(declared).is_dir():
             raise TrailError(f"{manifest_path}: root {declared!r} is not the imported run's folder (an absolute "
                              "path to an existing folder); rerun import_trail")

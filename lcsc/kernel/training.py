@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .distributed import Ranks, split_batch, wrap
-from .errors import InputError, TrainingError
+from .errors import ConfigError, InputError, TrainingError
 from .io import json_digest, remove_stale_temps, sha256, write_json
 from .progress import progress
 from .tensors import load_tensors, save_tensors
@@ -45,6 +46,37 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The training images' classes, for a class-conditional model; with `dropout`, that share of
+    each batch gets the label `num_classes` ("no label", classifier-free guidance's training)."""
+
+    labels: torch.Tensor  # [N] int64
+    num_classes: int
+    dropout: float = 0.0
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        y = self.labels[idx]
+        if self.dropout > 0:  # drawn only then: without dropout the batches are an unconditional run's
+            y = torch.where(torch.rand(len(idx), generator=gen) < self.dropout, self.num_classes, y)
+        return y
+
+
+def training_labels(model_cfg: dict, data) -> Labels | None:
+    """The classes a class-conditional model (`model.num_classes`) trains with, checked against
+    the data set's (None for an unconditional model)."""
+    classes = model_cfg.get("num_classes")
+    if not classes:
+        return None
+    if data.num_classes < 2:
+        raise ConfigError(f"model.num_classes: {classes}, but the data's images are unlabelled (a data.folder "
+                          "without class sub-folders); put each class in a sub-folder, or unset model.num_classes")
+    if data.num_classes != classes:
+        raise ConfigError(f"model.num_classes: {classes}, but the data set has {data.num_classes} classes; set "
+                          f"model.num_classes: {data.num_classes}")
+    return Labels(data.labels, classes, float(model_cfg.get("label_dropout") or 0.0))
 
 
 class _Trainer:
@@ -104,18 +136,21 @@ class _Trainer:
         if self.ranks.main:
             print(line, flush=True)
 
-    def train_step(self, loss_fn, data: torch.Tensor, device) -> float:
+    def train_step(self, loss_fn, data: torch.Tensor, device, labels: Labels | None = None) -> float:
         """One optimizer step on a random batch, then the EMAs; the step's loss (over the whole
-        batch: the mean of the ranks' losses on their equal slices)."""
+        batch: the mean of the ranks' losses on their equal slices). With `labels`, the loss is
+        also given the batch's labels (`labels=`, the whole batch's; it takes its slice)."""
         cfg = self.cfg
         lr = cfg["lr"] * min(1.0, (self.step + 1) / max(1, cfg["warmup"]))
         for group in self.opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=self.gen)
+        extra = {} if labels is None else {"labels": labels.batch(idx, self.gen).to(device)}
         if self.ranks.world == 1:
-            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step)
+            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, **extra)
         else:  # every rank draws the whole batch's noise and computes on its own slice
-            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)))
+            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)),
+                           **extra)
         value = self.ranks.mean(loss)
         if not math.isfinite(value):
             last = self.out_dir / self.entries[-1]["file"] if self.entries else "none yet"
@@ -188,11 +223,13 @@ def train(
     run=None,
     desc: str = "train",
     ranks: Ranks = Ranks(),
+    labels: Labels | None = None,
 ) -> Path:
     """Train `model` on `data` with `loss_fn(model, batch, generator, step)` (the step, 0-based,
     is for losses with a schedule, such as consistency training's discretization curriculum);
     write the trail and its manifest under `out_dir`. On several `ranks` the loss is also called
-    with `part=`, the rank's slice of the batch (see lcsc.kernel.distributed).
+    with `part=`, the rank's slice of the batch (see lcsc.kernel.distributed), and for a
+    class-conditional model with `labels=`, the batch's classes.
 
     Returns the manifest path. `manifest_extra` (model kind, model config, ...) is stored in the
     manifest and is part of the resume key: a resume state from other settings is not reused.
@@ -215,7 +252,7 @@ def train(
     bar = progress(total=iterations, initial=trainer.step, desc=desc, quiet=not ranks.main)
     t0 = time.perf_counter()
     while trainer.step < iterations:
-        loss = trainer.train_step(loss_fn, data, device)
+        loss = trainer.train_step(loss_fn, data, device, labels)
         window.append(loss)
         losses.append(loss)
         step = trainer.step

@@ -19,11 +19,11 @@ from ..kernel import variants
 from ..kernel.devices import peak_memory
 from ..kernel.features import cache_dir
 from ..kernel.floor import data_floor
-from ..kernel.images import save_grid
+from ..kernel.images import by_class, save_grid
 from ..kernel.io import write_json
 from ..kernel.models import headline_nfe, repeat_seeds
 from ..kernel.progress import progress
-from ..kernel.scoring import Scorer
+from ..kernel.scoring import Scorer, labels_drawn
 
 NAME = "evaluate"
 METRICS = ("fid", "kid", "precision", "recall")
@@ -83,8 +83,11 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
                 for metric in METRICS:  # (KID's spread over its subsets is left out: the runs give one)
                     if metric in measured:
                         one[metric][str(nfe)] = measured[metric]
-                if nfe == grid_nfe and not runs:
+                if nfe == grid_nfe and not runs and noise.labels is None:
                     save_grid(images[:ecfg["grid"]], paths.grid)
+                elif nfe == grid_nfe and not runs:  # a class-conditional model's: a row per class
+                    rows, per_row = by_class(images, noise.labels, ecfg["grid"], scorer.num_classes)
+                    save_grid(rows, paths.grid, per_row)
                 bar.set_postfix(nfe=nfe, fid=f"{measured['fid']:.2f}")
                 bar.update(1)
             runs.append({k: v for k, v in one.items() if v != {}})
@@ -99,6 +102,9 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
               "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
               "coefficients": sources[0][1], "trail_steps": scorer.trail.steps,
               "sampler": scorer.sampler.settings(None), "floor": floor}
+    if scorer.num_classes is not None:  # how the samples' classes were drawn, for the report
+        result["conditioning"] = {"num_classes": scorer.num_classes,
+                                  "labels": labels_drawn(ecfg["samples"], scorer.num_classes)}
     if len(sources) > 1:
         result["search_coefficients"] = [c for _, c in sources]
     write_json(paths.result, result)
@@ -107,6 +113,9 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
             metrics = {"fid": summary["fid"][str(n)], "seconds": result["seconds"][str(n)]}
             metrics |= {f"{k}_nfe{n}": v[str(n)] for k, v in summary.items()}
             stage_run.log_metrics(metrics, step=n)
+        if "conditioning" in result:
+            stage_run.set_tags({"lcsc.num_classes": str(scorer.num_classes),
+                                "lcsc.labels": result["conditioning"]["labels"]})
         stage_run.log_artifact(paths.result)
         stage_run.log_artifact(paths.grid)
     return result

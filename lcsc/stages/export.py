@@ -1,9 +1,8 @@
 """Stage export: a variant's merged weights, taken back where the trail came from.
 
-`<model>/export/<variant>/` holds the weights in the trail's own format (diffusers: a
-`save_pretrained` UNet folder `unet/` and a `pipeline/` folder that `DDPMPipeline.from_pretrained`
-loads, with the scheduler the evaluation sampled with; state_dict: the input's key path, prefix
-and dtypes, in its file format; lcsc: safetensors), `coefficients.json`, and a model card
+`<model>/export/<variant>/` holds the weights in the trail's own format, as its family writes them
+(lcsc.kernel.families; diffusers: a `save_pretrained` UNet folder and a `DDPMPipeline` folder;
+state_dict: the input's key path, prefix and dtypes, in its file format; lcsc: safetensors), `coefficients.json`, and a model card
 `README.md` with the evaluation's FIDs against last and the kept EMAs, the trail's fingerprint,
 the search settings, how to load it and how to reproduce it.
 """
@@ -11,17 +10,13 @@ the search settings, how to load it and how to reproduce it.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..kernel import variants
-from ..kernel.checkpoints import read_file, state_at
 from ..kernel.errors import ConfigError, InputError
 from ..kernel.families import family_for
-from ..kernel.io import atomic_path, read_json, write_json, write_text
+from ..kernel.io import read_json, write_json, write_text
 from ..kernel.models import nfe_list
 from ..kernel.paths import feature_tag
 from ..kernel.report import (
@@ -34,7 +29,7 @@ from ..kernel.report import (
     verdicts,
 )
 from ..kernel.scoring import open_trail
-from ..kernel.tensors import os_errors, save_tensors
+from ..kernel.tensors import os_errors
 from ..kernel.trail import FlatLoader, check_state, flatten_state
 
 NAME = "export"
@@ -69,7 +64,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     out.mkdir(parents=True, exist_ok=True)
     kind = trail.manifest.get("kind", "dm")
     with os_errors(out):  # diffusers' save_pretrained writes through safetensors too
-        written = WRITERS.get(kind, _write_lcsc)(cfg, trail, net, state, out)
+        written = family.export(cfg, net, state, out)
     fingerprint = hashlib.sha256("".join(trail.fingerprint).encode()).hexdigest()
     write_json(out / COEFFICIENTS, {"model": model, "variant": variant, "coefficients": c, "steps": trail.steps,
                                     "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
@@ -78,7 +73,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     sampler = sampler_line(family.sampler.settings(None)).removeprefix("sampler: ")
     picture = _samples_picture(model, variant, paths.evaluations, evaluations, out / SAMPLES, paths.real)
     write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
-                                      len(trail)) + picture)
+                                      len(trail), family.loading) + picture)
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
     if stage_run is not None:
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
@@ -129,52 +124,8 @@ def read_evaluation(path: Path) -> dict:
     return e
 
 
-def _write_lcsc(cfg, trail, net, state: dict, out: Path) -> list[str]:
-    save_tensors(out / "model.safetensors", state)
-    return ["model.safetensors"]
-
-
-def _write_diffusers(cfg, trail, net, state: dict, out: Path) -> list[str]:
-    from diffusers import DDPMPipeline
-
-    from ..kernel.families.diffusers import scheduler_from_config
-
-    net.load_state_dict(state)
-    net.save_pretrained(out / "unet")
-    scheduler = scheduler_from_config(trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"],
-                                      f"{trail.root / 'manifest.json'}: scheduler_config")
-    DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
-    return ["unet/", "pipeline/"]
-
-
-def _write_state_dict(cfg, trail, net, state: dict, out: Path) -> list[str]:
-    """The input's layout: its key path, its prefix, its dtypes, its file format."""
-    source = cfg["trail"]  # the config's key path and prefix (the manifest agrees: check_source)
-    last = trail.checkpoint_path(len(trail) - 1)
-    prefix = source.get("prefix") or ""
-    original = state_at(read_file(last), source.get("key"), last)
-    # the input's keys in its order, each with its dtype: the network's names with the prefix stripped
-    tensors = {key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
-               for key, value in original.items()}
-    name = f"model{last.suffix}"
-    if last.suffix == ".safetensors":
-        save_tensors(out / name, tensors)
-        return [name]
-    nested = tensors
-    for part in reversed(source["key"].split(".") if source.get("key") else []):
-        nested = {part: nested}
-    buffer = io.BytesIO()  # torch's zip writer reports a full disk without its errno: Python's write keeps it
-    torch.save(nested, buffer)
-    with atomic_path(out / name) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-    return [name]
-
-
-WRITERS = {"diffusers": _write_diffusers, "state_dict": _write_state_dict}
-
-
 def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, written: list[str],
-               evaluations: list[dict], fingerprint: str, n_checkpoints: int) -> str:
+               evaluations: list[dict], fingerprint: str, n_checkpoints: int, loading: list[str]) -> str:
     by_variant = {e["variant"]: e for e in evaluations if e.get("model") == model}
     if variant not in by_variant:
         raise ConfigError(f"export: no evaluation of {model}/{variant} among the files passed; run its evaluate job")
@@ -206,7 +157,7 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
         f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "
         f"seed {scfg['seed']}, bounds {scfg['bounds']}",
         f"- sampler: {sampler}", "",
-        "## Load it", "", "```python", *LOADERS.get(kind, LOADERS["safetensors"]), "```", "",
+        "## Load it", "", "```python", *loading, "```", "",
         "## Reproduce it", "",
         "With the config of this run (its experiment, trail, search and evaluate sections):", "",
         "```bash", "snakemake --cores all --configfile <config.yaml>",
@@ -216,13 +167,3 @@ def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, wri
         "theta = sum_i c_i theta_i, combined in float32.", ""]
     return "\n".join(lines)
 
-
-LOADERS = {
-    "diffusers": ["from diffusers import DDPMPipeline, UNet2DModel",
-                  "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
-                  "images = pipe(batch_size=16, num_inference_steps=5).images",
-                  "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"],
-    "state_dict": ["import torch", "state = torch.load('model.pt', weights_only=True)  # the input's layout",
-                   "net.load_state_dict(state)  # your network, after the same key path and prefix as your trainer"],
-    "safetensors": ["from safetensors.torch import load_file", "net.load_state_dict(load_file('model.safetensors'))"],
-}

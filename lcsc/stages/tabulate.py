@@ -85,6 +85,7 @@ class _Model:
     quality: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)  # variant -> kid/precision/recall
     sampler: dict = field(default_factory=dict)  # the sampler's settings, as evaluate recorded them
     floor: dict = field(default_factory=dict)  # the data-vs-data floor, as evaluate measured it
+    conditioning: dict = field(default_factory=dict)  # a class-conditional model's classes and labels
 
 
 def _quality(res: dict) -> dict[str, dict[int, float]] | None:
@@ -135,6 +136,8 @@ def _read(cfg: dict, paths: Paths, only: list[str] | None) -> dict[str, _Model]:
                 out[model].sampler = res["sampler"]
             if evaluation_floor(res):
                 out[model].floor = evaluation_floor(res)
+            if isinstance(res.get("conditioning"), dict):
+                out[model].conditioning = res["conditioning"]
     return out
 
 
@@ -274,6 +277,10 @@ def _markdown(cfg: dict, report: dict[str, _Model], grids: list[Path], compared:
                *_model_lines(model, m, report), ""]
         if m.sampler:
             md += [f"Samples of every variant: {sampler_line(m.sampler)}.", ""]
+        if m.conditioning:
+            md += [f"Class-conditional ({m.conditioning.get('num_classes')} classes): every variant's samples have "
+                   f"{m.conditioning.get('labels')}, drawn from each seed with its noise; the FID is against the "
+                   "whole data set's statistics, as ADM and EDM measure it.", ""]
         if m.quality:
             md += [f"KID, precision and recall (k = 3, Kynkäänniemi et al. 2019) in the same feature space "
                    f"(lower KID is better, higher precision and recall are better; KID's scale is the feature "

@@ -18,7 +18,7 @@ from ..kernel.io import sha256
 from ..kernel.nets import build_unet
 from ..kernel.tensors import load_tensors
 from ..kernel.trail import Trail
-from ..kernel.training import train
+from ..kernel.training import train, training_labels
 
 NAME = "train_cm"
 MODES = ("cd", "ct")
@@ -37,12 +37,25 @@ def _teacher(cfg: dict, manifest: Path, device: torch.device) -> tuple[VPTeacher
     if trail.manifest.get("kind") != "dm":
         raise ConfigError(f"--teacher: {manifest} is not a diffusion trail; pass the dm trail's manifest")
     path = variants.checkpoint_file(trail, ccfg["cd"]["teacher"])
+    check_teacher_classes(trail.model_config, cfg["model"], manifest)
     net = build_unet(trail.model_config, cfg["data"]["channels"])
     net.load_state_dict(load_tensors(path))
     net.to(device).eval().requires_grad_(False)
     schedule = VPDiffusion(trail.manifest["diffusion"]["schedule"], trail.manifest["diffusion"]["timesteps"])
     record = {"manifest": str(manifest), "weights": ccfg["cd"]["teacher"], "file": str(path), "sha256": sha256(path)}
     return VPTeacher(net, schedule.alpha_bar, cfg["diffusion"]["clip_denoised"]), record
+
+
+def check_teacher_classes(teacher: dict, student: dict, manifest: Path) -> None:
+    """The distilled model is conditioned as its teacher is: the same classes, and a "no label"
+    row in the teacher wherever the student's training drops labels."""
+    classes = teacher.get("num_classes")
+    if classes != student.get("num_classes"):
+        raise ConfigError(f"model.num_classes: {student.get('num_classes')} for the consistency model, but its teacher "
+                          f"{manifest} was trained with {classes}; distil a teacher conditioned the same way")
+    if student.get("label_dropout") and not teacher.get("label_dropout"):
+        raise ConfigError(f"model.label_dropout: {student['label_dropout']} for the consistency model, but its teacher "
+                          f"{manifest} was trained without it (it has no \"no label\" embedding to distil)")
 
 
 def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None,
@@ -65,6 +78,7 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
     else:  # the curriculum spans the whole run: another length is another training
         extra["training"] |= {"ct": ccfg["ct"], "curriculum_iterations": cfg["train"]["iterations"]}
     loss = ConsistencyLoss(ccfg, mode, cfg["train"]["iterations"], teacher)
+    labels = training_labels(cfg["model"], data)
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
@@ -73,7 +87,7 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
               f"{cfg['train']['iterations']} iterations, device {device}" + ranks.describe(), flush=True)
     manifest = train(model, loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"], device=device,
                      run=stage_run, desc=f"train_cm {mode}", manifest_extra=extra,
-                     ranks=ranks)
+                     ranks=ranks, labels=labels)
     if stage_run is not None and ranks.main:
         stage_run.log_artifact(manifest)
     return manifest

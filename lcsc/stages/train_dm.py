@@ -11,7 +11,7 @@ from ..kernel.data import load_split
 from ..kernel.distributed import Ranks
 from ..kernel.families.diffusion import VPDiffusion
 from ..kernel.nets import build_unet
-from ..kernel.training import train
+from ..kernel.training import train, training_labels
 
 NAME = "train_dm"
 
@@ -24,6 +24,7 @@ class Paths:
 def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ranks = Ranks()) -> Path:
     with ranks.main_first():  # one process downloads the data, if it must
         data = load_split(cfg["data"], "train")
+    labels = training_labels(cfg["model"], data)
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
@@ -31,7 +32,7 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ra
               f"{len(data.images)} training images, device {device}" + ranks.describe(), flush=True)
     diffusion = VPDiffusion.from_config(cfg["diffusion"])
     manifest = train(model, diffusion.loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"],
-                     device=device, run=stage_run, desc="train_dm", ranks=ranks,
+                     device=device, run=stage_run, desc="train_dm", ranks=ranks, labels=labels,
                      manifest_extra={"kind": "dm", "model_config": cfg["model"],
                                      "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
                                      "data": cfg["data"]})

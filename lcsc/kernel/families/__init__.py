@@ -1,7 +1,12 @@
-"""Model families, by the `kind` a trail's manifest declares: `dm`, the VP diffusion model, and
-`cm`, the consistency model, trained here; `diffusers`, a diffusers UNet2DModel trail; and
-`state_dict`, plain state dicts of the user's own network, sampled as `dm` or `cm` (the
-manifest's `sampler`). `family_for` is the one place that picks a family.
+"""Model families and the registry that picks one. Trails trained here have the manifest kind
+`dm` (the VP diffusion model) or `cm` (the consistency model); an imported trail's kind is its
+`trail.source`, and its family (an `ImportedFamily`) says everything that depends on it: its
+`trail` keys, finding, reading and checking its files, its manifest, its network, its sampler and
+its export. The stages only call the family.
+
+The registry names modules, not classes, so that the config (which runs without torch) can list
+the sources; a family module is imported when a trail of its kind is used, and holds its class as
+`FAMILY`. A new source is one module and one entry in `SOURCES` (or `register`).
 
 A manifest lies in the results folder, which is data anyone may have sent: the family is picked
 and built from the config. The manifest must agree with it (`check_source`), and nothing a
@@ -9,81 +14,129 @@ manifest names is imported or called."""
 
 from __future__ import annotations
 
-from ..errors import TrailError
+import importlib
+from functools import cache
+
+from ..errors import ConfigError, TrailError
 from ..io import resolve_path
-from ..models import IMPORTED_KINDS, TRAINED_HERE
-from .base import Family
-from .consistency import ConsistencyFamily
-from .diffusers import DiffusersFamily
-from .diffusion import DiffusionFamily
-from .state_dict import StateDictCheckpoints
+from ..models import TRAINED_HERE
+
+# the manifest kinds of the trails trained here -> the module of their family
+TRAINED = {"dm": "lcsc.kernel.families.diffusion", "cm": "lcsc.kernel.families.consistency"}
+# trail.source of another trainer's runs -> the module of its family (the manifest's kind is the source)
+SOURCES = {"diffusers": "lcsc.kernel.families.diffusers", "state_dict": "lcsc.kernel.families.state_dict"}
 
 
-class StateDictDiffusion(StateDictCheckpoints, DiffusionFamily):
-    """A state-dict trail sampled by the VP diffusion samplers."""
+def register(source: str, module: str) -> None:
+    """Adds the family of `trail.source: <source>`, whose class is `FAMILY` in `module`."""
+    if source == TRAINED_HERE or source in TRAINED:
+        raise ValueError(f"{source!r} names the trails trained here")
+    SOURCES[source] = module
 
 
-class StateDictConsistency(StateDictCheckpoints, ConsistencyFamily):
-    """A state-dict trail sampled as a consistency model."""
+def sources() -> list[str]:
+    """Every value trail.source may take."""
+    return [TRAINED_HERE, *SOURCES]
 
 
-FAMILIES: dict[str, type[Family]] = {"dm": DiffusionFamily, "cm": ConsistencyFamily, "diffusers": DiffusersFamily}
-STATE_DICT = {"dm": StateDictDiffusion, "cm": StateDictConsistency}
-# the manifest kinds each `trail.source` writes
-SOURCE_KINDS = {TRAINED_HERE: ("dm", "cm"), "diffusers": ("diffusers",), "state_dict": ("state_dict",)}
-# the `trail` keys an imported trail's manifest records as its `source`
-SOURCE_KEYS = {"diffusers": ("unet", "ema"), "state_dict": ("key", "prefix", "factory", "factory_kwargs", "code")}
+def _load(module: str):
+    return importlib.import_module(module).FAMILY
+
+
+def imported_family(source: str):
+    """The family class of an imported trail's source; an unknown source is one line."""
+    if source not in SOURCES:
+        raise ConfigError(f"trail.source: {source!r} is not a source lcsc knows (the sources: {', '.join(sources())})")
+    return _load(SOURCES[source])
+
+
+def trained_family(kind: str):
+    return _load(TRAINED[kind])
+
+
+@cache
+def _sampled(family, sampling):
+    """`family`'s network and files, sampled as the trained family `sampling` samples."""
+    return type(f"{family.__name__}As{sampling.__name__}", (family, sampling), {})
 
 
 def source_record(t: dict) -> dict:
-    """The `source` record of an imported trail, from the config's `trail` section: what its
-    family reads and builds the network with (`code` as an absolute folder)."""
-    out = {k: t[k] for k in SOURCE_KEYS[t["source"]]}
-    if out.get("code"):
-        out["code"] = str(resolve_path(out["code"], "trail.code"))
-    return out
+    """The `source` record of an imported trail, from the config's `trail` section."""
+    return imported_family(t["source"]).source_record(t)
 
 
 def check_source(trail, cfg: dict) -> None:
     """The trail is the one the config names: its kind is one that `trail.source` writes and, for
-    an imported trail, its `root` is `trail.path` and its `source` record the config's (the
-    factory, its arguments and its code folder among them). Anything else is a TrailError naming
-    both values: a results folder edited, sent from elsewhere, or made with another config."""
+    an imported trail, its `root` is `trail.path` and its `source` record (and whatever else its
+    family records) the config's. Anything else is a TrailError naming both values: a results
+    folder edited, sent from elsewhere, or made with another config."""
     t = cfg.get("trail") or {"source": TRAINED_HERE}
     manifest = trail.root / "manifest.json"
     kind, source = trail.manifest.get("kind", "dm"), t["source"]
-    rerun = "rerun import_trail with this config" if source in IMPORTED_KINDS else "rerun the stage that wrote it"
-    if kind not in SOURCE_KINDS[source]:
+    imported = source != TRAINED_HERE
+    rerun = "rerun import_trail with this config" if imported else "rerun the stage that wrote it"
+    kinds = (source,) if imported else tuple(TRAINED)
+    if kind not in kinds:
         raise TrailError(f"{manifest}: a trail of kind {kind!r}, but the config's trail.source is {source!r}, whose "
-                         f"trails are of kind {' or '.join(map(repr, SOURCE_KINDS[source]))}; this manifest was not "
+                         f"trails are of kind {' or '.join(map(repr, kinds))}; this manifest was not "
                          f"written for this config: {rerun}")
-    if source not in IMPORTED_KINDS:
+    if not imported:
         return
     configured = resolve_path(t["path"], "trail.path")
     declared = trail.manifest.get("root")
     if not isinstance(declared, str) or resolve_path(declared, f"{manifest}: root") != configured:
         raise TrailError(f"{manifest}: root {declared!r}, but the config's trail.path is {configured}; an imported "
                          f"trail's files are read from the folder the config names only: {rerun}")
-    recorded, expected = trail.manifest.get("source"), source_record(t)
+    family = imported_family(source)
+    recorded, expected = trail.manifest.get("source"), family.source_record(t)
     recorded = recorded if isinstance(recorded, dict) else {}
     for key, value in expected.items():
         if recorded.get(key) != value:
             raise TrailError(f"{manifest}: source.{key} {recorded.get(key)!r}, but the config's trail.{key} is "
                              f"{value!r}; the stages build and read the network as the config says, never as a "
                              f"results file says: {rerun}")
-    if source == "state_dict" and trail.manifest.get("sampler") != t["sampler"]:
-        raise TrailError(f"{manifest}: sampler {trail.manifest.get('sampler')!r}, but the config's trail.sampler is "
-                         f"{t['sampler']!r}: {rerun}")
+    family.check_manifest(trail, t, rerun)
 
 
-def family_for(trail, cfg: dict) -> Family:
+def family_class(cfg: dict, kind: str | None = None):
+    """The family class that samples a trail of `kind` (a trail trained here) or of the config's
+    imported source."""
+    t = cfg.get("trail") or {"source": TRAINED_HERE}
+    if t["source"] == TRAINED_HERE:
+        return trained_family(kind or "dm")
+    family = imported_family(t["source"])
+    return _sampled(family, trained_family(t["sampler"])) if family.sampled_by_config else family
+
+
+def family_for(trail, cfg: dict):
     """The family of `trail`'s model, as the config says (check_source), checked against the config
     that samples it."""
     check_source(trail, cfg)
-    kind = trail.manifest.get("kind", "dm")
-    if kind == "state_dict":
-        return STATE_DICT[cfg["trail"]["sampler"]](trail, cfg)
-    return FAMILIES[kind](trail, cfg)
+    return family_class(cfg, trail.manifest.get("kind", "dm"))(trail, cfg)
 
 
-__all__ = ["FAMILIES", "Family", "check_source", "family_for", "source_record"]
+def config_errors(cfg: dict) -> list[str]:
+    """What the family of the config's imported trail finds wrong with its `trail` keys (importing
+    that family's module, and so torch)."""
+    t = cfg["trail"]
+    try:
+        family = imported_family(t["source"])
+    except ConfigError as exc:
+        return [str(exc)]
+    errors = family.config_errors(cfg)
+    if not family.sampled_by_config and t["sampler"] != "dm":
+        errors.append(f"trail.sampler: a {t['source']} trail samples as its family says; trail.sampler applies to "
+                      "sources sampled as the config says (state_dict)")
+    return errors
+
+
+def diffusion_samplers(cfg: dict) -> tuple[str, ...]:
+    """The diffusion.sampler values the config's trail is sampled with."""
+    t = cfg.get("trail") or {"source": TRAINED_HERE}
+    if t["source"] == TRAINED_HERE:
+        return ("ddim", "dpmpp2m")
+    return imported_family(t["source"]).diffusion_samplers
+
+
+__all__ = ["SOURCES", "TRAINED", "check_source", "config_errors", "family_class", "family_for", "register",
+           "source_record", "sources"]

@@ -2,7 +2,9 @@
 
 A family wraps one trail. The scoring kernel, the variants and every stage above them use only
 this interface, so a new kind of trail (another trainer's networks, another sampler) is a new
-subclass registered in `lcsc.kernel.families`, and nothing else changes.
+subclass registered in `lcsc.kernel.families`, and nothing else changes. An imported trail's
+family (`ImportedFamily`) also says how the import_trail stage finds, reads and checks its files
+and what its manifest records, and every family writes the export stage's files.
 
 A sampler is any object with
 - `sample(net, noise, nfe) -> images in [-1, 1]`, calling `net` exactly `network_calls(nfe)` times;
@@ -15,14 +17,17 @@ A sampler is any object with
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrailError
+from ..io import inside
+from ..models import imported_kind
 from ..nets import build_unet
-from ..tensors import load_tensors
+from ..tensors import load_tensors, save_tensors
 
 
 class Family:
@@ -39,8 +44,13 @@ class Family:
         self.sampler = self.make_sampler(cfg)
 
     def check_config(self, cfg: dict) -> None:
-        """The config must describe the data the trail was trained on."""
+        """The config must describe the data the trail was trained on, and a trail trained here the
+        classes its network was conditioned on."""
         self._check_trained(cfg, "data", ("image_size", "channels"))
+        configured = cfg["model"].get("num_classes")
+        if not imported_kind(self.trail.manifest.get("kind", "dm")) and self.num_classes != configured:
+            raise ConfigError(f"model.num_classes: {configured!r} in the config, but the trail "
+                              f"{self.trail.root / 'manifest.json'} was trained with {self.num_classes!r}")
 
     def _check_trained(self, cfg: dict, section: str, keys) -> None:
         trained = self.trail.manifest.get(section, {})
@@ -61,6 +71,13 @@ class Family:
         return load_tensors(path, device)
 
     @property
+    def num_classes(self) -> int | None:
+        """The classes of a class-conditional network (None: unconditional): the sampler passes
+        each sample's label to every network call."""
+        config = self.trail.manifest.get("model_config")
+        return config.get("num_classes") if isinstance(config, dict) else None
+
+    @property
     def noise_shape(self) -> tuple[int, ...]:
         """The shape of one noise image."""
         return (self.channels, self.image_size, self.image_size)
@@ -68,3 +85,111 @@ class Family:
     @property
     def noise_steps(self) -> int | None:
         return self.sampler.noise_steps
+
+    # An exported variant: the files it writes in the family's own format, and how to load them.
+    loading = ["from safetensors.torch import load_file", "net.load_state_dict(load_file('model.safetensors'))"]
+
+    def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
+        """Writes the weights `state` (of `net`, which holds them) under `out`; returns the names written."""
+        save_tensors(out / "model.safetensors", state)
+        return ["model.safetensors"]
+
+
+class ImportedFamily(Family):
+    """A trail of another trainer (`trail.source` other than lcsc): besides sampling, the family
+    says which `trail` keys it reads, how its checkpoint files are found, read and checked against
+    its network, and what its manifest records. The import_trail stage only calls these.
+
+    The manifest's kind is the source's name. A family whose `sampled_by_config` is true samples
+    as `trail.sampler` says (the registry combines it with the dm or cm family)."""
+
+    record_keys: tuple[str, ...] = ()  # the trail keys the manifest records as its `source`
+    unread_keys: tuple[str, ...] = ()  # trail keys it does not read: set, they are a config error
+    default_files = ""  # trail.files when null (formatted with the trail section)
+    default_pattern = r"(\d+)\D*$"  # trail.pattern when null
+    pattern_on_path = False  # the default pattern reads the path under trail.path, not the file's name
+    sampled_by_config = False
+    diffusion_samplers: tuple[str, ...] = ("ddim", "dpmpp2m")  # the diffusion.sampler values it samples with
+
+    @classmethod
+    def config_errors(cls, cfg: dict) -> list[str]:
+        """What is wrong with the config's `trail` keys for this source, a line each."""
+        t, source = cfg["trail"], cfg["trail"]["source"]
+        return [f"trail.{key}: set, but trail.source {source!r} does not read it" for key in cls.unread_keys if t[key]]
+
+    @classmethod
+    def files_glob(cls, t: dict) -> str:
+        return t["files"] or cls.default_files.format(**t)
+
+    @classmethod
+    def checkpoint_files(cls, t: dict, root: Path, exclude: set = frozenset()) -> list[tuple[int, Path]]:
+        """(step, file) of every checkpoint the files glob matches (but those in `exclude`), by step."""
+        glob = cls.files_glob(t)
+        pattern = re.compile(t["pattern"] or cls.default_pattern)
+        found, seen = [], {}
+        for path in sorted(root.glob(glob)):
+            if not path.is_file() or path in exclude:
+                continue
+            if not inside(path, root):
+                raise TrailError(f"{path}: matched by trail.files {glob!r} but it lies outside trail.path {root} "
+                                 "(a symlink leads out); a trail's files stay in its folder: narrow trail.files")
+            rel = path.relative_to(root).as_posix()
+            match = pattern.search(rel if t["pattern"] or cls.pattern_on_path else path.name)
+            if match is None:
+                raise TrailError(f"{path}: no training step in its path (trail.pattern {pattern.pattern!r}); set "
+                                 "trail.pattern or trail.files")
+            digits = match.group(1)
+            if digits is None or not re.fullmatch(r"[0-9]+", digits):
+                raise TrailError(f"{path}: trail.pattern {pattern.pattern!r} reads the step as {digits!r}, not as "
+                                 r"digits; make its group match the step's digits only, e.g. (\d+)")
+            step = int(digits)
+            if step in seen:
+                raise TrailError(f"{path}: step {step} again (also {seen[step]}); narrow trail.files or trail.pattern")
+            seen[step] = path
+            found.append((step, path))
+        if not found:
+            raise TrailError(f"{root}: no file matches trail.files {glob!r}")
+        return sorted(found)
+
+    @classmethod
+    def ema_files(cls, t: dict, root: Path) -> tuple[Path | None, set[Path]]:
+        """The kept EMA's file (None without trail.ema) and the files the checkpoint glob must skip."""
+        return None, set()
+
+    @classmethod
+    def skipped_folders(cls, t: dict, root: Path) -> list[tuple[str, str]]:
+        """Folders of the run left out of the trail, each with why (said by the import)."""
+        return []
+
+    @classmethod
+    def reader(cls, t: dict):
+        """path -> the checkpoint's tensors by the network's state_dict names, read as data."""
+        raise NotImplementedError
+
+    @classmethod
+    def network_state(cls, t: dict, last: Path) -> dict[str, torch.Tensor]:
+        """The state dict of the trail's network (built as the config says), which every file must match."""
+        raise NotImplementedError
+
+    @classmethod
+    def manifest_extra(cls, cfg: dict, root: Path, last: Path) -> dict:
+        """What the manifest keeps beside the files: how to build and sample the network."""
+        t = cfg["trail"]
+        if not cls.sampled_by_config:
+            return {}
+        out = {"sampler": t["sampler"]}
+        if t["sampler"] == "cm":
+            out["consistency"] = {k: cfg["consistency"][k] for k in ("sigma_min", "sigma_max", "sigma_data", "rho")}
+        return out
+
+    @classmethod
+    def source_record(cls, t: dict) -> dict:
+        """The manifest's `source`: the trail keys the family reads the files and builds the network with."""
+        return {k: t[k] for k in cls.record_keys}
+
+    @classmethod
+    def check_manifest(cls, trail, t: dict, rerun: str) -> None:
+        """The manifest agrees with the config in what this family records beyond `source`."""
+        if cls.sampled_by_config and trail.manifest.get("sampler") != t["sampler"]:
+            raise TrailError(f"{trail.root / 'manifest.json'}: sampler {trail.manifest.get('sampler')!r}, but the "
+                             f"config's trail.sampler is {t['sampler']!r}: {rerun}")

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nets import with_labels
 from .base import Family
 
 
@@ -130,23 +131,25 @@ class VPTeacher:
         return (i - 1).float() + (x - lo) / (hi - lo)
 
     @torch.no_grad()
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         s = sigma.to(x.dtype)[:, None, None, None]
-        eps = self.net(x / (1 + s ** 2).sqrt(), self.time_of(sigma))
+        eps = with_labels(self.net, labels)(x / (1 + s ** 2).sqrt(), self.time_of(sigma))
         d = x - s * eps
         return d.clamp(-1, 1) if self.clip else d
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, solver: str) -> torch.Tensor:
-        """One step of the probability-flow ODE from sigma down to sigma_next (> 0)."""
+    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, solver: str,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One step of the probability-flow ODE from sigma down to sigma_next (> 0), for images of
+        classes `labels` (a class-conditional teacher)."""
         s, sn = sigma[:, None, None, None], sigma_next[:, None, None, None]
-        d1 = (x - self.denoise(x, sigma)) / s
+        d1 = (x - self.denoise(x, sigma, labels)) / s
         x_euler = x + (sn - s) * d1
         if solver == "euler":
             return x_euler
         if solver != "heun":
             raise ValueError(f"unknown teacher solver {solver!r}")
-        d2 = (x_euler - self.denoise(x_euler, sigma_next)) / sn
+        d2 = (x_euler - self.denoise(x_euler, sigma_next, labels)) / sn
         return x + (sn - s) * (d1 + d2) / 2
 
 
@@ -169,20 +172,23 @@ class ConsistencyLoss:
         return curriculum(step, self.iterations, ct["s0"], ct["s1"])
 
     def __call__(self, net: nn.Module, x0: torch.Tensor, gen: torch.Generator, step: int = 0,
-                 part: slice = slice(None)) -> torch.Tensor:
-        """With `part`, the noise is drawn for the whole batch and the loss is that slice's."""
+                 part: slice = slice(None), labels: torch.Tensor | None = None) -> torch.Tensor:
+        """With `part`, the noise is drawn for the whole batch and the loss is that slice's; with
+        `labels` (the whole batch's), the networks (and the teacher) get the images' classes."""
         sigmas = self.param.karras(self.num_sigmas(step))
         probs = lognormal_probs(sigmas, self.ccfg["p_mean"], self.ccfg["p_std"])
         n = torch.multinomial(probs, x0.shape[0], replacement=True, generator=gen)[part]
         z = torch.randn(x0.shape, generator=gen)[part].to(x0.device)
         x0 = x0[part]
+        labels = None if labels is None else labels[part]
+        net = with_labels(net, labels)
         s_lo = sigmas[n].to(x0.device, torch.float32)
         s_hi = sigmas[n + 1].to(x0.device, torch.float32)
         x_hi = x0 + s_hi[:, None, None, None] * z
         if self.mode == "ct":
             x_lo = x0 + s_lo[:, None, None, None] * z
         else:
-            x_lo = self.teacher.step(x_hi, s_hi, s_lo, self.ccfg["cd"]["solver"])
+            x_lo = self.teacher.step(x_hi, s_hi, s_lo, self.ccfg["cd"]["solver"], labels)
         online = self.param(net, x_hi, s_hi)
         with torch.no_grad():
             target = self.param(net, x_lo, s_lo)
@@ -225,8 +231,10 @@ class ConsistencySampler:
         return {"sampler": "consistency", **self.param.settings(), "sampling_sigmas": sigmas}
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int) -> torch.Tensor:
+    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
         self.network_calls(nfe)  # an NFE it cannot sample at is refused
+        net = with_labels(net, labels)  # (a class-conditional network: every call gets the labels)
         if noise.dim() != 5 or noise.shape[1] < nfe:
             raise ValueError(f"consistency sampling at NFE {nfe} needs noise [B, >= {nfe}, C, H, W], "
                              f"got {tuple(noise.shape)}")
@@ -259,3 +267,6 @@ class ConsistencyFamily(Family):
                 raise ConfigError(f"consistency.{key}: {ccfg[key]!r} in the config, but the trail {where} "
                                   f"was trained with {value!r}")
         return ConsistencySampler(Parameterization(**trained), ccfg["sampling_sigmas"])
+
+
+FAMILY = ConsistencyFamily

@@ -20,16 +20,20 @@ sampler's.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..checkpoints import FOREIGN
 from ..config import largest_nfe
 from ..errors import ConfigError, TrailError
-from ..io import first_line, json_digest
+from ..io import first_line, inside, json_digest, read_json
 from ..tensors import load_tensors
-from .base import Family
+from .base import ImportedFamily
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # what UNet2DModel.save_pretrained writes
 
 # diffusion.sampler -> the diffusers scheduler class that samples with it
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpmpp2m": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
@@ -222,10 +226,21 @@ def _clip_x0(scheduler, bound: float) -> None:
     scheduler.convert_model_output = clipped
 
 
-class DiffusersFamily(Family):
-    """A trail imported from diffusers (`trail.source: diffusers`)."""
+class DiffusersFamily(ImportedFamily):
+    """A trail imported from diffusers (`trail.source: diffusers`): `checkpoint-<step>/<unet>/`
+    folders of a training script, the EMA a sub-folder of the last one, the scheduler the run's."""
 
     name = "diffusers"
+    record_keys = ("unet", "ema")
+    unread_keys = ("key", "prefix", "factory", "code")
+    default_files = "checkpoint-*/{unet}/" + WEIGHTS
+    default_pattern = r"checkpoint-(\d+)"
+    pattern_on_path = True
+    diffusion_samplers = ("ddim", "dpmpp2m", "ddpm")
+    loading = ["from diffusers import DDPMPipeline, UNet2DModel",
+               "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
+               "images = pipe(batch_size=16, num_inference_steps=5).images",
+               "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"]
 
     def __init__(self, trail, cfg: dict):
         self.unet_config = trail.model_config
@@ -244,3 +259,134 @@ class DiffusersFamily(Family):
 
     def load_checkpoint(self, path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         return load_tensors(path, device)
+
+    def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
+        """A `save_pretrained` UNet folder `unet/`, and `pipeline/` that DDPMPipeline.from_pretrained
+        loads, with the scheduler the evaluation sampled with."""
+        from diffusers import DDPMPipeline
+
+        net.load_state_dict(state)
+        net.save_pretrained(out / "unet")
+        scheduler = scheduler_from_config(self.trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"],
+                                          f"{self.trail.root / 'manifest.json'}: scheduler_config")
+        DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
+        return ["unet/", "pipeline/"]
+
+    @classmethod
+    def config_errors(cls, cfg: dict) -> list[str]:
+        t, errors = cfg["trail"], super().config_errors(cfg)
+        for key in ("unet", "ema"):  # one sub-folder of a checkpoint folder each
+            if t[key] is not None and (not t[key] or t[key] in (".", "..") or "/" in t[key] or "\\" in t[key]):
+                errors.append(f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
+                              f"{'unet' if key == 'unet' else 'unet_ema'}), not a path")
+        return errors
+
+    @classmethod
+    def ema_files(cls, t: dict, root: Path) -> tuple[Path | None, set[Path]]:
+        """The EMA: the sub-folder trail.ema of the last checkpoint folder, named for the decay it had."""
+        if not t["ema"]:
+            return None, set()
+        last = cls.checkpoint_files(t, root)[-1][1]  # .../checkpoint-<step>/<unet>/<weights>
+        path = last.parent.parent / t["ema"] / WEIGHTS
+        if not path.is_file():
+            raise TrailError(f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
+                             "to its folder (unet_ema in diffusers' examples) or null")
+        if not inside(path, root):
+            raise TrailError(f"{path}: the EMA's weights lie outside trail.path {root} (a symlink leads out); a "
+                             "trail's files stay in its folder")
+        settings = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
+        recorded = settings.get("decay") if isinstance(settings, dict) else None
+        if not isinstance(recorded, (int, float, type(None))) or isinstance(recorded, bool):
+            raise TrailError(f"{path.parent / 'config.json'}: decay {recorded!r} is not a number; not the config "
+                             "diffusers' EMAModel.save_pretrained writes")
+        check_ema_decay(float(t["ema_decay"]), recorded, settings, path.parent / "config.json")
+        return path, set()
+
+    @classmethod
+    def skipped_folders(cls, t: dict, root: Path) -> list[tuple[str, str]]:
+        """The `checkpoint-<step>/` folders (with the default trail.files) that hold no UNet weights,
+        each with what it lacks."""
+        if t["files"]:
+            return []
+        wanted = f"{t['unet']}/{WEIGHTS}"
+        out = []
+        for folder in sorted(p for p in root.glob("checkpoint-*") if p.is_dir()):
+            if not (folder / wanted).is_file():
+                has = sorted(c.name for c in folder.iterdir())[:4]
+                out.append((folder.name, f"no {wanted} in it (it holds {', '.join(has) if has else 'nothing'}); "
+                            "a checkpoint saved without its UNet, or trail.unet names another folder"))
+        return out
+
+    @classmethod
+    def reader(cls, t: dict):
+        return lambda path: load_tensors(path, fix=FOREIGN)
+
+    @classmethod
+    def network_state(cls, t: dict, last: Path) -> dict[str, torch.Tensor]:
+        config_file = last.parent / "config.json"
+        return unet_from_config(read_json(config_file, "the UNet's config.json is missing"), config_file).state_dict()
+
+    @classmethod
+    def manifest_extra(cls, cfg: dict, root: Path, last: Path) -> dict:
+        """The UNet's config (checked against the config's images) and the run's scheduler config."""
+        model_config = read_json(last.parent / "config.json", "the UNet's config.json is missing")
+        check_unet_fits(model_config, cfg, last.parent / "config.json")
+        return {"model_config": model_config,
+                "scheduler_config": run_scheduler_config(cfg["trail"], root, cfg["diffusion"]["sampler"])}
+
+
+def run_scheduler_config(t: dict, root: Path, sampler: str) -> dict:
+    """The run's scheduler config (trail.scheduler, or where DDPMPipeline.save_pretrained writes it),
+    accepted by diffusers and sampled by `sampler` as the trainer's pipeline samples it."""
+    path = Path(t["scheduler"]).expanduser() if t["scheduler"] else root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise ConfigError(f"trail.scheduler: {path} does not exist; give the run's scheduler_config.json (what "
+                          "DDPMPipeline.save_pretrained writes under scheduler/)")
+    config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
+    scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
+    check_scheduler(config, sampler, path)  # and lcsc samples it as the trainer's pipeline does
+    return config
+
+
+EMA_SCHEDULE = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+
+
+def check_ema_decay(configured: float, recorded, settings, where: Path) -> None:
+    """trail.ema_decay names the kept EMA, so it must be the decay the run's EMA had at its last
+    update: with warm-up (or diffusers' default schedule) that is below the recorded maximum until
+    late in a run. Equal within 5% of 1 - decay (0.998 for 0.99801)."""
+    used = effective_decay(settings)
+    if used is None:  # settings without the schedule: only the recorded decay can be compared
+        if recorded is not None and float(recorded) != configured:
+            raise ConfigError(f"trail.ema_decay: {configured} in the config, but {where} records decay {recorded}")
+        return
+    if used != configured and (used >= 1 or configured >= 1
+                               or abs(math.log((1 - used) / (1 - configured))) > 0.05):
+        schedule = ", ".join(f"{k} {settings[k]}" for k in EMA_SCHEDULE if k in settings)
+        raise ConfigError(f"trail.ema_decay: {configured} in the config, but the run's EMA averaged with decay "
+                          f"{used:.6g} at its last update ({where}: {schedule}); set trail.ema_decay: {used:.4g} "
+                          "so that the kept EMA is named for the decay it had")
+
+
+def effective_decay(settings) -> float | None:
+    """The decay diffusers' EMAModel applied at its last update, from the settings its
+    save_pretrained records (None where they are incomplete): after `update_after_step`, with
+    warm-up 1 - (1 + step / inv_gamma)^-power, else (1 + step) / (10 + step), capped by `decay`
+    and floored by `min_decay`."""
+    if not isinstance(settings, dict):
+        return None
+    try:
+        decay, low = float(settings["decay"]), float(settings.get("min_decay", 0.0))
+        step = max(0, int(settings["optimization_step"]) - int(settings.get("update_after_step", 0)) - 1)
+        if step <= 0:
+            return 0.0
+        if settings.get("use_ema_warmup"):
+            value = 1 - (1 + step / float(settings.get("inv_gamma", 1.0))) ** -float(settings.get("power", 2 / 3))
+        else:
+            value = (1 + step) / (10 + step)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return max(min(value, decay), low)
+
+
+FAMILY = DiffusersFamily

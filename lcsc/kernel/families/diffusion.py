@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nets import with_labels
 from .base import Family
 
 
@@ -39,12 +40,14 @@ class VPDiffusion:
         return cls(cfg["schedule"], cfg["timesteps"], cfg["sampler"], cfg["clip_denoised"])
 
     def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator, step: int = 0,
-             part: slice = slice(None)) -> torch.Tensor:
+             part: slice = slice(None), labels: torch.Tensor | None = None) -> torch.Tensor:
         """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step.
-        With `part`, the noise is drawn for the whole batch and the loss is that slice's."""
+        With `part`, the noise is drawn for the whole batch and the loss is that slice's; with
+        `labels` (the whole batch's), a class-conditional network gets its images' classes."""
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator)[part].to(x0.device)
         eps = torch.randn(x0.shape, generator=generator)[part].to(x0.device)
         x0 = x0[part]
+        net = with_labels(net, None if labels is None else labels[part])
         ab = self.alpha_bar.to(x0.device)[t].float()[:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         return torch.mean((net(xt, t.float()) - eps) ** 2)
@@ -70,8 +73,11 @@ class VPDiffusion:
                 "timesteps": self.T}
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int) -> torch.Tensor:
-        """Deterministic sampling from x_T = noise with exactly `nfe` calls of `net`."""
+    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic sampling from x_T = noise with exactly `nfe` calls of `net` (each given
+        `labels`, for a class-conditional network)."""
+        net = with_labels(net, labels)
         ts = self.timesteps(nfe)
         ab_all = self.alpha_bar.to(noise.device)
         abar = [ab_all[t].to(noise.dtype) for t in ts] + [torch.tensor(1.0, dtype=noise.dtype, device=noise.device)]
@@ -115,3 +121,6 @@ class DiffusionFamily(Family):
 
     def make_sampler(self, cfg: dict) -> VPDiffusion:
         return VPDiffusion.from_config(cfg["diffusion"])
+
+
+FAMILY = DiffusionFamily

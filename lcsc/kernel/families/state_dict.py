@@ -6,22 +6,25 @@ own code, imported on purpose), with `factory_kwargs`; each file is read as data
 (lcsc.kernel.checkpoints) at the key path with its prefix stripped. The factory and the reading
 settings come from the config, never from the manifest in the results folder (which records them
 and must agree: lcsc.kernel.families.check_source). How it samples is another family's: the
-registry combines this class with the VP diffusion or consistency family.
+registry combines this class with the VP diffusion or consistency family (`sampled_by_config`).
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoints import read_state
+from ..checkpoints import read_file, read_state, state_at
+from ..config import check_glob
 from ..errors import ConfigError
-from ..io import first_line, resolve_path
-from .base import Family
+from ..io import atomic_path, first_line, resolve_path
+from ..tensors import save_tensors
+from .base import ImportedFamily
 
 
 def load_factory(spec: str, code: str | None = None):
@@ -61,10 +64,16 @@ def build_from_factory(spec: str, kwargs: dict, code: str | None = None) -> nn.M
     return net
 
 
-class StateDictCheckpoints(Family):
+class StateDictCheckpoints(ImportedFamily):
     """The network and checkpoints of a state-dict trail; a sampling family supplies the rest."""
 
     name = "state_dict"
+    record_keys = ("key", "prefix", "factory", "factory_kwargs", "code")
+    unread_keys = ("scheduler",)
+    default_files = "*.pt"
+    sampled_by_config = True
+    loading = ["import torch", "state = torch.load('model.pt', weights_only=True)  # the input's layout",
+               "net.load_state_dict(state)  # your network, after the same key path and prefix as your trainer"]
 
     def check_config(self, cfg: dict) -> None:
         super().check_config(cfg)
@@ -76,3 +85,62 @@ class StateDictCheckpoints(Family):
     def load_checkpoint(self, path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         state = read_state(path, self.source["key"], self.source["prefix"])
         return {k: v.to(device) for k, v in state.items()}
+
+    def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
+        """The input's layout: its key path, its prefix, its dtypes, its file format."""
+        source = cfg["trail"]  # the config's key path and prefix (the manifest agrees: check_source)
+        last = self.trail.checkpoint_path(len(self.trail) - 1)
+        prefix = source.get("prefix") or ""
+        original = state_at(read_file(last), source.get("key"), last)
+        # the input's keys in its order, each with its dtype: the network's names with the prefix stripped
+        tensors = {key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
+                   for key, value in original.items()}
+        name = f"model{last.suffix}"
+        if last.suffix == ".safetensors":
+            save_tensors(out / name, tensors)
+            return [name]
+        nested = tensors
+        for part in reversed(source["key"].split(".") if source.get("key") else []):
+            nested = {part: nested}
+        buffer = io.BytesIO()  # torch's zip writer reports a full disk without its errno: Python's write keeps it
+        torch.save(nested, buffer)
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+        return [name]
+
+    @classmethod
+    def config_errors(cls, cfg: dict) -> list[str]:
+        t, errors = cfg["trail"], super().config_errors(cfg)
+        if not t["factory"]:
+            errors.append("trail.factory: required with trail.source 'state_dict': package.module:function that "
+                          "builds the network")
+        try:
+            check_glob(t["ema"], "trail.ema")
+        except ConfigError as exc:
+            errors.append(str(exc))
+        return errors
+
+    @classmethod
+    def ema_files(cls, t: dict, root: Path) -> tuple[Path | None, set[Path]]:
+        """The EMA: the last file of the glob trail.ema, whose files are no checkpoints of the trail."""
+        if not t["ema"]:
+            return None, set()
+        return cls.checkpoint_files(dict(t, files=t["ema"]), root)[-1][1], set(root.glob(t["ema"]))
+
+    @classmethod
+    def reader(cls, t: dict):
+        return lambda path: read_state(path, t["key"], t["prefix"])
+
+    @classmethod
+    def network_state(cls, t: dict, last: Path) -> dict[str, torch.Tensor]:
+        return build_from_factory(t["factory"], t["factory_kwargs"], t["code"]).state_dict()
+
+    @classmethod
+    def source_record(cls, t: dict) -> dict:
+        out = super().source_record(t)
+        if out.get("code"):  # as an absolute folder
+            out["code"] = str(resolve_path(out["code"], "trail.code"))
+        return out
+
+
+FAMILY = StateDictCheckpoints

@@ -118,7 +118,7 @@ def test_teacher_step_is_exact_for_a_perfect_denoiser_of_one_point():
         def __init__(self):
             pass
 
-        def denoise(self, x, sigma):
+        def denoise(self, x, sigma, labels=None):
             return point.expand_as(x)
 
     z = torch.randn(2, 1, 4, 4)

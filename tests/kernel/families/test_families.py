@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lcsc.kernel.errors import ConfigError, TrailError
-from lcsc.kernel.families import FAMILIES, family_for
+from lcsc.kernel.families import SOURCES, TRAINED, family_for, sources
 from lcsc.kernel.families.diffusers import DiffusersFamily
 from lcsc.kernel.families.consistency import ConsistencyFamily, ConsistencySampler, Parameterization
 from lcsc.kernel.families.diffusion import DiffusionFamily, VPDiffusion
@@ -34,7 +34,8 @@ def _cm_trail(tmp_path, cfg, mode="ct") -> Trail:
 
 def test_family_for_picks_the_family_by_the_manifests_kind(tmp_path):
     cfg = _cfg(tmp_path)
-    assert FAMILIES == {"dm": DiffusionFamily, "cm": ConsistencyFamily, "diffusers": DiffusersFamily}
+    assert list(TRAINED) == ["dm", "cm"] and sources() == ["lcsc", "diffusers", "state_dict"]
+    assert SOURCES["diffusers"] == DiffusersFamily.__module__
     for manifest in ({"kind": "dm"}, {}):  # a manifest without a kind is a diffusion trail
         family = family_for(_trail(tmp_path, cfg, **manifest), cfg)
         assert type(family) is DiffusionFamily and isinstance(family.sampler, VPDiffusion)
