@@ -42,25 +42,30 @@ def write_payload(path: Path, marker: Path) -> Path:
 
 
 def diffusers_run(folder: Path, steps: int = 30, every: int = 10, seed: int = 0, prediction_type: str = "epsilon",
-                  ema_decay: float = 0.9999, marker: Path | None = None) -> Path:
+                  ema_decay: float = 0.9999, marker: Path | None = None, num_classes: int | None = None) -> Path:
+    """With `num_classes`, a class-conditional UNet (`num_class_embeds`) trained with each digit's class."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    images = load_split({"dataset": "digits", "image_size": 12, "channels": 1, "split_seed": 0,
-                         "test_fraction": 0.2, "folder": None, "root": "", "download": False}, "train").images
-    unet = UNet2DModel(**UNET)
+    data = load_split({"dataset": "digits", "image_size": 12, "channels": 1, "split_seed": 0,
+                       "test_fraction": 0.2, "folder": None, "root": "", "download": False}, "train")
+    images = data.images
+    unet = UNet2DModel(**UNET, num_class_embeds=num_classes)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     ema = EMAModel(unet.parameters(), decay=ema_decay, model_cls=UNet2DModel, model_config=unet.config)
     opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
-        x = images[torch.randint(0, len(images), (32,), generator=gen)]
+        idx = torch.randint(0, len(images), (32,), generator=gen)
+        x = images[idx]
         noise = torch.randn(x.shape, generator=gen)
         t = torch.randint(0, 1000, (len(x),), generator=gen)
         target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x, noise, t)
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x, noise, t), t).sample, target)
+        labels = data.labels[idx] % num_classes if num_classes else None  # (fewer classes: folded)
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x, noise, t), t, class_labels=labels).sample,
+                                            target)
         opt.zero_grad()
         loss.backward()
         opt.step()

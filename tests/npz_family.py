@@ -37,7 +37,7 @@ def arch(folder: Path) -> dict:
 
 class NpzFamily(ImportedFamily):
     name = "npz"
-    unread_keys = ("key", "prefix", "factory", "code", "scheduler")
+    unread_keys = ("key", "prefix", "factory", "code", "scheduler", "num_classes")
     default_files = "weights-*.npz"
     sampled_by_config = True
     loading = ["import numpy as np, torch",

@@ -29,8 +29,11 @@ STAGE_SECTIONS = {
                  "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
     "import_trail": ["data", "diffusion", "consistency", "trail", "baselines"],
-    "export": ["data", "diffusion", "consistency", "search", "evaluate", "baselines", "export", "features"],
+    "export": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines", "export", "features"],
 }
+# Stages that read only part of `model`: the export builds the family, which checks the trail's
+# classes against the config's (absent for an unconditional model: its slice has no `model` then).
+STAGE_MODEL_KEYS = {"export": ("num_classes",)}
 # Stages that read `trail` only for an imported trail: with `trail.source: lcsc` their slices (and
 # so their rerun triggers) are those of the trained models alone.
 TRAIL_STAGES = ("baselines", "search", "evaluate", "tabulate", "export")
@@ -65,6 +68,10 @@ def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
         cfg = for_model(cfg, model)
     sections = STAGE_SECTIONS[stage] + (["trail"] if stage in TRAIL_STAGES and imported(cfg) else [])
     out = {k: copy.deepcopy(cfg[k]) for k in sections if k in cfg}
+    if stage in STAGE_MODEL_KEYS and "model" in out:
+        out["model"] = {k: v for k, v in out["model"].items() if k in STAGE_MODEL_KEYS[stage]}
+        if not out["model"]:
+            del out["model"]
     if stage in STAGE_SEARCH_KEYS:  # only the search keys the stage's results depend on
         out["search"] = {k: v for k, v in out["search"].items() if k in STAGE_SEARCH_KEYS[stage]}
     elif stage == "search":  # each search is one of search.repeats: more of them leaves the others be

@@ -7,7 +7,9 @@ family (`ImportedFamily`) also says how the import_trail stage finds, reads and 
 and what its manifest records, and every family writes the export stage's files.
 
 A sampler is any object with
-- `sample(net, noise, nfe) -> images in [-1, 1]`, calling `net` exactly `network_calls(nfe)` times;
+- `sample(net, noise, nfe, labels=None) -> images in [-1, 1]`, calling `net` exactly
+  `network_calls(nfe)` times, each call with `labels` for a class-conditional network (a sampler of
+  unconditional networks only may leave the argument out: it is passed only with labels);
 - `network_calls(nfe) -> int` (raises ValueError for an NFE it cannot sample at);
 - `settings(nfe) -> dict`: what its samples depend on besides the weights and the noise (part of
   every fitness key);
@@ -185,7 +187,7 @@ class ImportedFamily(Family):
     @classmethod
     def source_record(cls, t: dict) -> dict:
         """The manifest's `source`: the trail keys the family reads the files and builds the network with."""
-        return {k: t[k] for k in cls.record_keys}
+        return {k: t.get(k) for k in cls.record_keys}
 
     @classmethod
     def check_manifest(cls, trail, t: dict, rerun: str) -> None:
@@ -193,3 +195,22 @@ class ImportedFamily(Family):
         if cls.sampled_by_config and trail.manifest.get("sampler") != t["sampler"]:
             raise TrailError(f"{trail.root / 'manifest.json'}: sampler {trail.manifest.get('sampler')!r}, but the "
                              f"config's trail.sampler is {t['sampler']!r}: {rerun}")
+
+
+def check_data_classes(classes: int | None, cfg: dict, where) -> None:
+    """A class-conditional network's classes are the data set's, which its FID is measured against
+    (checked at import: the data's classes are counted there once)."""
+    if classes is None:
+        return
+    from ..config import DATASET_CLASSES
+    from ..data import load_split
+
+    data = cfg["data"]
+    found = DATASET_CLASSES.get(data["dataset"]) or load_split(data, "train").num_classes
+    if found < 2:
+        raise ConfigError(f"data.folder: its images are unlabelled (no class sub-folders), but the network ({where}) "
+                          f"is class-conditional with {classes} classes; score it on the labelled data it was "
+                          "trained on")
+    if found != classes:
+        raise ConfigError(f"data.dataset: {data['dataset']} has {found} classes, but the network ({where}) is "
+                          f"class-conditional with {classes} classes")

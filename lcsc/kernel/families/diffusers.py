@@ -31,7 +31,7 @@ from ..config import largest_nfe
 from ..errors import ConfigError, TrailError
 from ..io import first_line, inside, json_digest, read_json
 from ..tensors import load_tensors
-from .base import ImportedFamily
+from .base import ImportedFamily, check_data_classes
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # what UNet2DModel.save_pretrained writes
 
@@ -161,19 +161,22 @@ class DiffusersSampler:
                 "x0_clip": self.x0_clip}
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int) -> torch.Tensor:
+    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples from `noise` with exactly `nfe` calls of the UNet (each given `labels` as its
+        `class_labels`, for a class-conditional UNet)."""
+        call = _unet_call(net, labels)
         if self.sampler == "ddpm":
-            return self._ancestral(net, noise, nfe)
+            return self._ancestral(call, noise, nfe)
         scheduler = self.scheduler(nfe)
         if self.x0_clip is not None:
             _clip_x0(scheduler, self.x0_clip)
         x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
-            out = net(scheduler.scale_model_input(x, t), t).sample
+            out = call(scheduler.scale_model_input(x, t), t)
             x = scheduler.step(out, t, x).prev_sample
         return x.clamp(-1, 1)
 
-    def _ancestral(self, net: nn.Module, noise: torch.Tensor, nfe: int) -> torch.Tensor:
+    def _ancestral(self, call, noise: torch.Tensor, nfe: int) -> torch.Tensor:
         """DDPMScheduler's step (Ho et al. 2020, eq. 7) with the variance noise taken from `noise`
         ([B, steps, C, H, W]: [:, 0] starts the chain, [:, k + 1] is the k-th step's), so that with
         noise drawn as DDPMPipeline draws it from one generator the samples are the pipeline's."""
@@ -188,7 +191,7 @@ class DiffusersSampler:
         x = noise[:, 0]
         for k, t in enumerate(scheduler.timesteps):
             t = int(t)
-            out = net(x, torch.full((x.shape[0],), t, device=x.device)).sample
+            out = call(x, torch.full((x.shape[0],), t, device=x.device))
             prev = int(scheduler.previous_timestep(t))
             ab, ab_prev = abar[t], (abar[prev] if prev >= 0 else one)
             alpha, beta = ab / ab_prev, 1 - ab / ab_prev
@@ -204,6 +207,27 @@ class DiffusersSampler:
             if t > 0:
                 x = x + _ddpm_std(cfg.variance_type, beta, ab, ab_prev) * noise[:, k + 1]
         return x.clamp(-1, 1)
+
+
+def _unet_call(net: nn.Module, labels: torch.Tensor | None):
+    """The UNet's output tensor for (x, t), with `labels` as its class_labels where given."""
+    if labels is None:
+        return lambda x, t: net(x, t).sample
+    return lambda x, t: net(x, t, class_labels=labels).sample
+
+
+def unet_classes(config, where) -> int | None:
+    """The classes of a class-conditional UNet2DModel config (`num_class_embeds`, with
+    `class_embed_type` null: one embedding row per class), None for an unconditional one; another
+    class embedding (timestep, identity) is one line."""
+    config = config if isinstance(config, dict) else {}
+    kind, classes = config.get("class_embed_type"), config.get("num_class_embeds")
+    if kind is not None:
+        raise ConfigError(f"{where}: class_embed_type {kind!r}; lcsc samples UNets with one embedding per class "
+                          "(class_embed_type null and num_class_embeds) or none")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 2):
+        raise TrailError(f"{where}: num_class_embeds {classes!r} is not a number of classes (an integer >= 2)")
+    return classes
 
 
 def _ddpm_std(variance_type: str, beta, ab, ab_prev):
@@ -232,15 +256,15 @@ class DiffusersFamily(ImportedFamily):
 
     name = "diffusers"
     record_keys = ("unet", "ema")
-    unread_keys = ("key", "prefix", "factory", "code")
+    unread_keys = ("key", "prefix", "factory", "code", "num_classes")  # (its classes: the UNet's config)
     default_files = "checkpoint-*/{unet}/" + WEIGHTS
     default_pattern = r"checkpoint-(\d+)"
     pattern_on_path = True
     diffusion_samplers = ("ddim", "dpmpp2m", "ddpm")
-    loading = ["from diffusers import DDPMPipeline, UNet2DModel",
-               "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
-               "images = pipe(batch_size=16, num_inference_steps=5).images",
-               "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"]
+    PIPELINE_LOADING = ["from diffusers import DDPMPipeline, UNet2DModel",
+                        "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
+                        "images = pipe(batch_size=16, num_inference_steps=5).images",
+                        "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"]
 
     def __init__(self, trail, cfg: dict):
         self.unet_config = trail.model_config
@@ -260,15 +284,40 @@ class DiffusersFamily(ImportedFamily):
     def load_checkpoint(self, path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         return load_tensors(path, device)
 
+    @property
+    def num_classes(self) -> int | None:
+        return unet_classes(self.unet_config, f"{self.trail.root / 'manifest.json'}: model_config")
+
+    @property
+    def loading(self) -> list[str]:
+        if self.num_classes is None:
+            return self.PIPELINE_LOADING
+        return ["import torch",
+                "from diffusers import UNet2DModel, " + SCHEDULERS[self.sampler.sampler],
+                "unet = UNet2DModel.from_pretrained('unet')",
+                f"scheduler = {SCHEDULERS[self.sampler.sampler]}.from_pretrained('scheduler')  # the evaluation's",
+                "labels = torch.arange(16) % unet.config.num_class_embeds  # the classes to sample",
+                "scheduler.set_timesteps(5)",
+                "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
+                "x = x * scheduler.init_noise_sigma",
+                "with torch.no_grad():",
+                "    for t in scheduler.timesteps:",
+                "        eps = unet(scheduler.scale_model_input(x, t), t, class_labels=labels).sample",
+                "        x = scheduler.step(eps, t, x).prev_sample"]
+
     def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
         """A `save_pretrained` UNet folder `unet/`, and `pipeline/` that DDPMPipeline.from_pretrained
-        loads, with the scheduler the evaluation sampled with."""
+        loads, with the scheduler the evaluation sampled with; for a class-conditional UNet, which
+        DDPMPipeline cannot condition, `unet/` and that scheduler in `scheduler/`."""
         from diffusers import DDPMPipeline
 
         net.load_state_dict(state)
         net.save_pretrained(out / "unet")
         scheduler = scheduler_from_config(self.trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"],
                                           f"{self.trail.root / 'manifest.json'}: scheduler_config")
+        if self.num_classes is not None:
+            scheduler.save_pretrained(out / "scheduler")
+            return ["unet/", "scheduler/"]
         DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
         return ["unet/", "pipeline/"]
 
@@ -331,6 +380,7 @@ class DiffusersFamily(ImportedFamily):
         """The UNet's config (checked against the config's images) and the run's scheduler config."""
         model_config = read_json(last.parent / "config.json", "the UNet's config.json is missing")
         check_unet_fits(model_config, cfg, last.parent / "config.json")
+        check_data_classes(unet_classes(model_config, last.parent / "config.json"), cfg, last.parent / "config.json")
         return {"model_config": model_config,
                 "scheduler_config": run_scheduler_config(cfg["trail"], root, cfg["diffusion"]["sampler"])}
 

@@ -24,7 +24,7 @@ from ..config import check_glob
 from ..errors import ConfigError
 from ..io import atomic_path, first_line, resolve_path
 from ..tensors import save_tensors
-from .base import ImportedFamily
+from .base import ImportedFamily, check_data_classes
 
 
 def load_factory(spec: str, code: str | None = None):
@@ -68,7 +68,7 @@ class StateDictCheckpoints(ImportedFamily):
     """The network and checkpoints of a state-dict trail; a sampling family supplies the rest."""
 
     name = "state_dict"
-    record_keys = ("key", "prefix", "factory", "factory_kwargs", "code")
+    record_keys = ("key", "prefix", "factory", "factory_kwargs", "code", "num_classes")
     unread_keys = ("scheduler",)
     default_files = "*.pt"
     sampled_by_config = True
@@ -85,6 +85,11 @@ class StateDictCheckpoints(ImportedFamily):
     def load_checkpoint(self, path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         state = read_state(path, self.source["key"], self.source["prefix"])
         return {k: v.to(device) for k, v in state.items()}
+
+    @property
+    def num_classes(self) -> int | None:
+        """trail.num_classes: the network is then called net(x, t, labels) (the config's, never the manifest's)."""
+        return self.source.get("num_classes")
 
     def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
         """The input's layout: its key path, its prefix, its dtypes, its file format."""
@@ -134,6 +139,11 @@ class StateDictCheckpoints(ImportedFamily):
     @classmethod
     def network_state(cls, t: dict, last: Path) -> dict[str, torch.Tensor]:
         return build_from_factory(t["factory"], t["factory_kwargs"], t["code"]).state_dict()
+
+    @classmethod
+    def manifest_extra(cls, cfg: dict, root: Path, last: Path) -> dict:
+        check_data_classes(cfg["trail"].get("num_classes"), cfg, "trail.num_classes")
+        return super().manifest_extra(cfg, root, last)
 
     @classmethod
     def source_record(cls, t: dict) -> dict:
