@@ -169,7 +169,8 @@ def _counting(monkeypatch):
 
     def measure(self, coefficients, objective, noises):
         noise = noises[objective.nfes[0]]
-        seen.append((np.asarray(coefficients, dtype=np.float64).tobytes(), len(noise), float(noise[0, 0, 0, 0])))
+        first = float(noise.noise[0, 0, 0, 0])
+        seen.append((np.asarray(coefficients, dtype=np.float64).tobytes(), len(noise), first))
         return real(self, coefficients, objective, noises)
 
     monkeypatch.setattr(Scorer, "measure", measure)
