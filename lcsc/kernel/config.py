@@ -13,7 +13,7 @@ import yaml
 
 from . import families, variants
 from .errors import ConfigError
-from .models import TRAINED_HERE, cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
+from .models import cost_fractions, for_model, imported, models, nfe_list, repeat_seeds, truncation
 from .paths import TRAINED_FEATURES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -143,8 +143,7 @@ def _conditioning_checks(cfg: dict) -> list[str]:
 
 def _ddpm_checks(cfg: dict) -> list[str]:
     """DDPM is diffusers' sampler (how much noise it draws is checked where it draws it)."""
-    if cfg["trail"]["source"] == TRAINED_HERE or cfg["trail"]["source"] not in families.SOURCES or \
-            "ddpm" not in families.diffusion_samplers(cfg):
+    if cfg["trail"]["source"] not in families.sources() or "ddpm" not in families.diffusion_samplers(cfg):
         return ["diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
                 "only; use ddim or dpmpp2m"]
     return []
