@@ -274,3 +274,17 @@ def hold_when(proc: subprocess.Popen, condition, timeout: float, what: str, grou
         if time.time() > deadline:
             raise AssertionError(f"no {what} within {timeout} s")
         time.sleep(0.05)  # a slice far shorter than what is left of the work the tests hold
+
+
+def run_card_snippet(out: Path) -> dict:
+    """The export's model card's loading snippet, run as written in the export folder; its names."""
+    card = (out / "README.md").read_text()
+    snippet = card.split("## Load it")[1].split("```python\n")[1].split("```")[0]
+    here = os.getcwd()
+    try:
+        os.chdir(out)
+        scope: dict = {"__snippet__": snippet}
+        exec(compile(snippet, "card", "exec"), scope)
+    finally:
+        os.chdir(here)
+    return scope

@@ -174,7 +174,8 @@ def _trail_checks(cfg: dict) -> list[str]:
                       "(and cost.fraction to null) for an imported trail")
     errors += families.config_errors(cfg)
     if t["sampler"] == "cm" and source in families.SOURCES:
-        errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])))
+        errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])),
+                                      sigmas=families.samples_with_config_sigmas(cfg))
     return errors
 
 
@@ -373,11 +374,13 @@ def _gpus_checks(cfg: dict) -> list[str]:
     return errors
 
 
-def _consistency_checks(cfg: dict) -> list[str]:
+def _consistency_checks(cfg: dict, sigmas: bool = True) -> list[str]:
+    """With `sigmas` false (a model its own pipeline samples, at its own noise levels), the NFEs
+    are not bounded by consistency.sampling_sigmas."""
     c, errors = cfg["consistency"], []
     errors += _search_nfe_checks("consistency.search_nfe", c["search_nfe"], "consistency.search_nfe_weights",
                                  c["search_nfe_weights"], "consistency.evaluate_nfe", c["evaluate_nfe"])
-    if max(c["evaluate_nfe"]) > 1 + len(c["sampling_sigmas"]):
+    if sigmas and max(c["evaluate_nfe"]) > 1 + len(c["sampling_sigmas"]):
         errors.append(f"consistency.evaluate_nfe: {max(c['evaluate_nfe'])} steps need "
                       f"{max(c['evaluate_nfe']) - 1} consistency.sampling_sigmas, there are {len(c['sampling_sigmas'])}")
     if not c["sigma_min"] < c["sigma_max"]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..kernel.checkpoints import check_finite, describe, first_difference
 from ..kernel.config import check_glob
 from ..kernel.errors import ConfigError, TrailError
-from ..kernel.families import imported_family
+from ..kernel.families import family_class
 from ..kernel.io import resolve_path, sha256, write_json
 from ..kernel.progress import progress
 from ..kernel.trail import MANIFEST_FORMAT, check_steps
@@ -34,7 +34,7 @@ class Paths:
 
 def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
     t = cfg["trail"]
-    family = imported_family(t["source"])  # what depends on the kind of run: the family's
+    family = family_class(cfg)  # what depends on the kind of run (and trail.sampler): the family's
     root = resolve_path(t["path"], "trail.path")
     if not root.is_dir():
         raise ConfigError(f"trail.path: {root} is not a folder (the training run's output folder)")

@@ -151,7 +151,7 @@ def test_the_effective_ema_decay_is_diffusers_own():
     warm-up on and off, a late start and a floor: equal to EMAModel.get_decay."""
     from diffusers.training_utils import EMAModel
 
-    from lcsc.kernel.families.diffusers import effective_decay
+    from lcsc.kernel.families.diffusers_run import effective_decay
 
     p = [torch.nn.Parameter(torch.zeros(1))]
     for kw, step in (({"decay": 0.9999, "use_ema_warmup": True, "power": 0.75}, 4000),

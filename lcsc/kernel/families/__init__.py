@@ -6,7 +6,10 @@ its export. The stages only call the family.
 
 The registry names modules, not classes, so that the config (which runs without torch) can list
 the sources; a family module is imported when a trail of its kind is used, and holds its class as
-`FAMILY`. A new source is one module and one entry in `SOURCES` (or `register`).
+`FAMILY`. A new source is one module and one entry in `SOURCES` (or `register`). A source whose
+runs hold consistency models as well (`trail.sampler: cm`) names their family in `CONSISTENCY`;
+a source sampled as the config says (`sampled_by_config`: state_dict) is combined with the dm or
+cm family instead.
 
 A manifest lies in the results folder, which is data anyone may have sent: the family is picked
 and built from the config. The manifest must agree with it (`check_source`), and nothing a
@@ -25,13 +28,18 @@ from ..models import TRAINED_HERE
 TRAINED = {"dm": "lcsc.kernel.families.diffusion", "cm": "lcsc.kernel.families.consistency"}
 # trail.source of another trainer's runs -> the module of its family (the manifest's kind is the source)
 SOURCES = {"diffusers": "lcsc.kernel.families.diffusers", "state_dict": "lcsc.kernel.families.state_dict"}
+# trail.source -> the module of the family of its consistency models (trail.sampler: cm)
+CONSISTENCY = {"diffusers": "lcsc.kernel.families.diffusers_cm"}
 
 
-def register(source: str, module: str) -> None:
-    """Adds the family of `trail.source: <source>`, whose class is `FAMILY` in `module`."""
+def register(source: str, module: str, consistency: str | None = None) -> None:
+    """Adds the family of `trail.source: <source>`, whose class is `FAMILY` in `module` (and in
+    `consistency`, that of its consistency models)."""
     if source == TRAINED_HERE or source in TRAINED:
         raise ValueError(f"{source!r} names the trails trained here")
     SOURCES[source] = module
+    if consistency:
+        CONSISTENCY[source] = consistency
 
 
 def sources() -> list[str]:
@@ -100,12 +108,16 @@ def check_source(trail, cfg: dict) -> None:
 
 def family_class(cfg: dict, kind: str | None = None):
     """The family class that samples a trail of `kind` (a trail trained here) or of the config's
-    imported source."""
+    imported source (with its `trail.sampler`)."""
     t = cfg.get("trail") or {"source": TRAINED_HERE}
     if t["source"] == TRAINED_HERE:
         return trained_family(kind or "dm")
     family = imported_family(t["source"])
-    return _sampled(family, trained_family(t["sampler"])) if family.sampled_by_config else family
+    if family.sampled_by_config:
+        return _sampled(family, trained_family(t["sampler"]))
+    if t["sampler"] == "cm" and t["source"] in CONSISTENCY:
+        return _load(CONSISTENCY[t["source"]])
+    return family
 
 
 def family_for(trail, cfg: dict):
@@ -123,11 +135,18 @@ def config_errors(cfg: dict) -> list[str]:
         family = imported_family(t["source"])
     except ConfigError as exc:
         return [str(exc)]
-    errors = family.config_errors(cfg)
-    if not family.sampled_by_config and t["sampler"] != "dm":
-        errors.append(f"trail.sampler: a {t['source']} trail samples as its family says; trail.sampler applies to "
-                      "sources sampled as the config says (state_dict)")
-    return errors
+    if t["sampler"] != "dm" and not family.sampled_by_config and t["source"] not in CONSISTENCY:
+        return [*family.config_errors(cfg), f"trail.sampler: a {t['source']} trail samples as its family says; "
+                "trail.sampler applies to sources sampled as the config says (state_dict) or with a family of "
+                f"consistency models ({', '.join(CONSISTENCY)})"]
+    return family_class(cfg).config_errors(cfg)
+
+
+def samples_with_config_sigmas(cfg: dict) -> bool:
+    """Whether the config's consistency model samples at `consistency.sampling_sigmas` (lcsc's own
+    sampler), rather than as its source's pipeline does (a diffusers consistency model)."""
+    t = cfg.get("trail") or {"source": TRAINED_HERE}
+    return t["source"] == TRAINED_HERE or imported_family(t["source"]).sampled_by_config
 
 
 def diffusion_samplers(cfg: dict) -> tuple[str, ...]:
@@ -138,5 +157,5 @@ def diffusion_samplers(cfg: dict) -> tuple[str, ...]:
     return imported_family(t["source"]).diffusion_samplers
 
 
-__all__ = ["SOURCES", "TRAINED", "check_source", "config_errors", "family_class", "family_for", "register",
-           "source_record", "sources"]
+__all__ = ["CONSISTENCY", "SOURCES", "TRAINED", "check_source", "config_errors", "family_class", "family_for",
+           "register", "samples_with_config_sigmas", "source_record", "sources"]

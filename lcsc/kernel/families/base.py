@@ -191,10 +191,13 @@ class ImportedFamily(Family):
 
     @classmethod
     def check_manifest(cls, trail, t: dict, rerun: str) -> None:
-        """The manifest agrees with the config in what this family records beyond `source`."""
-        if cls.sampled_by_config and trail.manifest.get("sampler") != t["sampler"]:
-            raise TrailError(f"{trail.root / 'manifest.json'}: sampler {trail.manifest.get('sampler')!r}, but the "
-                             f"config's trail.sampler is {t['sampler']!r}: {rerun}")
+        """The manifest agrees with the config in what this family records beyond `source`: how the
+        trail samples (`sampler`, recorded where it is not dm), so a run imported as diffusion
+        models is never sampled as consistency models, nor the reverse."""
+        recorded = trail.manifest.get("sampler", "dm")
+        if recorded != t["sampler"]:
+            raise TrailError(f"{trail.root / 'manifest.json'}: sampler {recorded!r}, but the config's trail.sampler "
+                             f"is {t['sampler']!r}: {rerun}")
 
 
 def check_data_classes(classes: int | None, cfg: dict, where) -> None:

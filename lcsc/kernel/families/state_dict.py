@@ -69,7 +69,7 @@ class StateDictCheckpoints(ImportedFamily):
 
     name = "state_dict"
     record_keys = ("key", "prefix", "factory", "factory_kwargs", "code", "num_classes")
-    unread_keys = ("scheduler",)
+    unread_keys = ("scheduler", "timesteps")
     default_files = "*.pt"
     sampled_by_config = True
     loading = ["import torch", "state = torch.load('model.pt', weights_only=True)  # the input's layout",

@@ -5,14 +5,13 @@ count that is not the data set's is one line."""
 
 import copy
 import json
-import os
 
 import pytest
 import torch
 import yaml
 
 from foreign_trails import diffusers_run
-from helpers import check_one_line, trained_paths
+from helpers import check_one_line, run_card_snippet, trained_paths
 from lcsc.cli import main
 from lcsc.kernel.config import load_config
 from lcsc.kernel.paths import Layout
@@ -64,16 +63,8 @@ def test_sampled_as_diffusers_samples_it_with_class_labels_and_exported_as_it_lo
     out = layout.export_dir("imported", "uniform")
     assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
     assert not (out / "pipeline").exists()
-    card = (out / "README.md").read_text()
-    snippet = card.split("## Load it")[1].split("```python\n")[1].split("```")[0]
-    assert "class_labels=labels" in snippet
-    here = os.getcwd()
-    try:  # the card's snippet, as a user runs it in the export folder
-        os.chdir(out)
-        scope: dict = {}
-        exec(compile(snippet, "card", "exec"), scope)
-    finally:
-        os.chdir(here)
+    scope = run_card_snippet(out)  # the card's snippet, as a user runs it in the export folder
+    assert "class_labels=labels" in scope["__snippet__"]
     assert scope["x"].shape == (16, 1, 12, 12) and torch.isfinite(scope["x"]).all()
 
 
