@@ -47,3 +47,11 @@ def test_pyproject_covers_constraints():
     constraints = _pins((REPO / "constraints.txt").read_text().splitlines())
     for name in names:
         assert name in constraints, f"{name} is a dependency but has no tested pin"
+
+
+def test_the_snakefiles_min_version_is_the_packages_lower_bound():
+    required = re.search(r'min_version\("([\d.]+)"\)', (REPO / "Snakefile").read_text()).group(1)
+    bound = re.search(r'"snakemake>=([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    pinned = _pins((REPO / "constraints.txt").read_text().splitlines())["snakemake"]
+    assert required == bound, f"Snakefile min_version {required}, pyproject.toml snakemake>={bound}"
+    assert tuple(map(int, pinned.split("."))) >= tuple(map(int, required.split(".")))
