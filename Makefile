@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint clean-results
+.PHONY: run test test-fast lint format clean-results
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder -m "not e2e and not slow"
 
+# what CI checks before the tests: ruff (lint and format), snakefmt, the import contracts, Snakemake's
+# own linter and a dry run of the default config (`make format` applies the two formatters)
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakemake -n
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/snakefmt Snakefile workflow/rules
 
 clean-results:
 	rm -rf results/*/ results/mlflow.db results/mlartifacts

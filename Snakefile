@@ -23,7 +23,7 @@ include: "workflow/rules/export.smk"
 
 
 rule all:
+    default_target: True
     input:
         report_outputs(),
         export_outputs(),
-    default_target: True

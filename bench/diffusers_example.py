@@ -78,20 +78,35 @@ def main(argv=None) -> None:
         print(f"wrote {write_images(args.images)} images to {args.images}")
     data = load_images(args.images, args.resolution)
     torch.manual_seed(args.seed)
-    unet = UNet2DModel(sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(32, 64, 64), norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    unet = UNet2DModel(
+        sample_size=args.resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
-                   model_cls=UNet2DModel, model_config=unet.config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(0.95, 0.999), weight_decay=1e-6,
-                            eps=1e-8)
+    ema = EMAModel(
+        unet.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=1.0,
+        power=3 / 4,
+        model_cls=UNet2DModel,
+        model_config=unet.config,
+    )
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     lr = get_cosine_schedule_with_warmup(opt, args.lr_warmup_steps, args.max_train_steps)
     gen = torch.Generator().manual_seed(args.seed)
     n_params = sum(t.numel() for t in unet.parameters())
-    print(f"{len(data)} images at {args.resolution} px, UNet2DModel of {n_params} parameters, "
-          f"{args.max_train_steps} steps", flush=True)
+    print(
+        f"{len(data)} images at {args.resolution} px, UNet2DModel of {n_params} parameters, "
+        f"{args.max_train_steps} steps",
+        flush=True,
+    )
     start = time.time()
     for step in range(1, args.max_train_steps + 1):
         x = data[torch.randint(0, len(data), (args.train_batch_size,), generator=gen)]
@@ -112,8 +127,11 @@ def main(argv=None) -> None:
             torch.save(lr.state_dict(), out / "scheduler.bin")
             with open(out / "random_states_0.pkl", "wb") as fh:  # accelerate writes a pickle here
                 pickle.dump({"step": step}, fh)
-            print(f"step {step}: loss {loss.item():.4f}, ema decay {ema.cur_decay_value:.5f}, "
-                  f"{step / (time.time() - start):.1f} it/s", flush=True)
+            print(
+                f"step {step}: loss {loss.item():.4f}, ema decay {ema.cur_decay_value:.5f}, "
+                f"{step / (time.time() - start):.1f} it/s",
+                flush=True,
+            )
     ema.copy_to(unet.parameters())
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir)
     (args.output_dir / "train_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))

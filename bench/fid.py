@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 import torch
-from common import machine
 
+from common import machine
 from lcsc.kernel.fid import Reference, frechet_distance
 from lcsc.kernel.inception import InceptionFeatures, wheel_weights
 
@@ -81,12 +81,25 @@ def main() -> None:
     t_ours, v_ours = timed(lambda: frechet_distance(mu1, s1, mu2, s2, device), args.repeats, device)
     ref = Reference(mu2, s2, device)
     t_ref, v_ref = timed(lambda: ref.distance(mu1, s1), args.repeats, device)
-    rows += [(f"Frechet {args.dim}-d", "clean-fid (scipy sqrtm, CPU)", f"{t_theirs:.3f} s", "1.00x"),
-             (f"Frechet {args.dim}-d", f"ours (Cholesky + eigvalsh, {device})", f"{t_ours:.3f} s", f"{t_ours / t_theirs:.2f}x"),
-             (f"Frechet {args.dim}-d", f"ours, reference factor cached ({device})", f"{t_ref:.3f} s",
-              f"{t_ref / t_theirs:.2f}x")]
-    agree = [f"Frechet values: clean-fid {v_theirs:.6f}, ours {v_ours:.6f} (rel. {abs(v_ours / v_theirs - 1):.1e}), "
-             f"cached {v_ref:.6f} (rel. {abs(v_ref / v_theirs - 1):.1e})"]
+    rows += [
+        (f"Frechet {args.dim}-d", "clean-fid (scipy sqrtm, CPU)", f"{t_theirs:.3f} s", "1.00x"),
+        (
+            f"Frechet {args.dim}-d",
+            f"ours (Cholesky + eigvalsh, {device})",
+            f"{t_ours:.3f} s",
+            f"{t_ours / t_theirs:.2f}x",
+        ),
+        (
+            f"Frechet {args.dim}-d",
+            f"ours, reference factor cached ({device})",
+            f"{t_ref:.3f} s",
+            f"{t_ref / t_theirs:.2f}x",
+        ),
+    ]
+    agree = [
+        f"Frechet values: clean-fid {v_theirs:.6f}, ours {v_ours:.6f} (rel. {abs(v_ours / v_theirs - 1):.1e}), "
+        f"cached {v_ref:.6f} (rel. {abs(v_ref / v_theirs - 1):.1e})"
+    ]
 
     if args.images:
         weights = args.weights or wheel_weights()
@@ -104,18 +117,38 @@ def main() -> None:
         def theirs():
             nonlocal it
             it = iter(u8.split(args.batch))
-            model = lambda x: net.layers((x - 128) / 128).reshape(len(x), -1)
-            return cleanfid.get_model_features(generator, model, mode="clean", num_gen=args.images,
-                                               batch_size=args.batch, device=device, verbose=False)
+
+            def model(x):
+                return net.layers((x - 128) / 128).reshape(len(x), -1)
+
+            return cleanfid.get_model_features(
+                generator,
+                model,
+                mode="clean",
+                num_gen=args.images,
+                batch_size=args.batch,
+                device=device,
+                verbose=False,
+            )
 
         with torch.no_grad():
             net(images[:2])  # warm-up
             f_theirs_t, f_theirs = timed(theirs, 1, device)
             f_ours_t, f_ours = timed(lambda: net(images, args.batch), 1, device)
-        rows += [(f"features {args.size}px -> 299", "clean-fid (PIL resize per image)",
-                  f"{args.images / f_theirs_t:.1f} img/s", "1.00x"),
-                 (f"features {args.size}px -> 299", f"ours (batched resize, {device})",
-                  f"{args.images / f_ours_t:.1f} img/s", f"{f_theirs_t / f_ours_t:.2f}x")]
+        rows += [
+            (
+                f"features {args.size}px -> 299",
+                "clean-fid (PIL resize per image)",
+                f"{args.images / f_theirs_t:.1f} img/s",
+                "1.00x",
+            ),
+            (
+                f"features {args.size}px -> 299",
+                f"ours (batched resize, {device})",
+                f"{args.images / f_ours_t:.1f} img/s",
+                f"{f_theirs_t / f_ours_t:.2f}x",
+            ),
+        ]
         diff = np.abs(f_ours.cpu().numpy() - f_theirs).max() / np.abs(f_theirs).max()
         agree.append(f"features: largest difference {diff:.1e} of the largest feature ({weights})")
 

@@ -40,9 +40,15 @@ def main(argv=None) -> None:
     layout, ecfg = Layout.of(cfg), cfg["evaluate"]
     real = load_split(cfg["data"], "all").images
     limit = roughness(real).max().item()
-    scorer = Scorer.open(cfg, layout.manifest(model), layout.feature_net(feature_tag(cfg["features"])),
-                         layout.stats(dataset_name(cfg["data"]), "train", feature_tag(cfg["features"])),
-                         torch.device("cpu"), ecfg["batch_size"], model=model)
+    scorer = Scorer.open(
+        cfg,
+        layout.manifest(model),
+        layout.feature_net(feature_tag(cfg["features"])),
+        layout.stats(dataset_name(cfg["data"]), "train", feature_tag(cfg["features"])),
+        torch.device("cpu"),
+        ecfg["batch_size"],
+        model=model,
+    )
     noise = scorer.make_noise(ecfg["samples"], ecfg["seed"])
     nfes = sorted(ecfg["nfe"])
     print(f"{len(real)} real images, roughest {limit:.4f}; {ecfg['samples']} samples of seed {ecfg['seed']} per cell")

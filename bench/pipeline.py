@@ -44,24 +44,36 @@ def table(lines: list[dict], wall: float | None) -> str:
         row["jobs"] += 1
         for key in (*PHASES, "total"):
             row[key] += line[key]
-    out = ["| rule | jobs | start s | imports s | MLflow s | work s | total s | overhead |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = [
+        "| rule | jobs | start s | imports s | MLflow s | work s | total s | overhead |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     totals: dict[str, float] = defaultdict(float)
     for rule, row in sorted(rows.items(), key=lambda kv: -kv[1]["total"]):
         for key, value in row.items():
             totals[key] += value
         over = row["start"] + row["imports"] + row["mlflow"]
-        out.append(f"| {rule} | {int(row['jobs'])} | " + " | ".join(f"{row[k]:.1f}" for k in (*PHASES, "total"))
-                   + f" | {_share(over, row['total']):.0f}% |")
+        out.append(
+            f"| {rule} | {int(row['jobs'])} | "
+            + " | ".join(f"{row[k]:.1f}" for k in (*PHASES, "total"))
+            + f" | {_share(over, row['total']):.0f}% |"
+        )
     over = totals["start"] + totals["imports"] + totals["mlflow"]
-    out.append(f"| **all** | {int(totals['jobs'])} | " + " | ".join(f"{totals[k]:.1f}" for k in (*PHASES, "total"))
-               + f" | {_share(over, totals['total']):.0f}% |")
+    out.append(
+        f"| **all** | {int(totals['jobs'])} | "
+        + " | ".join(f"{totals[k]:.1f}" for k in (*PHASES, "total"))
+        + f" | {_share(over, totals['total']):.0f}% |"
+    )
     out.append("")
-    out.append(f"Per-job overhead (start + imports + MLflow): {over:.1f} s of {totals['total']:.1f} s of job time "
-               f"({_share(over, totals['total']):.1f}%).")
+    out.append(
+        f"Per-job overhead (start + imports + MLflow): {over:.1f} s of {totals['total']:.1f} s of job time "
+        f"({_share(over, totals['total']):.1f}%)."
+    )
     if wall is not None:
-        out.append(f"Wall time of the whole run: {wall:.1f} s ({wall / 60:.1f} min); the overhead is "
-                   f"{_share(over, wall):.1f}% of it counted as if the jobs ran one after another.")
+        out.append(
+            f"Wall time of the whole run: {wall:.1f} s ({wall / 60:.1f} min); the overhead is "
+            f"{_share(over, wall):.1f}% of it counted as if the jobs ran one after another."
+        )
     return "\n".join(out)
 
 
@@ -70,7 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="a config file (default: the Snakefile's, config/config.yaml)")
     p.add_argument("--results", type=Path, default=Path("/tmp/lcsc-pipeline"), help="scratch folder (emptied)")
     p.add_argument("--cores", default="all")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key (dotted), e.g. search.budget=40")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config key (dotted), e.g. search.budget=40"
+    )
     p.add_argument("--times", type=Path, help="only print the table of this times file")
     args = p.parse_args(argv)
     if args.times:

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import machine
 
+from common import machine
 from lcsc.kernel.config import load_config
 from lcsc.kernel.devices import resolve_device
 from lcsc.kernel.errors import LcscError
@@ -73,6 +73,7 @@ class Clock:
         def timed(*args, **kwargs):
             with self.timing():
                 return fn(*args, **kwargs)
+
         return timed
 
 
@@ -124,8 +125,12 @@ def run_naive(scorer: Scorer, cfg, cs, nfe, noise, clock) -> list[float]:
         model.to(device).eval()
         model.forward = clock.wrap(model.forward)
         with torch.no_grad():
-            images = torch.cat([scorer.sampler.sample(model, noise[i:i + scorer.batch_size], nfe)
-                                for i in range(0, len(noise), scorer.batch_size)])
+            images = torch.cat(
+                [
+                    scorer.sampler.sample(model, noise[i : i + scorer.batch_size], nfe)
+                    for i in range(0, len(noise), scorer.batch_size)
+                ]
+            )
         f = feats(images, scorer.batch_size).cpu().numpy()
         mu, sigma = np.mean(f, axis=0), np.cov(f, rowvar=False)
         out.append(scipy_fid(mu, sigma, scorer.ref_mu, scorer.ref_sigma))
@@ -145,16 +150,23 @@ def run_vmap(scorer: Scorer, cs, nfe, noise, clock, group: int) -> list[float]:
     time_features(feats, clock)
     out = []
     for g in range(0, len(cs), group):
-        batch = torch.as_tensor(np.stack(cs[g:g + group]), dtype=W.dtype, device=W.device) @ W  # [B, P]
+        batch = torch.as_tensor(np.stack(cs[g : g + group]), dtype=W.dtype, device=W.device) @ W  # [B, P]
         params = {k: t.reshape(len(batch), *shapes[k]) for k, t in zip(keys, batch.split(sizes, dim=1))}
 
         def sample_one(p, x):
-            net = lambda xx, tt: functional_call(base, p, (xx, tt))
+            def net(xx, tt):
+                return functional_call(base, p, (xx, tt))
+
             return scorer.sampler.sample(net, x, nfe)
 
         with torch.no_grad(), clock.timing():
-            images = torch.cat([vmap(sample_one, in_dims=(0, None))(params, noise[i:i + scorer.batch_size])
-                                for i in range(0, len(noise), scorer.batch_size)], dim=1)  # [B, n, ...]
+            images = torch.cat(
+                [
+                    vmap(sample_one, in_dims=(0, None))(params, noise[i : i + scorer.batch_size])
+                    for i in range(0, len(noise), scorer.batch_size)
+                ],
+                dim=1,
+            )  # [B, n, ...]
         for img in images:
             mu, sigma = feature_stats(feats(img, scorer.batch_size))
             out.append(frechet_distance(mu, sigma, scorer.ref_mu, scorer.ref_sigma, scorer.device))
@@ -199,9 +211,11 @@ def prepare(cfg: dict, layout: Layout, config: str, sets: list[str]) -> None:
 
     kind = cfg["features"]["kind"]
     features = {"inception": "inception-features", "dinov2": "dinov2-features"}.get(kind, "train-features")
-    todo = [(layout.manifest("dm"), ["train-dm"]),
-            (layout.feature_net(feature_tag(cfg["features"])), [features]),
-            (layout.stats(*reference_source(cfg), feature_tag(cfg["features"])), ["reference-stats", "--split", "train"])]
+    todo = [
+        (layout.manifest("dm"), ["train-dm"]),
+        (layout.feature_net(feature_tag(cfg["features"])), [features]),
+        (layout.stats(*reference_source(cfg), feature_tag(cfg["features"])), ["reference-stats", "--split", "train"]),
+    ]
     for path, stage in todo:
         if not path.exists():
             argv = [*stage, "--config", config, *(a for item in sets for a in ("--set", item))]
@@ -217,10 +231,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "vmap"])
     ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key (as lcsc --set), e.g. --set search.samples=1000")
-    ap.add_argument("--stand-in-images", type=int, default=0, metavar="N",
-                    help="train on N seeded random images instead of the config's dataset (speed only)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (as lcsc --set), e.g. --set search.samples=1000",
+    )
+    ap.add_argument(
+        "--stand-in-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N seeded random images instead of the config's dataset (speed only)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,14 +261,22 @@ def main() -> None:
     stats = layout.stats(*reference_source(cfg), feature_tag(cfg["features"]))
 
     def scorer(compile=False):
-        return Scorer(family_for(trail, cfg), layout.feature_net(feature_tag(cfg["features"])), stats, device,
-                      scfg["batch_size"], compile=compile)
+        return Scorer(
+            family_for(trail, cfg),
+            layout.feature_net(feature_tag(cfg["features"])),
+            stats,
+            device,
+            scfg["batch_size"],
+            compile=compile,
+        )
 
     cs = candidates(len(trail), args.candidates, seed=0)
     noise = scorer().make_noise(scfg["samples"], scfg["seed"]).noise  # (an unconditional trail: no labels)
-    print(f"{len(trail)} checkpoints x {scorer().loader.numel} parameters; {args.candidates} candidates, "
-          f"{scfg['samples']} samples at NFE {scfg['nfe']}, batch {scfg['batch_size']}; {machine(device)}",
-          flush=True)
+    print(
+        f"{len(trail)} checkpoints x {scorer().loader.numel} parameters; {args.candidates} candidates, "
+        f"{scfg['samples']} samples at NFE {scfg['nfe']}, batch {scfg['batch_size']}; {machine(device)}",
+        flush=True,
+    )
     paths = {"engine": lambda s, clk, cs: run_engine(s, cs, scfg["nfe"], noise, clk)}
     if "naive" not in args.skip:
         paths["naive"] = lambda s, clk, cs: run_naive(s, cfg, cs, scfg["nfe"], noise, clk)
@@ -256,7 +288,7 @@ def main() -> None:
     for name, fn in paths.items():
         s = scorer(compile=name == "compile")
         t0 = time.perf_counter()
-        fn(s, Clock(device), cs[:scfg["num_workers"]])  # warm-up: allocator, kernels, file cache, compiling
+        fn(s, Clock(device), cs[: scfg["num_workers"]])  # warm-up: allocator, kernels, file cache, compiling
         print(f"  {name}: warm-up ({scfg['num_workers']} evaluations) {time.perf_counter() - t0:.1f} s", flush=True)
         if name != "compile":  # (a compiled scorer keeps its compiled network for the timed loop)
             s = scorer()
@@ -273,7 +305,7 @@ def main() -> None:
 
 def report(rows: list[tuple], fids: dict[str, list[float]], n: int) -> None:
     """The table of every path's speed and forward-pass share, and how far its FIDs are from the engine's."""
-    base = dict((r[0], r[1]) for r in rows).get("naive")
+    base = {r[0]: r[1] for r in rows}.get("naive")
     print("\n| path | evaluations/s | s/evaluation | in forward passes | outside | vs naive |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rate, wall, share in rows:

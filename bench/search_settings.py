@@ -70,10 +70,20 @@ def parse_all(settings: list[str]) -> list[tuple[str, dict]]:
 def sweep(cfg: dict, layout: Layout, model: str, stats, device, coefficients=None, variant=None) -> dict[int, float]:
     """Mean FID over the evaluation seeds at every NFE of the model's sweep."""
     mcfg = for_model(cfg, model)
-    scorer = Scorer.open(mcfg, layout.manifest(model), layout.feature_net(feature_tag(cfg["features"])), stats, device,
-                         cfg["evaluate"]["batch_size"], model=model)
-    flat = scorer.weights_of(coefficients) if coefficients is not None else \
-        variants.weights(scorer, variant, bcfg=mcfg["baselines"])[0]
+    scorer = Scorer.open(
+        mcfg,
+        layout.manifest(model),
+        layout.feature_net(feature_tag(cfg["features"])),
+        stats,
+        device,
+        cfg["evaluate"]["batch_size"],
+        model=model,
+    )
+    flat = (
+        scorer.weights_of(coefficients)
+        if coefficients is not None
+        else variants.weights(scorer, variant, bcfg=mcfg["baselines"])[0]
+    )
     seeds = repeat_seeds(cfg["evaluate"]["seed"], cfg["evaluate"]["repeats"])
     out = {}
     for nfe in mcfg["evaluate"]["nfe"]:
@@ -124,17 +134,36 @@ def main() -> None:
             baselines_done.add(layout.root)
             decays = for_model(cfg, args.model)["train"]["ema_decays"]
             for variant in [variants.LAST, *[variants.kept_ema(d) for d in decays]]:
-                rows.append((f"[{variant}]", layout.root.name, sweep(cfg, layout, args.model, stats, device,
-                                                                      variant=variant), None, None, 0.0))
+                rows.append(
+                    (
+                        f"[{variant}]",
+                        layout.root.name,
+                        sweep(cfg, layout, args.model, stats, device, variant=variant),
+                        None,
+                        None,
+                        0.0,
+                    )
+                )
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     nfes = list(rows[0][2])
-    print(f"\ndevice: {dev}; {args.model}: FID at each NFE on the evaluation seeds (mean of {cfg['evaluate']['repeats']})")
-    print(f"{'setting':<24} {'trail':<20} " + " ".join(f"{'NFE ' + str(n):>8}" for n in nfes)
-          + f" {'screen':>8} {'rescore':>8} {'search s':>9}")
+    print(
+        f"\ndevice: {dev}; {args.model}: FID at each NFE on the evaluation seeds (mean of {cfg['evaluate']['repeats']})"
+    )
+    print(
+        f"{'setting':<24} {'trail':<20} "
+        + " ".join(f"{'NFE ' + str(n):>8}" for n in nfes)
+        + f" {'screen':>8} {'rescore':>8} {'search s':>9}"
+    )
     for name, trail, fids, screen, rescore, seconds in rows:
-        f = lambda x: f"{x:8.2f}" if x is not None else f"{'':8}"
-        print(f"{name:<24} {trail:<20} " + " ".join(f(fids[n]) for n in nfes)
-              + f" {f(screen)} {f(rescore)} {seconds:9.1f}")
+
+        def f(x):
+            return f"{x:8.2f}" if x is not None else f"{'':8}"
+
+        print(
+            f"{name:<24} {trail:<20} "
+            + " ".join(f(fids[n]) for n in nfes)
+            + f" {f(screen)} {f(rescore)} {seconds:9.1f}"
+        )
 
 
 if __name__ == "__main__":

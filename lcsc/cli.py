@@ -52,8 +52,9 @@ def _parse_value(text: str):
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise UsageError(f"--set: the value {text!r} is not YAML ({problem}); quote strings, "
-                         "e.g. --set 'search.init=\"last\"'") from None
+        raise UsageError(
+            f"--set: the value {text!r} is not YAML ({problem}); quote strings, e.g. --set 'search.init=\"last\"'"
+        ) from None
 
 
 def _config(args, warn: bool = True) -> dict:
@@ -159,8 +160,9 @@ def _training(args, stage: str, model: str | None = None):
 
             torch.set_num_threads(max(1, args.threads // ranks.world))
         tracked = cfg if ranks.main else dict(cfg, mlflow=dict(cfg["mlflow"], enabled=False))
-        run = StageRun(tracked, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model),
-                       job_tags(cfg, stage))
+        run = StageRun(
+            tracked, stage, _wildcards(args.wildcards), stage_config(cfg, stage, model), job_tags(cfg, stage)
+        )
         with run:
             yield cfg, Layout.of(cfg), device, run, ranks
     finally:
@@ -180,8 +182,10 @@ def cmd_train_cm(args) -> None:
 
     model = f"cm_{args.mode}"
     with _training(args, train_cm.NAME, model) as (cfg, layout, device, run, ranks):
-        paths = train_cm.Paths(trail=Path(args.out_dir or layout.trail_dir(model)),
-                               teacher=Path(args.teacher or layout.manifest("dm")) if args.mode == "cd" else None)
+        paths = train_cm.Paths(
+            trail=Path(args.out_dir or layout.trail_dir(model)),
+            teacher=Path(args.teacher or layout.manifest("dm")) if args.mode == "cd" else None,
+        )
         train_cm.run(cfg, paths, args.mode, device, run, ranks)
 
 
@@ -191,8 +195,10 @@ def cmd_truncate_trail(args) -> None:
     cfg = _config(args)
     check_writer(cfg)
     layout = Layout.of(cfg)
-    paths = truncate_trail.Paths(manifest=Path(args.manifest or layout.manifest(base_model(args.model))),
-                                 out=Path(args.out or layout.manifest(args.model)))
+    paths = truncate_trail.Paths(
+        manifest=Path(args.manifest or layout.manifest(base_model(args.model))),
+        out=Path(args.out or layout.manifest(args.model)),
+    )
     truncate_trail.run({}, paths, args.model)
 
 
@@ -210,12 +216,14 @@ def cmd_export(args) -> None:
 
     cfg, layout, device, run = _setup(args, export.NAME, args.model)
     evaluations = args.evaluations or [layout.eval_json(args.model, v) for v in (args.variant, variants.LAST)]
-    paths = export.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
-                         evaluations=tuple(map(Path, evaluations)),
-                         out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
-                         coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
-                         baselines=_baselines(layout, args),
-                         real=Path(args.real or layout.real_grid(*reference_source(cfg))))
+    paths = export.Paths(
+        manifest=Path(args.manifest or layout.manifest(args.model)),
+        evaluations=tuple(map(Path, evaluations)),
+        out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
+        coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
+        baselines=_baselines(layout, args),
+        real=Path(args.real or layout.real_grid(*reference_source(cfg))),
+    )
     with run:
         export.run(cfg, paths, args.model, args.variant, device, run)
 
@@ -226,8 +234,12 @@ def cmd_train_features(args) -> None:
     cfg, layout, device, run = _setup(args, train_features.NAME)
     train_features.check(cfg)
     with run:
-        train_features.run(cfg, train_features.Paths(net=Path(args.out or layout.feature_net(feature_tag(cfg["features"])))),
-                           device, run)
+        train_features.run(
+            cfg,
+            train_features.Paths(net=Path(args.out or layout.feature_net(feature_tag(cfg["features"])))),
+            device,
+            run,
+        )
 
 
 def _descriptor_stage(args, stage) -> None:
@@ -256,9 +268,11 @@ def cmd_reference_stats(args) -> None:
 
     cfg, layout, device, run = _setup(args, reference_stats.NAME)
     name = reference_source(cfg)[0] if args.split == "folder" else dataset_name(cfg["data"])
-    paths = reference_stats.Paths(features=_features(cfg, layout, args),
-                                  stats=Path(args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))),
-                                  grid=Path(args.grid or layout.real_grid(name, args.split)))
+    paths = reference_stats.Paths(
+        features=_features(cfg, layout, args),
+        stats=Path(args.out or layout.stats(name, args.split, feature_tag(cfg["features"]))),
+        grid=Path(args.grid or layout.real_grid(name, args.split)),
+    )
     with run:
         reference_stats.run(cfg, paths, args.split, device, run)
 
@@ -267,9 +281,12 @@ def cmd_baselines(args) -> None:
     from .stages import baselines
 
     cfg, layout, device, run = _setup(args, baselines.NAME, args.model)
-    paths = baselines.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
-                            features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
-                            baselines=Path(args.out or layout.baselines(args.model)))
+    paths = baselines.Paths(
+        manifest=Path(args.manifest or layout.manifest(args.model)),
+        features=_features(cfg, layout, args),
+        stats=_stats(cfg, layout, args),
+        baselines=Path(args.out or layout.baselines(args.model)),
+    )
     with run:
         baselines.run(cfg, paths, args.model, device, run)
 
@@ -281,10 +298,13 @@ def cmd_search(args) -> None:
     cfg = search_repeat(cfg, args.repeat)
     files = search_files(args.out_dir or layout.search_dir(args.model, nfe_tag(cfg["search"]["nfe"]), args.repeat))
     given = {name: getattr(args, name) for name in files}
-    paths = search.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
-                         features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
-                         baselines=_baselines(layout, args),
-                         **{name: Path(given[name] or default) for name, default in files.items()})
+    paths = search.Paths(
+        manifest=Path(args.manifest or layout.manifest(args.model)),
+        features=_features(cfg, layout, args),
+        stats=_stats(cfg, layout, args),
+        baselines=_baselines(layout, args),
+        **{name: Path(given[name] or default) for name, default in files.items()},
+    )
     with run:
         search.run(cfg, paths, args.model, device, run)
 
@@ -293,12 +313,15 @@ def cmd_evaluate(args) -> None:
     from .stages import evaluate
 
     cfg, layout, device, run = _setup(args, evaluate.NAME, args.model)
-    paths = evaluate.Paths(manifest=Path(args.manifest or layout.manifest(args.model)),
-                           features=_features(cfg, layout, args), stats=_stats(cfg, layout, args),
-                           result=Path(args.out or layout.eval_json(args.model, args.variant)),
-                           grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
-                           coefficients=tuple(map(Path, args.coefficients or _search_results(cfg, layout, args.model))),
-                           baselines=_baselines(layout, args))
+    paths = evaluate.Paths(
+        manifest=Path(args.manifest or layout.manifest(args.model)),
+        features=_features(cfg, layout, args),
+        stats=_stats(cfg, layout, args),
+        result=Path(args.out or layout.eval_json(args.model, args.variant)),
+        grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
+        coefficients=tuple(map(Path, args.coefficients or _search_results(cfg, layout, args.model))),
+        baselines=_baselines(layout, args),
+    )
     with run:
         evaluate.run(cfg, paths, args.model, args.variant, device, run)
 
@@ -326,7 +349,8 @@ def cmd_tabulate(args) -> None:
         evaluations=tuple(map(Path, args.evaluations or [layout.eval_json(m, v) for m, v in shown])),
         grids=tuple(map(Path, args.grids or [layout.eval_grid(m, v) for m, v in shown])),
         report=Path(args.out_dir or layout.report_dir()),
-        real=Path(args.real or layout.real_grid(*reference_source(cfg))))
+        real=Path(args.real or layout.real_grid(*reference_source(cfg))),
+    )
     with StageRun(cfg, tabulate.NAME, _wildcards(args.wildcards), stage_config(cfg, tabulate.NAME)) as run:
         summary = tabulate.run(cfg, paths, args.variants, run)
     print(summary.read_text())
@@ -341,13 +365,17 @@ def cmd_mlflow_sync(args) -> None:
     try:
         counts = sync(cfg, args.any_store)
     except Exception as exc:  # the store is down or refuses: nothing was lost, try again later
-        raise StoreError(f"{tracking_uri(cfg)}: {' '.join(str(exc).split())}; the records in "
-                         f"{records_dir(cfg)} are kept, run it again when the store is back") from None
-    print(f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
-          f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
-          f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
-          f"{counts['killed']} runs of killed jobs marked KILLED, {counts['registered']} models registered "
-          f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})")
+        raise StoreError(
+            f"{tracking_uri(cfg)}: {' '.join(str(exc).split())}; the records in "
+            f"{records_dir(cfg)} are kept, run it again when the store is back"
+        ) from None
+    print(
+        f"[lcsc] {counts['records']} run records in {records_dir(cfg)}: {counts['created']} runs created, "
+        f"{counts['replaced']} logged in part replaced, {counts['completed']} parents completed, "
+        f"{counts['complete']} already complete, {counts['skipped']} for another store skipped, "
+        f"{counts['killed']} runs of killed jobs marked KILLED, {counts['registered']} models registered "
+        f"({tracking_uri(cfg)}, experiment {experiment_name(cfg)})"
+    )
     if counts["failed"]:
         raise StoreError(f"{counts['failed']} records failed (see above); run it again")
 
@@ -387,8 +415,13 @@ def _count(minimum: int):
 _COMMON = [
     ("--config", {"help": "YAML config file (default: all schema defaults)"}),
     ("--config-json", {"help": "validated config as JSON (what the workflow passes)"}),
-    ("--runtime-json", {"help": "with --config-json: the run-time keys (MLflow, devices, folders) as JSON, "
-                                 "which the workflow passes apart so that they never rerun a job"}),
+    (
+        "--runtime-json",
+        {
+            "help": "with --config-json: the run-time keys (MLflow, devices, folders) as JSON, "
+            "which the workflow passes apart so that they never rerun a job"
+        },
+    ),
     ("--set", {"action": "append", "metavar": "KEY=VALUE", "help": "override a config key"}),
     ("--threads", {"type": _count(0), "default": 0, "help": "torch CPU threads (0: torch's default)"}),
     ("--wildcards", {"help": "k=v,... naming this job in MLflow"}),
@@ -398,67 +431,166 @@ _INPUTS = [(name, {}) for name in ("--manifest", "--features", "--stats")]
 _MANY = {"nargs": "+"}
 # (command, function, help, its own arguments)
 COMMANDS = [
-    ("train-dm", cmd_train_dm, "train the diffusion model, writing its checkpoint trail",
-     [("--out-dir", {"help": "the trail's folder"})]),
-    ("train-cm", cmd_train_cm, "train a consistency model (cd: distilled from the diffusion model's trail; "
-     "ct: from data), writing its checkpoint trail",
-     [("--mode", {"required": True, "choices": ["cd", "ct"]}),
-      ("--teacher", {"help": "cd: the diffusion trail's manifest (default: the layout's dm trail)"}),
-      ("--out-dir", {"help": "the trail's folder"})]),
-    ("truncate-trail", cmd_truncate_trail,
-     "the training-cost experiment's trail: the first part of a model's trail (no files copied)",
-     [("--model", {"required": True, "help": "<model>_first<percent>, e.g. cm_ct_first25"}),
-      ("--manifest", {"help": "the full trail's manifest (default: the layout's)"}), ("--out", {})]),
-    ("import-trail", cmd_import_trail, "import another trainer's checkpoints (trail.source diffusers or "
-     "state_dict) as a trail manifest; the files stay where they are",
-     [("--out", {"help": "the manifest (default: the layout's imported trail)"})]),
+    (
+        "train-dm",
+        cmd_train_dm,
+        "train the diffusion model, writing its checkpoint trail",
+        [("--out-dir", {"help": "the trail's folder"})],
+    ),
+    (
+        "train-cm",
+        cmd_train_cm,
+        "train a consistency model (cd: distilled from the diffusion model's trail; "
+        "ct: from data), writing its checkpoint trail",
+        [
+            ("--mode", {"required": True, "choices": ["cd", "ct"]}),
+            ("--teacher", {"help": "cd: the diffusion trail's manifest (default: the layout's dm trail)"}),
+            ("--out-dir", {"help": "the trail's folder"}),
+        ],
+    ),
+    (
+        "truncate-trail",
+        cmd_truncate_trail,
+        "the training-cost experiment's trail: the first part of a model's trail (no files copied)",
+        [
+            ("--model", {"required": True, "help": "<model>_first<percent>, e.g. cm_ct_first25"}),
+            ("--manifest", {"help": "the full trail's manifest (default: the layout's)"}),
+            ("--out", {}),
+        ],
+    ),
+    (
+        "import-trail",
+        cmd_import_trail,
+        "import another trainer's checkpoints (trail.source diffusers or "
+        "state_dict) as a trail manifest; the files stay where they are",
+        [("--out", {"help": "the manifest (default: the layout's imported trail)"})],
+    ),
     ("train-features", cmd_train_features, "train the FID feature classifier or autoencoder", [("--out", {})]),
-    ("inception-features", cmd_inception_features,
-     "find (or download) and check the Inception weights; write their descriptor", [("--out", {})]),
-    ("dinov2-features", cmd_dinov2_features,
-     "find (or download) and check the DINOv2 weights (FD_DINOv2); write their descriptor", [("--out", {})]),
-    ("reference-stats", cmd_reference_stats, "reference feature mean/covariance of a split or of "
-     "features.reference_folder",
-     [("--split", {"default": "train", "choices": ["train", "test", "folder"]}), ("--features", {}), ("--out", {}),
-      ("--grid", dict(help="a PNG grid of the first reference images (default: beside the stats)"))]),
-    ("baselines", cmd_baselines, "baseline profiles and greedy soup, scored like the search",
-     [_MODEL, *_INPUTS, ("--out", {})]),
-    ("search", cmd_search, "search LCSC coefficients with nevergrad",
-     [_MODEL, *_INPUTS, ("--baselines", {}),
-      ("--repeat", {"type": int, "default": 0, "help": "which of the search.repeats searches (0: the first, "
-                    "with search.seed)"}),
-      ("--out-dir", {"help": "the search's folder: coefficients.json, history.csv, best.safetensors, state/"}),
-      *[(f"--{name}", {"help": "instead of the one in --out-dir"}) for name in search_files(".")]]),
-    ("evaluate", cmd_evaluate, "FID of one variant over the NFE sweep",
-     [_MODEL, ("--variant", {"required": True}), *_INPUTS,
-      ("--coefficients", dict(_MANY, help="lcsc: each search's coefficients.json (search.repeats), the first first")),
-      ("--baselines", {}),
-      ("--out", {}), ("--grid", {})]),
-    ("export", cmd_export, "a variant's merged weights in the trail's own format, with a model card",
-     [_MODEL, ("--variant", {"default": variants.LCSC}), ("--manifest", {}), ("--coefficients", {}),
-      ("--baselines", {}), ("--evaluations", dict(_MANY, help="the evaluation JSONs the model card shows "
-                                                           "(default: the variant's and last's)")),
-      ("--real", dict(help="a grid of reference images (reference_stats writes it), the picture's first panel")),
-      ("--out-dir", {"help": "the export folder"})]),
-    ("tabulate", cmd_tabulate, "tables and plots of every evaluation",
-     [("--models", dict(_MANY, help="default: every model the config runs")),
-      ("--variants", dict(_MANY, help="default: each model's own variants")),
-      ("--manifests", dict(_MANY, help="each model's trail manifest, in the order of --models")),
-      ("--searches", dict(_MANY, help="each model's coefficients.json, in the order of --models")),
-      ("--histories", dict(_MANY, help="each model's history.csv, in the order of --models")),
-      ("--evaluations", dict(_MANY, help="every evaluation JSON to show")),
-      ("--grids", dict(_MANY, help="the sample grid of each evaluation, in the same order")),
-      ("--real", dict(help="a grid of reference images (reference_stats writes it), shown beside the samples")),
-      ("--out-dir", {"help": "the report's folder"})]),
-    ("mlflow-server", cmd_mlflow_server,
-     "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)",
-     [("--host", {"default": "127.0.0.1", "help": "address to bind (default: loopback only)"}),
-      ("--port", {"type": _count(0), "default": 5000}), ("--workers", {"type": _count(1), "default": 1}),
-      ("--allowed-hosts", {"help": "Host headers the server answers (default for a non-loopback --host: this "
-                                    "machine's names)"})]),
-    ("mlflow-sync", cmd_mlflow_sync, "log to MLflow every recorded run it lacks or holds in part (idempotent)",
-     [("--any-store", {"action": "store_true",
-                           "help": "also log records made for another tracking URI or experiment name"})]),
+    (
+        "inception-features",
+        cmd_inception_features,
+        "find (or download) and check the Inception weights; write their descriptor",
+        [("--out", {})],
+    ),
+    (
+        "dinov2-features",
+        cmd_dinov2_features,
+        "find (or download) and check the DINOv2 weights (FD_DINOv2); write their descriptor",
+        [("--out", {})],
+    ),
+    (
+        "reference-stats",
+        cmd_reference_stats,
+        "reference feature mean/covariance of a split or of features.reference_folder",
+        [
+            ("--split", {"default": "train", "choices": ["train", "test", "folder"]}),
+            ("--features", {}),
+            ("--out", {}),
+            ("--grid", dict(help="a PNG grid of the first reference images (default: beside the stats)")),
+        ],
+    ),
+    (
+        "baselines",
+        cmd_baselines,
+        "baseline profiles and greedy soup, scored like the search",
+        [_MODEL, *_INPUTS, ("--out", {})],
+    ),
+    (
+        "search",
+        cmd_search,
+        "search LCSC coefficients with nevergrad",
+        [
+            _MODEL,
+            *_INPUTS,
+            ("--baselines", {}),
+            (
+                "--repeat",
+                {
+                    "type": int,
+                    "default": 0,
+                    "help": "which of the search.repeats searches (0: the first, with search.seed)",
+                },
+            ),
+            ("--out-dir", {"help": "the search's folder: coefficients.json, history.csv, best.safetensors, state/"}),
+            *[(f"--{name}", {"help": "instead of the one in --out-dir"}) for name in search_files(".")],
+        ],
+    ),
+    (
+        "evaluate",
+        cmd_evaluate,
+        "FID of one variant over the NFE sweep",
+        [
+            _MODEL,
+            ("--variant", {"required": True}),
+            *_INPUTS,
+            (
+                "--coefficients",
+                dict(_MANY, help="lcsc: each search's coefficients.json (search.repeats), the first first"),
+            ),
+            ("--baselines", {}),
+            ("--out", {}),
+            ("--grid", {}),
+        ],
+    ),
+    (
+        "export",
+        cmd_export,
+        "a variant's merged weights in the trail's own format, with a model card",
+        [
+            _MODEL,
+            ("--variant", {"default": variants.LCSC}),
+            ("--manifest", {}),
+            ("--coefficients", {}),
+            ("--baselines", {}),
+            (
+                "--evaluations",
+                dict(_MANY, help="the evaluation JSONs the model card shows (default: the variant's and last's)"),
+            ),
+            ("--real", dict(help="a grid of reference images (reference_stats writes it), the picture's first panel")),
+            ("--out-dir", {"help": "the export folder"}),
+        ],
+    ),
+    (
+        "tabulate",
+        cmd_tabulate,
+        "tables and plots of every evaluation",
+        [
+            ("--models", dict(_MANY, help="default: every model the config runs")),
+            ("--variants", dict(_MANY, help="default: each model's own variants")),
+            ("--manifests", dict(_MANY, help="each model's trail manifest, in the order of --models")),
+            ("--searches", dict(_MANY, help="each model's coefficients.json, in the order of --models")),
+            ("--histories", dict(_MANY, help="each model's history.csv, in the order of --models")),
+            ("--evaluations", dict(_MANY, help="every evaluation JSON to show")),
+            ("--grids", dict(_MANY, help="the sample grid of each evaluation, in the same order")),
+            ("--real", dict(help="a grid of reference images (reference_stats writes it), shown beside the samples")),
+            ("--out-dir", {"help": "the report's folder"}),
+        ],
+    ),
+    (
+        "mlflow-server",
+        cmd_mlflow_server,
+        "run an MLflow tracking server over the results' store (foreground; Ctrl-C stops it)",
+        [
+            ("--host", {"default": "127.0.0.1", "help": "address to bind (default: loopback only)"}),
+            ("--port", {"type": _count(0), "default": 5000}),
+            ("--workers", {"type": _count(1), "default": 1}),
+            (
+                "--allowed-hosts",
+                {"help": "Host headers the server answers (default for a non-loopback --host: this machine's names)"},
+            ),
+        ],
+    ),
+    (
+        "mlflow-sync",
+        cmd_mlflow_sync,
+        "log to MLflow every recorded run it lacks or holds in part (idempotent)",
+        [
+            (
+                "--any-store",
+                {"action": "store_true", "help": "also log records made for another tracking URI or experiment name"},
+            )
+        ],
+    ),
 ]
 
 
@@ -476,11 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
 # what to do about an OSError, by errno (when its message does not say already)
 _OS_HINTS = {
     errno.ENOENT: "check the path, or run the stage that writes it first",
-    errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+    errno.EACCES: "check its permissions",
+    errno.EPERM: "check its permissions",
     errno.ENOTDIR: "a part of that path is a file, not a folder: move it away or choose another path",
     errno.EEXIST: "something is in the way there: move it away or choose another path",
     errno.EISDIR: "that is a folder: give the file",
-    errno.ENOSPC: "free some space and rerun", errno.EDQUOT: "free some space and rerun",
+    errno.ENOSPC: "free some space and rerun",
+    errno.EDQUOT: "free some space and rerun",
     errno.EROFS: "the file system is read-only: choose another folder",
 }
 
@@ -509,10 +643,12 @@ def _os_message(exc: OSError) -> str:
 def _yaml_message(exc) -> str:
     """`<file>:<line>:<column>: <problem>; fix the YAML` for a YAML syntax error."""
     mark = getattr(exc, "problem_mark", None)
-    where = (f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None
-             else getattr(exc, "name", None) or "the config")  # a ReaderError (not text) has no mark
-    problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
-        or _one_line(exc)
+    where = (
+        f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+        if mark is not None
+        else getattr(exc, "name", None) or "the config"
+    )  # a ReaderError (not text) has no mark
+    problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or _one_line(exc)
     return f"{where}: not valid YAML ({problem}); fix the file"
 
 
@@ -541,8 +677,9 @@ def _parse(argv: list[str] | None):
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:
-            raise _ArgumentError(f"lcsc {args.stage}", f"unrecognized arguments: {' '.join(extra)}; "
-                                 f"see lcsc {args.stage} --help")
+            raise _ArgumentError(
+                f"lcsc {args.stage}", f"unrecognized arguments: {' '.join(extra)}; see lcsc {args.stage} --help"
+            )
     except _ArgumentError as exc:
         print(f"{exc.prog}: {exc}", file=sys.stderr)
         return 2

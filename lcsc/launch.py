@@ -30,8 +30,9 @@ REPLAY_LINES = 60  # the last lines of a failed process's output shown, when it 
 
 
 def _interrupted(stage: str, processes: int, how: str = "") -> int:
-    print(f"lcsc {stage}: interrupted{how} on {processes} processes; rerun the same command to resume",
-          file=sys.stderr)
+    print(
+        f"lcsc {stage}: interrupted{how} on {processes} processes; rerun the same command to resume", file=sys.stderr
+    )
     return 130
 
 
@@ -81,16 +82,27 @@ class Launch:
                 p.send_signal(signal.SIGTERM)
 
     def start(self) -> None:
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(self.n),
-                   LOCAL_WORLD_SIZE=str(self.n))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+            WORLD_SIZE=str(self.n),
+            LOCAL_WORLD_SIZE=str(self.n),
+        )
         env.setdefault("OMP_NUM_THREADS", "1")  # each process sets its own share of --threads
         preexec = _die_with_parent()
         for rank in range(self.n):
             log = None if rank == 0 else tempfile.TemporaryFile()
             self.logs.append(log)
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "lcsc", *self.argv], env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
-                stdout=log, stderr=subprocess.STDOUT if log else None, preexec_fn=preexec))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "lcsc", *self.argv],
+                    env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT if log else None,
+                    preexec_fn=preexec,
+                )
+            )
 
     def wait(self) -> None:
         """Until every process ended: after a failure or a signal, the rest get a grace period
@@ -136,8 +148,10 @@ class Launch:
             print("\n".join(lines), file=sys.stderr)
         code = codes[first]
         how = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        print(f"lcsc {self.stage}: training process {first} of {self.n} failed ({how}); its message is above",
-              file=sys.stderr)
+        print(
+            f"lcsc {self.stage}: training process {first} of {self.n} failed ({how}); its message is above",
+            file=sys.stderr,
+        )
         return code if code > 0 else 1
 
     def close(self) -> None:
@@ -156,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     processes, stage = int(argv[0]), argv[1]
     launch = Launch(processes, argv[1:])
     # a signal ignored from the start (nohup, a script's background job) stays ignored, as in the processes
-    previous = {sig: signal.signal(sig, launch._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) is not signal.SIG_IGN}
+    previous = {
+        sig: signal.signal(sig, launch._on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         from .cli import preflight
         from .kernel.devices import resolve_device
@@ -167,17 +184,23 @@ def main(argv: list[str] | None = None) -> int:
             return code
         available, what = capacity(resolve_device(cfg, quiet=True))
         if processes > available:
-            print(f"lcsc {stage}: train.gpus: {processes} training processes, but this node has {available} "
-                  f"{what}; use at most {available}, or run on a node with more", file=sys.stderr)
+            print(
+                f"lcsc {stage}: train.gpus: {processes} training processes, but this node has {available} "
+                f"{what}; use at most {available}, or run on a node with more",
+                file=sys.stderr,
+            )
             return 2
         if launch.signal is not None:
             return _interrupted(stage, processes)
         try:
             launch.start()
         except OSError as exc:
-            print(f"lcsc {stage}: could not start training process {len(launch.procs)} of {processes} "
-                  f"({exc.strerror or exc}); the {len(launch.procs)} started are stopped: free the resources "
-                  "(processes, memory) or use fewer (train.gpus)", file=sys.stderr)
+            print(
+                f"lcsc {stage}: could not start training process {len(launch.procs)} of {processes} "
+                f"({exc.strerror or exc}); the {len(launch.procs)} started are stopped: free the resources "
+                "(processes, memory) or use fewer (train.gpus)",
+                file=sys.stderr,
+            )
             return 2
         launch.wait()
         return launch.report()

@@ -19,15 +19,32 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = {
     "experiment": "tiny",
     "model": {"channels": 8, "channel_mult": [1, 2]},
-    "train": {"iterations": 40, "checkpoint_every": 10, "batch_size": 32, "log_every": 5,
-              "ema_decays": [0.9, 0.99], "warmup": 5},
+    "train": {
+        "iterations": 40,
+        "checkpoint_every": 10,
+        "batch_size": 32,
+        "log_every": 5,
+        "ema_decays": [0.9, 0.99],
+        "warmup": 5,
+    },
     # no consistency models unless a test asks for them (consistency={"modes": [...]})
-    "consistency": {"modes": [], "cd": {"teacher": "ema_0.99", "steps": 6}, "ct": {"s0": 4, "s1": 16},
-                    "train": {"iterations": 30}},
+    "consistency": {
+        "modes": [],
+        "cd": {"teacher": "ema_0.99", "steps": 6},
+        "ct": {"s0": 4, "s1": 16},
+        "train": {"iterations": 30},
+    },
     "features": {"epochs": 3, "dim": 16, "width": 8},
     "baselines": {"lawa_last": [2], "ema_decays": [0.9, 0.99], "power_sigma_rels": [0.05, 0.1]},
-    "search": {"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
-               "rescore_top": 3, "rescore_samples": 128},
+    "search": {
+        "budget": 8,
+        "num_workers": 4,
+        "samples": 64,
+        "nfe": 2,
+        "batch_size": 64,
+        "rescore_top": 3,
+        "rescore_samples": 128,
+    },
     "evaluate": {"nfe": [1, 2], "samples": 96, "batch_size": 96, "grid": 16},
     "mlflow": {"enabled": False},
 }
@@ -140,7 +157,8 @@ def sd_run(trained, tmp_path_factory):
 
     cfg, _ = trained
     root = tmp_path_factory.mktemp("sd")
-    run = state_dict_run(trained_paths(cfg)[0], root / "my run; 'x'",
-                         dtype=lambda i: torch.bfloat16 if i == 1 else None)
+    run = state_dict_run(
+        trained_paths(cfg)[0], root / "my run; 'x'", dtype=lambda i: torch.bfloat16 if i == 1 else None
+    )
     factory = write_factory(root / "code")
     return cfg, run, root / "code", factory

@@ -14,7 +14,9 @@ from lcsc.kernel.dinov2 import DinoViT
 def build(path: Path, seed: int = 0, dim: int = 128, depth: int = 2) -> Path:
     gen = torch.Generator().manual_seed(seed)
     net = DinoViT(dim, depth, patch=14, grid=37)
-    state = {k: torch.randn(v.shape, generator=gen) * (0.3 if v.dim() > 1 else 0.1) for k, v in net.state_dict().items()}
+    state = {
+        k: torch.randn(v.shape, generator=gen) * (0.3 if v.dim() > 1 else 0.1) for k, v in net.state_dict().items()
+    }
     for k in state:
         if k.endswith("norm1.weight") or k.endswith("norm2.weight") or k == "norm.weight":
             state[k] = 1 + state[k]

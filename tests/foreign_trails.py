@@ -21,9 +21,16 @@ from lcsc.kernel.data import load_split
 from lcsc.kernel.tensors import load_tensors
 from lcsc.kernel.trail import Trail
 
-UNET = dict(sample_size=12, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4)
+UNET = dict(
+    sample_size=12,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+)
 
 
 class Payload:
@@ -52,16 +59,35 @@ def _save_checkpoint(out: Path, unet, ema, opt, rng_state) -> None:
         pickle.dump(rng_state, fh)
 
 
-def diffusers_run(folder: Path, steps: int = 30, every: int = 10, seed: int = 0, prediction_type: str = "epsilon",
-                  ema_decay: float = 0.9999, marker: Path | None = None, num_classes: int | None = None) -> Path:
+def diffusers_run(
+    folder: Path,
+    steps: int = 30,
+    every: int = 10,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+    ema_decay: float = 0.9999,
+    marker: Path | None = None,
+    num_classes: int | None = None,
+) -> Path:
     """With `num_classes`, a class-conditional UNet (`num_class_embeds`) trained with each digit's class."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    data = load_split({"dataset": "digits", "image_size": 12, "channels": 1, "split_seed": 0,
-                       "test_fraction": 0.2, "folder": None, "root": "", "download": False}, "train")
+    data = load_split(
+        {
+            "dataset": "digits",
+            "image_size": 12,
+            "channels": 1,
+            "split_seed": 0,
+            "test_fraction": 0.2,
+            "folder": None,
+            "root": "",
+            "download": False,
+        },
+        "train",
+    )
     images = data.images
     unet = UNet2DModel(**UNET, num_class_embeds=num_classes)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
@@ -75,14 +101,17 @@ def diffusers_run(folder: Path, steps: int = 30, every: int = 10, seed: int = 0,
         t = torch.randint(0, 1000, (len(x),), generator=gen)
         target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x, noise, t)
         labels = data.labels[idx] % num_classes if num_classes else None  # (fewer classes: folded)
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x, noise, t), t, class_labels=labels).sample,
-                                            target)
+        loss = torch.nn.functional.mse_loss(
+            unet(scheduler.add_noise(x, noise, t), t, class_labels=labels).sample, target
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         ema.step(unet.parameters())
         if step % every == 0:
-            _save_checkpoint(folder / f"checkpoint-{step}", unet, ema, opt, Payload(marker) if marker else {"step": step})
+            _save_checkpoint(
+                folder / f"checkpoint-{step}", unet, ema, opt, Payload(marker) if marker else {"step": step}
+            )
     ema.store(unet.parameters())
     ema.copy_to(unet.parameters())
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
@@ -90,8 +119,16 @@ def diffusers_run(folder: Path, steps: int = 30, every: int = 10, seed: int = 0,
     return folder
 
 
-def diffusers_cm_run(folder: Path, data, steps: int = 40, every: int = 10, seed: int = 0,
-                     num_classes: int | None = None, num_train_timesteps: int = 40, ema_decay: float = 0.5) -> Path:
+def diffusers_cm_run(
+    folder: Path,
+    data,
+    steps: int = 40,
+    every: int = 10,
+    seed: int = 0,
+    num_classes: int | None = None,
+    num_train_timesteps: int = 40,
+    ema_decay: float = 0.5,
+) -> Path:
     """A consistency model trained from data as diffusers' consistency-training example trains it
     (its preconditioning: the UNet sees x / sqrt(sigma^2 + sigma_data^2) at the time input
     250 ln(sigma), the boundary condition's c_skip and c_out; a pair of adjacent sigmas of the
@@ -116,7 +153,7 @@ def diffusers_cm_run(folder: Path, data, steps: int = 40, every: int = 10, seed:
     def f(x, sigma, labels):
         s = sigma[:, None, None, None]
         c_skip, c_out = scheduler.get_scalings_for_boundary_condition(s)
-        c_in = 1 / (s ** 2 + scheduler.config.sigma_data ** 2) ** 0.5
+        c_in = 1 / (s**2 + scheduler.config.sigma_data**2) ** 0.5
         return c_skip * x + c_out * unet(c_in * x, 250 * torch.log(sigma), class_labels=labels).sample
 
     for step in range(1, steps + 1):
@@ -150,20 +187,24 @@ def state_dict_run(manifest: Path, folder: Path, prefix: str = "module.", dtype=
     for i, step in enumerate(trail.steps):
         state = load_tensors(trail.checkpoint_path(i))
         cast = dtype(i) if callable(dtype) else dtype
-        torch.save({"state_dict": {prefix + k: v.to(cast) if cast else v for k, v in state.items()}, "step": step},
-                   folder / f"model{step:06d}.pt")
+        torch.save(
+            {"state_dict": {prefix + k: v.to(cast) if cast else v for k, v in state.items()}, "step": step},
+            folder / f"model{step:06d}.pt",
+        )
     decay, path = sorted(trail.ema_paths().items())[-1]
-    torch.save({"state_dict": {prefix + k: v for k, v in load_tensors(path).items()}},
-               folder / f"ema_{decay}_{trail.steps[-1]:06d}.pt")
+    torch.save(
+        {"state_dict": {prefix + k: v for k, v in load_tensors(path).items()}},
+        folder / f"ema_{decay}_{trail.steps[-1]:06d}.pt",
+    )
     return folder
 
 
-FACTORY = '''from lcsc.kernel.nets import build_unet
+FACTORY = """from lcsc.kernel.nets import build_unet
 
 
 def make(image_channels=1, **model):
     return build_unet(model, image_channels)
-'''
+"""
 
 
 def write_factory(folder: Path, name: str = "my_nets") -> str:
@@ -175,8 +216,10 @@ def write_factory(folder: Path, name: str = "my_nets") -> str:
 def parse_args(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(description="write a small diffusers training run on digits, offline, in "
-                                                 "the layout of diffusers' unconditional training example")
+    parser = argparse.ArgumentParser(
+        description="write a small diffusers training run on digits, offline, in "
+        "the layout of diffusers' unconditional training example"
+    )
     parser.add_argument("out", help="the run's output folder")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=30, help="save a checkpoint every this many steps")

@@ -30,25 +30,42 @@ from lcsc.stages import search
 REPO = Path(__file__).resolve().parent.parent
 
 
-def search_in(cfg: dict, manifest, features, stats, out_dir, device, stage_run=None, baselines=None,
-              model: str = "dm") -> dict:
+def search_in(
+    cfg: dict, manifest, features, stats, out_dir, device, stage_run=None, baselines=None, model: str = "dm"
+) -> dict:
     """The search stage with its outputs in `out_dir` (as `lcsc search --out-dir` lays them out)."""
     files = search_files(out_dir)
-    paths = search.Paths(manifest=Path(manifest), features=Path(features), stats=Path(stats),
-                         baselines=Path(baselines) if baselines else None, **files)
+    paths = search.Paths(
+        manifest=Path(manifest),
+        features=Path(features),
+        stats=Path(stats),
+        baselines=Path(baselines) if baselines else None,
+        **files,
+    )
     return search.run(cfg, paths, model, device, stage_run)
 
 
 def trained_paths(cfg):
     """The session trail's manifest, feature network and reference stats (the `trained` fixture's)."""
     layout = Layout.of(cfg)
-    return (layout.manifest("dm"), layout.feature_net("classifier"),
-            layout.stats(dataset_name(cfg["data"]), "train", "classifier"))
+    return (
+        layout.manifest("dm"),
+        layout.feature_net("classifier"),
+        layout.stats(dataset_name(cfg["data"]), "train", "classifier"),
+    )
 
 
 # what the baselines stage scores on the tiny config, and every variant evaluate compares
-BASELINES = ["last", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile", "power_0.05", "power_0.1",
-             "greedy_soup"]
+BASELINES = [
+    "last",
+    "uniform",
+    "lawa_2",
+    "ema_0.9_profile",
+    "ema_0.99_profile",
+    "power_0.05",
+    "power_0.1",
+    "greedy_soup",
+]
 VARIANTS = ["last", "ema_0.9", "ema_0.99", *BASELINES[1:], "lcsc"]
 
 
@@ -70,8 +87,16 @@ def train_tiny(cfg, out_dir, iterations):
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], 1)
     data = torch.rand(50, 1, 8, 8) * 2 - 1
-    return train(model, VPDiffusion().loss, data, train_cfg, out_dir, seed=cfg["seed"],
-                 device=torch.device("cpu"), manifest_extra={"kind": "dm", "model_config": cfg["model"]})
+    return train(
+        model,
+        VPDiffusion().loss,
+        data,
+        train_cfg,
+        out_dir,
+        seed=cfg["seed"],
+        device=torch.device("cpu"),
+        manifest_extra={"kind": "dm", "model_config": cfg["model"]},
+    )
 
 
 def cm_config(tmp_path, **consistency):
@@ -92,8 +117,14 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def snakemake(args, cwd, timeout=600):
     """This checkout's Snakefile, run with `args` in `cwd`, with no MLflow or lcsc settings from outside."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
-    return subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass
@@ -151,18 +182,43 @@ class Ctx:
 
     def truncated_copy(self, src: Path, name: str, keep: float = 0.5) -> str:
         data = Path(src).read_bytes()
-        return self.write(name, data[:int(len(data) * keep)])
+        return self.write(name, data[: int(len(data) * keep)])
 
     def search(self, *extra, manifest=None, features=None, stats=None, config=None) -> list[str]:
-        return ["search", "--config", config or self.config(), "--manifest", str(manifest or self.manifest),
-                "--features", str(features or self.features), "--stats", str(stats or self.stats),
-                "--out-dir", str(self.tmp / "search"), *extra]
+        return [
+            "search",
+            "--config",
+            config or self.config(),
+            "--manifest",
+            str(manifest or self.manifest),
+            "--features",
+            str(features or self.features),
+            "--stats",
+            str(stats or self.stats),
+            "--out-dir",
+            str(self.tmp / "search"),
+            *extra,
+        ]
 
     def evaluate(self, variant="last", *extra, manifest=None, features=None, stats=None) -> list[str]:
-        return ["evaluate", "--config", self.config(), "--variant", variant, "--manifest",
-                str(manifest or self.manifest), "--features", str(features or self.features),
-                "--stats", str(stats or self.stats), "--out", str(self.tmp / "e.json"),
-                "--grid", str(self.tmp / "e.png"), *extra]
+        return [
+            "evaluate",
+            "--config",
+            self.config(),
+            "--variant",
+            variant,
+            "--manifest",
+            str(manifest or self.manifest),
+            "--features",
+            str(features or self.features),
+            "--stats",
+            str(stats or self.stats),
+            "--out",
+            str(self.tmp / "e.json"),
+            "--grid",
+            str(self.tmp / "e.png"),
+            *extra,
+        ]
 
 
 def check_one_line(rc: int, err: str, stage: str | None, needles) -> str:
@@ -220,9 +276,18 @@ def sd_config(sd_run, tmp_path, folder=None, **trail):
     cfg = copy.deepcopy(cfg)
     manifest = json.loads(trained_paths(cfg)[0].read_text())
     cfg["results_dir"] = str(tmp_path / "results")
-    cfg["trail"] = {"source": "state_dict", "path": str(folder or run), "key": "state_dict", "prefix": "module.",
-                    "ema": "ema_*.pt", "ema_decay": 0.99, "factory": factory, "code": str(code),
-                    "factory_kwargs": manifest["model_config"], **trail}
+    cfg["trail"] = {
+        "source": "state_dict",
+        "path": str(folder or run),
+        "key": "state_dict",
+        "prefix": "module.",
+        "ema": "ema_*.pt",
+        "ema_decay": 0.99,
+        "factory": factory,
+        "code": str(code),
+        "factory_kwargs": manifest["model_config"],
+        **trail,
+    }
     path = tmp_path / "imported.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return cfg, str(path)

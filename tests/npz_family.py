@@ -40,8 +40,10 @@ class NpzFamily(ImportedFamily):
     unread_keys = ("key", "prefix", "factory", "code", "scheduler", "num_classes")
     default_files = "weights-*.npz"
     sampled_by_config = True
-    loading = ["import numpy as np, torch",
-               "net.load_state_dict({k: torch.from_numpy(v) for k, v in np.load('model.npz').items()})"]
+    loading = [
+        "import numpy as np, torch",
+        "net.load_state_dict({k: torch.from_numpy(v) for k, v in np.load('model.npz').items()})",
+    ]
 
     def load_checkpoint(self, path, device="cpu") -> dict[str, torch.Tensor]:
         return read_npz(path, device)

@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import Ctx, table_case
 from lcsc.cli import main
 from lcsc.kernel.fid import save_stats
 from lcsc.kernel.io import sha256, write_json
 from lcsc.kernel.paths import Layout
 from lcsc.kernel.tensors import save_tensors
-
-from helpers import Ctx, table_case
-
 
 INF, NAN = float("inf"), float("nan")
 
@@ -60,6 +58,7 @@ def _set_entry(key, value, i=0, section="checkpoints"):
             del data[section][i][key]
         else:
             data[section][i][key] = value
+
     return edit
 
 
@@ -85,8 +84,7 @@ HEADER = json.dumps({"type": "header", "format": "lcsc-search-journal/1"})
 CASES = [
     # configs: every bad key is named (one key: one line)
     ("cfg-unknown-key", lambda c: (["train-dm", "--config", c.config(train__foo=1)], ["train.foo"])),
-    ("cfg-wrong-type", lambda c: (["train-dm", "--config", c.config(train__iterations="many")],
-                                  ["train.iterations"])),
+    ("cfg-wrong-type", lambda c: (["train-dm", "--config", c.config(train__iterations="many")], ["train.iterations"])),
     ("cfg-negative", lambda c: (["train-dm", "--config", c.config(train__batch_size=-4)], ["train.batch_size"])),
     ("cfg-nan-lr", lambda c: (["train-dm", "--config", c.config(train__lr=NAN)], ["train.lr"])),
     ("cfg-huge-seed", lambda c: (["train-dm", "--config", c.config(seed=2**70)], ["seed"])),
@@ -94,19 +92,27 @@ CASES = [
     ("cfg-bad-device", lambda c: (c.search(config=c.config(search__devices=["gpu0"])), ["search.devices"])),
     ("cfg-inf-sigma", lambda c: (c.search(config=c.config(search__sigma=INF)), ["search.sigma"])),
     ("cfg-inf-bounds", lambda c: (c.search(config=c.config(search__bounds=[-1.0, INF])), ["search.bounds"])),
-    ("cfg-yaml-syntax", lambda c: (["train-dm", "--config", c.write("broken.yaml", "train: {lr: [1, 2\n")],
-                                   ["broken.yaml"])),
+    (
+        "cfg-yaml-syntax",
+        lambda c: (["train-dm", "--config", c.write("broken.yaml", "train: {lr: [1, 2\n")], ["broken.yaml"]),
+    ),
     ("cfg-yaml-list", lambda c: (["train-dm", "--config", c.write("list.yaml", "- 1\n- 2\n")], ["list.yaml"])),
-    ("cfg-missing-file", lambda c: (["train-dm", "--config", str(c.tmp / "nonexistent.yaml")],
-                                    ["nonexistent.yaml"])),
+    ("cfg-missing-file", lambda c: (["train-dm", "--config", str(c.tmp / "nonexistent.yaml")], ["nonexistent.yaml"])),
     ("cfg-is-a-folder", lambda c: (["train-dm", "--config", str(c.tmp)], [str(c.tmp)])),
-    ("cfg-results-dir-is-a-file", lambda c: (["train-dm", "--config", c.config(
-        results_dir=c.write("results.txt", "not a folder"))], ["results.txt"])),
+    (
+        "cfg-results-dir-is-a-file",
+        lambda c: (
+            ["train-dm", "--config", c.config(results_dir=c.write("results.txt", "not a folder"))],
+            ["results.txt"],
+        ),
+    ),
     # command-line arguments
     ("cli-config-json-bad", lambda c: (["train-dm", "--config-json", "{bad"], ["--config-json"])),
     ("cli-config-json-list", lambda c: (["train-dm", "--config-json", "[1, 2]"], ["--config-json"])),
-    ("cli-wildcards-novalue", lambda c: (["train-dm", "--config", c.config(), "--wildcards", "novalue"],
-                                         ["--wildcards", "novalue"])),
+    (
+        "cli-wildcards-novalue",
+        lambda c: (["train-dm", "--config", c.config(), "--wildcards", "novalue"], ["--wildcards", "novalue"]),
+    ),
     ("cli-threads-not-int", lambda c: (["search", "--threads", "x"], ["--threads", "invalid int value: 'x'"])),
     ("cli-threads-negative", lambda c: (["search", "--threads", "-2"], ["--threads"])),
     ("cli-set-no-equals", lambda c: (["train-dm", "--set", "train.lr"], ["--set"])),
@@ -118,31 +124,79 @@ CASES = [
     ("cli-unknown-flag", lambda c: (["search", "--frobnicate", "3"], ["--frobnicate"])),
     ("cli-bad-choice", lambda c: (["train-cm", "--mode", "xx"], ["--mode", "xx"])),
     # trail manifests and checkpoints
-    ("manifest-not-json", lambda c: (c.search(manifest=c.write("m/manifest.json", '{"format": "lcsc-tr')),
-                                     ["manifest.json", "not valid JSON"])),
+    (
+        "manifest-not-json",
+        lambda c: (
+            c.search(manifest=c.write("m/manifest.json", '{"format": "lcsc-tr')),
+            ["manifest.json", "not valid JSON"],
+        ),
+    ),
     ("manifest-a-list", lambda c: (c.search(manifest=c.write("m/manifest.json", "[]")), ["manifest.json"])),
     ("manifest-missing", lambda c: (c.search(manifest=c.tmp / "nowhere" / "manifest.json"), ["nowhere"])),
-    ("manifest-no-checkpoints", lambda c: (c.search(manifest=c.edit_manifest(lambda d, f: d.pop("checkpoints"))),
-                                           ["manifest.json", "checkpoints"])),
-    ("manifest-entry-no-sha", lambda c: (c.search(manifest=c.edit_manifest(_set_entry("sha256", None, 1))),
-                                         ["manifest.json", "checkpoints[1]", "sha256"])),
-    ("manifest-entry-escapes", lambda c: (c.search(manifest=c.edit_manifest(
-        _set_entry("file", "../../../../../../../../etc/passwd"))), ["manifest.json", "checkpoints[0]"])),
-    ("manifest-entry-absolute", lambda c: (c.search(manifest=c.edit_manifest(
-        _set_entry("file", str(c.manifest.parent / "step_0000010.safetensors")))), ["manifest.json", "checkpoints[0]"])),
-    ("manifest-ema-escapes", lambda c: (c.search(manifest=c.edit_manifest(
-        _set_entry("file", "../trail/../../x.safetensors", section="ema"))), ["manifest.json", "ema[0]"])),
-    ("manifest-entry-symlink-out", lambda c: (c.search(manifest=c.edit_manifest(_symlink_out)),
-                                              ["manifest.json", "checkpoints[0]"])),
-    ("checkpoint-truncated", lambda c: (c.evaluate(manifest=c.edit_manifest(_cut_checkpoint)),
-                                        ["step_0000010.safetensors", "not a readable safetensors file"])),
-    ("checkpoint-changed", lambda c: (c.search(manifest=c.edit_manifest(_changed_checkpoint)),
-                                      ["step_0000020.safetensors", "sha256"])),
-    ("checkpoint-foreign", lambda c: (c.evaluate(manifest=c.edit_manifest(_foreign_checkpoint)),
-                                      ["step_0000010.safetensors"])),
+    (
+        "manifest-no-checkpoints",
+        lambda c: (
+            c.search(manifest=c.edit_manifest(lambda d, f: d.pop("checkpoints"))),
+            ["manifest.json", "checkpoints"],
+        ),
+    ),
+    (
+        "manifest-entry-no-sha",
+        lambda c: (
+            c.search(manifest=c.edit_manifest(_set_entry("sha256", None, 1))),
+            ["manifest.json", "checkpoints[1]", "sha256"],
+        ),
+    ),
+    (
+        "manifest-entry-escapes",
+        lambda c: (
+            c.search(manifest=c.edit_manifest(_set_entry("file", "../../../../../../../../etc/passwd"))),
+            ["manifest.json", "checkpoints[0]"],
+        ),
+    ),
+    (
+        "manifest-entry-absolute",
+        lambda c: (
+            c.search(
+                manifest=c.edit_manifest(_set_entry("file", str(c.manifest.parent / "step_0000010.safetensors")))
+            ),
+            ["manifest.json", "checkpoints[0]"],
+        ),
+    ),
+    (
+        "manifest-ema-escapes",
+        lambda c: (
+            c.search(manifest=c.edit_manifest(_set_entry("file", "../trail/../../x.safetensors", section="ema"))),
+            ["manifest.json", "ema[0]"],
+        ),
+    ),
+    (
+        "manifest-entry-symlink-out",
+        lambda c: (c.search(manifest=c.edit_manifest(_symlink_out)), ["manifest.json", "checkpoints[0]"]),
+    ),
+    (
+        "checkpoint-truncated",
+        lambda c: (
+            c.evaluate(manifest=c.edit_manifest(_cut_checkpoint)),
+            ["step_0000010.safetensors", "not a readable safetensors file"],
+        ),
+    ),
+    (
+        "checkpoint-changed",
+        lambda c: (c.search(manifest=c.edit_manifest(_changed_checkpoint)), ["step_0000020.safetensors", "sha256"]),
+    ),
+    (
+        "checkpoint-foreign",
+        lambda c: (c.evaluate(manifest=c.edit_manifest(_foreign_checkpoint)), ["step_0000010.safetensors"]),
+    ),
     ("resume-state-truncated", lambda c: (_resume_cut(c), ["resume.safetensors"])),
-    ("teacher-not-json", lambda c: (["train-cm", "--mode", "cd", "--config", c.config(), "--teacher",
-                                     c.write("teacher/manifest.json", "{")], ["teacher/manifest.json"])),
+    (
+        "teacher-not-json",
+        lambda c: (
+            ["train-cm", "--mode", "cd", "--config", c.config(), "--teacher", c.write("teacher/manifest.json", "{")],
+            ["teacher/manifest.json"],
+        ),
+    ),
     # reference stats
     ("stats-truncated", lambda c: (c.search(stats=c.truncated_copy(c.stats, "cut.npz")), ["cut.npz"])),
     ("stats-garbage", lambda c: (c.search(stats=c.write("garbage.npz", "not numpy at all")), ["garbage.npz"])),
@@ -151,25 +205,41 @@ CASES = [
     ("stats-a-folder", lambda c: (c.evaluate(stats=_folder(c, "stats.npz")), ["stats.npz"])),
     ("stats-missing", lambda c: (c.evaluate(stats=c.tmp / "nowhere.npz"), ["nowhere.npz", "reference_stats"])),
     # feature networks
-    ("features-garbage", lambda c: (c.search(features=c.write("f.safetensors", os.urandom(300))),
-                                    ["f.safetensors"])),
-    ("features-truncated", lambda c: (c.search(features=c.truncated_copy(c.features, "cut.safetensors")),
-                                      ["cut.safetensors"])),
+    ("features-garbage", lambda c: (c.search(features=c.write("f.safetensors", os.urandom(300))), ["f.safetensors"])),
+    (
+        "features-truncated",
+        lambda c: (c.search(features=c.truncated_copy(c.features, "cut.safetensors")), ["cut.safetensors"]),
+    ),
     ("features-json-garbage", lambda c: (c.search(features=c.write("inception.json", "{")), ["inception.json"])),
-    ("features-json-no-keys", lambda c: (c.search(features=c.write("inception.json", "{}")),
-                                         ["inception.json", "weights"])),
+    (
+        "features-json-no-keys",
+        lambda c: (c.search(features=c.write("inception.json", "{}")), ["inception.json", "weights"]),
+    ),
     ("features-missing", lambda c: (c.search(features=c.tmp / "nowhere.safetensors"), ["nowhere.safetensors"])),
     # the search's and the baselines' files
-    ("baselines-truncated", lambda c: (c.search("--baselines", c.write("baselines.json", '{"nfe": 2, "prof')),
-                                       ["baselines.json"])),
-    ("coefficients-truncated", lambda c: (c.evaluate("lcsc", "--coefficients", c.write("coef.json", '{"coeff')),
-                                          ["coef.json"])),
-    ("baselines-a-list", lambda c: (c.search("--baselines", c.write("baselines.json", "[1, 2]")),
-                                    ["baselines.json", "not the object"])),
-    ("coefficients-foreign", lambda c: (c.evaluate("lcsc", "--coefficients", c.write("coef.json", '{"a": 1}')),
-                                        ["coef.json", "has no 'coefficients'"])),
-    ("journal-corrupt-middle", lambda c: (c.search(), [_journal(c, [HEADER, '{"type": "eval", "ke', "{}"]),
-                                                       "line 2 of 3"])),
+    (
+        "baselines-truncated",
+        lambda c: (c.search("--baselines", c.write("baselines.json", '{"nfe": 2, "prof')), ["baselines.json"]),
+    ),
+    (
+        "coefficients-truncated",
+        lambda c: (c.evaluate("lcsc", "--coefficients", c.write("coef.json", '{"coeff')), ["coef.json"]),
+    ),
+    (
+        "baselines-a-list",
+        lambda c: (c.search("--baselines", c.write("baselines.json", "[1, 2]")), ["baselines.json", "not the object"]),
+    ),
+    (
+        "coefficients-foreign",
+        lambda c: (
+            c.evaluate("lcsc", "--coefficients", c.write("coef.json", '{"a": 1}')),
+            ["coef.json", "has no 'coefficients'"],
+        ),
+    ),
+    (
+        "journal-corrupt-middle",
+        lambda c: (c.search(), [_journal(c, [HEADER, '{"type": "eval", "ke', "{}"]), "line 2 of 3"]),
+    ),
     ("journal-foreign", lambda c: (c.search(), [_journal(c, ['{"type": "something else"}']), "not an lcsc"])),
     ("journal-binary", lambda c: (c.search(), [c.write("search/state/journal.jsonl", b"\xff\xfe\x00\n" * 3)])),
     ("search-out-dir-is-a-file", lambda c: (c.search(), [c.write("search", "a file")])),
@@ -211,8 +281,10 @@ def test_several_bad_keys_are_listed_one_per_line(ctx, capsys):
 
 def test_missing_inputs_name_the_file(trained, tmp_path, capsys):
     cfg, cfg_file = trained
-    assert main(["evaluate", "--config", str(cfg_file), "--variant", "last", "--stats",
-                 str(tmp_path / "nowhere.npz")]) == 2
+    assert (
+        main(["evaluate", "--config", str(cfg_file), "--variant", "last", "--stats", str(tmp_path / "nowhere.npz")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nowhere.npz" in err and "reference_stats" in err
     manifest = Layout.of(cfg).manifest("dm")

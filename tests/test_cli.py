@@ -9,15 +9,24 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, tiny_config
+from helpers import check_one_line, trail_hashes
 from lcsc.cli import _wildcards, main
 from lcsc.kernel.config import runtime_config
 from lcsc.kernel.errors import UsageError
 from lcsc.kernel.paths import Layout
-from lcsc.stages import (baselines, evaluate, reference_stats, search, stage_config, tabulate, train_cm, train_dm,
-                         train_features, truncate_trail)
-
-from conftest import REPO, tiny_config
-from helpers import check_one_line, trail_hashes
+from lcsc.stages import (
+    baselines,
+    evaluate,
+    reference_stats,
+    search,
+    stage_config,
+    tabulate,
+    train_cm,
+    train_dm,
+    train_features,
+    truncate_trail,
+)
 
 
 @pytest.fixture
@@ -79,22 +88,53 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 @pytest.mark.slow
 def test_python_m_lcsc_prints_one_line(ctx):
     """The real command: argparse's usage block and Python's traceback both stay away."""
-    for argv, needle in ((["search", "--threads", "x"], "--threads"),
-                         (ctx.search(stats=ctx.truncated_copy(ctx.stats, "cut.npz")), "cut.npz")):
-        proc = subprocess.run([sys.executable, "-m", "lcsc", *argv], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+    for argv, needle in (
+        (["search", "--threads", "x"], "--threads"),
+        (ctx.search(stats=ctx.truncated_copy(ctx.stats, "cut.npz")), "cut.npz"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lcsc", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         check_one_line(proc.returncode, proc.stderr, argv[0], [needle])
 
 
 def test_the_cli_refuses_a_trail_of_another_model(trained, tmp_path, capsys):
     cfg, cfg_file = trained
     dm_manifest = f"{cfg['results_dir']}/{cfg['experiment']}/dm/trail/manifest.json"
-    assert main(["baselines", "--model", "cm_cd", "--manifest", dm_manifest, "--config", str(cfg_file),
-                 "--out", str(tmp_path / "b.json")]) == 2
+    assert (
+        main(
+            [
+                "baselines",
+                "--model",
+                "cm_cd",
+                "--manifest",
+                dm_manifest,
+                "--config",
+                str(cfg_file),
+                "--out",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 2
+    )
     assert "holds a dm trail; pass --model dm" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
-    assert main(["evaluate", "--model", "dm", "--variant", "ema_0.5", "--config", str(cfg_file),
-                 "--out", str(tmp_path / "e.json")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                "dm",
+                "--variant",
+                "ema_0.5",
+                "--config",
+                str(cfg_file),
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 2
+    )
     assert "no weights 'ema_0.5'; it has last and the EMAs ema_0.9, ema_0.99" in capsys.readouterr().err
     assert main(["search", "--model", "cm_cd_firstx", "--config", str(cfg_file)]) == 2
     assert "does not name a truncated trail" in capsys.readouterr().err
@@ -103,8 +143,9 @@ def test_the_cli_refuses_a_trail_of_another_model(trained, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_experiments_in_one_results_folder_do_not_clobber(tmp_path):
     for name, lr in (("a", 1e-3), ("b", 5e-4)):
-        cfg = tiny_config(tmp_path / "results", experiment=name,
-                          train={"iterations": 20, "checkpoint_every": 10, "lr": lr})
+        cfg = tiny_config(
+            tmp_path / "results", experiment=name, train={"iterations": 20, "checkpoint_every": 10, "lr": lr}
+        )
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         assert main(["train-dm", "--config", str(tmp_path / f"{name}.yaml")]) == 0
     a = trail_hashes(tmp_path / "results" / "a" / "dm" / "trail" / "manifest.json")
@@ -116,9 +157,16 @@ def test_search_paths_come_from_the_results_layout_and_flags_win(tiny, tmp_path,
     cfg, config, layout = tiny
     stats = layout.stats("digits12", "train", "classifier")
     paths, args, seen = _parsed(monkeypatch, search, ["search", "--config", config])
-    assert paths == search.Paths(manifest=layout.manifest("dm"), features=layout.feature_net("classifier"),
-                                 stats=stats, coefficients=layout.coefficients("dm", 2), history=layout.history("dm", 2),
-                                 best=layout.best_weights("dm", 2), journal=layout.journal("dm", 2), baselines=None)
+    assert paths == search.Paths(
+        manifest=layout.manifest("dm"),
+        features=layout.feature_net("classifier"),
+        stats=stats,
+        coefficients=layout.coefficients("dm", 2),
+        history=layout.history("dm", 2),
+        best=layout.best_weights("dm", 2),
+        journal=layout.journal("dm", 2),
+        baselines=None,
+    )
     assert args[0] == "dm" and seen["search"]["budget"] == 8
     assert str(paths.coefficients).endswith("results/tiny/dm/search/nfe2/coefficients.json")
     # the baselines stage's file, where the layout puts it, once it exists
@@ -126,45 +174,107 @@ def test_search_paths_come_from_the_results_layout_and_flags_win(tiny, tmp_path,
     layout.baselines("dm").write_text("{}")
     assert _parsed(monkeypatch, search, ["search", "--config", config])[0].baselines == layout.baselines("dm")
     # a consistency model searches at its own NFE, in its own folder
-    paths, args, seen = _parsed(monkeypatch, search, ["search", "--config", config, "--model", "cm_ct",
-                                                     "--set", "search.budget=3"])
+    paths, args, seen = _parsed(
+        monkeypatch, search, ["search", "--config", config, "--model", "cm_ct", "--set", "search.budget=3"]
+    )
     assert (paths.manifest, paths.coefficients, paths.journal) == (
-        layout.manifest("cm_ct"), layout.coefficients("cm_ct", 1), layout.journal("cm_ct", 1))
+        layout.manifest("cm_ct"),
+        layout.coefficients("cm_ct", 1),
+        layout.journal("cm_ct", 1),
+    )
     assert args[0] == "cm_ct" and seen["search"]["nfe"] == 1 and seen["search"]["budget"] == 3
     assert paths.baselines is None  # cm_ct has none yet
     d = tmp_path / "out"
-    paths, _, _ = _parsed(monkeypatch, search, ["search", "--config", config, "--out-dir", str(d), "--manifest", "m.json",
-                                               "--features", "f.safetensors", "--stats", "s.npz", "--baselines", "b.json"])
-    assert paths == search.Paths(manifest=Path("m.json"), features=Path("f.safetensors"), stats=Path("s.npz"),
-                                 coefficients=d / "coefficients.json", history=d / "history.csv",
-                                 best=d / "best.safetensors", journal=d / "state" / "journal.jsonl",
-                                 baselines=Path("b.json"))
-    paths, _, _ = _parsed(monkeypatch, search, ["search", "--config", config, "--out-dir", str(d),
-                                               "--history", str(tmp_path / "h.csv")])
+    paths, _, _ = _parsed(
+        monkeypatch,
+        search,
+        [
+            "search",
+            "--config",
+            config,
+            "--out-dir",
+            str(d),
+            "--manifest",
+            "m.json",
+            "--features",
+            "f.safetensors",
+            "--stats",
+            "s.npz",
+            "--baselines",
+            "b.json",
+        ],
+    )
+    assert paths == search.Paths(
+        manifest=Path("m.json"),
+        features=Path("f.safetensors"),
+        stats=Path("s.npz"),
+        coefficients=d / "coefficients.json",
+        history=d / "history.csv",
+        best=d / "best.safetensors",
+        journal=d / "state" / "journal.jsonl",
+        baselines=Path("b.json"),
+    )
+    paths, _, _ = _parsed(
+        monkeypatch, search, ["search", "--config", config, "--out-dir", str(d), "--history", str(tmp_path / "h.csv")]
+    )
     assert paths.history == tmp_path / "h.csv" and paths.coefficients == d / "coefficients.json"
     assert paths.journal == d / "state" / "journal.jsonl"
 
 
 def test_evaluate_and_baselines_paths(tiny, monkeypatch):
     cfg, config, layout = tiny
-    common = dict(manifest=layout.manifest("dm"), features=layout.feature_net("classifier"),
-                  stats=layout.stats("digits12", "train", "classifier"))
+    common = dict(
+        manifest=layout.manifest("dm"),
+        features=layout.feature_net("classifier"),
+        stats=layout.stats("digits12", "train", "classifier"),
+    )
     paths, args, _ = _parsed(monkeypatch, evaluate, ["evaluate", "--config", config, "--variant", "ema_0.99"])
-    assert paths == evaluate.Paths(**common, result=layout.eval_json("dm", "ema_0.99"),
-                                   grid=layout.eval_grid("dm", "ema_0.99"), coefficients=(layout.coefficients("dm", 2),),
-                                   baselines=None)
+    assert paths == evaluate.Paths(
+        **common,
+        result=layout.eval_json("dm", "ema_0.99"),
+        grid=layout.eval_grid("dm", "ema_0.99"),
+        coefficients=(layout.coefficients("dm", 2),),
+        baselines=None,
+    )
     assert args[:2] == ("dm", "ema_0.99")
-    paths, args, seen = _parsed(monkeypatch, evaluate, ["evaluate", "--config", config, "--model", "cm_cd", "--variant",
-                                                       "lcsc", "--out", "e.json", "--coefficients", "c.json", "d.json"])
+    paths, args, seen = _parsed(
+        monkeypatch,
+        evaluate,
+        [
+            "evaluate",
+            "--config",
+            config,
+            "--model",
+            "cm_cd",
+            "--variant",
+            "lcsc",
+            "--out",
+            "e.json",
+            "--coefficients",
+            "c.json",
+            "d.json",
+        ],
+    )
     assert (paths.manifest, paths.result, paths.grid, paths.coefficients) == (
-        layout.manifest("cm_cd"), Path("e.json"), layout.eval_grid("cm_cd", "lcsc"), (Path("c.json"), Path("d.json")))
+        layout.manifest("cm_cd"),
+        Path("e.json"),
+        layout.eval_grid("cm_cd", "lcsc"),
+        (Path("c.json"), Path("d.json")),
+    )
     assert args[:2] == ("cm_cd", "lcsc") and seen["evaluate"]["nfe"] == [1, 2] and seen["search"]["nfe"] == 1
     paths, args, _ = _parsed(monkeypatch, baselines, ["baselines", "--config", config])
     assert paths == baselines.Paths(**common, baselines=layout.baselines("dm")) and args[0] == "dm"
-    paths, _, _ = _parsed(monkeypatch, baselines, ["baselines", "--config", config, "--model", "cm_ct_first50",
-                                                  "--out", "b.json", "--stats", "s.npz"])
-    assert paths == baselines.Paths(manifest=layout.manifest("cm_ct_first50"), features=common["features"],
-                                    stats=Path("s.npz"), baselines=Path("b.json"))
+    paths, _, _ = _parsed(
+        monkeypatch,
+        baselines,
+        ["baselines", "--config", config, "--model", "cm_ct_first50", "--out", "b.json", "--stats", "s.npz"],
+    )
+    assert paths == baselines.Paths(
+        manifest=layout.manifest("cm_ct_first50"),
+        features=common["features"],
+        stats=Path("s.npz"),
+        baselines=Path("b.json"),
+    )
 
 
 def test_training_and_feature_paths(tiny, monkeypatch):
@@ -178,21 +288,29 @@ def test_training_and_feature_paths(tiny, monkeypatch):
     assert seen["train"]["iterations"] == 30  # consistency.train's
     paths, args, _ = _parsed(monkeypatch, train_cm, ["train-cm", "--config", config, "--mode", "ct", "--teacher", "x"])
     assert paths == train_cm.Paths(trail=layout.trail_dir("cm_ct"), teacher=None) and args[0] == "ct"
-    paths, _, _ = _parsed(monkeypatch, train_cm, ["train-cm", "--config", config, "--mode", "cd", "--teacher", "m.json"])
+    paths, _, _ = _parsed(
+        monkeypatch, train_cm, ["train-cm", "--config", config, "--mode", "cd", "--teacher", "m.json"]
+    )
     assert paths.teacher == Path("m.json")
-    paths, args, _ = _parsed(monkeypatch, truncate_trail, ["truncate-trail", "--config", config, "--model",
-                                                          "cm_ct_first25"])
+    paths, args, _ = _parsed(
+        monkeypatch, truncate_trail, ["truncate-trail", "--config", config, "--model", "cm_ct_first25"]
+    )
     assert paths == truncate_trail.Paths(manifest=layout.manifest("cm_ct"), out=layout.manifest("cm_ct_first25"))
     assert args == ("cm_ct_first25",)  # no device, no MLflow run: it reads and writes one manifest
     paths, _, _ = _parsed(monkeypatch, train_features, ["train-features", "--config", config])
     assert paths == train_features.Paths(net=layout.feature_net("classifier"))
     paths, args, _ = _parsed(monkeypatch, reference_stats, ["reference-stats", "--config", config, "--split", "test"])
-    assert paths == reference_stats.Paths(features=layout.feature_net("classifier"),
-                                          stats=layout.stats("digits12", "test", "classifier"),
-                                          grid=layout.real_grid("digits12", "test"))
+    assert paths == reference_stats.Paths(
+        features=layout.feature_net("classifier"),
+        stats=layout.stats("digits12", "test", "classifier"),
+        grid=layout.real_grid("digits12", "test"),
+    )
     assert args[0] == "test"
-    paths, _, _ = _parsed(monkeypatch, reference_stats, ["reference-stats", "--config", config, "--features", "f",
-                                                        "--out", "s.npz", "--grid", "r.png"])
+    paths, _, _ = _parsed(
+        monkeypatch,
+        reference_stats,
+        ["reference-stats", "--config", config, "--features", "f", "--out", "s.npz", "--grid", "r.png"],
+    )
     assert paths == reference_stats.Paths(features=Path("f"), stats=Path("s.npz"), grid=Path("r.png"))
 
 
@@ -205,15 +323,33 @@ def test_tabulate_paths_list_each_models_files_in_order(tiny, tmp_path, monkeypa
     names = ("dm", "cm_cd", "cm_ct")
     assert paths.models == names and paths.report == layout.report_dir() and args[0] is None
     assert paths.manifests == tuple(layout.manifest(m) for m in names)
-    assert paths.searches == (layout.coefficients("dm", 2), layout.coefficients("cm_cd", 1),
-                              layout.coefficients("cm_ct", 1))
+    assert paths.searches == (
+        layout.coefficients("dm", 2),
+        layout.coefficients("cm_cd", 1),
+        layout.coefficients("cm_ct", 1),
+    )
     assert paths.histories == (layout.history("dm", 2), layout.history("cm_cd", 1), layout.history("cm_ct", 1))
-    dm = ["last", "ema_0.9", "ema_0.99", "uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile", "power_0.05",
-          "power_0.1", "greedy_soup", "lcsc"]
+    dm = [
+        "last",
+        "ema_0.9",
+        "ema_0.99",
+        "uniform",
+        "lawa_2",
+        "ema_0.9_profile",
+        "ema_0.99_profile",
+        "power_0.05",
+        "power_0.1",
+        "greedy_soup",
+        "lcsc",
+    ]
     assert paths.evaluations == tuple(layout.eval_json(m, v) for m in names for v in dm)
     assert paths.grids == tuple(layout.eval_grid(m, v) for m in names for v in dm)
-    paths, args, _ = _parsed(monkeypatch, tabulate, ["tabulate", "--config", config, "--models", "cm_ct", "dm",
-                                                    "--variants", "lcsc", "last", "--out-dir", "r"], returns=summary)
+    paths, args, _ = _parsed(
+        monkeypatch,
+        tabulate,
+        ["tabulate", "--config", config, "--models", "cm_ct", "dm", "--variants", "lcsc", "last", "--out-dir", "r"],
+        returns=summary,
+    )
     assert paths.models == ("cm_ct", "dm") and args[0] == ["lcsc", "last"] and paths.report == Path("r")
     assert paths.evaluations == tuple(layout.eval_json(m, v) for m in ("cm_ct", "dm") for v in ("last", "lcsc"))
     assert paths.manifests == (layout.manifest("cm_ct"), layout.manifest("dm"))
@@ -223,14 +359,24 @@ def test_tabulate_file_lists_that_do_not_fit_the_models_are_one_line(tiny, monke
     cfg, config, _ = tiny
     calls = _capture(monkeypatch, tabulate)
     for extra, line in (
-            (["--models", "dm", "--manifests", "a.json", "b.json"],
-             "lcsc tabulate: --manifests: 2 files for 1 models; give one per model, in the order of --models"),
-            (["--models", "dm", "cm_ct", "--histories", "h.csv"],
-             "lcsc tabulate: --histories: 1 files for 2 models; give one per model, in the order of --models"),
-            (["--models", "dm", "--evaluations", "e1.json", "e2.json", "--grids", "g.png"],
-             "lcsc tabulate: --grids: 1 files for 2 evaluations; give one per evaluation, in the same order"),
-            (["--models", "gan"], "lcsc tabulate: unknown model 'gan'; the models are dm, cm_cd, cm_ct, "
-                                  "<model>_first<percent> and imported (an imported trail)")):
+        (
+            ["--models", "dm", "--manifests", "a.json", "b.json"],
+            "lcsc tabulate: --manifests: 2 files for 1 models; give one per model, in the order of --models",
+        ),
+        (
+            ["--models", "dm", "cm_ct", "--histories", "h.csv"],
+            "lcsc tabulate: --histories: 1 files for 2 models; give one per model, in the order of --models",
+        ),
+        (
+            ["--models", "dm", "--evaluations", "e1.json", "e2.json", "--grids", "g.png"],
+            "lcsc tabulate: --grids: 1 files for 2 evaluations; give one per evaluation, in the same order",
+        ),
+        (
+            ["--models", "gan"],
+            "lcsc tabulate: unknown model 'gan'; the models are dm, cm_cd, cm_ct, "
+            "<model>_first<percent> and imported (an imported trail)",
+        ),
+    ):
         assert main(["tabulate", "--config", config, *extra]) == 2
         err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("lcsc: warning: ")]
         assert err == [line]
@@ -240,15 +386,25 @@ def test_tabulate_file_lists_that_do_not_fit_the_models_are_one_line(tiny, monke
 def test_a_rules_slice_and_runtime_keys_place_the_outputs(tiny, tmp_path, monkeypatch, capsys):
     cfg, _, _ = tiny
     runtime = dict(runtime_config(cfg), results_dir=str(tmp_path / "elsewhere"))
-    argv = ["search", "--config-json", json.dumps(stage_config(cfg, "search", "cm_cd")), "--runtime-json",
-            json.dumps(runtime), "--model", "cm_cd", "--wildcards", "model=cm_cd,nfe=1"]
+    argv = [
+        "search",
+        "--config-json",
+        json.dumps(stage_config(cfg, "search", "cm_cd")),
+        "--runtime-json",
+        json.dumps(runtime),
+        "--model",
+        "cm_cd",
+        "--wildcards",
+        "model=cm_cd,nfe=1",
+    ]
     paths, args, seen = _parsed(monkeypatch, search, argv)
     moved = Layout(tmp_path / "elsewhere", "tiny")
     assert paths.coefficients == moved.coefficients("cm_cd", 1) and paths.manifest == moved.manifest("cm_cd")
     assert stage_config(seen, "search", "cm_cd") == stage_config(cfg, "search", "cm_cd")
     assert main(["search", "--runtime-json", json.dumps(runtime)]) == 2
-    assert capsys.readouterr().err == ("lcsc search: --runtime-json: only together with --config-json (the "
-                                       "workflow passes both)\n")
+    assert capsys.readouterr().err == (
+        "lcsc search: --runtime-json: only together with --config-json (the workflow passes both)\n"
+    )
 
 
 def test_wildcards_name_the_job():

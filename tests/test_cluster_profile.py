@@ -43,8 +43,16 @@ def _gpu_rules() -> list[str]:
 
 
 def test_the_rules_are_found():
-    assert {"train_dm", "train_cm", "import_trail", "search", "search_repeat", "evaluate", "export", "tabulate"} \
-        <= set(RULES)
+    assert {
+        "train_dm",
+        "train_cm",
+        "import_trail",
+        "search",
+        "search_repeat",
+        "evaluate",
+        "export",
+        "tabulate",
+    } <= set(RULES)
     assert len(_gpu_rules()) >= 8
 
 
@@ -78,8 +86,8 @@ def test_the_8_gpu_command_covers_every_rule_of_the_profile():
     section = text.split("## A search on one 8-GPU node")[1]
     command = next(line for line in section.splitlines() if "--set-resources" in line and "--profile" in line)
     args = shlex.split(command)
-    given = args[args.index("--set-resources") + 1:args.index("--set-threads")]
-    threads = dict(a.split("=") for a in args[args.index("--set-threads") + 1:])
+    given = args[args.index("--set-resources") + 1 : args.index("--set-threads")]
+    threads = dict(a.split("=") for a in args[args.index("--set-threads") + 1 :])
     resources: dict[str, dict[str, str]] = {}
     for item in given:
         rule, _, setting = item.partition(":")

@@ -35,8 +35,9 @@ COMMANDS = _commands()
 
 
 def _run(argv, cwd=REPO, timeout=300, env=None) -> subprocess.CompletedProcess:
-    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+    res = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     assert res.returncode == 0, f"{' '.join(argv)}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -55,8 +56,10 @@ def _snakemake(args: list[str], tmp_path: Path) -> None:
     get_argument_parser().parse_args(args)
     if "--use-conda" in args:
         return  # conda is not installable on this machine; the rest of the command is dry-run elsewhere
-    _run([str(BIN / "snakemake"), *args, "-n", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile")],
-         env={"ACCOUNT": "acct", "PARTITION": "part"})
+    _run(
+        [str(BIN / "snakemake"), *args, "-n", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile")],
+        env={"ACCOUNT": "acct", "PARTITION": "part"},
+    )
 
 
 def _lcsc(args: list[str], tmp_path: Path) -> None:
@@ -78,9 +81,13 @@ def _bench(script: str, args: list[str], tmp_path: Path) -> None:
     import ast
 
     tree = ast.parse((REPO / "bench" / script).read_text())
-    flags = {a.value for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and getattr(node.func, "attr", None) == "add_argument"
-             for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+    flags = {
+        a.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+        for a in node.args
+        if isinstance(a, ast.Constant) and str(a.value).startswith("--")
+    }
     assert flags, f"bench/{script} declares no flags"
     for flag in (a for a in args if a.startswith("--")):
         assert flag in flags, (script, flag, sorted(flags))

@@ -26,7 +26,9 @@ def test_conda_envs_match_constraints():
         pins = _pins(pip)
         assert len(pins) == len(pip), f"{env.name}: every pip entry must be pinned with =="
         for name, version in pins.items():
-            assert constraints.get(name) == version, f"{env.name}: {name}=={version} but constraints.txt has {constraints.get(name)}"
+            assert constraints.get(name) == version, (
+                f"{env.name}: {name}=={version} but constraints.txt has {constraints.get(name)}"
+            )
 
 
 def test_every_rule_env_exists_and_covers_its_imports():

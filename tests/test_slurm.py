@@ -21,21 +21,46 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm"
 # Fast polling for a cluster that answers at once, small jobs that share the 2-CPU node, and
 # squeue for the status (this test cluster keeps no accounting database for sacct).
-FAST = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-        "--slurm-keep-successful-logs", "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1",
-        "--set-resources", "train_dm:mem_mb=1000", "search:mem_mb=1000",
-        "--set-threads", *(f"{rule}=1" for rule in ("train_dm", "baselines", "search", "evaluate"))]
+FAST = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--slurm-keep-successful-logs",
+    "--default-resources",
+    "mem_mb=1000",
+    "runtime=10",
+    "cpus_per_task=1",
+    "--set-resources",
+    "train_dm:mem_mb=1000",
+    "search:mem_mb=1000",
+    "--set-threads",
+    *(f"{rule}=1" for rule in ("train_dm", "baselines", "search", "evaluate")),
+]
 # Fewer variants than the other workflow tests: 5 evaluate jobs instead of 11 keep this test short.
 # `device: auto` makes every torch stage a GPU job (gpu=1; train_dm gpu=2 with train.gpus 2); torch
 # here finds no GPU driver, so the jobs compute on the CPU, gloo for the two training processes.
-CFG = dict(TINY, experiment="tiny-slurm", results_dir="results", device="auto", mlflow={"enabled": True},
-           train=dict(TINY["train"], gpus=2),
-           baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False})
+CFG = dict(
+    TINY,
+    experiment="tiny-slurm",
+    results_dir="results",
+    device="auto",
+    mlflow={"enabled": True},
+    train=dict(TINY["train"], gpus=2),
+    baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False},
+)
 # What each rule asks SLURM for: GPUs for the torch stages, none for the export (a weighted sum on
 # the CPU) and the report
-GPU_REQUESTS = {"train_dm": "gres:gpu:2", "train_features": "gres:gpu:1", "reference_stats": "gres:gpu:1",
-                "baselines": "gres:gpu:1", "search": "gres:gpu:1", "evaluate": "gres:gpu:1", "export": None,
-                "tabulate": None}
+GPU_REQUESTS = {
+    "train_dm": "gres:gpu:2",
+    "train_features": "gres:gpu:1",
+    "reference_stats": "gres:gpu:1",
+    "baselines": "gres:gpu:1",
+    "search": "gres:gpu:1",
+    "evaluate": "gres:gpu:1",
+    "export": None,
+    "tabulate": None,
+}
 VARIANTS = ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
 
 
@@ -48,8 +73,10 @@ def cluster():
     """Opt-in (LCSC_SLURM_TEST=1; .ci/run sets it): as root, this installs Debian's SLURM packages
     when missing and starts daemons. Once asked for, a cluster that cannot start is a failure."""
     if os.environ.get("LCSC_SLURM_TEST") != "1":
-        pytest.skip("set LCSC_SLURM_TEST=1 to run it: as root it installs (apt) and starts a single-node "
-                    "SLURM on localhost (tests/slurm/cluster.sh); .ci/run does")
+        pytest.skip(
+            "set LCSC_SLURM_TEST=1 to run it: as root it installs (apt) and starts a single-node "
+            "SLURM on localhost (tests/slurm/cluster.sh); .ci/run does"
+        )
     up = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
     try:
         assert up.returncode == 0, f"tests/slurm/cluster.sh start failed ({up.returncode}):\n{up.stdout}{up.stderr}"
@@ -102,9 +129,28 @@ def _check_gpus(root: Path, jobs: dict[str, dict[str, str]]) -> None:
 
 def _snakemake(root: Path, slurm_env: dict, *args: str, timeout: int = 600):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_MLFLOW"))} | slurm_env
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--profile", str(PROFILE), "--configfile", "tiny.yaml", "--directory", str(root),
-                           *FAST, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--profile",
+            str(PROFILE),
+            "--configfile",
+            "tiny.yaml",
+            "--directory",
+            str(root),
+            *FAST,
+            *args,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_profile_dry_run_needs_no_slurm(tmp_path):
@@ -116,9 +162,14 @@ def test_profile_dry_run_needs_no_slurm(tmp_path):
             os.symlink(shutil.which(tool), bin_dir / tool)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{bin_dir}")
     for profile in (PROFILE, REPO / "profiles" / "local"):
-        dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(profile), "-n", "--forceall"],
-                             cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=120)
+        dry = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--profile", str(profile), "-n", "--forceall"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-3000:]
         assert "search" in dry.stdout and "train_dm" in dry.stdout
 
@@ -153,10 +204,21 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     ran = set(re.findall(r"rule (\w+):", rerun.stdout + rerun.stderr))
     assert ran - {"all"} == {"search", "evaluate", "export", "tabulate"}  # `all` is a local rule
     assert "variant=lcsc" in rerun.stdout + rerun.stderr
-    slurm_logs = (tmp_path / ".snakemake" / "slurm_logs")
+    slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
     rules = {p.relative_to(slurm_logs).parts[0] for p in slurm_logs.rglob("*.log")}
-    assert rules == {f"rule_{r}" for r in ("train_dm", "train_features", "reference_stats", "baselines", "search",
-                                           "evaluate", "export", "tabulate")}
+    assert rules == {
+        f"rule_{r}"
+        for r in (
+            "train_dm",
+            "train_features",
+            "reference_stats",
+            "baselines",
+            "search",
+            "evaluate",
+            "export",
+            "tabulate",
+        )
+    }
     report = tmp_path / "results" / "tiny-slurm" / "report" / "summary.md"
     assert all(f"| {v} |" in report.read_text() for v in VARIANTS)
     _check_gpus(tmp_path, {i: j for i, j in _jobs().items() if int(i) > first_job})
@@ -165,13 +227,27 @@ def test_pipeline_on_slurm_with_a_failing_job_then_its_rerun(cluster, tmp_path):
     # attempts are FAILED children of the first invocation
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny-slurm").experiment_id], max_results=200)
-    parents = sorted((r for r in runs if r.data.tags.get("lcsc.role") == "invocation"), key=lambda r: r.info.start_time)
+    parents = sorted(
+        (r for r in runs if r.data.tags.get("lcsc.role") == "invocation"), key=lambda r: r.info.start_time
+    )
     assert [p.info.status for p in parents] == ["FAILED", "FINISHED"]
-    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
-                for p in parents}
+    children = {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents
+    }
     first, second = (children[p.info.run_id] for p in parents)
-    assert sorted(job_name(r.info.run_name) for r in first if r.info.status == "FAILED") == ["search[model=dm,nfe=2]"] * (1 + retries)
+    assert sorted(job_name(r.info.run_name) for r in first if r.info.status == "FAILED") == [
+        "search[model=dm,nfe=2]"
+    ] * (1 + retries)
     finished = sorted(job_name(r.info.run_name) for r in first + second if r.info.status == "FINISHED")
-    assert finished == sorted(["train_dm[model=dm]", "train_features", "reference_stats[split=train]",
-                               "baselines[model=dm]", "search[model=dm,nfe=2]", "tabulate",
-                               "export[model=dm,variant=lcsc]", *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS)])
+    assert finished == sorted(
+        [
+            "train_dm[model=dm]",
+            "train_features",
+            "reference_stats[split=train]",
+            "baselines[model=dm]",
+            "search[model=dm,nfe=2]",
+            "tabulate",
+            "export[model=dm,variant=lcsc]",
+            *(f"evaluate[model=dm,variant={v}]" for v in VARIANTS),
+        ]
+    )

@@ -25,8 +25,13 @@ def test_lint_and_dry_run_of_the_default_config():
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations" in lint.stdout + lint.stderr
     # --forceall: every job of the default DAG, also in a checkout where `make run` has finished it
-    dry = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--directory", str(REPO)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    dry = subprocess.run(
+        [*SNAKEMAKE, "-n", "--forceall", "--directory", str(REPO)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dry.returncode == 0, dry.stderr
     for rule in ("train_dm", "train_features", "reference_stats", "search", "evaluate", "tabulate"):
         assert rule in dry.stdout
@@ -55,8 +60,17 @@ def test_an_unknown_optimizer_or_device_fails_the_dry_run(tmp_path):
     assert res.returncode != 0 and "search.optimizer: 'Foo' is not a nevergrad optimizer" in out, out[-2000:]
     # a search output at an NFE the config does not search at
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(TINY))
-    res = snakemake(["-n", "--configfile", "ok.yaml", "--directory", str(tmp_path),
-                      "results/tiny/dm/search/nfe7/coefficients.json"], tmp_path)
+    res = snakemake(
+        [
+            "-n",
+            "--configfile",
+            "ok.yaml",
+            "--directory",
+            str(tmp_path),
+            "results/tiny/dm/search/nfe7/coefficients.json",
+        ],
+        tmp_path,
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "dm's search targets NFE 2 in this config, not 7" in out, out[-2000:]
 
@@ -72,15 +86,21 @@ WF_MODELS = {"dm": 2, "cm_cd": 1, "cm_ct": 1, "cm_cd_first70": 1}  # model: sear
 # A results folder as a careless or hostile user names it: a space, quotes, `;` with a command after
 # it, `$`, a non-ASCII letter. Every path reaches the shell quoted, so the run completes, writes
 # inside it only and runs nothing injected.
-RESULTS = "res dir/it's \"q\";touch pwned;$HOME ü"
+RESULTS = 'res dir/it\'s "q";touch pwned;$HOME ü'
 
 
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    cfg = dict(TINY, experiment="tiny-wf", results_dir=RESULTS, mlflow={"enabled": True},
-               consistency=dict(TINY["consistency"], modes=["cd", "ct"]), cost={"fraction": 0.7, "models": ["cm_cd"]},
-               baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
+    cfg = dict(
+        TINY,
+        experiment="tiny-wf",
+        results_dir=RESULTS,
+        mlflow={"enabled": True},
+        consistency=dict(TINY["consistency"], modes=["cd", "ct"]),
+        cost={"fraction": 0.7, "models": ["cm_cd"]},
+        baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False},
+    )
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(["--cores", "2", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -90,18 +110,33 @@ def workflow_run(tmp_path_factory):
 def test_workflow_produces_the_report(workflow_run):
     root, _ = workflow_run
     report = root / RESULTS / "tiny-wf" / "report"
-    for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png", "search_curve.png",
-                 "samples_dm_lcsc.png", "samples_dm_last.png", "samples_cm_cd_lcsc.png", "samples_cm_ct_ema_0.99.png",
-                 "samples_cm_cd_first70_lcsc.png"):
+    for name in (
+        "summary.md",
+        "summary.csv",
+        "fid_vs_nfe.png",
+        "coefficients.png",
+        "search_curve.png",
+        "samples_dm_lcsc.png",
+        "samples_dm_last.png",
+        "samples_cm_cd_lcsc.png",
+        "samples_cm_ct_ema_0.99.png",
+        "samples_cm_cd_first70_lcsc.png",
+    ):
         assert (report / name).stat().st_size > 0, name
     md = (report / "summary.md").read_text()
     sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")[1:]}
-    assert list(sections)[:4] == ["dm (diffusion model)", "cm_cd (consistency distillation)",
-                                  "cm_ct (consistency training)", "cm_cd_first70 (training-cost experiment)"]
+    assert list(sections)[:4] == [
+        "dm (diffusion model)",
+        "cm_cd (consistency distillation)",
+        "cm_ct (consistency training)",
+        "cm_cd_first70 (training-cost experiment)",
+    ]
     for model in ("dm", "cm_cd", "cm_ct"):
         body = next(v for k, v in sections.items() if k.startswith(model + " "))
         table = body.split("\n\n")[1]  # the FID table (after the title); the NFE-saving and coefficient tables follow
-        rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+        rows = [
+            line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line
+        ]
         assert rows == ["variant", *WF_VARIANTS]
         assert "- Against the best baseline at each NFE, LCSC " in body
         assert "| best baseline at NFE | its FID | LCSC reaches that FID at NFE | NFE saving |" in body
@@ -124,8 +159,10 @@ def test_workflow_produces_the_report(workflow_run):
         holds = fids[model, "lcsc"][1] < min(fids[model, "last"][2], fids[model, best_ema][2])
         assert ("the paper's claim holds here" in claim) == holds
     cost = sections["cm_cd_first70 (training-cost experiment)"]
-    assert "LCSC over the first 70% of cm_cd's training (2 checkpoints, steps up to 20 of 30) scores FID " \
-           f"{fids['cm_cd_first70', 'lcsc'][1]:.2f} at 1 NFE" in cost
+    assert (
+        "LCSC over the first 70% of cm_cd's training (2 checkpoints, steps up to 20 of 30) scores FID "
+        f"{fids['cm_cd_first70', 'lcsc'][1]:.2f} at 1 NFE" in cost
+    )
     assert ("implied training speed-up of 30/20 = 1.5x" in cost) != ("implies no training speed-up" in cost)
     # the training-cost table and plot, with the same verdict
     curve = sections["Training cost"]
@@ -137,8 +174,11 @@ def test_workflow_produces_the_report(workflow_run):
     ev = json.loads((root / RESULTS / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())
     assert set(ev["kid"]) == set(ev["precision"]) == set(ev["recall"]) == {"1", "2"}
     assert all(0 <= ev[k][n] <= 1 for k in ("precision", "recall") for n in ("1", "2"))
-    q = next(line for line in sections["dm (diffusion model)"].splitlines() if line.startswith("| lcsc | ")
-             and " / " in line)
+    q = next(
+        line
+        for line in sections["dm (diffusion model)"].splitlines()
+        if line.startswith("| lcsc | ") and " / " in line
+    )
     assert f"{kid_text(ev['kid']['1'])} / {ev['precision']['1']:.2f} / {ev['recall']['1']:.2f}" in q
     logs = list((root / RESULTS / "tiny-wf" / "logs").rglob("*.log"))
     # one per job: features and stats, 3 trainings, 1 truncation, 4 x (baselines, search),
@@ -147,33 +187,48 @@ def test_workflow_produces_the_report(workflow_run):
     for model in ("dm", "cm_cd", "cm_ct"):  # lcsc's own trails export safetensors of the searched combination
         export = root / RESULTS / "tiny-wf" / model / "export" / "lcsc"
         meta = json.loads((export / "coefficients.json").read_text())
-        searched = json.loads((root / RESULTS / "tiny-wf" / model / "search" / f"nfe{WF_MODELS[model]}" /
-                               "coefficients.json").read_text())
+        searched = json.loads(
+            (
+                root / RESULTS / "tiny-wf" / model / "search" / f"nfe{WF_MODELS[model]}" / "coefficients.json"
+            ).read_text()
+        )
         assert meta["coefficients"] == searched["coefficients"] and (export / "model.safetensors").is_file()
         assert "| lcsc |" in (export / "README.md").read_text()
     again = snakemake(["-n", "--configfile", "tiny.yaml", "--directory", str(root)], root)
     assert "Nothing to be done" in again.stdout + again.stderr
     # where and how jobs run (MLflow, devices, CPU threads, trail chunks, training processes) reruns nothing
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
-    (root / "moved.yaml").write_text(yaml.safe_dump(dict(
-        cfg, device="cpu", mlflow={"enabled": True, "tracking_uri": "http://127.0.0.1:9", "experiment": "elsewhere"},
-        search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1), train=dict(cfg["train"], gpus=2),
-        consistency=dict(cfg["consistency"], train=dict(cfg["consistency"]["train"], gpus=4)))))
-    runtime = snakemake(["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"],
-                         root)
+    (root / "moved.yaml").write_text(
+        yaml.safe_dump(
+            dict(
+                cfg,
+                device="cpu",
+                mlflow={"enabled": True, "tracking_uri": "http://127.0.0.1:9", "experiment": "elsewhere"},
+                search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=1),
+                train=dict(cfg["train"], gpus=2),
+                consistency=dict(cfg["consistency"], train=dict(cfg["consistency"]["train"], gpus=4)),
+            )
+        )
+    )
+    runtime = snakemake(
+        ["-n", "--configfile", "moved.yaml", "--directory", str(root), "--set-threads", "search=1"], root
+    )
     assert runtime.returncode == 0, runtime.stderr[-3000:]
     assert "Nothing to be done" in runtime.stdout + runtime.stderr, runtime.stdout[-3000:]
     # ... and forced, training goes through lcsc.launch with train.gpus processes, asking no GPU on the CPU
-    forced = snakemake(["-n", "-p", "--configfile", "moved.yaml", "--directory", str(root), "--forcerun", "train_dm",
-                        "train_cm"], root)
+    forced = snakemake(
+        ["-n", "-p", "--configfile", "moved.yaml", "--directory", str(root), "--forcerun", "train_dm", "train_cm"],
+        root,
+    )
     out = forced.stdout + forced.stderr
     assert "lcsc_train 2 train-dm" in out and "lcsc_train 4 train-cm" in out, out[-3000:]
     assert re.search(r"resources: .*processes=2, gpu=0", out) and re.search(r"resources: .*processes=4, gpu=0", out)
     # another DM sampler reruns only the DM's sampling stages and the report; other truncated
     # models (cost.models) add their own jobs and touch none of the existing ones
     cfg = yaml.safe_load((root / "tiny.yaml").read_text())
-    (root / "edit.yaml").write_text(yaml.safe_dump(dict(cfg, diffusion={"sampler": "dpmpp2m"},
-                                                        cost={"fraction": 0.7, "models": ["cm_cd", "dm"]})))
+    (root / "edit.yaml").write_text(
+        yaml.safe_dump(dict(cfg, diffusion={"sampler": "dpmpp2m"}, cost={"fraction": 0.7, "models": ["cm_cd", "dm"]}))
+    )
     dry = snakemake(["-n", "--configfile", "edit.yaml", "--directory", str(root)], root)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = []  # (rule, wildcards) of each job the dry run lists
@@ -181,8 +236,15 @@ def test_workflow_produces_the_report(workflow_run):
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
         jobs.append((rule, wildcards.group(1) if wildcards else ""))
-    assert {r for r, _ in jobs} == {"truncate_trail", "baselines", "search", "evaluate", "tabulate", "export",
-                                    "all"}, jobs
+    assert {r for r, _ in jobs} == {
+        "truncate_trail",
+        "baselines",
+        "search",
+        "evaluate",
+        "tabulate",
+        "export",
+        "all",
+    }, jobs
     for rule, wildcards in jobs:
         if rule not in ("tabulate", "all"):
             assert re.search(r"\b(model|base)=dm(_first70)?(,|$)", wildcards), (rule, wildcards)
@@ -198,7 +260,7 @@ def test_workflow_produces_the_report(workflow_run):
     assert "--repeat 1" in second and "/dm/search/nfe2-r1/coefficients.json" in second
     ev = next(b for b in blocks if b.startswith("rule evaluate:") and "variant=lcsc" in b and "model=dm," in b)
     command = shlex.split(re.search(r"^Shell command: (.*)$", ev, flags=re.M).group(1))
-    files = command[command.index("--coefficients") + 1:command.index("--coefficients") + 3]
+    files = command[command.index("--coefficients") + 1 : command.index("--coefficients") + 3]
     assert [Path(f).parent.name for f in files] == ["nfe2", "nfe2-r1"]
 
 
@@ -206,7 +268,9 @@ def test_a_hostile_results_folder_holds_everything_and_runs_nothing(workflow_run
     root, _ = workflow_run
     assert (root / RESULTS / "tiny-wf" / "report" / "summary.md").stat().st_size > 0
     written = {p.relative_to(root).parts[0] for p in root.iterdir()}
-    assert written <= {".snakemake", "tiny.yaml", "edit.yaml", "moved.yaml", "repeats.yaml", RESULTS.split("/")[0]}, written
+    assert written <= {".snakemake", "tiny.yaml", "edit.yaml", "moved.yaml", "repeats.yaml", RESULTS.split("/")[0]}, (
+        written
+    )
     outside = [p for p in (root / RESULTS.split("/")[0]).rglob("*") if not str(p).startswith(str(root / RESULTS))]
     assert outside == []
     assert not list(root.rglob("pwned")) and not (REPO / "pwned").exists() and not (Path.cwd() / "pwned").exists()
@@ -218,10 +282,17 @@ def test_snakemake_and_the_cli_build_the_same_stage_configs(tmp_path):
     from lcsc.kernel.config import load_config
     from lcsc.stages import stage_config
 
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({
-        "experiment": "mine", "train": {"iterations": 100, "checkpoint_every": 20, "ema_decays": [0.9]},
-        "consistency": {"modes": ["ct"]}, "baselines": {"lawa_last": [2], "ema_decays": [0.9]},
-        "cost": {"fraction": 0.5, "models": ["cm_ct"]}}))
+    (tmp_path / "mine.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "mine",
+                "train": {"iterations": 100, "checkpoint_every": 20, "ema_decays": [0.9]},
+                "consistency": {"modes": ["ct"]},
+                "baselines": {"lawa_last": [2], "ema_decays": [0.9]},
+                "cost": {"fraction": 0.5, "models": ["cm_ct"]},
+            }
+        )
+    )
     dry = snakemake(["-n", "-p", "--configfile", "mine.yaml", "--directory", str(tmp_path)], tmp_path)
     assert dry.returncode == 0, dry.stderr[-3000:]
     cfg = load_config(tmp_path / "mine.yaml")  # what `lcsc <stage> --config mine.yaml` reads
@@ -243,8 +314,15 @@ def test_snakemake_and_the_cli_build_the_same_stage_configs(tmp_path):
         checked.add((rule, model))
         if rule == "train_cm":
             train_cm = json.loads(argv[argv.index("--config-json") + 1])
-    assert {("train_dm", None), ("train_cm", "cm_ct"), ("search", "cm_ct"), ("search", "cm_ct_first50"),
-            ("evaluate", "dm"), ("tabulate", None), ("truncate_trail", None)} <= checked, checked
+    assert {
+        ("train_dm", None),
+        ("train_cm", "cm_ct"),
+        ("search", "cm_ct"),
+        ("search", "cm_ct_first50"),
+        ("evaluate", "dm"),
+        ("tabulate", None),
+        ("truncate_trail", None),
+    } <= checked, checked
     assert train_cm["train"]["iterations"] == 100  # `train`'s, not the embedded default's 1000
 
 
@@ -259,19 +337,28 @@ def test_mlflow_parent_and_child_runs(workflow_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert parent.data.params["search.budget"] == "8"
-    children = {job_name(r.info.run_name): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        job_name(r.info.run_name): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     # the parent carries the headline numbers, the same as the evaluations on disk
     dm_lcsc = json.loads((root / RESULTS / "tiny-wf" / "dm" / "eval" / "lcsc.json").read_text())["fid"]
     assert parent.data.metrics["dm.lcsc_fid_nfe2"] == pytest.approx(dm_lcsc["2"])
     assert {"dm.best_baseline_fid_nfe1", "dm.nfe_saving", "cm_cd.training_speedup"} <= set(parent.data.metrics)
     assert all(r.info.run_name.endswith(f" @{parent.data.tags['lcsc.invocation']}") for r in children.values())
-    expected = {"train_dm[model=dm]", "train_cm[model=cm_cd]", "train_cm[model=cm_ct]", "train_features",
-                "reference_stats[split=train]", "tabulate",
-                *[f"export[model={m},variant=lcsc]" for m in ("dm", "cm_cd", "cm_ct")]}
+    expected = {
+        "train_dm[model=dm]",
+        "train_cm[model=cm_cd]",
+        "train_cm[model=cm_ct]",
+        "train_features",
+        "reference_stats[split=train]",
+        "tabulate",
+        *[f"export[model={m},variant=lcsc]" for m in ("dm", "cm_cd", "cm_ct")],
+    }
     for model, nfe in WF_MODELS.items():
         expected |= {f"baselines[model={model}]", f"search[model={model},nfe={nfe}]"}
-        expected |= {f"evaluate[model={model},variant={v}]"
-                     for v in (("last", "lcsc") if "_first" in model else WF_VARIANTS)}
+        expected |= {
+            f"evaluate[model={model},variant={v}]" for v in (("last", "lcsc") if "_first" in model else WF_VARIANTS)
+        }
     assert set(children) == expected
     assert all(r.info.status == "FINISHED" for r in children.values())
 
@@ -327,12 +414,19 @@ def test_pipeline_end_to_end_with_inception_features_and_a_local_weights_file(tm
     second invocation on its results folder from another working directory, which refuses."""
     weights = tmp_path / "inception.pt"
     shutil.copyfile(standin, weights)
-    cfg = dict(TINY, experiment="tiny-inception", results_dir=str(tmp_path / "results"),
-               features={"kind": "inception", "weights": str(weights)},
-               baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False})
+    cfg = dict(
+        TINY,
+        experiment="tiny-inception",
+        results_dir=str(tmp_path / "results"),
+        features={"kind": "inception", "weights": str(weights)},
+        baselines={"lawa_last": [], "ema_decays": [0.9], "power_sigma_rels": [], "greedy_soup": False},
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    _with_a_second_invocation(tmp_path, ["--cores", "2", "--configfile", str(tmp_path / "c.yaml")],
-                              tmp_path / "results" / "tiny-inception" / "lcsc.lock")
+    _with_a_second_invocation(
+        tmp_path,
+        ["--cores", "2", "--configfile", str(tmp_path / "c.yaml")],
+        tmp_path / "results" / "tiny-inception" / "lcsc.lock",
+    )
     root = tmp_path / "results" / "tiny-inception"
     descriptor = json.loads((root / "features" / "inception-clean.json").read_text())
     assert descriptor["weights"] == str(weights) and descriptor["dim"] == inception_standin.DIM
@@ -360,7 +454,6 @@ def test_pipeline_end_to_end_with_inception_features_and_a_local_weights_file(tm
     assert dry.returncode != 0 and "features.weights:" in dry.stdout + dry.stderr
 
 
-
 def _with_a_second_invocation(tmp_path, args: list[str], lock: Path) -> None:
     """Run Snakemake with `args` in `tmp_path` to the end; held (SIGSTOP) while one of its jobs
     runs, a second Snakemake with the same arguments starts from another working directory (their
@@ -382,14 +475,21 @@ def _with_a_second_invocation(tmp_path, args: list[str], lock: Path) -> None:
         return False
 
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        first = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            hold_when(first, lambda: lock.exists() and job_running(first.pid), 300,
-                      "a running job of the first invocation", group=True)
+            hold_when(
+                first,
+                lambda: lock.exists() and job_running(first.pid),
+                300,
+                "a running job of the first invocation",
+                group=True,
+            )
             holder = json.loads(lock.read_text())
-            second = subprocess.run(command, cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True,
-                                    timeout=300)
+            second = subprocess.run(
+                command, cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True, timeout=300
+            )
             out = second.stdout + second.stderr
             assert second.returncode != 0, out[-3000:]
             assert f"{lock}: the results folder is in use by invocation {holder['invocation']}" in out, out[-3000:]

@@ -26,14 +26,25 @@ def workflow(tmp_path_factory):
     root = tmp_path_factory.mktemp("byo")
     marker = root / "PWNED"
     run = diffusers_run(root / "diffusers run; 'one'", steps=30, every=10, marker=marker)
-    cfg = {"experiment": "byo", "results_dir": str(root / "results"), "data": {"image_size": 12},
-           "trail": {"source": "diffusers", "path": str(run), "ema": "unet_ema", "ema_decay": 0.7692},
-           "features": {"epochs": 3, "dim": 16, "width": 8},
-           "baselines": {"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False},
-           "search": {"budget": 6, "num_workers": 3, "samples": 64, "nfe": 2, "batch_size": 64, "rescore_top": 2,
-                      "rescore_samples": 96},
-           "evaluate": {"nfe": NFE, "samples": 96, "batch_size": 96, "grid": 16},
-           "mlflow": {"enabled": False}}
+    cfg = {
+        "experiment": "byo",
+        "results_dir": str(root / "results"),
+        "data": {"image_size": 12},
+        "trail": {"source": "diffusers", "path": str(run), "ema": "unet_ema", "ema_decay": 0.7692},
+        "features": {"epochs": 3, "dim": 16, "width": 8},
+        "baselines": {"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False},
+        "search": {
+            "budget": 6,
+            "num_workers": 3,
+            "samples": 64,
+            "nfe": 2,
+            "batch_size": 64,
+            "rescore_top": 2,
+            "rescore_samples": 96,
+        },
+        "evaluate": {"nfe": NFE, "samples": 96, "batch_size": 96, "grid": 16},
+        "mlflow": {"enabled": False},
+    }
     config = root / "byo.yaml"
     config.write_text(yaml.safe_dump(cfg))
     result = snakemake(["--cores", "2", "--configfile", str(config)], cwd=root)
@@ -48,7 +59,8 @@ def test_the_workflow_imports_instead_of_training(workflow):
     manifest = json.loads(layout.manifest("imported").read_text())
     assert manifest["kind"] == "diffusers" and manifest["root"] == str(run)
     assert [c["file"] for c in manifest["checkpoints"]] == [
-        f"checkpoint-{s}/unet/diffusion_pytorch_model.safetensors" for s in (10, 20, 30)]
+        f"checkpoint-{s}/unet/diffusion_pytorch_model.safetensors" for s in (10, 20, 30)
+    ]
     assert manifest["ema"][0]["file"] == "checkpoint-30/unet_ema/diffusion_pytorch_model.safetensors"
     assert not marker.exists()  # accelerate's random_states_0.pkl beside the checkpoints is never unpickled
     summary = (layout.report_dir() / "summary.csv").read_text()
@@ -62,8 +74,12 @@ def test_the_exported_pipeline_scores_the_evaluated_fid(workflow, nfe):
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # diffusion.sampler: ddim, as evaluated
     pipe.set_progress_bar_config(disable=True)
     ecfg = cfg["evaluate"]
-    images = pipe(batch_size=ecfg["samples"], generator=torch.Generator().manual_seed(2000),  # evaluate.seed
-                  num_inference_steps=nfe, output_type="np").images
+    images = pipe(
+        batch_size=ecfg["samples"],
+        generator=torch.Generator().manual_seed(2000),  # evaluate.seed
+        num_inference_steps=nfe,
+        output_type="np",
+    ).images
     x = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
     net = load_features(layout.feature_net("classifier"), "cpu")
     stats = next(layout.stats("x", "y", "z").parent.glob("*-train-classifier.npz"))

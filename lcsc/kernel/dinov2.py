@@ -107,8 +107,7 @@ class DinoViT(nn.Module):
 def resolve_weights(fcfg: dict, download: bool = True) -> Path:
     """The DINOv2 weights file that `features` names (kind dinov2), downloading it into torch.hub's
     checkpoint folder where the config asks for that (weights: null) and it is not there yet."""
-    how = (f"download {URL} on a machine with internet access, copy it here and set features.weights "
-           "to its path")
+    how = f"download {URL} on a machine with internet access, copy it here and set features.weights to its path"
     if fcfg["weights"] is not None:
         path = Path(fcfg["weights"]).expanduser()
         if not path.is_file():
@@ -124,8 +123,10 @@ def resolve_weights(fcfg: dict, download: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(URL, str(path), progress=True)
     except Exception as exc:  # URLError, timeouts: download_url_to_file keeps no partial file
-        raise FeatureError(f"features.weights is null, so lcsc tried to download {URL} into {path.parent} "
-                           f"and failed ({first_line(exc)}); offline, {how}") from exc
+        raise FeatureError(
+            f"features.weights is null, so lcsc tried to download {URL} into {path.parent} "
+            f"and failed ({first_line(exc)}); offline, {how}"
+        ) from exc
     return path
 
 
@@ -139,8 +140,10 @@ class DINOv2Features:
             self.net = DinoViT.from_state(state).to(self.device).eval()
         except (InputError, KeyError, ValueError, RuntimeError) as exc:
             reason = f"no {exc} tensor" if isinstance(exc, KeyError) else first_line(exc)
-            raise FeatureError(f"features.weights: {self.path} is not a DINOv2 ViT state dict ({reason}); "
-                               f"DINOv2's own release file is {URL}") from exc
+            raise FeatureError(
+                f"features.weights: {self.path} is not a DINOv2 ViT state dict ({reason}); "
+                f"DINOv2's own release file is {URL}"
+            ) from exc
         self.dim = self.net.norm.weight.shape[0]
         self.sha256 = sha256(self.path)
         self.hash = f"{self.sha256[:16]}-dinov2"
@@ -155,6 +158,8 @@ class DINOv2Features:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = MAX_BATCH) -> torch.Tensor:
         batch_size = min(batch_size, MAX_BATCH)
-        out = [self.net(self.preprocess(images[i:i + batch_size].to(self.device))).double()
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.net(self.preprocess(images[i : i + batch_size].to(self.device))).double()
+            for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(out)

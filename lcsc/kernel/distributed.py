@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
 from .devices import resolve_device
+from .errors import ConfigError
 
 # the ranks' environment, as lcsc.launch and torchrun set it
 WORLD_ENV, RANK_ENV, LOCAL_RANK_ENV = "WORLD_SIZE", "RANK", "LOCAL_RANK"
@@ -80,8 +80,10 @@ class Ranks:
 
 def split_batch(batch_size: int, world: int, key: str = "train.batch_size") -> None:
     if batch_size % world:
-        raise ConfigError(f"{key}: {batch_size} images per step do not split evenly over {world} "
-                          f"processes (train.gpus); use a multiple of {world}")
+        raise ConfigError(
+            f"{key}: {batch_size} images per step do not split evenly over {world} "
+            f"processes (train.gpus); use a multiple of {world}"
+        )
 
 
 def start(cfg: dict) -> tuple[Ranks, torch.device]:
@@ -95,8 +97,10 @@ def start(cfg: dict) -> tuple[Ranks, torch.device]:
     split_batch(cfg["train"]["batch_size"], world)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"train.gpus: {world} processes on this node, but torch sees "
-                              f"{torch.cuda.device_count()} GPUs; ask for as many GPUs as processes")
+            raise ConfigError(
+                f"train.gpus: {world} processes on this node, but torch sees "
+                f"{torch.cuda.device_count()} GPUs; ask for as many GPUs as processes"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"

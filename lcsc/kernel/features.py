@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import FeatureError, InputError
-from .gate import refusal
 from .dinov2 import DINOv2Features
 from .dinov2 import resolve_weights as resolve_dinov2_weights
+from .errors import FeatureError, InputError
+from .gate import refusal
 from .inception import InceptionFeatures, resolve_weights
 from .io import first_line, read_json, reading, sha256
 from .nets import ConvAutoencoder, DigitClassifier
@@ -44,8 +44,9 @@ class FeatureNet:
     def __init__(self, path: str | Path, device: torch.device):
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(errno.ENOENT, "no feature network here; the train_features stage writes it",
-                                    str(path))
+            raise FileNotFoundError(
+                errno.ENOENT, "no feature network here; the train_features stage writes it", str(path)
+            )
         rerun = "rerun train_features (or pass the right --features)"
         with reading(path, "a feature network written by train_features", rerun):
             with safe_open(str(path), "pt") as fh:
@@ -57,16 +58,19 @@ class FeatureNet:
         try:
             self.net.load_state_dict(load_tensors(path))
         except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
-            raise InputError(f"{path}: its tensors do not fit the network its metadata describes "
-                             f"({first_line(exc)}); {rerun}") from exc
+            raise InputError(
+                f"{path}: its tensors do not fit the network its metadata describes ({first_line(exc)}); {rerun}"
+            ) from exc
         self.net.to(device).eval()
         self.device = device
         self.hash = sha256(path)[:16]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        out = [self.net.features(images[i:i + batch_size].to(self.device).clamp(-1, 1))
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.net.features(images[i : i + batch_size].to(self.device).clamp(-1, 1))
+            for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(out).double()
 
 
@@ -94,25 +98,33 @@ def load_features(path: str | Path, device: torch.device, cfg: dict | None = Non
     needed = ("weights", "hash") if dinov2 else ("weights", "mode", "hash")
     missing = [k for k in needed if not isinstance(info, dict) or k not in info]
     if missing:
-        raise InputError(f"{path}: not a feature descriptor written by {stage} (no "
-                         f"{', '.join(missing)}); rerun {stage} (or pass the right --features)")
+        raise InputError(
+            f"{path}: not a feature descriptor written by {stage} (no "
+            f"{', '.join(missing)}); rerun {stage} (or pass the right --features)"
+        )
     stage, name = ("dinov2_features", "DINOv2") if dinov2 else ("inception_features", "Inception")
     weights = Path(info["weights"])
     if cfg is not None and not dinov2 and info["mode"] != "legacy_pytorch":  # (those are state dicts: data)
         if cfg["features"]["kind"] != "inception":
-            raise FeatureError(f"{path}: an Inception descriptor, but the config's features.kind is "
-                               f"{cfg['features']['kind']!r}; pass the feature file of this config (--features)")
+            raise FeatureError(
+                f"{path}: an Inception descriptor, but the config's features.kind is "
+                f"{cfg['features']['kind']!r}; pass the feature file of this config (--features)"
+            )
         configured = weights_file(cfg["features"], download=False, cache=cache_dir(cfg))
         if weights.resolve() != configured.resolve():
-            raise FeatureError(f"{path}: names the weights {weights}, but the config's features name {configured}; "
-                               f"a TorchScript file runs code, so only the config chooses it: rerun {stage}")
+            raise FeatureError(
+                f"{path}: names the weights {weights}, but the config's features name {configured}; "
+                f"a TorchScript file runs code, so only the config chooses it: rerun {stage}"
+            )
     if not weights.is_file():
-        raise FeatureError(f"{path}: its {name} weights {weights} are gone (features.weights); "
-                           f"restore the file or rerun {stage}")
+        raise FeatureError(
+            f"{path}: its {name} weights {weights} are gone (features.weights); restore the file or rerun {stage}"
+        )
     net = DINOv2Features(weights, device) if dinov2 else InceptionFeatures(weights, info["mode"], device)
     if net.hash != info["hash"]:
-        raise FeatureError(f"{path}: the weights file {weights} changed since {stage} "
-                           f"checked it; rerun it (snakemake -R {stage})")
+        raise FeatureError(
+            f"{path}: the weights file {weights} changed since {stage} checked it; rerun it (snakemake -R {stage})"
+        )
     # the sanity gate's record, as a trained file carries it (None: a descriptor older than the gate)
     net.gate, net.kind, net.path = info.get("gate"), "dinov2" if dinov2 else "inception", path
     return net
@@ -123,8 +135,10 @@ def check_gate(net) -> None:
     into the trained file or the fixed space's descriptor."""
     stage = "train_features" if isinstance(net, FeatureNet) else f"{net.kind}_features"
     if not isinstance(net.gate, dict) or "passed" not in net.gate:
-        raise FeatureError(f"{net.path}: no sanity gate record (written before lcsc checked feature spaces); "
-                           f"rerun {stage} (snakemake -R {stage})")
+        raise FeatureError(
+            f"{net.path}: no sanity gate record (written before lcsc checked feature spaces); "
+            f"rerun {stage} (snakemake -R {stage})"
+        )
     if net.gate["passed"] is not True:
         raise FeatureError(refusal(net.kind, net.gate, net.path))
 

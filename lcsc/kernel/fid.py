@@ -79,8 +79,10 @@ class Reference:
         mu = torch.as_tensor(mu, dtype=torch.float64, device=self.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.device)
         if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
-            raise ValueError(f"shape mismatch: mu {tuple(mu.shape)} vs {tuple(self.mu.shape)}, "
-                             f"sigma {tuple(sigma.shape)} vs {tuple(self.sigma.shape)}")
+            raise ValueError(
+                f"shape mismatch: mu {tuple(mu.shape)} vs {tuple(self.mu.shape)}, "
+                f"sigma {tuple(sigma.shape)} vs {tuple(self.sigma.shape)}"
+            )
         tr_covmean = _trace_sqrt_product(self.factor, sigma)
         diff = mu - self.mu
         return float(diff @ diff + torch.trace(sigma) + self.trace - 2 * tr_covmean)
@@ -100,17 +102,22 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
     """Reference mu/sigma; with `feature_hash`, refuse stats made by another feature network."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "no reference stats here; the reference_stats stage writes them",
-                                str(path))
+        raise FileNotFoundError(
+            errno.ENOENT, "no reference stats here; the reference_stats stage writes them", str(path)
+        )
     rerun = "rerun reference_stats (or pass the right --stats)"
     with reading(path, "a readable reference-stats .npz file", rerun):  # a truncated zip, a pickle, text
         with np.load(path, allow_pickle=False) as z:
             if not {"mu", "sigma", "feature_hash"} <= set(z.files):
-                raise InputError(f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has "
-                                 f"{', '.join(z.files) or 'nothing'}); {rerun}")
+                raise InputError(
+                    f"{path}: not a reference-stats file (needs mu, sigma, feature_hash; has "
+                    f"{', '.join(z.files) or 'nothing'}); {rerun}"
+                )
             if feature_hash is not None and str(z["feature_hash"]) != feature_hash:
-                raise InputError(f"{path}: made with feature network {z['feature_hash']}, "
-                                 f"but the one in use is {feature_hash}; {rerun}")
+                raise InputError(
+                    f"{path}: made with feature network {z['feature_hash']}, "
+                    f"but the one in use is {feature_hash}; {rerun}"
+                )
             mu, sigma = z["mu"], z["sigma"]
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise InputError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}, not [D] and [D, D]; {rerun}")
@@ -126,6 +133,7 @@ def load_reference_features(path: str | Path) -> np.ndarray | None:
                 return None
             features = z["reference_features"]
     if features.ndim != 2 or len(features) < 2:
-        raise InputError(f"{path}: its reference features have shape {features.shape}, not [N >= 2, D]; "
-                         "rerun reference_stats")
+        raise InputError(
+            f"{path}: its reference features have shape {features.shape}, not [N >= 2, D]; rerun reference_stats"
+        )
     return features

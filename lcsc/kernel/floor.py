@@ -32,13 +32,17 @@ def data_floor(data_cfg: dict, features, samples: int, cache) -> dict:
     path = cache / "floors" / f"{key}.json"
     try:
         cached = json.loads(path.read_text())
-        if isinstance(cached, dict) and isinstance(cached.get("fid"), float) and math.isfinite(cached["fid"]) \
-                and cached.get("n") == n:  # the cache lies in the results folder: a NaN or a stray value is recomputed
+        if (
+            isinstance(cached, dict)
+            and isinstance(cached.get("fid"), float)
+            and math.isfinite(cached["fid"])
+            and cached.get("n") == n
+        ):  # the cache lies in the results folder: a NaN or a stray value is recomputed
             return {**cached, "samples": samples}
     except (OSError, ValueError):
         pass  # computed below: a missing or damaged cache entry only costs time
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED))
-    a, b = images[order[:n]], images[order[n:2 * n]]
+    a, b = images[order[:n]], images[order[n : 2 * n]]
     fid = float(frechet_distance(*feature_stats(features(a)), *feature_stats(features(b))))
     floor = {"fid": fid, "n": n, "of": len(images)}
     write_json(path, floor)

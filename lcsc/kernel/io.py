@@ -54,8 +54,10 @@ def resolve_path(value: str | Path, key: str) -> Path:
     try:
         return Path(value).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's "Symlink loop from ..."
-        raise ConfigError(f"{key}: {value} cannot be resolved ({first_line(exc)}); a symlink loop or an "
-                          "unreadable folder: fix the path") from None
+        raise ConfigError(
+            f"{key}: {value} cannot be resolved ({first_line(exc)}); a symlink loop or an "
+            "unreadable folder: fix the path"
+        ) from None
 
 
 def inside(path: str | Path, folder: str | Path) -> bool:
@@ -96,11 +98,9 @@ def read_json(path: str | Path, fix: str = "restore it or rerun the stage that w
             raise InputError(f"{path}: has no {', '.join(map(repr, missing))}; not the file this stage reads; {fix}")
         return obj
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); "
-                         f"{fix}") from exc
+        raise InputError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); {fix}") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a JSON file (not UTF-8 text: {exc.reason} at byte {exc.start}); "
-                         f"{fix}") from exc
+        raise InputError(f"{path}: not a JSON file (not UTF-8 text: {exc.reason} at byte {exc.start}); {fix}") from exc
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:

@@ -69,8 +69,13 @@ def phases(end: float | None = None) -> dict[str, float]:
     setup = _marks.get("setup", main)
     total = end - begin
     start, imports, mlflow_s = main - begin, setup - main, _mlflow[0]
-    return {"start": start, "imports": imports, "mlflow": mlflow_s,
-            "work": max(0.0, total - start - imports - mlflow_s), "total": total}
+    return {
+        "start": start,
+        "imports": imports,
+        "mlflow": mlflow_s,
+        "work": max(0.0, total - start - imports - mlflow_s),
+        "total": total,
+    }
 
 
 def write(stage: str, code: int) -> None:

@@ -34,14 +34,17 @@ class Journal:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "ab")
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot write the search journal here: {exc.strerror}",
-                              str(exc.filename or self.path)) from exc
+                raise OSError(
+                    exc.errno, f"cannot write the search journal here: {exc.strerror}", str(exc.filename or self.path)
+                ) from exc
             try:
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 self._fh.close()
-                raise BusyError(f"{self.path}: another search is running on this journal "
-                                "(it holds the lock); wait for it or stop it first") from None
+                raise BusyError(
+                    f"{self.path}: another search is running on this journal "
+                    "(it holds the lock); wait for it or stop it first"
+                ) from None
         try:
             self._read(readonly)
         except BaseException:
@@ -49,8 +52,10 @@ class Journal:
             raise
         if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
             self.close()
-            raise InputError(f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
-                             "move it away to start the search afresh")
+            raise InputError(
+                f"{self.path}: not an lcsc search journal (first record {self.records[0]!r:.80}); "
+                "move it away to start the search afresh"
+            )
 
     def _read(self, readonly: bool) -> None:
         data = self.path.read_bytes() if self.path.exists() else b""
@@ -66,9 +71,11 @@ class Journal:
                 self.records.append(record)
             except ValueError:  # also UnicodeDecodeError
                 if number < len(lines):
-                    raise InputError(f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
-                                     "the journal was changed by hand or by another program: move it away "
-                                     "to start the search afresh") from None
+                    raise InputError(
+                        f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
+                        "the journal was changed by hand or by another program: move it away "
+                        "to start the search afresh"
+                    ) from None
                 break
             good += len(line)
         self.dropped = len(data) - good

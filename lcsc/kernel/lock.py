@@ -47,8 +47,15 @@ def _start_time(pid: int) -> float | None:
 
 def _holder(invocation: str) -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_started": _start_time(pid), "invocation": invocation,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cwd": os.getcwd(), "token": uuid.uuid4().hex}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_started": _start_time(pid),
+        "invocation": invocation,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cwd": os.getcwd(),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def read_holder(path: Path) -> dict | None:
@@ -79,9 +86,11 @@ def alive(holder: dict) -> bool:
 
 
 def describe(holder: dict, path: Path) -> str:
-    return (f"{path}: the results folder is in use by invocation {holder.get('invocation')} (host "
-            f"{holder.get('host')}, pid {holder.get('pid')}, since {holder.get('started')}, working directory "
-            f"{holder.get('cwd')})")
+    return (
+        f"{path}: the results folder is in use by invocation {holder.get('invocation')} (host "
+        f"{holder.get('host')}, pid {holder.get('pid')}, since {holder.get('started')}, working directory "
+        f"{holder.get('cwd')})"
+    )
 
 
 def acquire(cfg: dict, invocation: str) -> Path:
@@ -101,14 +110,20 @@ def acquire(cfg: dict, invocation: str) -> Path:
             if holder is None:
                 continue  # released meanwhile: try again
             if holder == {}:
-                raise BusyError(f"{path}: a lock file that is not lcsc's (damaged?); if no invocation runs on this "
-                                "results folder, delete it and rerun") from None
+                raise BusyError(
+                    f"{path}: a lock file that is not lcsc's (damaged?); if no invocation runs on this "
+                    "results folder, delete it and rerun"
+                ) from None
             if alive(holder):
-                raise BusyError(describe(holder, path) + "; wait for it to end, or if it is gone (another host "
-                                f"cannot be checked from here), delete {path}") from None
-            print(f"lcsc: warning: {path}: taking over the lock of invocation {holder.get('invocation')} (pid "
-                  f"{holder.get('pid')} on this host, since {holder.get('started')}), whose process is gone",
-                  file=sys.stderr)
+                raise BusyError(
+                    describe(holder, path) + "; wait for it to end, or if it is gone (another host "
+                    f"cannot be checked from here), delete {path}"
+                ) from None
+            print(
+                f"lcsc: warning: {path}: taking over the lock of invocation {holder.get('invocation')} (pid "
+                f"{holder.get('pid')} on this host, since {holder.get('started')}), whose process is gone",
+                file=sys.stderr,
+            )
             stale = path.with_name(f".{LOCK_NAME}.{me['token']}.stale")
             with contextlib.suppress(FileNotFoundError):  # another invocation may take it over first
                 os.rename(path, stale)
@@ -140,5 +155,7 @@ def check_writer(cfg: dict) -> None:
     holder = read_holder(path)
     if not holder or holder.get("invocation") == os.environ.get(INVOCATION_ENV) or not alive(holder):
         return
-    raise BusyError(describe(holder, path) + "; a stage run by hand writes to it only when no workflow does: "
-                    "wait for that invocation to end")
+    raise BusyError(
+        describe(holder, path) + "; a stage run by hand writes to it only when no workflow does: "
+        "wait for that invocation to end"
+    )

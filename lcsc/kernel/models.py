@@ -40,8 +40,10 @@ def model_kind(model: str, cfg: dict | None = None) -> str:
     base = base_model(model)
     if base in MODEL_BASES:
         return "dm" if base == "dm" else "cm"
-    raise ConfigError(f"unknown model {model!r}; the models are dm, cm_cd, cm_ct, <model>{TRUNCATED}<percent> and "
-                      f"{IMPORTED} (an imported trail)")
+    raise ConfigError(
+        f"unknown model {model!r}; the models are dm, cm_cd, cm_ct, <model>{TRUNCATED}<percent> and "
+        f"{IMPORTED} (an imported trail)"
+    )
 
 
 def truncated_name(model: str, fraction: float) -> str:
@@ -58,11 +60,15 @@ def truncation(model: str) -> float | None:
     except ValueError:
         fraction = None
     if base not in MODEL_BASES or fraction is None or not 0 < fraction < 1:
-        raise ConfigError(f"{model!r} does not name a truncated trail: <dm|cm_cd|cm_ct>{TRUNCATED}<percent>, "
-                          f"with 0 < percent < 100 (e.g. cm_ct{TRUNCATED}25)")
+        raise ConfigError(
+            f"{model!r} does not name a truncated trail: <dm|cm_cd|cm_ct>{TRUNCATED}<percent>, "
+            f"with 0 < percent < 100 (e.g. cm_ct{TRUNCATED}25)"
+        )
     if truncated_name(base, fraction) != model:  # one name per fraction, so one folder
-        raise ConfigError(f"{model!r} does not name a truncated trail the way the workflow does; use "
-                          f"{truncated_name(base, fraction)}")
+        raise ConfigError(
+            f"{model!r} does not name a truncated trail the way the workflow does; use "
+            f"{truncated_name(base, fraction)}"
+        )
     return fraction
 
 
@@ -131,8 +137,9 @@ def for_model(cfg: dict, model: str) -> dict:
     if c is None:
         return out
     if "train" in out:
-        out["train"] = {k: (v if c.get("train", {}).get(k) is None else c["train"][k])
-                        for k, v in out["train"].items()}
+        out["train"] = {
+            k: (v if c.get("train", {}).get(k) is None else c["train"][k]) for k, v in out["train"].items()
+        }
     if "search" in out:
         out["search"]["nfe"] = c["search_nfe"]
         out["search"]["nfe_weights"] = c.get("search_nfe_weights")
@@ -196,5 +203,6 @@ def check_trail(model: str, manifest: dict, path: str | Path) -> None:
     """Sampling a consistency trail as a diffusion model, or the reverse, is an error, not a number."""
     trained = trained_model(manifest)
     if trained != base_model(model):
-        raise ConfigError(f"--model {model}: {path} holds a {trained} trail; pass --model {trained} "
-                          f"(or a truncated name of it)")
+        raise ConfigError(
+            f"--model {model}: {path} holds a {trained} trail; pass --model {trained} (or a truncated name of it)"
+        )

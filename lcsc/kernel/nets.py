@@ -67,9 +67,17 @@ class UNet(nn.Module):
     `label_dropout` (classifier-free guidance's training) the embedding has one more row, the
     index `num_classes`, for "no label"."""
 
-    def __init__(self, in_channels: int, channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
-                 attention: bool = False, dropout: float = 0.0, num_classes: int | None = None,
-                 label_dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int = 32,
+        channel_mult=(1, 2),
+        num_res_blocks: int = 1,
+        attention: bool = False,
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
+    ):
         super().__init__()
         emb_dim = channels * 4
         self.time = TimeEmbedding(channels)
@@ -89,9 +97,11 @@ class UNet(nn.Module):
             if level < len(channel_mult) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout)]
-                                 + ([Attention(ch)] if attention else [])
-                                 + [ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout)]
+            + ([Attention(ch)] if attention else [])
+            + [ResBlock(ch, ch, emb_dim, dropout)]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
@@ -153,10 +163,16 @@ class DigitClassifier(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, dim: int = 64):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(width, width * 2, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(), nn.Linear(width * 2 * 4, dim),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(width, width * 2, 3, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(width * 2 * 4, dim),
         )
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(dim, num_classes))
 
@@ -179,10 +195,15 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         self.image_size, self.width = image_size, width
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width * 2, width * 2, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(), nn.Linear(width * 2 * 4, dim),
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width * 2, width * 2, 3, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(width * 2 * 4, dim),
         )
         self.expand = nn.Linear(dim, width * 2 * 16)
         self.up1 = nn.Conv2d(width * 2, width, 3, padding=1)

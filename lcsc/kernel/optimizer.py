@@ -18,14 +18,17 @@ def optimizer_class(scfg: dict):
     try:
         return ng.optimizers.registry[scfg["optimizer"]]
     except KeyError:
-        raise ConfigError(f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
-                          f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne") from None
+        raise ConfigError(
+            f"search.optimizer: {scfg['optimizer']!r} is not a nevergrad optimizer; "
+            f"try CMA, NGOpt, TwoPointsDE, DE or OnePlusOne"
+        ) from None
 
 
 def make_optimizer(init: np.ndarray, scfg: dict):
     """The configured nevergrad optimizer, starting at `init`, seeded by `search.seed`."""
-    return optimizer_class(scfg)(parametrization=make_parametrization(init, scfg), budget=scfg["budget"],
-                                 num_workers=scfg["num_workers"])
+    return optimizer_class(scfg)(
+        parametrization=make_parametrization(init, scfg), budget=scfg["budget"], num_workers=scfg["num_workers"]
+    )
 
 
 def make_parametrization(init: np.ndarray, scfg: dict):

@@ -9,8 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 # The report's files (stage tabulate), by the name its code uses for each.
-REPORT_FILES = {"summary_md": "summary.md", "summary_csv": "summary.csv", "fid_vs_nfe": "fid_vs_nfe.png",
-                "coefficients": "coefficients.png", "search_curve": "search_curve.png"}
+REPORT_FILES = {
+    "summary_md": "summary.md",
+    "summary_csv": "summary.csv",
+    "fid_vs_nfe": "fid_vs_nfe.png",
+    "coefficients": "coefficients.png",
+    "search_curve": "search_curve.png",
+}
 COST_CURVE = "cost_curve.png"  # the training-cost plot, with cost.fractions only
 
 
@@ -43,8 +48,12 @@ def reference_source(cfg: dict) -> tuple[str, str]:
 def search_files(folder: str | Path) -> dict[str, Path]:
     """The files of one search in its folder: the result, the history, the weights, the journal."""
     folder = Path(folder)
-    return {"coefficients": folder / "coefficients.json", "history": folder / "history.csv",
-            "best": folder / "best.safetensors", "journal": folder / "state" / "journal.jsonl"}
+    return {
+        "coefficients": folder / "coefficients.json",
+        "history": folder / "history.csv",
+        "best": folder / "best.safetensors",
+        "journal": folder / "state" / "journal.jsonl",
+    }
 
 
 class Layout:

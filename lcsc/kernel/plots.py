@@ -17,8 +17,13 @@ from .models import base_model, truncation
 from .report import best_ema
 
 
-def plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int]], search_nfe: dict[str, int],
-                     path: Path, spread: dict[str, dict] | None = None) -> None:
+def plot_fid_vs_nfe(
+    all_results: dict[str, dict],
+    model_nfes: dict[str, list[int]],
+    search_nfe: dict[str, int],
+    path: Path,
+    spread: dict[str, dict] | None = None,
+) -> None:
     """FID against NFE per model, every variant a line; with `spread`, error bars of one standard
     deviation over the runs (evaluation seeds, and searches for lcsc)."""
     fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4), squeeze=False)
@@ -26,9 +31,16 @@ def plot_fid_vs_nfe(all_results: dict[str, dict], model_nfes: dict[str, list[int
         nfes = model_nfes[model]
         for v, r in results.items():
             sd = (spread or {}).get(model, {}).get(v, {})
-            ax.errorbar(nfes, [r[n] for n in nfes], yerr=[sd[n][0] for n in nfes] if sd else None, marker="o",
-                        lw=2.5 if v == variants.LCSC else 1.0, capsize=3 if sd else 0,
-                        color="black" if v == variants.LCSC else None, label=v)
+            ax.errorbar(
+                nfes,
+                [r[n] for n in nfes],
+                yerr=[sd[n][0] for n in nfes] if sd else None,
+                marker="o",
+                lw=2.5 if v == variants.LCSC else 1.0,
+                capsize=3 if sd else 0,
+                color="black" if v == variants.LCSC else None,
+                label=v,
+            )
         full = all_results.get(base_model(model)) if truncation(model) is not None else None
         if full:  # the training-cost experiment: the full run's own last and best EMA, for comparison
             ema = best_ema(full, search_nfe[model])  # the EMA the report's sentence names
@@ -49,8 +61,14 @@ def plot_coefficients(searches: dict[str, dict], decays: list[float], path: Path
     fig, axes = plt.subplots(1, len(searches), figsize=(6 * len(searches), 4), squeeze=False)
     for ax, (model, s) in zip(axes[0], searches.items()):
         steps = s["trail_steps"]
-        ax.bar(steps, s["coefficients"], width=0.8 * (steps[1] - steps[0]) if len(steps) > 1 else 1,
-               color="tab:red", alpha=0.7, label="LCSC")
+        ax.bar(
+            steps,
+            s["coefficients"],
+            width=0.8 * (steps[1] - steps[0]) if len(steps) > 1 else 1,
+            color="tab:red",
+            alpha=0.7,
+            label="LCSC",
+        )
         for d in decays:
             ax.plot(steps, profiles.ema_profile(steps, d), marker=".", label=f"EMA {d} profile")
         ax.plot(steps, profiles.uniform(len(steps)), ls="--", color="grey", label="uniform")
@@ -74,8 +92,13 @@ def plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
         starts = [float(r["fitness"]) for r in screen if r["phase"] == "start"]
         ax.axhline(min(starts), ls="--", color="grey", label="best starting profile")
         if rescore:
-            ax.scatter([int(r["evaluation"]) for r in rescore], [float(r["fitness"]) for r in rescore],
-                       marker="x", color="black", label="top candidates re-scored")
+            ax.scatter(
+                [int(r["evaluation"]) for r in rescore],
+                [float(r["fitness"]) for r in rescore],
+                marker="x",
+                color="black",
+                label="top candidates re-scored",
+            )
         ax.set(xlabel="evaluation", ylabel="fitness (FID)", title=model)
         fit = np.array([float(r["fitness"]) for r in rows])
         ax.set_ylim(fit.min() * 0.95, max(np.percentile(fit, 90), min(starts)) * 1.05)
@@ -86,8 +109,9 @@ def plot_search_curve(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_cost_curve(curves: dict[str, list[dict]], full_lcsc: dict[str, float], nfe: dict[str, int],
-                    path: Path) -> None:
+def plot_cost_curve(
+    curves: dict[str, list[dict]], full_lcsc: dict[str, float], nfe: dict[str, int], path: Path
+) -> None:
     """The training-cost experiment: per model, FID at its search NFE against the fraction of
     training kept, for LCSC and the truncated trail's last checkpoint, with the full run's last,
     best EMA and LCSC as references."""
@@ -100,12 +124,18 @@ def plot_cost_curve(curves: dict[str, list[dict]], full_lcsc: dict[str, float], 
         if rows[0]["full_ema"] is not None:
             ax.axhline(rows[0]["full_ema"], ls="--", color="grey", label=f"full run {rows[0]['ema']}")
         if model in full_lcsc:
-            ax.scatter([1.0], [full_lcsc[model]], marker="*", s=80, color="tab:red", label="lcsc on the full run",
-                       zorder=3)
+            ax.scatter(
+                [1.0], [full_lcsc[model]], marker="*", s=80, color="tab:red", label="lcsc on the full run", zorder=3
+            )
         for r in rows:
             if r["speedup"]:
-                ax.annotate(f"{r['speedup']:.1f}x", (r["fraction"], r["searched"]), textcoords="offset points",
-                            xytext=(4, -12), fontsize=8)
+                ax.annotate(
+                    f"{r['speedup']:.1f}x",
+                    (r["fraction"], r["searched"]),
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                    fontsize=8,
+                )
         ax.set(xlabel="fraction of training kept", ylabel=f"FID at NFE {nfe[model]}", title=model, xscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

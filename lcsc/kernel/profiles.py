@@ -14,9 +14,12 @@ from .errors import ConfigError
 
 def profile_names(bcfg: dict) -> list[str]:
     """Names of the closed-form profiles `trail_profiles` computes (without last)."""
-    return ["uniform", *[f"lawa_{n}" for n in bcfg["lawa_last"]],
-            *[ema_profile_name(d) for d in bcfg["ema_decays"]],
-            *[f"power_{s}" for s in bcfg["power_sigma_rels"]]]
+    return [
+        "uniform",
+        *[f"lawa_{n}" for n in bcfg["lawa_last"]],
+        *[ema_profile_name(d) for d in bcfg["ema_decays"]],
+        *[f"power_{s}" for s in bcfg["power_sigma_rels"]],
+    ]
 
 
 def ema_profile_name(decay: float) -> str:
@@ -63,7 +66,7 @@ def _power_mass(steps, gamma: float) -> np.ndarray:
     u = np.asarray(steps, dtype=np.float64) / total
     a, b = np.concatenate([[0.0], u[:-1]]), u
     integral = total * (b ** (gamma + 1) - a ** (gamma + 1)) / (gamma + 1)
-    ends = (b ** gamma - a ** gamma) / 2
+    ends = (b**gamma - a**gamma) / 2
     slopes = gamma * (b ** (gamma - 1) - np.where(a > 0, a, 1.0) ** (gamma - 1) * (a > 0)) / (12 * total)
     return integral + ends + slopes
 
@@ -83,7 +86,7 @@ def ema_profile(steps: list[int], decay: float) -> np.ndarray:
 def power_gamma(sigma_rel: float) -> float:
     """EDM2's exponent for a relative EMA width (Karras et al. 2024, eq. 3 solved for gamma):
     sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3))."""
-    s2 = sigma_rel ** 2
+    s2 = sigma_rel**2
     roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
     real = roots[np.isreal(roots)].real
     return float(real.max())

@@ -12,5 +12,12 @@ def progress(total: int, desc: str, initial: int = 0, stream=None, quiet: bool =
     that stderr holds the one error line alone); none with `quiet` (a training rank but the first)."""
     stream = stream or sys.stderr
     interactive = stream.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=interactive,
-                mininterval=0.5 if interactive else 10.0, file=stream, disable=quiet)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        dynamic_ncols=interactive,
+        mininterval=0.5 if interactive else 10.0,
+        file=stream,
+        disable=quiet,
+    )

@@ -37,7 +37,7 @@ def knn_radii(x: torch.Tensor, k: int, batch: int = 1024) -> torch.Tensor:
     """Distance of each point of x to its k-th nearest neighbour in x, itself excluded."""
     out = []
     for i in range(0, len(x), batch):
-        d = _distances(x[i:i + batch], x)
+        d = _distances(x[i : i + batch], x)
         # the k+1 smallest include the point itself at distance 0
         out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(out)
@@ -47,7 +47,7 @@ def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, ba
     """For each point, whether it lies within radius of some centre."""
     out = []
     for i in range(0, len(points), batch):
-        d = _distances(points[i:i + batch], centres)
+        d = _distances(points[i : i + batch], centres)
         out.append((d <= radii[None, :]).any(1))
     return torch.cat(out)
 
@@ -99,8 +99,9 @@ def _subset_mmd2s(real: torch.Tensor, fake: torch.Tensor, picks: list) -> list[f
     return mmd2.tolist()
 
 
-def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID: (mean, standard deviation) of mmd2_unbiased over `subsets` random subsets of
     min(subset_size, N, M) points of each set, drawn without replacement by a CPU generator
     seeded with `seed` (the same subsets on every device). With subsets as large as both sets,
@@ -111,8 +112,10 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size:
     if size < 2:
         raise ValueError(f"kid: subsets of {size} points; need at least 2")
     gen = torch.Generator().manual_seed(seed)
-    picks = [(torch.randperm(len(real), generator=gen)[:size], torch.randperm(len(fake), generator=gen)[:size])
-             for _ in range(subsets)]
+    picks = [
+        (torch.randperm(len(real), generator=gen)[:size], torch.randperm(len(fake), generator=gen)[:size])
+        for _ in range(subsets)
+    ]
     if max(len(real), len(fake)) ** 2 > KERNEL_LIMIT:  # one subset at a time
         values = [mmd2_unbiased(real[ri.to(real.device)], fake[fi.to(fake.device)]) for ri, fi in picks]
     else:
@@ -121,8 +124,14 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size:
     return float(v.mean()), float(v.std(unbiased=True)) if len(v) > 1 else 0.0
 
 
-def quality(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subsets: int = 100,
-            kid_subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+def quality(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Precision, recall (k-NN, k = 3) and KID (mean and standard deviation over subsets)."""
     precision, recall = precision_recall(real, fake, k)
     mean, std = kid(real, fake, kid_subsets, kid_subset_size, seed)

@@ -53,8 +53,9 @@ def evaluation_spread(res: dict) -> dict[int, tuple[float, int]]:
 def evaluation_floor(res: dict) -> dict | None:
     """An evaluation's data-vs-data floor, if it has a readable one (older evaluations have none)."""
     f = res.get("floor")
-    ok = isinstance(f, dict) and all(isinstance(f.get(k), (int, float)) and math.isfinite(f[k])
-                                     for k in ("fid", "n", "of", "samples"))
+    ok = isinstance(f, dict) and all(
+        isinstance(f.get(k), (int, float)) and math.isfinite(f[k]) for k in ("fid", "n", "of", "samples")
+    )
     return f if ok else None
 
 
@@ -65,8 +66,13 @@ def verdicts(results: dict[str, dict[int, float]], noise: Noise, a: str, others:
         for n in nfes:
             gap = results[b][n] - results[a][n]
             limit = noise.threshold(a, b, n)
-            word = (f"beats {b}" if gap > limit else f"is worse than {b}" if -gap > limit
-                    else f"shows no measurable difference from {b}")
+            word = (
+                f"beats {b}"
+                if gap > limit
+                else f"is worse than {b}"
+                if -gap > limit
+                else f"shows no measurable difference from {b}"
+            )
             out.append(f"{a} {word} at NFE {n} (gap {abs(gap):.2f}, noise {limit:.2f})")
     return "; ".join(out) + "."
 
@@ -75,17 +81,23 @@ def noise_line(floor: dict | None, spread: Spread, nfes: list[int]) -> str | Non
     """The noise a claim must beat, in words: the floor and the evaluation-seed spread."""
     if not floor:
         return None
-    text = (f"Noise floor: two disjoint sets of {floor['n']} real images score FID {fmt(floor['fid'])} against "
-            f"each other (of the data set's {floor['of']}; the evaluation draws {floor['samples']} samples)")
+    text = (
+        f"Noise floor: two disjoint sets of {floor['n']} real images score FID {fmt(floor['fid'])} against "
+        f"each other (of the data set's {floor['of']}; the evaluation draws {floor['samples']} samples)"
+    )
     sds = [sd for v in spread.values() for n, (sd, _) in v.items() if n in nfes]
     if sds:
         runs = next(iter(next(iter(spread.values())).values()))[1]
-        text += (f"; over {runs} evaluation runs a variant's FID varies by a standard deviation of "
-                 f"{fmt(min(sds))} to {fmt(max(sds))}")
+        text += (
+            f"; over {runs} evaluation runs a variant's FID varies by a standard deviation of "
+            f"{fmt(min(sds))} to {fmt(max(sds))}"
+        )
     else:
         text += "; one evaluation seed, so no seed spread was measured (evaluate.repeats: 2 measures it)"
-    return text + (". A gap counts only beyond the floor and two standard errors; a smaller one is reported as "
-                   "no measurable difference.")
+    return text + (
+        ". A gap counts only beyond the floor and two standard errors; a smaller one is reported as "
+        "no measurable difference."
+    )
 
 
 def markdown_table(results: dict[str, dict[int, float]], nfes: list[int], spread: Spread | None = None) -> str:
@@ -93,8 +105,10 @@ def markdown_table(results: dict[str, dict[int, float]], nfes: list[int], spread
     with `spread`, each mean followed by ± its standard deviation over the runs."""
     best = {n: min(r[n] for r in results.values()) for n in nfes}
     base = best_baselines(results, nfes)
-    lines = ["| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-             "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
+    lines = [
+        "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        "| --- | " + " | ".join("---:" for _ in nfes) + " |",
+    ]
     for v, r in results.items():
         cells = []
         for n in nfes:
@@ -122,19 +136,25 @@ def significance_claim(results: dict[str, dict[int, float]], spread: Spread, nfe
     """Which of LCSC's gaps to the best baseline at each NFE exceed two standard errors (runs:
     evaluation seeds, times searches for lcsc)."""
     base = best_baselines(results, nfes)
-    if variants.LCSC not in results or not base or not all(
-            n in spread.get(v, {}) for n in nfes for v in (variants.LCSC, *base.values())):
+    if (
+        variants.LCSC not in results
+        or not base
+        or not all(n in spread.get(v, {}) for n in nfes for v in (variants.LCSC, *base.values()))
+    ):
         return None
     beyond, within = [], []
     for n in nfes:
         gap, two_se = gap_test(results, spread, variants.LCSC, base[n], n)
         (beyond if abs(gap) > two_se else within).append(
             f"NFE {n} ({'LCSC better' if gap < 0 else 'LCSC worse'} by {abs(gap):.2f}, 2 SE {two_se:.2f}, "
-            f"vs {base[n]})")
+            f"vs {base[n]})"
+        )
     runs = spread[variants.LCSC][nfes[0]][1], spread[base[nfes[0]]][nfes[0]][1]
-    text = (f"Error bars (mean ± standard deviation over {runs[0]} lcsc runs and {runs[1]} of each baseline): "
-            f"the gap between LCSC and the best baseline exceeds two standard errors at "
-            f"{', '.join(beyond) if beyond else 'no evaluated NFE'}")
+    text = (
+        f"Error bars (mean ± standard deviation over {runs[0]} lcsc runs and {runs[1]} of each baseline): "
+        f"the gap between LCSC and the best baseline exceeds two standard errors at "
+        f"{', '.join(beyond) if beyond else 'no evaluated NFE'}"
+    )
     return text + (f"; it is within noise at {', '.join(within)}." if within else ".")
 
 
@@ -146,8 +166,10 @@ def kid_text(kid: float) -> str:
 def quality_table(quality: dict[str, dict[str, dict[int, float]]], nfes: list[int]) -> str:
     """Variant x NFE table of KID (3 significant digits: its scale is the feature space's, cubed,
     so 0.00x in Inception's and hundreds in a trained classifier's), precision and recall (k = 3)."""
-    lines = ["| variant | " + " | ".join(f"NFE {n}: KID / P / R" for n in nfes) + " |",
-             "| --- | " + " | ".join("---:" for _ in nfes) + " |"]
+    lines = [
+        "| variant | " + " | ".join(f"NFE {n}: KID / P / R" for n in nfes) + " |",
+        "| --- | " + " | ".join("---:" for _ in nfes) + " |",
+    ]
     for v, q in quality.items():
         cells = [f"{kid_text(q['kid'][n])} / {q['precision'][n]:.2f} / {q['recall'][n]:.2f}" for n in nfes]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
@@ -165,23 +187,38 @@ def cost_rows(truncated: dict[float, dict], full: dict[str, dict[int, float]], n
     for fraction, t in sorted(truncated.items()):
         lcsc = t["results"][variants.LCSC][nfe]
         kept = t["kept"]
-        rows.append({"fraction": fraction, "checkpoints": kept["checkpoints"], "steps": kept["steps"],
-                     "total": kept["total"], "searched": lcsc, "part_last": t["results"][variants.LAST][nfe],
-                     "full_last": refs[variants.LAST], "full_ema": refs.get(ema), "ema": ema,
-                     "reference": best_name,
-                     "speedup": kept["total"] / kept["steps"] if lcsc <= refs[best_name] else None})
+        rows.append(
+            {
+                "fraction": fraction,
+                "checkpoints": kept["checkpoints"],
+                "steps": kept["steps"],
+                "total": kept["total"],
+                "searched": lcsc,
+                "part_last": t["results"][variants.LAST][nfe],
+                "full_last": refs[variants.LAST],
+                "full_ema": refs.get(ema),
+                "ema": ema,
+                "reference": best_name,
+                "speedup": kept["total"] / kept["steps"] if lcsc <= refs[best_name] else None,
+            }
+        )
     return rows
 
 
 def cost_table(rows: list[dict], nfe: int) -> str:
     ema = rows[0]["ema"] if rows else None
-    lines = [f"| fraction | checkpoints | steps | lcsc at NFE {nfe} | that trail's last | full run's last | "
-             f"full run's {ema or 'EMA'} | speed-up |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| fraction | checkpoints | steps | lcsc at NFE {nfe} | that trail's last | full run's last | "
+        f"full run's {ema or 'EMA'} | speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         speed = f"{r['speedup']:.1f}x" if r["speedup"] else "none"
-        lines.append(f"| {r['fraction']:g} | {r['checkpoints']} | {r['steps']} of {r['total']} | {fmt(r['searched'])} | "
-                     f"{fmt(r['part_last'])} | {fmt(r['full_last'])} | "
-                     f"{fmt(r['full_ema']) if r['full_ema'] is not None else '-'} | {speed} |")
+        lines.append(
+            f"| {r['fraction']:g} | {r['checkpoints']} | {r['steps']} of {r['total']} | {fmt(r['searched'])} | "
+            f"{fmt(r['part_last'])} | {fmt(r['full_last'])} | "
+            f"{fmt(r['full_ema']) if r['full_ema'] is not None else '-'} | {speed} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,13 +230,17 @@ def cost_curve_claim(model: str, rows: list[dict], nfe: int) -> str:
     if not reached:
         best = min(rows, key=lambda r: r["searched"])
         fractions = ", ".join(f"{r['fraction']:g}" for r in rows)
-        return (f"Training cost, {model}: on none of the truncated trails (fractions {fractions}) "
-                f"does LCSC reach the full run's best ({ref}, {fmt(target)}) at {nfe} NFE; the closest is "
-                f"{fmt(best['searched'])} at fraction {best['fraction']:g}: no training speed-up shown.")
+        return (
+            f"Training cost, {model}: on none of the truncated trails (fractions {fractions}) "
+            f"does LCSC reach the full run's best ({ref}, {fmt(target)}) at {nfe} NFE; the closest is "
+            f"{fmt(best['searched'])} at fraction {best['fraction']:g}: no training speed-up shown."
+        )
     top = max(reached, key=lambda r: r["speedup"])
-    return (f"Training cost, {model}: LCSC over the first {top['fraction'] * 100:g}% of training ({top['steps']} of "
-            f"{top['total']} iterations) scores {fmt(top['searched'])} at {nfe} NFE, at or below the full run's best "
-            f"({ref}, {fmt(target)}): a {top['speedup']:.1f}x training speed-up.")
+    return (
+        f"Training cost, {model}: LCSC over the first {top['fraction'] * 100:g}% of training ({top['steps']} of "
+        f"{top['total']} iterations) scores {fmt(top['searched'])} at {nfe} NFE, at or below the full run's best "
+        f"({ref}, {fmt(target)}): a {top['speedup']:.1f}x training speed-up."
+    )
 
 
 def kept_emas(results: dict[str, dict[int, float]]) -> list[str]:
@@ -213,8 +254,9 @@ def best_ema(results: dict[str, dict[int, float]], nfe: int) -> str | None:
     return min(emas, key=lambda v: results[v][nfe]) if emas else None
 
 
-def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int],
-                      noise: Noise = NO_NOISE) -> str | None:
+def consistency_claim(
+    results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int], noise: Noise = NO_NOISE
+) -> str | None:
     """The paper's consistency-model claim, measured: LCSC at the search NFE (1 by default) against
     the base model (the last checkpoint and the best EMA) at the next NFE of the sweep (2)."""
     more = [n for n in nfes if n > search_nfe]
@@ -227,41 +269,57 @@ def consistency_claim(results: dict[str, dict[int, float]], search_nfe: int, nfe
     beats_last = last - lcsc > noise.threshold(variants.LCSC, variants.LAST, n)
     beats_ema = ema is None or results[ema][n] - lcsc > noise.threshold(variants.LCSC, ema, n)
     versus = f"the last checkpoint at {n} NFE scores {fmt(last)}" + (
-        f" and the best EMA at {n} NFE ({ema}) {fmt(results[ema][n])}" if ema else "")
+        f" and the best EMA at {n} NFE ({ema}) {fmt(results[ema][n])}" if ema else ""
+    )
     if beats_last and beats_ema:
         verdict = f"LCSC at {m} NFE beats the base model at {n} NFE: the paper's claim holds here"
     elif beats_last:
-        verdict = (f"LCSC at {m} NFE beats the last checkpoint but not the best EMA at {n} NFE: "
-                   "the paper's claim holds only against the last checkpoint here")
+        verdict = (
+            f"LCSC at {m} NFE beats the last checkpoint but not the best EMA at {n} NFE: "
+            "the paper's claim holds only against the last checkpoint here"
+        )
     else:
-        verdict = (f"LCSC at {m} NFE does NOT beat the base model at {n} NFE"
-                   + (" by more than the noise" if noise is not NO_NOISE and lcsc < last else "")
-                   + ": the paper's claim does not hold here")
-    return (f"Paper's claim, LCSC at {m} NFE vs the base model at {n} NFE: LCSC scores {fmt(lcsc)} at {m} NFE; "
-            f"{versus}. {verdict} (evaluation seeds the search never saw).")
+        verdict = (
+            f"LCSC at {m} NFE does NOT beat the base model at {n} NFE"
+            + (" by more than the noise" if noise is not NO_NOISE and lcsc < last else "")
+            + ": the paper's claim does not hold here"
+        )
+    return (
+        f"Paper's claim, LCSC at {m} NFE vs the base model at {n} NFE: LCSC scores {fmt(lcsc)} at {m} NFE; "
+        f"{versus}. {verdict} (evaluation seeds the search never saw)."
+    )
 
 
-def cost_claim(model: str, truncated: dict[str, dict[int, float]], full: dict[str, dict[int, float]],
-               nfe: int, kept: dict) -> str:
+def cost_claim(
+    model: str, truncated: dict[str, dict[int, float]], full: dict[str, dict[int, float]], nfe: int, kept: dict
+) -> str:
     """The training-cost experiment: LCSC over the first part of a trail against the full run."""
     steps, total = kept["steps"], kept["total"]
     lcsc = truncated[variants.LCSC][nfe]
     ema = best_ema(full, nfe)
     refs = {variants.LAST: full[variants.LAST][nfe]} | ({ema: full[ema][nfe]} if ema else {})
     best_name = min(refs, key=refs.get)
-    text = (f"LCSC over the first {kept['fraction'] * 100:g}% of {model}'s training ({kept['checkpoints']} checkpoints, "
-            f"steps up to {steps} of {total}) scores FID {fmt(lcsc)} at {nfe} NFE; that trail's own last "
-            f"checkpoint scores {fmt(truncated[variants.LAST][nfe])}, and the full run's last {fmt(full[variants.LAST][nfe])}"
-            + (f" and its best EMA ({ema}) {fmt(full[ema][nfe])}" if ema else "") + ". ")
+    text = (
+        f"LCSC over the first {kept['fraction'] * 100:g}% of {model}'s training ({kept['checkpoints']} checkpoints, "
+        f"steps up to {steps} of {total}) scores FID {fmt(lcsc)} at {nfe} NFE; that trail's own last "
+        f"checkpoint scores {fmt(truncated[variants.LAST][nfe])}, and the full run's last {fmt(full[variants.LAST][nfe])}"
+        + (f" and its best EMA ({ema}) {fmt(full[ema][nfe])}" if ema else "")
+        + ". "
+    )
     if lcsc <= refs[best_name]:
-        return text + (f"It matches or beats the full run's best ({best_name}) with {steps} of {total} training "
-                       f"iterations: an implied training speed-up of {total}/{steps} = {total / steps:.1f}x.")
-    return text + (f"It does not reach the full run's best ({best_name}, {fmt(refs[best_name])}), so this run "
-                   f"implies no training speed-up at this fraction.")
+        return text + (
+            f"It matches or beats the full run's best ({best_name}) with {steps} of {total} training "
+            f"iterations: an implied training speed-up of {total}/{steps} = {total / steps:.1f}x."
+        )
+    return text + (
+        f"It does not reach the full run's best ({best_name}, {fmt(refs[best_name])}), so this run "
+        f"implies no training speed-up at this fraction."
+    )
 
 
-def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int],
-           noise: Noise = NO_NOISE) -> list[str]:
+def claims(
+    results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int], noise: Noise = NO_NOISE
+) -> list[str]:
     """Plain sentences comparing LCSC with the last checkpoint and the best EMA, with numbers; with
     `noise`, a win only where the gap is beyond it ("no measurable difference" otherwise)."""
     lcsc, last = results[variants.LCSC], results[variants.LAST]
@@ -272,12 +330,16 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
         best_ema = min(emas, key=lambda v: emas[v][at])
         below = lcsc[at] < min(last[at], emas[best_ema][at])
         verdict = "below" if below else "NOT below"
-        if below and not (noise.beats(results, variants.LCSC, variants.LAST, at)
-                          and noise.beats(results, variants.LCSC, best_ema, at)):
+        if below and not (
+            noise.beats(results, variants.LCSC, variants.LAST, at)
+            and noise.beats(results, variants.LCSC, best_ema, at)
+        ):
             verdict = "below, but not by more than the noise (no measurable difference from at least one of)"
-        out.append(f"At the search NFE {at}, LCSC's FID {fmt(lcsc[at])} is {verdict} both the last "
-                   f"checkpoint's {fmt(last[at])} and the best EMA's ({best_ema}) {fmt(emas[best_ema][at])}, "
-                   f"on evaluation seeds the search never saw.")
+        out.append(
+            f"At the search NFE {at}, LCSC's FID {fmt(lcsc[at])} is {verdict} both the last "
+            f"checkpoint's {fmt(last[at])} and the best EMA's ({best_ema}) {fmt(emas[best_ema][at])}, "
+            f"on evaluation seeds the search never saw."
+        )
     base = best_baselines(results, nfes)[at]
     verdict = "beats" if lcsc[at] < results[base][at] else "does NOT beat"
     if lcsc[at] < results[base][at] and not noise.beats(results, variants.LCSC, base, at):
@@ -286,9 +348,11 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
     for v in emas:
         profile = variants.kept_ema_profile(v)
         if profile in results:
-            out.append(f"The EMA {variants.kept_ema_decay(v)} kept during training scores {fmt(emas[v][at])} at "
-                       f"NFE {at}; the same EMA computed afterwards from the sparse trail ({profile}) scores "
-                       f"{fmt(results[profile][at])}.")
+            out.append(
+                f"The EMA {variants.kept_ema_decay(v)} kept during training scores {fmt(emas[v][at])} at "
+                f"NFE {at}; the same EMA computed afterwards from the sparse trail ({profile}) scores "
+                f"{fmt(results[profile][at])}."
+            )
     if emas:
         for n in nfes:
             ref = min(r[n] for r in emas.values())
@@ -296,9 +360,10 @@ def claims(results: dict[str, dict[int, float]], search_nfe: int, nfes: list[int
             if cheaper:
                 m = min(cheaper)
                 within = noise.floor is not None and ref - lcsc[m] <= noise.floor
-                out.append(f"LCSC at NFE {m} (FID {fmt(lcsc[m])}) matches or beats the best EMA at "
-                           f"NFE {n} (FID {fmt(ref)})" + (": a match, the gap is within the noise floor."
-                                                          if within else "."))
+                out.append(
+                    f"LCSC at NFE {m} (FID {fmt(lcsc[m])}) matches or beats the best EMA at "
+                    f"NFE {n} (FID {fmt(ref)})" + (": a match, the gap is within the noise floor." if within else ".")
+                )
     return out
 
 
@@ -320,17 +385,28 @@ def versus_best_baseline(results: dict[str, dict[int, float]], nfes: list[int], 
         ref = results[base[n]][n]
         return f"NFE {n} ({fmt(lcsc[n])} vs {base[n]} {fmt(ref)}, {lcsc[n] - ref:+.2f})"
 
-    tied = (f"; no measurable difference (a smaller gap than the noise) at {', '.join(at(n) for n in ties)}"
-            if ties else "")
+    tied = (
+        f"; no measurable difference (a smaller gap than the noise) at {', '.join(at(n) for n in ties)}"
+        if ties
+        else ""
+    )
     if not losses and not ties:
-        return (f"Against the best baseline at each NFE, LCSC wins at every evaluated NFE: "
-                f"{', '.join(at(n) for n in nfes)}.")
+        return (
+            f"Against the best baseline at each NFE, LCSC wins at every evaluated NFE: "
+            f"{', '.join(at(n) for n in nfes)}."
+        )
     if not losses:
-        return (f"Against the best baseline at each NFE, LCSC wins at "
-                f"{', '.join(at(n) for n in wins) if wins else 'no evaluated NFE'}{tied}.")
+        return (
+            f"Against the best baseline at each NFE, LCSC wins at "
+            f"{', '.join(at(n) for n in wins) if wins else 'no evaluated NFE'}{tied}."
+        )
     text = f"Against the best baseline at each NFE, LCSC LOSES at {', '.join(at(n) for n in losses)}"
-    return text + (f"; it wins at {', '.join(at(n) for n in wins)}" if wins else "; it wins at no evaluated NFE") \
-        + tied + "."
+    return (
+        text
+        + (f"; it wins at {', '.join(at(n) for n in wins)}" if wins else "; it wins at no evaluated NFE")
+        + tied
+        + "."
+    )
 
 
 def _lcsc_nfe_for(lcsc: dict[int, float], nfes: list[int], target: float) -> tuple[float | None, str]:
@@ -376,8 +452,10 @@ def nfe_saving_table(savings: list[dict]) -> str:
             return "none"
         return f"{s['nfe'] / s['lcsc_nfe']:.2f}x" + (" or more" if s["how"] == "at most" else "")
 
-    lines = ["| best baseline at NFE | its FID | LCSC reaches that FID at NFE | NFE saving |",
-             "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "| best baseline at NFE | its FID | LCSC reaches that FID at NFE | NFE saving |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     lines += [f"| {s['nfe']} ({s['baseline']}) | {fmt(s['fid'])} | {cell(s)} | {saving(s)} |" for s in savings]
     return "\n".join(lines)
 
@@ -391,21 +469,29 @@ def nfe_saving_claim(results: dict[str, dict[int, float]], nfes: list[int]) -> s
     lcsc = results[variants.LCSC]
     pairs = [(n / m, m, n) for n in nfes for m in nfes if m < n and lcsc[m] <= results[base[n]][n]]
     if not pairs:
-        return ("NFE saving: at no evaluated NFE does LCSC reach the best baseline's FID at a larger evaluated "
-                "NFE; the table gives the interpolated NFEs.")
+        return (
+            "NFE saving: at no evaluated NFE does LCSC reach the best baseline's FID at a larger evaluated "
+            "NFE; the table gives the interpolated NFEs."
+        )
     _, m, n = max(pairs)
-    return (f"NFE saving: LCSC at {m} NFE ({fmt(lcsc[m])}) matches or beats the best baseline at {n} NFE "
-            f"({base[n]}, {fmt(results[base[n]][n])}), {n / m:.2f}x fewer network evaluations, both measured.")
+    return (
+        f"NFE saving: LCSC at {m} NFE ({fmt(lcsc[m])}) matches or beats the best baseline at {n} NFE "
+        f"({base[n]}, {fmt(results[base[n]][n])}), {n / m:.2f}x fewer network evaluations, both measured."
+    )
 
 
 def coefficient_stats(coefficients: dict[str, list[float]]) -> str:
     """Sum, L2 norm and largest magnitude of each variant's coefficients over the trail."""
-    lines = ["| variant | sum | L2 norm | largest abs coefficient | negative coefficients |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| variant | sum | L2 norm | largest abs coefficient | negative coefficients |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for v, c in coefficients.items():
         norm = math.sqrt(sum(x * x for x in c))
-        lines.append(f"| {v} | {sum(c):.3f} | {norm:.3f} | {max(abs(x) for x in c):.3f} | "
-                     f"{sum(1 for x in c if x < 0)} of {len(c)} |")
+        lines.append(
+            f"| {v} | {sum(c):.3f} | {norm:.3f} | {max(abs(x) for x in c):.3f} | "
+            f"{sum(1 for x in c if x < 0)} of {len(c)} |"
+        )
     return "\n".join(lines)
 
 
@@ -417,11 +503,15 @@ def monotone_claim(lcsc: dict[int, float], nfes: list[int], floor: float | None 
     if len(pts) < 2:
         return None
     if not worse:
-        return (f"LCSC gets no worse with more steps{' (beyond the noise floor)' if floor is not None else ''}: "
-                f"{', '.join(f'{fmt(lcsc[n])} at {n}' for n in pts)}.")
+        return (
+            f"LCSC gets no worse with more steps{' (beyond the noise floor)' if floor is not None else ''}: "
+            f"{', '.join(f'{fmt(lcsc[n])} at {n}' for n in pts)}."
+        )
     a, b = worse[0]
-    return (f"LCSC is WORSE at {b} NFE ({fmt(lcsc[b])}) than at {a} NFE ({fmt(lcsc[a])}): "
-            "more steps do not help the searched combination here.")
+    return (
+        f"LCSC is WORSE at {b} NFE ({fmt(lcsc[b])}) than at {a} NFE ({fmt(lcsc[a])}): "
+        "more steps do not help the searched combination here."
+    )
 
 
 def sampler_line(settings: dict) -> str:
@@ -430,17 +520,22 @@ def sampler_line(settings: dict) -> str:
     text = f"sampler: {settings.get('sampler', 'unknown')}"
     clip = settings.get("x0_clip")
     if clip is not None:
-        text += (f", its predicted clean image clipped to [-{clip:g}, {clip:g}] at every step as the run's own "
-                 "pipeline clips it (the scheduler config's clip_sample)")
+        text += (
+            f", its predicted clean image clipped to [-{clip:g}, {clip:g}] at every step as the run's own "
+            "pipeline clips it (the scheduler config's clip_sample)"
+        )
     return text
 
 
 def feature_space_line(kind: str, tag: str) -> str:
     """What a FID in this run's feature space can be compared with."""
     if kind in ("classifier", "autoencoder"):
-        return (f"The FIDs are in a feature space trained on this run's own data ({tag}: features.kind {kind}); "
-                "they compare the variants of this run with each other, never with any published FID or with "
-                "another run's.")
-    return (f"The FIDs are in the {tag} feature space; they compare with other projects' only at the same reference "
-            "set, image size and sample count.")
-
+        return (
+            f"The FIDs are in a feature space trained on this run's own data ({tag}: features.kind {kind}); "
+            "they compare the variants of this run with each other, never with any published FID or with "
+            "another run's."
+        )
+    return (
+        f"The FIDs are in the {tag} feature space; they compare with other projects' only at the same reference "
+        "set, image size and sample count."
+    )

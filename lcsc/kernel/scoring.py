@@ -45,9 +45,11 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | N
         return torch.randn((n, *shape), generator=gen).to(device)
     size = 4 * n * steps * math.prod(shape)
     if size > NOISE_LIMIT:
-        raise ConfigError(f"the sampler draws {steps} noise images per sample in advance (diffusion.sampler ddpm: the "
-                          f"largest NFE plus one), {size / 2**30:.1f} GiB for {n} samples, over the "
-                          f"{NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m")
+        raise ConfigError(
+            f"the sampler draws {steps} noise images per sample in advance (diffusion.sampler ddpm: the "
+            f"largest NFE plus one), {size / 2**30:.1f} GiB for {n} samples, over the "
+            f"{NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m"
+        )
     return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
 
 
@@ -72,8 +74,10 @@ def labels_drawn(n: int, num_classes: int) -> str:
     per, rest = divmod(n, num_classes)
     if rest == 0:
         return f"class-balanced labels: each of the {num_classes} classes {per} times"
-    return (f"class-balanced labels: each of the {num_classes} classes {per} or {per + 1} times ({rest} classes "
-            "drawn for the remainder)")
+    return (
+        f"class-balanced labels: each of the {num_classes} classes {per} or {per + 1} times ({rest} classes "
+        "drawn for the remainder)"
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,17 @@ class Scorer:
     (written in place from the stacked trail), its sampler turns noise into images at an NFE, the
     feature network embeds them, and the reference statistics score them."""
 
-    def __init__(self, family: Family, features: str | Path, stats: str | Path, device: torch.device,
-                 batch_size: int, chunk_mb: float | None = None, compile: bool = False, cfg: dict | None = None):
+    def __init__(
+        self,
+        family: Family,
+        features: str | Path,
+        stats: str | Path,
+        device: torch.device,
+        batch_size: int,
+        chunk_mb: float | None = None,
+        compile: bool = False,
+        cfg: dict | None = None,
+    ):
         self.device = torch.device(device)
         self.chunk_mb = chunk_mb
         self.batch_size = batch_size
@@ -133,11 +146,21 @@ class Scorer:
             self.chunk_mb = 256.0 if self.trail_bytes > free / 2 else None
 
     @classmethod
-    def open(cls, cfg: dict, manifest: str | Path, features: str | Path, stats: str | Path, device: torch.device,
-             batch_size: int, chunk_mb: float | None = None, model: str | None = None) -> Scorer:
+    def open(
+        cls,
+        cfg: dict,
+        manifest: str | Path,
+        features: str | Path,
+        stats: str | Path,
+        device: torch.device,
+        batch_size: int,
+        chunk_mb: float | None = None,
+        model: str | None = None,
+    ) -> Scorer:
         """A Scorer over the trail of `manifest` (which must hold `model`, if given), sampled as `cfg` says."""
-        return cls(family_for(open_trail(manifest, model, cfg), cfg), features, stats, device, batch_size, chunk_mb,
-                   cfg=cfg)
+        return cls(
+            family_for(open_trail(manifest, model, cfg), cfg), features, stats, device, batch_size, chunk_mb, cfg=cfg
+        )
 
     @property
     def num_classes(self) -> int | None:
@@ -158,8 +181,10 @@ class Scorer:
         because the trail needs more than half the free device memory) streamed from host memory."""
         mb = self.trail_bytes / 2**20
         if self.chunk_mb:
-            return f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB in host memory, " \
-                   f"streamed to {self.device} in chunks of {self.chunk_mb:g} MB"
+            return (
+                f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB in host memory, "
+                f"streamed to {self.device} in chunks of {self.chunk_mb:g} MB"
+            )
         return f"{len(self.trail)} x {self.loader.numel} float32 = {mb:.1f} MB on {self.device}"
 
     @property
@@ -167,8 +192,9 @@ class Scorer:
         """The trail stacked as [K, P], loaded on first use: on the device, or chunked in host memory."""
         if self._W is None:
             if self.chunk_mb:
-                self._W = ChunkedTrail(self.trail.stack(self.loader.shapes, load=self.family.load_checkpoint),
-                                       self.chunk_mb, self.device)
+                self._W = ChunkedTrail(
+                    self.trail.stack(self.loader.shapes, load=self.family.load_checkpoint), self.chunk_mb, self.device
+                )
             else:
                 self._W = self.trail.stack(self.loader.shapes, device=self.device, load=self.family.load_checkpoint)
         return self._W
@@ -219,18 +245,22 @@ class Scorer:
             self.loader.load(flat)
         latents = noise if isinstance(noise, Latents) else Latents(noise)
         if (latents.labels is None) != (self.num_classes is None):
-            raise ValueError(f"the model is {'class-conditional' if self.num_classes else 'unconditional'}, but the "
-                             f"noise comes {'without' if latents.labels is None else 'with'} labels")
+            raise ValueError(
+                f"the model is {'class-conditional' if self.num_classes else 'unconditional'}, but the "
+                f"noise comes {'without' if latents.labels is None else 'with'} labels"
+            )
         out = []
         for i in range(0, len(latents), self.batch_size):
-            part = latents[i:i + self.batch_size]
+            part = latents[i : i + self.batch_size]
             if part.labels is None:  # (an unconditional sampler need not take labels at all)
                 out.append(self.sampler.sample(self.model, part.noise, nfe))
             else:
                 out.append(self.sampler.sample(self.model, part.noise, nfe, labels=part.labels))
         return torch.cat(out)
 
-    def embed(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def embed(
+        self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(features, images) of the samples; features None when samples or features are not finite."""
         images = self.sample(flat, nfe, noise)
         if not torch.isfinite(images).all():
@@ -252,10 +282,13 @@ class Scorer:
         if self._ref_features is False:
             found = load_reference_features(self.stats_path)
             if found is not None and found.shape[1] != self.ref_mu.size:
-                raise InputError(f"{self.stats_path}: its reference features are {found.shape[1]}-d, its mu "
-                                 f"{self.ref_mu.size}-d; rerun reference_stats")
-            self._ref_features = None if found is None else torch.as_tensor(found, dtype=torch.float64,
-                                                                             device=self.device)
+                raise InputError(
+                    f"{self.stats_path}: its reference features are {found.shape[1]}-d, its mu "
+                    f"{self.ref_mu.size}-d; rerun reference_stats"
+                )
+            self._ref_features = (
+                None if found is None else torch.as_tensor(found, dtype=torch.float64, device=self.device)
+            )
         return self._ref_features
 
     def quality(self, flat: torch.Tensor | None, nfe: int, noise: Latents | torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -296,8 +329,13 @@ class Objective:
 
     @classmethod
     def of(cls, scfg: dict) -> Objective:
-        return cls(nfe_weights(scfg), scfg.get("fitness_mean", "log"), scfg.get("penalty", "none"),
-                   float(scfg.get("penalty_weight", 0.0)), scfg.get("max_norm"))
+        return cls(
+            nfe_weights(scfg),
+            scfg.get("fitness_mean", "log"),
+            scfg.get("penalty", "none"),
+            float(scfg.get("penalty_weight", 0.0)),
+            scfg.get("max_norm"),
+        )
 
     @property
     def nfes(self) -> list[int]:
@@ -344,9 +382,15 @@ def fitness_settings(scfg: dict, scorer: Scorer) -> dict:
     """Everything a search fitness depends on besides the trail: scores made under other
     settings must not be compared with the search's own."""
     objective = Objective.of(scfg)
-    out = {**objective.settings(), "samples": scfg["samples"], "seed": scfg["seed"],
-           "feature_hash": scorer.features.hash, "stats_hash": scorer.stats_hash,
-           **scorer.sampler.settings(max(objective.nfes)), "batch_size": scfg["batch_size"]}
+    out = {
+        **objective.settings(),
+        "samples": scfg["samples"],
+        "seed": scfg["seed"],
+        "feature_hash": scorer.features.hash,
+        "stats_hash": scorer.stats_hash,
+        **scorer.sampler.settings(max(objective.nfes)),
+        "batch_size": scfg["batch_size"],
+    }
     if scorer.num_classes is not None:  # (absent for an unconditional model: its keys stay as they were)
         out["labels"] = f"balanced:{scorer.num_classes}"
     return out
@@ -378,16 +422,18 @@ class Evaluator:
         """The fixed noise of each of the objective's NFEs on `scorer`'s device."""
         return {n: self.noise(scorer, samples, objective.noise_seed(seed, n)) for n in objective.nfes}
 
-    def _score(self, scorer: Scorer, c: np.ndarray, objective: Objective, samples: int,
-               seed: int) -> tuple[float, dict, float]:
+    def _score(
+        self, scorer: Scorer, c: np.ndarray, objective: Objective, samples: int, seed: int
+    ) -> tuple[float, dict, float]:
         t0 = time.perf_counter()
         fitness, fids = scorer.measure(c, objective, self.noises(scorer, objective, samples, seed))
         if scorer.device.type == "cuda":
             torch.cuda.synchronize(scorer.device)
         return fitness, fids, time.perf_counter() - t0
 
-    def evaluate(self, cs: list[np.ndarray], places: list[int], objective: Objective, samples: int, seed: int,
-                 on_result) -> None:
+    def evaluate(
+        self, cs: list[np.ndarray], places: list[int], objective: Objective, samples: int, seed: int, on_result
+    ) -> None:
         """Calls on_result(i, fitness, fids, seconds) for every cs[i] as soon as it is scored. With several
         devices, cs[i] goes to device places[i] % devices, its place in the optimizer's ask-batch: the
         batch's candidates spread evenly (8 on 8 GPUs: one each), and a candidate is scored on the
@@ -411,8 +457,11 @@ class Evaluator:
             except BaseException as exc:  # surfaced in the main thread
                 done.put((None, exc, None, None))
 
-        threads = [threading.Thread(target=work, args=(s, share), daemon=True)
-                   for s, share in zip(self.scorers, shares) if share]
+        threads = [
+            threading.Thread(target=work, args=(s, share), daemon=True)
+            for s, share in zip(self.scorers, shares)
+            if share
+        ]
         for t in threads:
             t.start()
         finished = False

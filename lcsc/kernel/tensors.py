@@ -60,8 +60,10 @@ def load_tensors(path: str | Path, device="cpu", fix: str = REWRITE) -> dict:
         try:  # weights_only: a pickle may hold only tensors and plain containers, never code
             obj = torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:
-            raise InputError(f"{path}: refused to load; not a plain tensor file (weights_only=True): "
-                             f"{first_line(exc)}; convert it to safetensors from a trusted source") from exc
+            raise InputError(
+                f"{path}: refused to load; not a plain tensor file (weights_only=True): "
+                f"{first_line(exc)}; convert it to safetensors from a trusted source"
+            ) from exc
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return obj

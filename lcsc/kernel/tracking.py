@@ -45,15 +45,28 @@ from .paths import dataset_name, feature_tag
 
 # The short jobs that, in a workflow run with `mlflow.defer`, only write their record: the
 # workflow logs them when it ends (end_parent), saving each MLflow's import and store.
-DEFERRED_STAGES = ("train_features", "inception_features", "dinov2_features", "reference_stats",
-                   "truncate_trail", "import_trail", "baselines", "evaluate", "export")
+DEFERRED_STAGES = (
+    "train_features",
+    "inception_features",
+    "dinov2_features",
+    "reference_stats",
+    "truncate_trail",
+    "import_trail",
+    "baselines",
+    "evaluate",
+    "export",
+)
 PARENT_ENV = "LCSC_MLFLOW_PARENT_RUN_ID"
 INVOCATION_ENV = "LCSC_INVOCATION"
 COMPLETE = "complete"
 # A tracking server that is down must cost a job seconds, not MLflow's default of minutes of
 # retries per request; users can still set these themselves.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_DISABLE_TELEMETRY": "true"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -152,21 +165,30 @@ def config_hash(cfg: dict) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-
-
-def stage_tags(cfg: dict, stage: str, wildcards: dict[str, str], params: dict,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
+def stage_tags(
+    cfg: dict, stage: str, wildcards: dict[str, str], params: dict, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The tags of a job's run: which stage, model, variant, dataset and features, and which code
     and config made it (the stage adds its own, e.g. the NFEs it samples at)."""
-    tags = {"lcsc.stage": stage, "lcsc.rule": stage, "lcsc.experiment": cfg["experiment"],
-            "lcsc.config_hash": config_hash(params), "lcsc.git_commit": git_commit()}
+    tags = {
+        "lcsc.stage": stage,
+        "lcsc.rule": stage,
+        "lcsc.experiment": cfg["experiment"],
+        "lcsc.config_hash": config_hash(params),
+        "lcsc.git_commit": git_commit(),
+    }
     # a job holds only the config sections it reads (the others are schema defaults): tag from those
     if "data" in params:
         tags["lcsc.dataset"] = dataset_name(cfg["data"])
@@ -219,12 +241,27 @@ def start_parent(cfg: dict, invocation: str | None = None) -> tuple[str, str | N
     if not cfg["mlflow"]["enabled"]:
         return invocation, None
     name = f"{cfg['experiment']}@{time.strftime('%Y-%m-%d %H:%M:%S')}"
-    record = {"key": f"{invocation}/parent", "invocation": invocation, "name": name, "parent_key": None,
-              "tags": {"lcsc.role": "invocation", "lcsc.experiment": cfg["experiment"],
-                       "lcsc.invocation": invocation, "lcsc.config_hash": config_hash(cfg),
-                       "lcsc.git_commit": git_commit(), **_owner()},
-              "params": flatten(cfg), "metrics": [], "artifacts": [], "status": "RUNNING",
-              "start_time": int(time.time() * 1000), "end_time": None, **_destination(cfg)}
+    record = {
+        "key": f"{invocation}/parent",
+        "invocation": invocation,
+        "name": name,
+        "parent_key": None,
+        "tags": {
+            "lcsc.role": "invocation",
+            "lcsc.experiment": cfg["experiment"],
+            "lcsc.invocation": invocation,
+            "lcsc.config_hash": config_hash(cfg),
+            "lcsc.git_commit": git_commit(),
+            **_owner(),
+        },
+        "params": flatten(cfg),
+        "metrics": [],
+        "artifacts": [],
+        "status": "RUNNING",
+        "start_time": int(time.time() * 1000),
+        "end_time": None,
+        **_destination(cfg),
+    }
     record["tags"]["lcsc.run_key"] = record["key"]
     try:  # jobs of earlier invocations killed before they could close their records
         end_orphan_records(cfg)
@@ -235,14 +272,18 @@ def start_parent(cfg: dict, invocation: str | None = None) -> tuple[str, str | N
     try:
         client = _retry(lambda: _client(cfg), cfg)
         exp_id = _retry(lambda: _experiment_id(client, cfg), cfg)
-        run_id = client.create_run(exp_id, run_name=name, tags=record["tags"],
-                                   start_time=record["start_time"]).info.run_id
+        run_id = client.create_run(
+            exp_id, run_name=name, tags=record["tags"], start_time=record["start_time"]
+        ).info.run_id
         params = _params(record["params"])
         for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
+            client.log_batch(run_id, params=params[i : i + 100])
     except Exception as exc:  # results on disk do not depend on MLflow
-        print(f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it "
-              "(`lcsc mlflow-sync` logs its runs later)", file=sys.stderr)
+        print(
+            f"[lcsc] MLflow unavailable ({tracking_uri(cfg)}): {exc}; the workflow runs without it "
+            "(`lcsc mlflow-sync` logs its runs later)",
+            file=sys.stderr,
+        )
     if run_id:
         try:  # and their runs, left RUNNING under parents that have ended
             end_orphan_runs(client, exp_id)
@@ -387,10 +428,12 @@ def _log_deferred(client, cfg: dict, invocation: str, parent_id: str) -> None:
 
 def _timed(method):
     """A StageRun method whose time counts as MLflow's in the job's phases (lcsc.kernel.jobtime)."""
+
     @functools.wraps(method)
     def timed(*args, **kwargs):
         with jobtime.mlflow():
             return method(*args, **kwargs)
+
     return timed
 
 
@@ -399,8 +442,9 @@ class StageRun:
     run off with one warning instead of failing the stage. Everything is also kept for the
     run's record on disk, written when the job ends."""
 
-    def __init__(self, cfg: dict, stage: str, wildcards: dict[str, str], params: dict,
-                 tags: dict[str, str] | None = None):
+    def __init__(
+        self, cfg: dict, stage: str, wildcards: dict[str, str], params: dict, tags: dict[str, str] | None = None
+    ):
         self.cfg, self.stage, self.wildcards = cfg, stage, wildcards
         self.params = params
         self.client = None
@@ -413,24 +457,39 @@ class StageRun:
         jobtime.name_job(self.name)
         self.invocation = os.environ.get(INVOCATION_ENV) or "manual-" + _invocation()
         parent = os.environ.get(PARENT_ENV)
-        self.record = {"key": f"{self.invocation}/{self.name}", "invocation": self.invocation, "name": self.name,
-                       "parent_key": f"{self.invocation}/parent" if os.environ.get(INVOCATION_ENV) else None,
-                       "tags": stage_tags(cfg, stage, wildcards, params, tags), "params": flatten(params),
-                       "metrics": [], "artifacts": [], "status": "RUNNING",
-                       "start_time": int(time.time() * 1000), "end_time": None,
-                       **(_destination(cfg) if cfg["mlflow"]["enabled"] else {})}
+        self.record = {
+            "key": f"{self.invocation}/{self.name}",
+            "invocation": self.invocation,
+            "name": self.name,
+            "parent_key": f"{self.invocation}/parent" if os.environ.get(INVOCATION_ENV) else None,
+            "tags": stage_tags(cfg, stage, wildcards, params, tags),
+            "params": flatten(params),
+            "metrics": [],
+            "artifacts": [],
+            "status": "RUNNING",
+            "start_time": int(time.time() * 1000),
+            "end_time": None,
+            **(_destination(cfg) if cfg["mlflow"]["enabled"] else {}),
+        }
         self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"], **_owner()}
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
         # a short job of a workflow run: its record only, logged when the workflow ends
-        self.deferred = bool(cfg["mlflow"]["enabled"] and cfg["mlflow"].get("defer") and stage in DEFERRED_STAGES
-                             and os.environ.get(INVOCATION_ENV))
+        self.deferred = bool(
+            cfg["mlflow"]["enabled"]
+            and cfg["mlflow"].get("defer")
+            and stage in DEFERRED_STAGES
+            and os.environ.get(INVOCATION_ENV)
+        )
         if self.deferred:
             self.record["deferred"] = True
 
     def _warn(self, what: str, exc: Exception) -> None:
-        print(f"[lcsc] MLflow {what} failed ({exc}); results stay on disk, logging is off for this job "
-              "(`lcsc mlflow-sync` logs it later)", file=sys.stderr)
+        print(
+            f"[lcsc] MLflow {what} failed ({exc}); results stay on disk, logging is off for this job "
+            "(`lcsc mlflow-sync` logs it later)",
+            file=sys.stderr,
+        )
         self.client = None
         self.logged_all = False
 
@@ -445,14 +504,19 @@ class StageRun:
             return self
         try:
             self.client = _retry(lambda: _client(self.cfg), self.cfg)
-            run = _retry(lambda: self.client.create_run(_experiment_id(self.client, self.cfg),
-                                                        run_name=display_name(self.name, self.invocation),
-                                                        tags=self.record["tags"],
-                                                        start_time=self.record["start_time"]), self.cfg)
+            run = _retry(
+                lambda: self.client.create_run(
+                    _experiment_id(self.client, self.cfg),
+                    run_name=display_name(self.name, self.invocation),
+                    tags=self.record["tags"],
+                    start_time=self.record["start_time"],
+                ),
+                self.cfg,
+            )
             self.run_id = run.info.run_id
             params = _params(self.record["params"])
             for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
         except Exception as exc:
             self._warn("run creation", exc)
         except KeyboardInterrupt:  # stopped while making the run: `with` will not call __exit__
@@ -482,7 +546,7 @@ class StageRun:
 
         try:
             for i in range(0, len(self._pending), 500):
-                self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in self._pending[i:i + 500]])
+                self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in self._pending[i : i + 500]])
         except Exception as exc:
             self._warn("metric logging", exc)
         self._pending.clear()
@@ -607,10 +671,10 @@ def _log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str
     rid = run.info.run_id
     params = _params(record["params"])
     for i in range(0, len(params), 100):
-        client.log_batch(rid, params=params[i:i + 100])
+        client.log_batch(rid, params=params[i : i + 100])
     metrics = [Metric(*m) for m in record["metrics"]]
     for i in range(0, len(metrics), 1000):
-        client.log_batch(rid, metrics=metrics[i:i + 1000])
+        client.log_batch(rid, metrics=metrics[i : i + 1000])
     for path, folder in record["artifacts"]:
         if Path(path).exists():
             client.log_artifact(rid, path, folder)
@@ -638,8 +702,17 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     folder = records_dir(cfg)
     end_orphan_records(cfg)  # jobs killed before they could end their records: KILLED, not RUNNING
     records = sorted(folder.glob("*/*.json"))
-    counts = {"records": len(records), "created": 0, "replaced": 0, "completed": 0, "complete": 0,
-              "skipped": 0, "failed": 0, "killed": 0, "registered": 0}
+    counts = {
+        "records": len(records),
+        "created": 0,
+        "replaced": 0,
+        "completed": 0,
+        "complete": 0,
+        "skipped": 0,
+        "failed": 0,
+        "killed": 0,
+        "registered": 0,
+    }
     if not records:
         return counts
     loaded = []
@@ -713,7 +786,7 @@ def _sync_one(client, exp_id: str, record: dict, parents: dict[str, str], counts
             client.delete_run(extra.info.run_id)
         params = _params(record["params"])
         for i in range(0, len(params), 100):  # again: logging an identical value is allowed
-            client.log_batch(run_id, params=params[i:i + 100])
+            client.log_batch(run_id, params=params[i : i + 100])
         if record["status"] != "RUNNING":
             client.set_terminated(run_id, record["status"], end_time=record["end_time"])
             client.set_tag(run_id, "lcsc.logged", COMPLETE)
@@ -733,19 +806,37 @@ def serve(cfg: dict, host: str, port: int, workers: int = 1, allowed_hosts: str 
     uri = tracking_uri(dict(cfg, mlflow=dict(cfg["mlflow"], tracking_uri=None)))
     artifacts = (Path(cfg["results_dir"]) / "mlartifacts").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--no-serve-artifacts",
-           "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port),
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--no-serve-artifacts",
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     name = host
     if host not in ("127.0.0.1", "localhost", "::1"):
         name = socket.gethostname()
         # MLflow answers only requests addressed to localhost or private IPs unless told otherwise
         allowed_hosts = allowed_hosts or ",".join(
-            sorted({f"{h}:*" for h in (name, socket.getfqdn(), "localhost", "127.0.0.1")}))
+            sorted({f"{h}:*" for h in (name, socket.getfqdn(), "localhost", "127.0.0.1")})
+        )
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
-    print(f"[lcsc] MLflow tracking server over {uri} at http://{name}:{port} (runs: "
-          f"http://{name}:{port}/#/experiments); point jobs at it with mlflow.tracking_uri: "
-          f"http://{name}:{port}. It has no authentication: bind it to a network you trust.", flush=True)
+    print(
+        f"[lcsc] MLflow tracking server over {uri} at http://{name}:{port} (runs: "
+        f"http://{name}:{port}/#/experiments); point jobs at it with mlflow.tracking_uri: "
+        f"http://{name}:{port}. It has no authentication: bind it to a network you trust.",
+        flush=True,
+    )
     os.execv(sys.executable, cmd)
     return 0  # not reached: the server replaces this process

@@ -41,8 +41,10 @@ class Trail:
         manifest = read_json(manifest_path, fix="rerun the stage that wrote the trail (or pass the right --manifest)")
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
-            raise TrailError(f"{manifest_path}: not an lcsc trail manifest (format {found!r}, not "
-                             f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail")
+            raise TrailError(
+                f"{manifest_path}: not an lcsc trail manifest (format {found!r}, not "
+                f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail"
+            )
         entries = _checked_entries(manifest_path, manifest)
         check_steps(manifest_path, [c["step"] for c in manifest["checkpoints"]])
         files_root = _files_root(manifest_path, manifest)
@@ -51,9 +53,11 @@ class Trail:
         for where, entry in entries:
             file = Path(entry["file"])
             if file.is_absolute() or not inside(base / file, files_root):
-                raise TrailError(f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
-                                 f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
-                                 "wrote it)")
+                raise TrailError(
+                    f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
+                    f"{files_root}; a manifest lists only files in its trail (rerun the stage that "
+                    "wrote it)"
+                )
         trail = cls(manifest_path.parent, manifest, [c["step"] for c in manifest["checkpoints"]], files_root, base)
         if verify:
             trail.verify()
@@ -69,8 +73,10 @@ class Trail:
             if not path.exists():
                 raise TrailError(f"{path}: listed in {manifest_path} but missing; restore it or {rerun}")
             if sha256(path) != entry["sha256"]:
-                raise TrailError(f"{path}: its sha256 differs from the one in {manifest_path}; the file was "
-                                 f"changed after the trail was written, or cut short: restore it or {rerun}")
+                raise TrailError(
+                    f"{path}: its sha256 differs from the one in {manifest_path}; the file was "
+                    f"changed after the trail was written, or cut short: restore it or {rerun}"
+                )
 
     def __len__(self) -> int:
         return len(self.manifest["checkpoints"])
@@ -79,8 +85,10 @@ class Trail:
     def model_config(self) -> dict:
         config = self.manifest.get("model_config")
         if not isinstance(config, dict):
-            raise TrailError(f"{self.root / 'manifest.json'}: no model_config (the network the trail trains); "
-                             "the manifest is damaged: rerun the stage that wrote the trail")
+            raise TrailError(
+                f"{self.root / 'manifest.json'}: no model_config (the network the trail trains); "
+                "the manifest is damaged: rerun the stage that wrote the trail"
+            )
         return config
 
     @property
@@ -90,8 +98,10 @@ class Trail:
 
     def check_fingerprint(self, recorded: list[str] | None, path) -> None:
         if recorded != self.fingerprint:
-            raise TrailError(f"{path}: computed from another checkpoint trail than {self.root / 'manifest.json'}; "
-                             "rerun the stage that wrote it")
+            raise TrailError(
+                f"{path}: computed from another checkpoint trail than {self.root / 'manifest.json'}; "
+                "rerun the stage that wrote it"
+            )
 
     def checkpoint_path(self, i: int) -> Path:
         return self.base / self.manifest["checkpoints"][i]["file"]
@@ -115,18 +125,27 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
     """(`checkpoints[i]` or `ema[i]`, entry) for every file the manifest lists, each checked to
     have the keys the stages read; TrailError naming the entry and the manifest otherwise."""
     out = []
-    for key, needs in (("checkpoints", {"file": str, "sha256": str, "step": int}),
-                       ("ema", {"file": str, "sha256": str, "decay": (int, float)})):
+    for key, needs in (
+        ("checkpoints", {"file": str, "sha256": str, "step": int}),
+        ("ema", {"file": str, "sha256": str, "decay": (int, float)}),
+    ):
         items = manifest.get(key, [] if key == "ema" else None)
         if not isinstance(items, list) or (key == "checkpoints" and not items):
-            raise TrailError(f"{manifest_path}: `{key}` is {'missing' if items is None else repr(items)[:40]}, not a "
-                             "list of files; the manifest is damaged: rerun the stage that wrote the trail")
+            raise TrailError(
+                f"{manifest_path}: `{key}` is {'missing' if items is None else repr(items)[:40]}, not a "
+                "list of files; the manifest is damaged: rerun the stage that wrote the trail"
+            )
         for i, entry in enumerate(items):
-            bad = [k for k, t in needs.items() if not isinstance(entry, dict) or not isinstance(entry.get(k), t)
-                   or isinstance(entry.get(k), bool)]
+            bad = [
+                k
+                for k, t in needs.items()
+                if not isinstance(entry, dict) or not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool)
+            ]
             if bad:
-                raise TrailError(f"{manifest_path}: {key}[{i}] has no valid {', '.join(bad)}; the manifest is "
-                                 "damaged: rerun the stage that wrote the trail")
+                raise TrailError(
+                    f"{manifest_path}: {key}[{i}] has no valid {', '.join(bad)}; the manifest is "
+                    "damaged: rerun the stage that wrote the trail"
+                )
             out.append((f"{key}[{i}]", entry))
     return out
 
@@ -135,11 +154,14 @@ def check_steps(where, steps: list[int]) -> None:
     """A trail's steps strictly increase and fit in int64; their size is never used as a length."""
     for a, b in zip([None, *steps], steps):
         if b < 0 or b > MAX_STEP:
-            raise TrailError(f"{where}: step {b} is not a training step (0 to 2^63 - 1); a file name's date or hash "
-                             "was read as the step: set trail.pattern to the part that counts the steps")
+            raise TrailError(
+                f"{where}: step {b} is not a training step (0 to 2^63 - 1); a file name's date or hash "
+                "was read as the step: set trail.pattern to the part that counts the steps"
+            )
         if a is not None and b <= a:
-            raise TrailError(f"{where}: step {b} follows step {a}; a trail's steps must increase: rerun the stage "
-                             "that wrote it")
+            raise TrailError(
+                f"{where}: step {b} follows step {a}; a trail's steps must increase: rerun the stage that wrote it"
+            )
 
 
 def _files_root(manifest_path: Path, manifest: dict) -> Path:
@@ -150,21 +172,27 @@ def _files_root(manifest_path: Path, manifest: dict) -> Path:
     declared = manifest.get("root")
     if imported_kind(manifest.get("kind", "dm")):
         if not isinstance(declared, str) or not Path(declared).is_absolute() or not Path(declared).is_dir():
-            raise TrailError(f"{manifest_path}: root {declared!r} is not the imported run's folder (an absolute "
-                             "path to an existing folder); rerun import_trail")
+            raise TrailError(
+                f"{manifest_path}: root {declared!r} is not the imported run's folder (an absolute "
+                "path to an existing folder); rerun import_trail"
+            )
         return Path(declared)
     if declared is None and "truncated_from" in manifest:
         declared = posixpath.dirname(str(manifest["checkpoints"][0]["file"])) or "."
     if declared is None or declared == ".":
         return manifest_path.parent
     if not isinstance(declared, str) or Path(declared).is_absolute():
-        raise TrailError(f"{manifest_path}: root {declared!r} must be a path relative to the manifest's folder; "
-                         "rerun the stage that wrote the trail")
+        raise TrailError(
+            f"{manifest_path}: root {declared!r} must be a path relative to the manifest's folder; "
+            "rerun the stage that wrote the trail"
+        )
     root = manifest_path.parent / declared
     base = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else None
     if not isinstance(base, dict) or base.get("format") != MANIFEST_FORMAT:
-        raise TrailError(f"{manifest_path}: root {declared!r} is not a trail's folder (no lcsc trail manifest in "
-                         f"{root}); rerun the stage that wrote the trail")
+        raise TrailError(
+            f"{manifest_path}: root {declared!r} is not a trail's folder (no lcsc trail manifest in "
+            f"{root}); rerun the stage that wrote the trail"
+        )
     return root
 
 
@@ -175,13 +203,20 @@ def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple], path) 
     wrong = [k for k in shapes if k in state and tuple(state[k].shape) != tuple(shapes[k])]
     if missing or extra or wrong:
         detail = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"missing {missing[:3]}" if missing else "",
                 f"unexpected {extra[:3]}" if extra else "",
-                f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(shapes[wrong[0]])}" if wrong else "",
-            ) if part)
-        raise TrailError(f"{path}: not a checkpoint of this model architecture ({detail}); it belongs to another "
-                         "model: restore it or rerun the stage that wrote it")
+                f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(shapes[wrong[0]])}"
+                if wrong
+                else "",
+            )
+            if part
+        )
+        raise TrailError(
+            f"{path}: not a checkpoint of this model architecture ({detail}); it belongs to another "
+            "model: restore it or rerun the stage that wrote it"
+        )
     check_finite(state, path)
 
 
@@ -203,14 +238,16 @@ class FlatLoader:
         first = next(iter(state.values()))
         mixed = [k for k, v in state.items() if v.dtype != first.dtype or v.device != first.device]
         if mixed:
-            raise ValueError(f"FlatLoader needs one dtype and device for every tensor; {mixed[0]} is "
-                             f"{state[mixed[0]].dtype} on {state[mixed[0]].device}, not {first.dtype} on {first.device}")
+            raise ValueError(
+                f"FlatLoader needs one dtype and device for every tensor; {mixed[0]} is "
+                f"{state[mixed[0]].dtype} on {state[mixed[0]].device}, not {first.dtype} on {first.device}"
+            )
         self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
         offset = 0
         with torch.no_grad():
             for key, tensor in state.items():
                 n = tensor.numel()
-                view = self.flat[offset:offset + n].view_as(tensor)
+                view = self.flat[offset : offset + n].view_as(tensor)
                 view.copy_(tensor)
                 module_name, _, attr = key.rpartition(".")
                 module = model.get_submodule(module_name)
@@ -223,8 +260,10 @@ class FlatLoader:
 
     def _check(self) -> None:
         if self._first.data_ptr() != self.flat.data_ptr():
-            raise RuntimeError("the model's parameters were replaced (moved with .to()/.half()?) after "
-                               "FlatLoader was built; build the FlatLoader after moving the model")
+            raise RuntimeError(
+                "the model's parameters were replaced (moved with .to()/.half()?) after "
+                "FlatLoader was built; build the FlatLoader after moving the model"
+            )
 
     @torch.no_grad()
     def load(self, flat: torch.Tensor) -> nn.Module:
@@ -239,8 +278,9 @@ class FlatLoader:
         """theta = c @ W written into the model's own parameter storage."""
         self._check()
         if tuple(W.shape)[1] != self.numel:
-            raise ValueError(f"the stacked trail has {tuple(W.shape)[1]} parameters per checkpoint, "
-                             f"the model {self.numel}")
+            raise ValueError(
+                f"the stacked trail has {tuple(W.shape)[1]} parameters per checkpoint, the model {self.numel}"
+            )
         if isinstance(W, ChunkedTrail):
             W.combine(coefficients, out=self.flat)
         else:
@@ -260,7 +300,7 @@ class ChunkedTrail:
         self.blocks = []
         for a in range(0, p, cols):  # each block copied once, straight into (pinned) memory
             block = torch.empty((k, min(cols, p - a)), dtype=W.dtype, pin_memory=pin)
-            block.copy_(W[:, a:a + cols])
+            block.copy_(W[:, a : a + cols])
             self.blocks.append(block)
         self.shape = (k, p)
         self.dtype = W.dtype
@@ -280,8 +320,9 @@ class ChunkedTrail:
         offset = 0
         for block in self.blocks:
             n = block.shape[1]
-            torch.matmul(c_dev.unsqueeze(0), block.to(self.device, non_blocking=True),
-                         out=out[offset:offset + n].view(1, -1))
+            torch.matmul(
+                c_dev.unsqueeze(0), block.to(self.device, non_blocking=True), out=out[offset : offset + n].view(1, -1)
+            )
             offset += n
         return out
 

@@ -71,19 +71,22 @@ def training_labels(model_cfg: dict, data) -> Labels | None:
     if not classes:
         return None
     if data.num_classes < 2:
-        raise ConfigError(f"model.num_classes: {classes}, but the data's images are unlabelled (a data.folder "
-                          "without class sub-folders); put each class in a sub-folder, or unset model.num_classes")
+        raise ConfigError(
+            f"model.num_classes: {classes}, but the data's images are unlabelled (a data.folder "
+            "without class sub-folders); put each class in a sub-folder, or unset model.num_classes"
+        )
     if data.num_classes != classes:
-        raise ConfigError(f"model.num_classes: {classes}, but the data set has {data.num_classes} classes; set "
-                          f"model.num_classes: {data.num_classes}")
+        raise ConfigError(
+            f"model.num_classes: {classes}, but the data set has {data.num_classes} classes; set "
+            f"model.num_classes: {data.num_classes}"
+        )
     return Labels(data.labels, classes, float(model_cfg.get("label_dropout") or 0.0))
 
 
 class _Trainer:
     """The state of one training run: the model, its optimizer, EMAs and RNG, the trail so far."""
 
-    def __init__(self, model: nn.Module, train_cfg: dict, out_dir: Path, seed: int, device, desc: str,
-                 ranks: Ranks):
+    def __init__(self, model: nn.Module, train_cfg: dict, out_dir: Path, seed: int, device, desc: str, ranks: Ranks):
         self.cfg, self.out_dir, self.desc, self.ranks = train_cfg, out_dir, desc, ranks
         self.decays = list(train_cfg["ema_decays"])
         self.model = model
@@ -108,8 +111,10 @@ class _Trainer:
             with safe_open(str(self.resume_path), "pt") as fh:
                 meta = fh.metadata() or {}
         except Exception as exc:  # cut short or another kind of file
-            raise InputError(f"{self.resume_path}: not a readable resume state ({str(exc).strip()[:200]}); "
-                             "delete it to train again from step 0") from exc
+            raise InputError(
+                f"{self.resume_path}: not a readable resume state ({str(exc).strip()[:200]}); "
+                "delete it to train again from step 0"
+            ) from exc
         iterations, every = self.cfg["iterations"], self.cfg["checkpoint_every"]
         if meta.get("resume_key") != resume_key or int(meta["step"]) > iterations:
             self._say(f"[{self.desc}] {self.resume_path} was written with other settings; starting from step 0")
@@ -149,8 +154,9 @@ class _Trainer:
         if self.ranks.world == 1:
             loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, **extra)
         else:  # every rank draws the whole batch's noise and computes on its own slice
-            loss = loss_fn(self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)),
-                           **extra)
+            loss = loss_fn(
+                self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)), **extra
+            )
         value = self.ranks.mean(loss)
         if not math.isfinite(value):
             last = self.out_dir / self.entries[-1]["file"] if self.entries else "none yet"
@@ -180,16 +186,33 @@ class _Trainer:
             return
         name = f"step_{self.step:07d}.safetensors"
         save_tensors(self.out_dir / name, dict(zip(self.keys, self.tensors)))
-        self.entries.append({"step": self.step, "file": name, "wall_time": round(elapsed, 3),
-                             "loss": mean_loss, "sha256": sha256(self.out_dir / name)})
+        self.entries.append(
+            {
+                "step": self.step,
+                "file": name,
+                "wall_time": round(elapsed, 3),
+                "loss": mean_loss,
+                "sha256": sha256(self.out_dir / name),
+            }
+        )
         opt_tensors, groups = _optimizer_tensors(self.opt)
         state = {f"model.{k}": v for k, v in zip(self.keys, self.tensors)}
         state |= {f"ema.{d}.{k}": v for d in self.decays for k, v in zip(self.keys, self.ema[d])}
         state |= opt_tensors | {"rng.train": self.gen.get_state(), "rng.global": rng[0]}
-        state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r} | {f"rng.cuda.{r}": t for r, t in enumerate(cuda)}
-        save_tensors(self.resume_path, state, metadata={
-            "resume_key": resume_key, "step": str(self.step), "wall": str(elapsed),
-            "entries": json.dumps(self.entries), "param_groups": groups})
+        state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r} | {
+            f"rng.cuda.{r}": t for r, t in enumerate(cuda)
+        }
+        save_tensors(
+            self.resume_path,
+            state,
+            metadata={
+                "resume_key": resume_key,
+                "step": str(self.step),
+                "wall": str(elapsed),
+                "entries": json.dumps(self.entries),
+                "param_groups": groups,
+            },
+        )
 
     def write_manifest(self, manifest_extra: dict) -> Path:
         """The EMA files and the manifest that lists the trail (rank 0 writes them)."""
@@ -202,9 +225,14 @@ class _Trainer:
             name = f"ema_{d}.safetensors"
             save_tensors(self.out_dir / name, dict(zip(self.keys, self.ema[d])))
             ema_entries.append({"decay": d, "file": name, "sha256": sha256(self.out_dir / name)})
-        manifest = {"format": MANIFEST_FORMAT, "iterations": self.cfg["iterations"],
-                    "checkpoint_every": self.cfg["checkpoint_every"], "checkpoints": self.entries,
-                    "ema": ema_entries, **manifest_extra}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "iterations": self.cfg["iterations"],
+            "checkpoint_every": self.cfg["checkpoint_every"],
+            "checkpoints": self.entries,
+            "ema": ema_entries,
+            **manifest_extra,
+        }
         write_json(manifest_path, manifest)
         self.ranks.barrier()
         return manifest_path
@@ -244,8 +272,10 @@ def train(
     trainer = _Trainer(model, train_cfg, out_dir, seed, device, desc, ranks)
     # Everything but the number of iterations (and of processes) decides whether an old resume
     # state fits.
-    resume_key = json_digest({k: v for k, v in train_cfg.items() if k not in ("iterations", "log_every", "gpus")}
-                             | {"seed": seed, "extra": manifest_extra})[:12]
+    resume_key = json_digest(
+        {k: v for k, v in train_cfg.items() if k not in ("iterations", "log_every", "gpus")}
+        | {"seed": seed, "extra": manifest_extra}
+    )[:12]
     trainer.resume(resume_key)
     losses: list[float] = []
     window: list[float] = []

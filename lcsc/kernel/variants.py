@@ -87,13 +87,20 @@ def checkpoint_file(trail, name: str) -> Path:
     paths = trail.ema_paths()
     decay = kept_ema_decay(name)
     if decay not in paths:
-        raise TrailError(f"{trail.root / 'manifest.json'}: no weights {name!r}; it has last and the EMAs "
-                         f"{', '.join(kept_ema(d) for d in sorted(paths)) or '(none)'}")
+        raise TrailError(
+            f"{trail.root / 'manifest.json'}: no weights {name!r}; it has last and the EMAs "
+            f"{', '.join(kept_ema(d) for d in sorted(paths)) or '(none)'}"
+        )
     return paths[decay]
 
 
-def coefficients_of(trail, variant: str, coefficients: str | Path | None = None,
-                    baselines: str | Path | None = None, bcfg: dict | None = None) -> list[float] | None:
+def coefficients_of(
+    trail,
+    variant: str,
+    coefficients: str | Path | None = None,
+    baselines: str | Path | None = None,
+    bcfg: dict | None = None,
+) -> list[float] | None:
     """The coefficients over `trail` of a named variant; None for a kept EMA (a file of its own).
 
     `lcsc` comes from the search's coefficients file, profiles from the baselines stage's file
@@ -104,13 +111,15 @@ def coefficients_of(trail, variant: str, coefficients: str | Path | None = None,
     if kind == COEFFICIENTS:
         if coefficients is None:
             raise ConfigError(f"variant {LCSC!r} needs the search's coefficients file")
-        found = read_json(coefficients, "rerun the search (or pass the right --coefficients)",
-                          keys=("coefficients", "trail_sha256"))
+        found = read_json(
+            coefficients, "rerun the search (or pass the right --coefficients)", keys=("coefficients", "trail_sha256")
+        )
         trail.check_fingerprint(found.get("trail_sha256"), coefficients)
         return checked_coefficients(found["coefficients"], len(trail), coefficients)
     if baselines is not None:
-        scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
-                           keys=("profiles", "trail_sha256"))
+        scored = read_json(
+            baselines, "rerun the baselines stage (or pass the right --baselines)", keys=("profiles", "trail_sha256")
+        )
         trail.check_fingerprint(scored.get("trail_sha256"), baselines)
         known = {n: p["coefficients"] for n, p in scored["profiles"].items()}
     elif bcfg is not None:
@@ -119,24 +128,36 @@ def coefficients_of(trail, variant: str, coefficients: str | Path | None = None,
         raise ConfigError(f"variant {variant!r} needs the baselines file or the baselines config")
     if variant not in known:
         where = f"in {baselines}" if baselines else "without the baselines stage's file"
-        raise ConfigError(f"unknown variant {variant!r} ({where} the variants are: "
-                          f"{LCSC}, {KEPT_EMA}<decay> kept in training, {', '.join(known)})")
+        raise ConfigError(
+            f"unknown variant {variant!r} ({where} the variants are: "
+            f"{LCSC}, {KEPT_EMA}<decay> kept in training, {', '.join(known)})"
+        )
     return checked_coefficients(known[variant], len(trail), baselines or "baselines")
 
 
 def checked_coefficients(values, k: int, where) -> list[float]:
     """`k` finite coefficients, one per checkpoint; anything else is an InputError naming `where`."""
-    ok = isinstance(values, list) and len(values) == k and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    ok = (
+        isinstance(values, list)
+        and len(values) == k
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
     if not ok:
         shown = f"{len(values)} values" if isinstance(values, list) else f"a JSON {type(values).__name__}"
-        raise InputError(f"{where}: its coefficients are not {k} finite numbers, one per checkpoint ({shown}); "
-                         "the file was damaged or belongs to another trail: rerun the stage that wrote it")
+        raise InputError(
+            f"{where}: its coefficients are not {k} finite numbers, one per checkpoint ({shown}); "
+            "the file was damaged or belongs to another trail: rerun the stage that wrote it"
+        )
     return [float(c) for c in values]
 
 
-def weights(scorer, variant: str, coefficients: str | Path | None = None, baselines: str | Path | None = None,
-            bcfg: dict | None = None):
+def weights(
+    scorer,
+    variant: str,
+    coefficients: str | Path | None = None,
+    baselines: str | Path | None = None,
+    bcfg: dict | None = None,
+):
     """Flat weights of a named variant for `scorer`'s network, and its coefficients where it has them."""
     c = coefficients_of(scorer.trail, variant, coefficients, baselines, bcfg)
     if c is None:

@@ -25,8 +25,7 @@ STAGE_SECTIONS = {
     "reference_stats": ["data", "features"],
     "baselines": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
     "search": ["data", "model", "diffusion", "consistency", "search", "baselines", "features"],
-    "evaluate": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines",
-                 "features"],
+    "evaluate": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines", "features"],
     "tabulate": ["data", "search", "evaluate", "train", "consistency", "cost", "baselines", "features"],
     "import_trail": ["data", "diffusion", "consistency", "trail", "baselines"],
     "export": ["data", "model", "diffusion", "consistency", "search", "evaluate", "baselines", "export", "features"],
@@ -39,23 +38,41 @@ STAGE_MODEL_KEYS = {"export": ("num_classes",)}
 TRAIL_STAGES = ("baselines", "search", "evaluate", "tabulate", "export")
 # Stages that read only part of `search`: baselines score with the search's fitness settings,
 # evaluate saves the sample grid at the search NFE. A new budget or optimizer reruns neither.
-STAGE_SEARCH_KEYS = {"baselines": ("nfe", "nfe_weights", "fitness_mean", "penalty", "penalty_weight", "max_norm",
-                                   "samples", "seed", "batch_size"), "evaluate": ("nfe",)}
+STAGE_SEARCH_KEYS = {
+    "baselines": (
+        "nfe",
+        "nfe_weights",
+        "fitness_mean",
+        "penalty",
+        "penalty_weight",
+        "max_norm",
+        "samples",
+        "seed",
+        "batch_size",
+    ),
+    "evaluate": ("nfe",),
+}
 # The keys of `consistency` that a consistency model's sampling stages read (the training keys
 # reach them through the trail they read).
 _SAMPLING = ("sigma_min", "sigma_max", "sigma_data", "rho", "sampling_sigmas", "search_nfe", "search_nfe_weights")
-CONSISTENCY_KEYS = {"baselines": _SAMPLING, "search": _SAMPLING, "evaluate": (*_SAMPLING, "evaluate_nfe"),
-                    "export": (*_SAMPLING, "evaluate_nfe")}
+CONSISTENCY_KEYS = {
+    "baselines": _SAMPLING,
+    "search": _SAMPLING,
+    "evaluate": (*_SAMPLING, "evaluate_nfe"),
+    "export": (*_SAMPLING, "evaluate_nfe"),
+}
 # Training reads only these keys of `diffusion` (the DM its noise schedule; CD how its teacher
 # clips), so a new sampler reruns the sampling stages alone.
 STAGE_DIFFUSION_KEYS = {"train_dm": ("schedule", "timesteps"), "train_cm": ("clip_denoised",)}
 # Stages whose jobs are per model.
 MODEL_STAGES = ("train_cm", "baselines", "search", "evaluate", "export")
 # The keys of `features` that only one kind reads: the other kind's stages do not rerun on them.
-FEATURE_KIND_KEYS = {"classifier": ("dim", "width", "epochs", "batch_size", "lr"),
-                     "autoencoder": ("dim", "width", "epochs", "batch_size", "lr"),
-                     "inception": ("mode", "weights", "reference_folder"),
-                     "dinov2": ("weights", "reference_folder")}
+FEATURE_KIND_KEYS = {
+    "classifier": ("dim", "width", "epochs", "batch_size", "lr"),
+    "autoencoder": ("dim", "width", "epochs", "batch_size", "lr"),
+    "inception": ("mode", "weights", "reference_folder"),
+    "dinov2": ("weights", "reference_folder"),
+}
 
 
 def stage_config(cfg: dict, stage: str, model: str | None = None) -> dict:
@@ -99,13 +116,20 @@ def _consistency_slice(out: dict, stage: str, mode: str) -> None:
     """A consistency model's keys: training those of its own mode, sampling those of the NFEs it samples at."""
     keep = CONSISTENCY_KEYS.get(stage)
     if keep is None:  # train_cm: the training keys of its own mode
-        keep = set(out["consistency"]) - {"modes", "search_nfe", "search_nfe_weights", "search_budget",
-                                          "search_samples", "evaluate_nfe", "sampling_sigmas",
-                                          "cd" if mode == "ct" else "ct"}
+        keep = set(out["consistency"]) - {
+            "modes",
+            "search_nfe",
+            "search_nfe_weights",
+            "search_budget",
+            "search_samples",
+            "evaluate_nfe",
+            "sampling_sigmas",
+            "cd" if mode == "ct" else "ct",
+        }
     out["consistency"] = {k: v for k, v in out["consistency"].items() if k in keep}
     if stage in ("baselines", "search"):  # they sample at the search NFE only
         c = out["consistency"]
-        c["sampling_sigmas"] = c["sampling_sigmas"][:max(nfe_list(c["search_nfe"])) - 1]
+        c["sampling_sigmas"] = c["sampling_sigmas"][: max(nfe_list(c["search_nfe"])) - 1]
     if stage != "train_cm" or mode == "ct":
         out.pop("diffusion", None)  # only distillation reads it
 

@@ -42,21 +42,31 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         return fitness
 
     bar = progress(total=len(profiles) + (2 * k - 1 if bcfg["greedy_soup"] else 0), desc="baselines")
-    result = {**fitness_settings(scfg, scorer), "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
-              "profiles": {}}
+    result = {
+        **fitness_settings(scfg, scorer),
+        "trail_steps": trail.steps,
+        "trail_sha256": trail.fingerprint,
+        "profiles": {},
+    }
     for name, c in profiles.items():
         t0 = time.perf_counter()
         fitness = score(c)
-        result["profiles"][name] = {"coefficients": c.tolist(), "fitness": fitness,
-                                    "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
-                                    "seconds": round(time.perf_counter() - t0, 3)}
+        result["profiles"][name] = {
+            "coefficients": c.tolist(),
+            "fitness": fitness,
+            "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         bar.update(1)
         bar.set_postfix(name=name, fitness=f"{fitness:.2f}")
     if bcfg["greedy_soup"]:
         c, fitness, log = greedy_soup(k, score, bar)
-        result["profiles"][variants.GREEDY_SOUP] = {"coefficients": c.tolist(), "fitness": fitness,
-                                                    "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
-                                                    "steps": log}
+        result["profiles"][variants.GREEDY_SOUP] = {
+            "coefficients": c.tolist(),
+            "fitness": fitness,
+            "fids": {str(n): f for n, f in fids[c.tobytes()].items()},
+            "steps": log,
+        }
     bar.close()
     write_json(paths.baselines, result)
     if stage_run is not None:

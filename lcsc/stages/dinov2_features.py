@@ -26,8 +26,10 @@ class Paths:
 def check(cfg: dict) -> None:
     """The config asks for this stage (the CLI calls it before the job's MLflow run starts)."""
     if cfg["features"]["kind"] != "dinov2":
-        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, not 'dinov2'; set features.kind: "
-                          "dinov2 (or run the stage of that kind)")
+        raise ConfigError(
+            f"features.kind: {cfg['features']['kind']!r}, not 'dinov2'; set features.kind: "
+            "dinov2 (or run the stage of that kind)"
+        )
 
 
 def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:

@@ -68,9 +68,12 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
     nfes = sorted(ecfg["nfe"])
     grid_nfe = headline_nfe(cfg["search"]["nfe"])
     if scorer.reference_features is None:
-        print(f"[evaluate] {paths.stats} holds no reference features (written by an older lcsc): FID only; "
-              "rerun reference_stats for precision, recall and KID", flush=True)
-    runs, seconds = [], {n: 0.0 for n in nfes}
+        print(
+            f"[evaluate] {paths.stats} holds no reference features (written by an older lcsc): FID only; "
+            "rerun reference_stats for precision, recall and KID",
+            flush=True,
+        )
+    runs, seconds = [], dict.fromkeys(nfes, 0.0)
     bar = progress(total=len(nfes) * len(seeds) * len(sources), desc=f"evaluate {model}/{variant}")
     for s, (flat, _) in enumerate(sources):
         for seed in seeds:
@@ -84,7 +87,7 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
                     if metric in measured:
                         one[metric][str(nfe)] = measured[metric]
                 if nfe == grid_nfe and not runs and noise.labels is None:
-                    save_grid(images[:ecfg["grid"]], paths.grid)
+                    save_grid(images[: ecfg["grid"]], paths.grid)
                 elif nfe == grid_nfe and not runs:  # a class-conditional model's: a row per class
                     rows, per_row = by_class(images, noise.labels, ecfg["grid"], scorer.num_classes)
                     save_grid(rows, paths.grid, per_row)
@@ -95,16 +98,30 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
     print(f"[evaluate] {model}/{variant}: {peak_memory([scorer.device])}", flush=True)
     summary = summarise(runs, nfes)
     floor = data_floor(cfg["data"], scorer.features, ecfg["samples"], cache_dir(cfg))
-    print(f"[evaluate] the data-vs-data floor: FID {floor['fid']:.3f} between two disjoint sets of {floor['n']} "
-          f"real images", flush=True)
-    result = {"model": model, "variant": variant, "samples": ecfg["samples"], "seed": ecfg["seed"],
-              **summary, "runs": runs, "repeats": {"searches": len(sources), "seeds": len(seeds), "n": len(runs)},
-              "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
-              "coefficients": sources[0][1], "trail_steps": scorer.trail.steps,
-              "sampler": scorer.sampler.settings(None), "floor": floor}
+    print(
+        f"[evaluate] the data-vs-data floor: FID {floor['fid']:.3f} between two disjoint sets of {floor['n']} "
+        f"real images",
+        flush=True,
+    )
+    result = {
+        "model": model,
+        "variant": variant,
+        "samples": ecfg["samples"],
+        "seed": ecfg["seed"],
+        **summary,
+        "runs": runs,
+        "repeats": {"searches": len(sources), "seeds": len(seeds), "n": len(runs)},
+        "seconds": {str(k): round(v / len(runs), 3) for k, v in seconds.items()},
+        "coefficients": sources[0][1],
+        "trail_steps": scorer.trail.steps,
+        "sampler": scorer.sampler.settings(None),
+        "floor": floor,
+    }
     if scorer.num_classes is not None:  # how the samples' classes were drawn, for the report
-        result["conditioning"] = {"num_classes": scorer.num_classes,
-                                  "labels": labels_drawn(ecfg["samples"], scorer.num_classes)}
+        result["conditioning"] = {
+            "num_classes": scorer.num_classes,
+            "labels": labels_drawn(ecfg["samples"], scorer.num_classes),
+        }
     if len(sources) > 1:
         result["search_coefficients"] = [c for _, c in sources]
     write_json(paths.result, result)
@@ -114,8 +131,9 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device: torch.device,
             metrics |= {f"{k}_nfe{n}": v[str(n)] for k, v in summary.items()}
             stage_run.log_metrics(metrics, step=n)
         if "conditioning" in result:
-            stage_run.set_tags({"lcsc.num_classes": str(scorer.num_classes),
-                                "lcsc.labels": result["conditioning"]["labels"]})
+            stage_run.set_tags(
+                {"lcsc.num_classes": str(scorer.num_classes), "lcsc.labels": result["conditioning"]["labels"]}
+            )
         stage_run.log_artifact(paths.result)
         stage_run.log_artifact(paths.grid)
     return result

@@ -66,14 +66,26 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     with os_errors(out):  # diffusers' save_pretrained writes through safetensors too
         written = family.export(cfg, net, state, out)
     fingerprint = hashlib.sha256("".join(trail.fingerprint).encode()).hexdigest()
-    write_json(out / COEFFICIENTS, {"model": model, "variant": variant, "coefficients": c, "steps": trail.steps,
-                                    "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
-                                    "trail_sha256": trail.fingerprint, "trail_fingerprint": fingerprint})
+    write_json(
+        out / COEFFICIENTS,
+        {
+            "model": model,
+            "variant": variant,
+            "coefficients": c,
+            "steps": trail.steps,
+            "files": [trail.checkpoint_path(i).as_posix() for i in range(len(trail))],
+            "trail_sha256": trail.fingerprint,
+            "trail_fingerprint": fingerprint,
+        },
+    )
     evaluations = [read_evaluation(p) for p in paths.evaluations]
     sampler = sampler_line(family.sampler.settings(None)).removeprefix("sampler: ")
     picture = _samples_picture(model, variant, paths.evaluations, evaluations, out / SAMPLES, paths.real)
-    write_text(out / CARD, model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint,
-                                      len(trail), family.loading) + picture)
+    write_text(
+        out / CARD,
+        model_card(cfg, model, variant, kind, sampler, written, evaluations, fingerprint, len(trail), family.loading)
+        + picture,
+    )
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
     if stage_run is not None:
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
@@ -85,8 +97,9 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     return out
 
 
-def _samples_picture(model: str, variant: str, files, evaluations: list[dict], out: Path,
-                     real: Path | None = None) -> str:
+def _samples_picture(
+    model: str, variant: str, files, evaluations: list[dict], out: Path, real: Path | None = None
+) -> str:
     """Real images, then the exported variant's samples, last's and the kept EMAs', each from the
     same noise (the grid each evaluate job saved beside its JSON), as the model card's picture; ""
     where a grid is missing or unreadable (the card then goes without it)."""
@@ -114,56 +127,113 @@ def read_evaluation(path: Path) -> dict:
     an InputError naming the file."""
     e = read_json(path, "rerun the evaluate stage", keys=("model", "variant", "fid", "samples", "seed"))
     fid = e["fid"]
-    ok = (isinstance(e["model"], str) and isinstance(e["variant"], str) and isinstance(fid, dict) and fid
-          and all(isinstance(k, str) and k.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool)
-                  for k, v in fid.items())
-          and all(isinstance(e[k], int) and not isinstance(e[k], bool) for k in ("samples", "seed")))
+    ok = (
+        isinstance(e["model"], str)
+        and isinstance(e["variant"], str)
+        and isinstance(fid, dict)
+        and fid
+        and all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in fid.items()
+        )
+        and all(isinstance(e[k], int) and not isinstance(e[k], bool) for k in ("samples", "seed"))
+    )
     if not ok:
-        raise InputError(f"{path}: not an evaluation the evaluate stage writes (model and variant names, fid as "
-                         "{NFE: number}, samples and seed as integers); rerun the evaluate stage")
+        raise InputError(
+            f"{path}: not an evaluation the evaluate stage writes (model and variant names, fid as "
+            "{NFE: number}, samples and seed as integers); rerun the evaluate stage"
+        )
     return e
 
 
-def model_card(cfg: dict, model: str, variant: str, kind: str, sampler: str, written: list[str],
-               evaluations: list[dict], fingerprint: str, n_checkpoints: int, loading: list[str]) -> str:
+def model_card(
+    cfg: dict,
+    model: str,
+    variant: str,
+    kind: str,
+    sampler: str,
+    written: list[str],
+    evaluations: list[dict],
+    fingerprint: str,
+    n_checkpoints: int,
+    loading: list[str],
+) -> str:
     by_variant = {e["variant"]: e for e in evaluations if e.get("model") == model}
     if variant not in by_variant:
         raise ConfigError(f"export: no evaluation of {model}/{variant} among the files passed; run its evaluate job")
-    shown = [v for v in (variant, variants.LAST, *[n for n in by_variant if variants.kept_ema_decay(n) is not None])
-             if v in by_variant]
+    shown = [
+        v
+        for v in (variant, variants.LAST, *[n for n in by_variant if variants.kept_ema_decay(n) is not None])
+        if v in by_variant
+    ]
     shown = list(dict.fromkeys(shown))
     nfes = sorted({int(n) for e in by_variant.values() for n in e["fid"]})
-    rows = [f"| {v} | " + " | ".join(f"{by_variant[v]['fid'].get(str(n), float('nan')):.2f}" for n in nfes) + " |"
-            for v in shown]
+    rows = [
+        f"| {v} | " + " | ".join(f"{by_variant[v]['fid'].get(str(n), float('nan')):.2f}" for n in nfes) + " |"
+        for v in shown
+    ]
     e = by_variant[variant]
     scfg = cfg["search"]
     results = {v: {int(n): f for n, f in by_variant[v]["fid"].items()} for v in shown}
     spread = {v: evaluation_spread(by_variant[v]) for v in shown if evaluation_spread(by_variant[v])}
     floor = evaluation_floor(e)
     common = [n for n in nfes if all(n in r for r in results.values())]
-    noise = [noise_line(floor, spread, common) or "No data-vs-data floor was measured (an evaluation older than "
-             "the floor): the gaps below may be noise.", "",
-             verdicts(results, Noise(floor["fid"] if floor else None, spread), variant,
-                      [v for v in shown if v != variant], common), ""] if len(shown) > 1 else []
+    noise = (
+        [
+            noise_line(floor, spread, common)
+            or "No data-vs-data floor was measured (an evaluation older than the floor): the gaps below may be noise.",
+            "",
+            verdicts(
+                results,
+                Noise(floor["fid"] if floor else None, spread),
+                variant,
+                [v for v in shown if v != variant],
+                common,
+            ),
+            "",
+        ]
+        if len(shown) > 1
+        else []
+    )
     lines = [
-        f"# {model} / {variant}: a linear combination of saved checkpoints", "",
-        f"Exported by lcsc from a trail of {n_checkpoints} checkpoints ({kind}); files: {', '.join(written)}.", "",
-        f"## FID ({e['samples']} samples, evaluation seed {e['seed']}, which the search never saw)", "",
-        feature_space_line(cfg["features"]["kind"], feature_tag(cfg["features"])), "",
+        f"# {model} / {variant}: a linear combination of saved checkpoints",
+        "",
+        f"Exported by lcsc from a trail of {n_checkpoints} checkpoints ({kind}); files: {', '.join(written)}.",
+        "",
+        f"## FID ({e['samples']} samples, evaluation seed {e['seed']}, which the search never saw)",
+        "",
+        feature_space_line(cfg["features"]["kind"], feature_tag(cfg["features"])),
+        "",
         "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-        "| --- | " + " | ".join("---:" for _ in nfes) + " |", *rows, "", *noise,
-        "## Provenance", "",
+        "| --- | " + " | ".join("---:" for _ in nfes) + " |",
+        *rows,
+        "",
+        *noise,
+        "## Provenance",
+        "",
         f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
         f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "
         f"seed {scfg['seed']}, bounds {scfg['bounds']}",
-        f"- sampler: {sampler}", "",
-        "## Load it", "", "```python", *loading, "```", "",
-        "## Reproduce it", "",
-        "With the config of this run (its experiment, trail, search and evaluate sections):", "",
-        "```bash", "snakemake --cores all --configfile <config.yaml>",
-        f"python -m lcsc export --config <config.yaml> --model {model} --variant {variant}", "```", "",
+        f"- sampler: {sampler}",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        *loading,
+        "```",
+        "",
+        "## Reproduce it",
+        "",
+        "With the config of this run (its experiment, trail, search and evaluate sections):",
+        "",
+        "```bash",
+        "snakemake --cores all --configfile <config.yaml>",
+        f"python -m lcsc export --config <config.yaml> --model {model} --variant {variant}",
+        "```",
+        "",
         f"The same trail (same fingerprint) and seeds give the same coefficients and FIDs on the same machine and "
         f"torch build. Without any search: `{COEFFICIENTS}` lists every checkpoint file with its coefficient; "
-        "theta = sum_i c_i theta_i, combined in float32.", ""]
+        "theta = sum_i c_i theta_i, combined in float32.",
+        "",
+    ]
     return "\n".join(lines)
-

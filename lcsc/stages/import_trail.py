@@ -44,8 +44,9 @@ def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
     for folder, why in family.skipped_folders(t, root):
         print(f"[import_trail] skipped {folder}: {why}", flush=True)
     if len(files) < 2:
-        raise TrailError(f"{root}: {len(files)} checkpoint(s) kept of trail.files {family.files_glob(t)!r}; LCSC "
-                         "needs at least 2")
+        raise TrailError(
+            f"{root}: {len(files)} checkpoint(s) kept of trail.files {family.files_glob(t)!r}; LCSC needs at least 2"
+        )
     check_steps(f"{root} (trail.pattern)", [step for step, _ in files])
     check_counts(cfg, len(files), root)
     reader = family.reader(t)
@@ -56,16 +57,25 @@ def run(cfg: dict, paths: Paths, device=None, stage_run=None) -> dict:
         entries.append({"step": step, **_entry(path, root, reader, reference)})
         bar.update(1)
     bar.close()
-    manifest = {"format": MANIFEST_FORMAT, "kind": t["source"], "root": str(root), "iterations": files[-1][0],
-                "source": family.source_record(t), "checkpoints": entries,
-                "data": {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]},
-                "ema": [] if ema is None else [{"decay": t["ema_decay"], **_entry(ema, root, reader, reference)}],
-                **family.manifest_extra(cfg, root, files[-1][1])}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": t["source"],
+        "root": str(root),
+        "iterations": files[-1][0],
+        "source": family.source_record(t),
+        "checkpoints": entries,
+        "data": {"image_size": cfg["data"]["image_size"], "channels": cfg["data"]["channels"]},
+        "ema": [] if ema is None else [{"decay": t["ema_decay"], **_entry(ema, root, reader, reference)}],
+        **family.manifest_extra(cfg, root, files[-1][1]),
+    }
     write_json(paths.manifest, manifest)
     dtypes = sorted({e["dtype"] for e in entries})
-    print(f"[import_trail] {len(entries)} checkpoints of {root} (steps {entries[0]['step']}..{entries[-1]['step']}, "
-          f"{entries[0]['params']} parameters, {'/'.join(dtypes)}; combined in float32)"
-          + (f", EMA {ema.relative_to(root)}" if ema else "") + f" -> {paths.manifest}")
+    print(
+        f"[import_trail] {len(entries)} checkpoints of {root} (steps {entries[0]['step']}..{entries[-1]['step']}, "
+        f"{entries[0]['params']} parameters, {'/'.join(dtypes)}; combined in float32)"
+        + (f", EMA {ema.relative_to(root)}" if ema else "")
+        + f" -> {paths.manifest}"
+    )
     if stage_run is not None:
         stage_run.log_metrics({"checkpoints": len(entries), "parameters": entries[0]["params"]}, step=0)
     return manifest
@@ -81,17 +91,26 @@ def check_counts(cfg: dict, kept: int, root: Path) -> None:
     """The config's counts of checkpoints fit the trail as imported (a parse cannot know its length)."""
     too_long = [n for n in cfg["baselines"]["lawa_last"] if n > kept]
     if too_long:
-        raise ConfigError(f"baselines.lawa_last: {too_long[0]} exceeds the {kept} checkpoints imported from {root}; "
-                          f"use windows of at most {kept} (or keep more checkpoints: trail.every, trail.last)")
+        raise ConfigError(
+            f"baselines.lawa_last: {too_long[0]} exceeds the {kept} checkpoints imported from {root}; "
+            f"use windows of at most {kept} (or keep more checkpoints: trail.every, trail.last)"
+        )
 
 
 def _entry(path: Path, root: Path, reader, reference: dict) -> dict:
     state = reader(path)
     difference = first_difference(state, reference)
     if difference is not None:
-        raise TrailError(f"{path}: not a checkpoint of the trail's network ({difference}); remove it from the "
-                         "trail (trail.files) or fix trail.key / trail.prefix / the factory")
+        raise TrailError(
+            f"{path}: not a checkpoint of the trail's network ({difference}); remove it from the "
+            "trail (trail.files) or fix trail.key / trail.prefix / the factory"
+        )
     dtype, params = describe(state, path)
     check_finite(state, path)
-    return {"file": path.relative_to(root).as_posix(), "sha256": sha256(path), "bytes": path.stat().st_size,
-            "dtype": dtype, "params": params}
+    return {
+        "file": path.relative_to(root).as_posix(),
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "dtype": dtype,
+        "params": params,
+    }

@@ -27,8 +27,10 @@ class Paths:
 def check(cfg: dict) -> None:
     """The config asks for this stage (the CLI calls it before the job's MLflow run starts)."""
     if cfg["features"]["kind"] != "inception":
-        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, not 'inception'; set features.kind: "
-                          "inception (or run train-features)")
+        raise ConfigError(
+            f"features.kind: {cfg['features']['kind']!r}, not 'inception'; set features.kind: "
+            "inception (or run train-features)"
+        )
 
 
 def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
@@ -41,8 +43,14 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
     dim = net(torch.zeros(2, 3, 32, 32)).shape[1]  # it loads and runs; its feature width
     if dim != 2048:
         print(f"[features] note: {path} gives {dim}-d features (Inception-v3 gives 2048)", flush=True)
-    info = {"kind": "inception", "mode": fcfg["mode"], "weights": str(path), "sha256": net.sha256,
-            "dim": int(dim), "hash": net.hash}
+    info = {
+        "kind": "inception",
+        "mode": fcfg["mode"],
+        "weights": str(path),
+        "sha256": net.sha256,
+        "dim": int(dim),
+        "hash": net.hash,
+    }
     info["gate"] = gate.on_data(cfg["data"], net, device)
     write_json(paths.descriptor, info)
     print(f"[features] inception ({fcfg['mode']}): {path} sha256 {info['sha256'][:16]}..., {dim}-d", flush=True)

@@ -48,11 +48,18 @@ REAL_GRID = 64  # reference images in the grid the report shows beside the sampl
 def _folder_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"features.reference_folder: {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in FOLDER_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if len(files) < 2:
-        raise DataError(f"features.reference_folder: {folder} holds {len(files)} images "
-                        f"({', '.join(sorted(FOLDER_SUFFIXES))}); need 2 or more")
+        raise DataError(
+            f"features.reference_folder: {folder} holds {len(files)} images "
+            f"({', '.join(sorted(FOLDER_SUFFIXES))}); need 2 or more"
+        )
     return files
 
 
@@ -113,13 +120,22 @@ def run(cfg: dict, paths: Paths, split: str, device: torch.device, stage_run=Non
     net = load_features(paths.features, device, cfg)
     fcfg = cfg["features"]
     images = _folder_images(fcfg) if split == "folder" else _split_images(cfg["data"], split)
-    key = hashlib.sha256(f"{images.content} {net.hash} v{FEATURE_PIPELINE_VERSION} kept{KEPT_FEATURES}"
-                         .encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{images.content} {net.hash} v{FEATURE_PIPELINE_VERSION} kept{KEPT_FEATURES}".encode()
+    ).hexdigest()[:24]
     # keyed by content alone: the same images under another folder name hit the same file
-    cached = next(iter(sorted((cache_dir(cfg) / "stats").glob(f"*-{key}.npz"))),
-                  cache_dir(cfg) / "stats" / f"{images.name}-{split}-{key}.npz")
-    info = {"dataset": images.name, "split": split, "features": fcfg["kind"], "feature_hash": net.hash,
-            "n": images.n, "content_key": key}
+    cached = next(
+        iter(sorted((cache_dir(cfg) / "stats").glob(f"*-{key}.npz"))),
+        cache_dir(cfg) / "stats" / f"{images.name}-{split}-{key}.npz",
+    )
+    info = {
+        "dataset": images.name,
+        "split": split,
+        "features": fcfg["kind"],
+        "feature_hash": net.hash,
+        "n": images.n,
+        "content_key": key,
+    }
     if cached.exists():
         print(f"[reference_stats] {images.n} images, same content and features as {cached}: reused", flush=True)
     else:

@@ -105,15 +105,25 @@ class History:
     def add(self, phase: str, c: np.ndarray, rec: dict, name: str = "") -> Evaluation:
         if phase != "rescore":
             self.best = min(self.best, rec["fitness"])
-        row = Evaluation(len(self.rows), phase, name, np.asarray(c, dtype=np.float64), rec["fitness"], self.best,
-                         round(rec["seconds"], 4), rec["key"], {int(n): f for n, f in rec.get("fids", {}).items()})
+        row = Evaluation(
+            len(self.rows),
+            phase,
+            name,
+            np.asarray(c, dtype=np.float64),
+            rec["fitness"],
+            self.best,
+            round(rec["seconds"], 4),
+            rec["key"],
+            {int(n): f for n, f in rec.get("fids", {}).items()},
+        )
         self.rows.append(row)
         self.bar.update(1)
         self.bar.set_postfix(best=f"{self.best:.2f}", last=f"{row.fitness:.2f}")
         if self.stage_run is not None:
             key = "rescore_fitness" if phase == "rescore" else "fitness"
-            self.stage_run.log_metrics({key: row.fitness, "best_fitness": self.best, "seconds": rec["seconds"]},
-                                       step=row.index)
+            self.stage_run.log_metrics(
+                {key: row.fitness, "best_fitness": self.best, "seconds": rec["seconds"]}, step=row.index
+            )
         return row
 
     def write_csv(self, path: Path) -> None:
@@ -121,15 +131,33 @@ class History:
         coefficient (c000, c001, ...), for people and spreadsheets."""
         k = len(self.rows[0].coefficients)
         per_nfe = self.nfes if len(self.nfes) > 1 else []
-        fields = ["evaluation", "phase", "name", "fitness", "best_so_far", "seconds", *[f"fid_nfe{n}" for n in per_nfe],
-                  *[f"c{i:03d}" for i in range(k)]]
+        fields = [
+            "evaluation",
+            "phase",
+            "name",
+            "fitness",
+            "best_so_far",
+            "seconds",
+            *[f"fid_nfe{n}" for n in per_nfe],
+            *[f"c{i:03d}" for i in range(k)],
+        ]
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(fields)
                 for r in self.rows:
-                    writer.writerow([r.index, r.phase, r.name, r.fitness, r.best_so_far, r.seconds,
-                                     *[r.fids.get(n, "") for n in per_nfe], *r.coefficients.tolist()])
+                    writer.writerow(
+                        [
+                            r.index,
+                            r.phase,
+                            r.name,
+                            r.fitness,
+                            r.best_so_far,
+                            r.seconds,
+                            *[r.fids.get(n, "") for n in per_nfe],
+                            *r.coefficients.tolist(),
+                        ]
+                    )
 
 
 class Fitness:
@@ -154,8 +182,13 @@ class Fitness:
         self.reused += len(keys) - len(todo)
 
         def on_result(i: int, fitness: float, fids: dict, seconds: float) -> None:
-            rec = {"type": "eval", "key": todo[i], "fitness": float(fitness),
-                   "fids": {str(n): float(f) for n, f in fids.items()}, "seconds": round(seconds, 4)}
+            rec = {
+                "type": "eval",
+                "key": todo[i],
+                "fitness": float(fitness),
+                "fids": {str(n): float(f) for n, f in fids.items()},
+                "seconds": round(seconds, 4),
+            }
             self.journal.append(rec)
             self.cache[todo[i]] = rec
             self.evaluated += 1
@@ -168,17 +201,23 @@ def _starts(cfg: dict, scorer: Scorer, settings: dict, baselines: Path | None) -
     """The baseline profiles to start from, and the fitness the baselines stage measured for them."""
     if baselines is None:
         return profiles.trail_profiles(scorer.trail.steps, cfg["baselines"]), {}
-    scored = read_json(baselines, "rerun the baselines stage (or pass the right --baselines)",
-                       keys=("profiles", "trail_sha256"))
+    scored = read_json(
+        baselines, "rerun the baselines stage (or pass the right --baselines)", keys=("profiles", "trail_sha256")
+    )
     scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
     diff = sorted(k for k in settings if scored.get(k) != settings[k])
     if diff and diff != ["seed"]:
-        raise InputError(f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
-                         "rerun the baselines stage")
+        raise InputError(
+            f"{baselines}: scored with other fitness settings than this search ({', '.join(diff)}); "
+            "rerun the baselines stage"
+        )
     starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
     if diff:  # another of search.repeats: the same profiles (and soup), scored again on this search's noise
-        print(f"[search] {baselines} was scored with seed {scored.get('seed')}, this search uses "
-              f"{settings['seed']}: its {len(starts)} profiles are scored again as starts", flush=True)
+        print(
+            f"[search] {baselines} was scored with seed {scored.get('seed')}, this search uses "
+            f"{settings['seed']}: its {len(starts)} profiles are scored again as starts",
+            flush=True,
+        )
         return starts, {}
     return starts, {n: (p["fitness"], p.get("fids")) for n, p in scored["profiles"].items()}
 
@@ -198,9 +237,16 @@ def start(scfg: dict, starts: dict, known: dict, fitness: Fitness, history: Hist
 def screen(scfg: dict, init: np.ndarray, fitness: Fitness, history: History, digest: str) -> None:
     """Ask `num_workers` candidates, score them as one batch, tell; replayed from the journal."""
     opt = make_optimizer(init, scfg)
-    run_key = json_digest({"fitness": digest, "init": init.tolist(),
-                           **{k: scfg[k] for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds",
-                                                   "parametrization")}})[:16]
+    run_key = json_digest(
+        {
+            "fitness": digest,
+            "init": init.tolist(),
+            **{
+                k: scfg[k]
+                for k in ("optimizer", "budget", "num_workers", "seed", "sigma", "bounds", "parametrization")
+            },
+        }
+    )[:16]
     journal = fitness.journal
     asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
     n_asked, replay_ok = 0, True
@@ -213,9 +259,12 @@ def screen(scfg: dict, init: np.ndarray, fitness: Fitness, history: History, dig
                 journal.append({"type": "ask", "run": run_key, "index": n_asked, "z": z.tolist()})
             elif replay_ok and not np.array_equal(np.asarray(asked[n_asked]), z):
                 replay_ok = False
-                warnings.warn(f"{journal.path}: the optimizer's candidate {n_asked} differs from the one "
-                              "recorded (another nevergrad version?); the search goes on from here with "
-                              "new candidates, reusing every fitness measured before", stacklevel=2)
+                warnings.warn(
+                    f"{journal.path}: the optimizer's candidate {n_asked} differs from the one "
+                    "recorded (another nevergrad version?); the search goes on from here with "
+                    "new candidates, reusing every fitness measured before",
+                    stacklevel=2,
+                )
             n_asked += 1
         cs = [to_coefficients(cand.value, scfg["parametrization"], scfg["bounds"]) for cand in batch]
         for cand, c, rec in zip(batch, cs, fitness.measure(cs, digest, scfg["samples"], scfg["seed"])):
@@ -231,7 +280,7 @@ def rescore(scfg: dict, fitness: Fitness, history: History, digest: str) -> tupl
     distinct: dict[str, Evaluation] = {}
     for row in sorted(history.rows, key=lambda r: r.fitness):  # the same coefficients are re-scored once
         distinct.setdefault(row.key, row)
-    top = list(distinct.values())[:scfg["rescore_top"]]
+    top = list(distinct.values())[: scfg["rescore_top"]]
     recs = fitness.measure([row.coefficients for row in top], digest, scfg["rescore_samples"], scfg["rescore_seed"])
     results = []
     for row, rec in zip(top, recs):
@@ -241,21 +290,38 @@ def rescore(scfg: dict, fitness: Fitness, history: History, digest: str) -> tupl
     return chosen, rescored
 
 
-def write(scfg: dict, paths: Paths, scorer: Scorer, history: History, start_row: Evaluation,
-          chosen: Evaluation, rescored: float | None) -> dict:
+def write(
+    scfg: dict,
+    paths: Paths,
+    scorer: Scorer,
+    history: History,
+    start_row: Evaluation,
+    chosen: Evaluation,
+    rescored: float | None,
+) -> dict:
     """history.csv, the combined weights and coefficients.json (written last: the rule's first output)."""
     history.write_csv(paths.history)
     trail = scorer.trail
     scorer.loader.combine_into(scorer.W, chosen.coefficients)
     save_tensors(paths.best, scorer.model.state_dict())
-    result = {"coefficients": chosen.coefficients.tolist(), "fitness": chosen.fitness, "evaluation": chosen.index,
-              "rescore_fitness": rescored, "trail_steps": trail.steps, "trail_sha256": trail.fingerprint,
-              "fids": {str(n): f for n, f in chosen.fids.items()}, **history.objective.settings(),
-              "samples": scfg["samples"], "seed": scfg["seed"], "optimizer": scfg["optimizer"],
-              "budget": scfg["budget"], "parametrization": scfg["parametrization"],
-              "start": {"name": start_row.name, "fitness": start_row.fitness},
-              "starts": {r.name: r.fitness for r in history.rows if r.phase == "start"},
-              "distinct_evaluations": len({r.key for r in history.rows})}
+    result = {
+        "coefficients": chosen.coefficients.tolist(),
+        "fitness": chosen.fitness,
+        "evaluation": chosen.index,
+        "rescore_fitness": rescored,
+        "trail_steps": trail.steps,
+        "trail_sha256": trail.fingerprint,
+        "fids": {str(n): f for n, f in chosen.fids.items()},
+        **history.objective.settings(),
+        "samples": scfg["samples"],
+        "seed": scfg["seed"],
+        "optimizer": scfg["optimizer"],
+        "budget": scfg["budget"],
+        "parametrization": scfg["parametrization"],
+        "start": {"name": start_row.name, "fitness": start_row.fitness},
+        "starts": {r.name: r.fitness for r in history.rows if r.phase == "start"},
+        "distinct_evaluations": len({r.key for r in history.rows}),
+    }
     write_json(paths.coefficients, result)
     return result
 
@@ -263,9 +329,14 @@ def write(scfg: dict, paths: Paths, scorer: Scorer, history: History, start_row:
 def fitness_text(objective: Objective) -> str:
     """`NFE 5`, or `NFE 3, 5, 8 (log mean, weights 0.33/0.33/0.33)`, and the penalty, for logs."""
     nfes = objective.nfes
-    text = f"NFE {nfes[0]}" if len(nfes) == 1 else (
-        f"NFE {', '.join(map(str, nfes))} ({objective.mean} mean, weights "
-        f"{'/'.join(f'{w:.2f}' for w in objective.weights.values())})")
+    text = (
+        f"NFE {nfes[0]}"
+        if len(nfes) == 1
+        else (
+            f"NFE {', '.join(map(str, nfes))} ({objective.mean} mean, weights "
+            f"{'/'.join(f'{w:.2f}' for w in objective.weights.values())})"
+        )
+    )
     if objective.penalty != "none" and objective.penalty_weight:
         text += f" + {objective.penalty_weight:g} x {objective.penalty} penalty"
     if objective.max_norm is not None:
@@ -274,17 +345,25 @@ def fitness_text(objective: Objective) -> str:
 
 
 def _announce(scfg: dict, scorer: Scorer, devices: list, fitness: Fitness) -> None:
-    print(f"[search] {len(scorer.trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
-          f"budget {scfg['budget']}, {scfg['samples']} samples at {fitness_text(fitness.objective)}, "
-          f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}", flush=True)
+    print(
+        f"[search] {len(scorer.trail)} checkpoints, {scorer.loader.numel} parameters, {scfg['optimizer']} "
+        f"budget {scfg['budget']}, {scfg['samples']} samples at {fitness_text(fitness.objective)}, "
+        f"{scfg['num_workers']} candidates per batch on {', '.join(map(str, devices))}",
+        flush=True,
+    )
     print(f"[search] trail: {scorer.trail_placement()}", flush=True)
     journal = fitness.journal
     if fitness.resumed:
-        print(f"[search] resuming from {journal.path}: {fitness.resumed} evaluations measured earlier are "
-              "read back, and the optimizer replays its candidates", flush=True)
+        print(
+            f"[search] resuming from {journal.path}: {fitness.resumed} evaluations measured earlier are "
+            "read back, and the optimizer replays its candidates",
+            flush=True,
+        )
     if journal.dropped:
-        print(f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
-              flush=True)
+        print(
+            f"[search] {journal.path}: dropped a last record torn by an interruption ({journal.dropped} bytes)",
+            flush=True,
+        )
 
 
 def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=None) -> dict:
@@ -296,16 +375,31 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     optimizer_class(scfg)  # an unknown optimizer fails here, before any scoring
     family = family_for(open_trail(paths.manifest, model, cfg), cfg)
     check_compiler(scfg, devices)
-    scorers = [Scorer(family, paths.features, paths.stats, d, scfg["batch_size"], scfg["trail_chunk_mb"],
-                      compile=scfg["compile"], cfg=cfg) for d in devices]
+    scorers = [
+        Scorer(
+            family,
+            paths.features,
+            paths.stats,
+            d,
+            scfg["batch_size"],
+            scfg["trail_chunk_mb"],
+            compile=scfg["compile"],
+            cfg=cfg,
+        )
+        for d in devices
+    ]
     scorer = scorers[0]
     check_gate(scorer.features)
     if len(scorers) > 1:
         scorer.share_trail(scorers[1:])
     settings = fitness_settings(scfg, scorer)
     # what a fitness depends on; the device type too, so that resuming on other hardware rescores
-    common = {**settings, "trail_sha256": scorer.trail.fingerprint, "device": sorted({d.type for d in devices}),
-              **({"compile": True} if scfg["compile"] else {})}
+    common = {
+        **settings,
+        "trail_sha256": scorer.trail.fingerprint,
+        "device": sorted({d.type for d in devices}),
+        **({"compile": True} if scfg["compile"] else {}),
+    }
     screen_digest = json_digest(common)
     rescore_digest = json_digest({**common, "samples": scfg["rescore_samples"], "seed": scfg["rescore_seed"]})
     starts, known = _starts(cfg, scorer, settings, paths.baselines)
@@ -322,8 +416,11 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         screen(scfg, start_row.coefficients.copy(), fitness, history, screen_digest)
         chosen, rescored = rescore(scfg, fitness, history, rescore_digest)
         history.bar.close()
-        print(f"[search] {fitness.evaluated} evaluations computed in this run, {fitness.reused} fitnesses reused "
-              "(from the baselines stage, the journal or an identical candidate)", flush=True)
+        print(
+            f"[search] {fitness.evaluated} evaluations computed in this run, {fitness.reused} fitnesses reused "
+            "(from the baselines stage, the journal or an identical candidate)",
+            flush=True,
+        )
         print(f"[search] {peak_memory(devices)}", flush=True)
         result = write(scfg, paths, scorer, history, start_row, chosen, rescored)
     finally:

@@ -51,24 +51,32 @@ def check_teacher_classes(teacher: dict, student: dict, manifest: Path) -> None:
     row in the teacher wherever the student's training drops labels."""
     classes = teacher.get("num_classes")
     if classes != student.get("num_classes"):
-        raise ConfigError(f"model.num_classes: {student.get('num_classes')} for the consistency model, but its teacher "
-                          f"{manifest} was trained with {classes}; distil a teacher conditioned the same way")
+        raise ConfigError(
+            f"model.num_classes: {student.get('num_classes')} for the consistency model, but its teacher "
+            f"{manifest} was trained with {classes}; distil a teacher conditioned the same way"
+        )
     if student.get("label_dropout") and not teacher.get("label_dropout"):
-        raise ConfigError(f"model.label_dropout: {student['label_dropout']} for the consistency model, but its teacher "
-                          f"{manifest} was trained without it (it has no \"no label\" embedding to distil)")
+        raise ConfigError(
+            f"model.label_dropout: {student['label_dropout']} for the consistency model, but its teacher "
+            f'{manifest} was trained without it (it has no "no label" embedding to distil)'
+        )
 
 
-def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None,
-        ranks: Ranks = Ranks()) -> Path:
+def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None, ranks: Ranks = Ranks()) -> Path:
     """Train the `mode` consistency model (cfg as lcsc.kernel.models.for_model gives it for cm_<mode>)."""
     if mode not in MODES:
         raise ConfigError(f"--mode: {mode!r}; the consistency modes are {', '.join(MODES)}")
     ccfg = cfg["consistency"]
     with ranks.main_first():  # one process downloads the data, if it must
         data = load_split(cfg["data"], "train")
-    extra = {"kind": "cm", "mode": mode, "model_config": cfg["model"], "data": cfg["data"],
-             "consistency": Parameterization.from_config(ccfg).settings(),
-             "training": {k: ccfg[k] for k in ("p_mean", "p_std", "loss", "huber_c")}}
+    extra = {
+        "kind": "cm",
+        "mode": mode,
+        "model_config": cfg["model"],
+        "data": cfg["data"],
+        "consistency": Parameterization.from_config(ccfg).settings(),
+        "training": {k: ccfg[k] for k in ("p_mean", "p_std", "loss", "huber_c")},
+    }
     teacher = None
     if mode == "cd":
         if paths.teacher is None:
@@ -82,12 +90,26 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
-        print(f"[train_cm] consistency {'distillation' if mode == 'cd' else 'training'}: "
-              f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
-              f"{cfg['train']['iterations']} iterations, device {device}" + ranks.describe(), flush=True)
-    manifest = train(model, loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"], device=device,
-                     run=stage_run, desc=f"train_cm {mode}", manifest_extra=extra,
-                     ranks=ranks, labels=labels)
+        print(
+            f"[train_cm] consistency {'distillation' if mode == 'cd' else 'training'}: "
+            f"{sum(p.numel() for p in model.parameters())} parameters, {len(data.images)} training images, "
+            f"{cfg['train']['iterations']} iterations, device {device}" + ranks.describe(),
+            flush=True,
+        )
+    manifest = train(
+        model,
+        loss,
+        data.images,
+        cfg["train"],
+        paths.trail,
+        seed=cfg["seed"],
+        device=device,
+        run=stage_run,
+        desc=f"train_cm {mode}",
+        manifest_extra=extra,
+        ranks=ranks,
+        labels=labels,
+    )
     if stage_run is not None and ranks.main:
         stage_run.log_artifact(manifest)
     return manifest

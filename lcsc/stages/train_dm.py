@@ -28,14 +28,31 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ra
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
-        print(f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
-              f"{len(data.images)} training images, device {device}" + ranks.describe(), flush=True)
+        print(
+            f"[train_dm] {sum(p.numel() for p in model.parameters())} parameters, "
+            f"{len(data.images)} training images, device {device}" + ranks.describe(),
+            flush=True,
+        )
     diffusion = VPDiffusion.from_config(cfg["diffusion"])
-    manifest = train(model, diffusion.loss, data.images, cfg["train"], paths.trail, seed=cfg["seed"],
-                     device=device, run=stage_run, desc="train_dm", ranks=ranks, labels=labels,
-                     manifest_extra={"kind": "dm", "model_config": cfg["model"],
-                                     "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
-                                     "data": cfg["data"]})
+    manifest = train(
+        model,
+        diffusion.loss,
+        data.images,
+        cfg["train"],
+        paths.trail,
+        seed=cfg["seed"],
+        device=device,
+        run=stage_run,
+        desc="train_dm",
+        ranks=ranks,
+        labels=labels,
+        manifest_extra={
+            "kind": "dm",
+            "model_config": cfg["model"],
+            "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
+            "data": cfg["data"],
+        },
+    )
     if stage_run is not None and ranks.main:
         stage_run.log_artifact(manifest)
     return manifest

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..kernel import gate
 from ..kernel.data import load_split
 from ..kernel.errors import ConfigError, DataError
-from ..kernel import gate
 from ..kernel.features import METADATA_KEY, FeatureNet
 from ..kernel.nets import ConvAutoencoder, DigitClassifier
 from ..kernel.paths import TRAINED_FEATURES, dataset_name
@@ -32,8 +32,10 @@ class Paths:
 def check(cfg: dict) -> None:
     """The config asks for this stage (the CLI calls it before the job's MLflow run starts)."""
     if cfg["features"]["kind"] not in TRAINED_FEATURES:
-        raise ConfigError(f"features.kind: {cfg['features']['kind']!r}, so there is no "
-                          "feature network to train (run inception-features)")
+        raise ConfigError(
+            f"features.kind: {cfg['features']['kind']!r}, so there is no "
+            "feature network to train (run inception-features)"
+        )
 
 
 def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None) -> dict:
@@ -65,8 +67,10 @@ def train_classifier(cfg: dict, out: Path, device: torch.device, stage_run=None)
     fcfg = cfg["features"]
     train, test = load_split(cfg["data"], "train"), load_split(cfg["data"], "test")
     if train.num_classes < 2:
-        raise DataError("features.kind: 'classifier' needs labelled data (one sub-folder per class "
-                         "in data.folder, at least two classes); features.kind: autoencoder needs none")
+        raise DataError(
+            "features.kind: 'classifier' needs labelled data (one sub-folder per class "
+            "in data.folder, at least two classes); features.kind: autoencoder needs none"
+        )
     torch.manual_seed(cfg["seed"])
     net = DigitClassifier(train.images.shape[1], train.num_classes, fcfg["width"], fcfg["dim"]).to(device)
 
@@ -77,9 +81,15 @@ def train_classifier(cfg: dict, out: Path, device: torch.device, stage_run=None)
         return "test_accuracy", (net(test.images.to(device)).argmax(1).cpu() == test.labels).float().mean().item()
 
     acc = _fit(cfg, net, train.images, loss, score, device, stage_run)
-    meta = {"arch": "classifier", "channels": train.images.shape[1], "num_classes": train.num_classes,
-            "width": fcfg["width"], "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]),
-            "test_accuracy": acc}
+    meta = {
+        "arch": "classifier",
+        "channels": train.images.shape[1],
+        "num_classes": train.num_classes,
+        "width": fcfg["width"],
+        "dim": fcfg["dim"],
+        "dataset": dataset_name(cfg["data"]),
+        "test_accuracy": acc,
+    }
     return _save(net, out, meta, train, test, device)
 
 
@@ -97,25 +107,36 @@ def train_autoencoder(cfg: dict, out: Path, device: torch.device, stage_run=None
 
     def score():
         x = test.images.to(device)
-        return "test_mse", sum(F.mse_loss(net(x[i:i + 500]), x[i:i + 500], reduction="sum").item()
-                               for i in range(0, len(x), 500)) / x.numel()
+        return "test_mse", sum(
+            F.mse_loss(net(x[i : i + 500]), x[i : i + 500], reduction="sum").item() for i in range(0, len(x), 500)
+        ) / x.numel()
 
     mse = _fit(cfg, net, train.images, loss, score, device, stage_run)
     net.eval()
     with torch.no_grad():
-        z = torch.cat([net.encoder(train.images[i:i + 500].to(device)) for i in range(0, len(train.images), 500)])
-        err = torch.cat([net.log_error(train.images[i:i + 500].to(device)) for i in range(0, len(train.images), 500)])
+        z = torch.cat([net.encoder(train.images[i : i + 500].to(device)) for i in range(0, len(train.images), 500)])
+        err = torch.cat(
+            [net.log_error(train.images[i : i + 500].to(device)) for i in range(0, len(train.images), 500)]
+        )
     net.shift.copy_(z.mean(0))
     net.scale.copy_(z.std(0).clamp_min(1e-6))
     net.error_shift.copy_(err.mean(0))
     net.error_scale.copy_(err.std(0).clamp_min(1e-6))
-    meta = {"arch": "autoencoder", "channels": channels, "image_size": size, "width": fcfg["width"],
-            "dim": fcfg["dim"], "dataset": dataset_name(cfg["data"]), "test_mse": mse}
+    meta = {
+        "arch": "autoencoder",
+        "channels": channels,
+        "image_size": size,
+        "width": fcfg["width"],
+        "dim": fcfg["dim"],
+        "dataset": dataset_name(cfg["data"]),
+        "test_mse": mse,
+    }
     return _save(net, out, meta, train, test, device)
 
 
-def _fit(cfg: dict, net: torch.nn.Module, images: torch.Tensor, loss_fn, score_fn, device: torch.device,
-         stage_run) -> float:
+def _fit(
+    cfg: dict, net: torch.nn.Module, images: torch.Tensor, loss_fn, score_fn, device: torch.device, stage_run
+) -> float:
     """Adam over `features.epochs` epochs of shuffled batches, each shifted by up to one pixel (so
     the features are robust to the jitter of generated images); `score_fn` after every epoch gives
     the test metric logged and returned."""
@@ -127,7 +148,7 @@ def _fit(cfg: dict, net: torch.nn.Module, images: torch.Tensor, loss_fn, score_f
     for epoch in range(fcfg["epochs"]):
         perm = torch.randperm(len(images), generator=gen)
         for i in range(0, len(perm), fcfg["batch_size"]):
-            idx = perm[i:i + fcfg["batch_size"]]
+            idx = perm[i : i + fcfg["batch_size"]]
             dx, dy = torch.randint(-1, 2, (2,), generator=gen).tolist()
             x = torch.roll(images[idx], shifts=(dy, dx), dims=(2, 3)).to(device)
             loss = loss_fn(x, idx)

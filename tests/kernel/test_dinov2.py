@@ -35,10 +35,16 @@ def reference_forward(state, x):
     t = torch.cat([state["cls_token"].expand(len(x), 1, dim), tokens.flatten(2).transpose(1, 2)], 1) + pos
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     for i in range(depth):
-        p = {k[len(f"blocks.{i}."):]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        p = {k[len(f"blocks.{i}.") :]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
         attn = nn.MultiheadAttention(dim, dim // 64, batch_first=True)
-        attn.load_state_dict({"in_proj_weight": p["attn.qkv.weight"], "in_proj_bias": p["attn.qkv.bias"],
-                              "out_proj.weight": p["attn.proj.weight"], "out_proj.bias": p["attn.proj.bias"]})
+        attn.load_state_dict(
+            {
+                "in_proj_weight": p["attn.qkv.weight"],
+                "in_proj_bias": p["attn.qkv.bias"],
+                "out_proj.weight": p["attn.proj.weight"],
+                "out_proj.bias": p["attn.proj.bias"],
+            }
+        )
         n1 = F.layer_norm(t, (dim,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
         t = t + p["ls1.gamma"] * attn(n1, n1, n1, need_weights=False)[0]
         n2 = F.layer_norm(t, (dim,), p["norm2.weight"], p["norm2.bias"], eps=1e-6)

@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO, tiny_config
+from helpers import check_one_line, hold_when, like_a_terminal, trail_hashes
 from lcsc.kernel.distributed import Ranks
 from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.families.diffusion import VPDiffusion
@@ -21,16 +23,21 @@ from lcsc.kernel.tensors import load_tensors
 from lcsc.kernel.trail import Trail
 from lcsc.kernel.training import train
 
-from conftest import REPO, tiny_config
-from helpers import check_one_line, hold_when, like_a_terminal, trail_hashes
-
 pytestmark = pytest.mark.slow  # every test starts several processes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 LAUNCH = [sys.executable, "-m", "lcsc.launch", "2"]  # torchrun as the training rules call it
 MODEL = {"channels": 8, "channel_mult": [1, 2], "attention": True, "num_res_blocks": 1, "dropout": 0.0}
-TRAIN = {"iterations": 12, "checkpoint_every": 4, "batch_size": 16, "log_every": 4, "ema_decays": [0.9],
-         "warmup": 3, "lr": 1e-3, "grad_clip": 1.0}
+TRAIN = {
+    "iterations": 12,
+    "checkpoint_every": 4,
+    "batch_size": 16,
+    "log_every": 4,
+    "ema_decays": [0.9],
+    "warmup": 3,
+    "lr": 1e-3,
+    "grad_clip": 1.0,
+}
 # The kernel's loop in float64, in each of torchrun's processes or alone: rounding is then far
 # below what the comparison looks at, and any other difference (a batch, a noise draw, a
 # gradient left unaveraged) would show as a gap of the size of a training step.
@@ -56,8 +63,14 @@ KERNEL = textwrap.dedent("""
 def _kernel(tmp_path, out, launcher):
     script = tmp_path / "kernel.py"
     script.write_text(KERNEL)
-    done = subprocess.run([*launcher, str(script), repr(MODEL), repr(TRAIN), str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    done = subprocess.run(
+        [*launcher, str(script), repr(MODEL), repr(TRAIN), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return Trail.open(out / "manifest.json")
 
@@ -85,14 +98,24 @@ def test_two_gloo_processes_take_the_steps_of_one_process_on_the_whole_batch(tmp
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(ConfigError, match=r"train.batch_size: 10 images per step do not split evenly over 4"):
-        train(build_unet(MODEL, 1), VPDiffusion().loss, torch.rand(8, 1, 8, 8), dict(TRAIN, batch_size=10),
-              "unused", seed=0, device=torch.device("cpu"), manifest_extra={}, ranks=Ranks(0, 4))
+        train(
+            build_unet(MODEL, 1),
+            VPDiffusion().loss,
+            torch.rand(8, 1, 8, 8),
+            dict(TRAIN, batch_size=10),
+            "unused",
+            seed=0,
+            device=torch.device("cpu"),
+            manifest_extra={},
+            ranks=Ranks(0, 4),
+        )
     assert Ranks(1, 4).part(32) == slice(8, 16) and Ranks().part(32) == slice(0, 32)
 
 
 def _config(tmp_path, name):
-    cfg = tiny_config(tmp_path / name, train={"iterations": 60, "checkpoint_every": 10, "gpus": 2},
-                      baselines={"lawa_last": [2]})
+    cfg = tiny_config(
+        tmp_path / name, train={"iterations": 60, "checkpoint_every": 10, "gpus": 2}, baselines={"lawa_last": [2]}
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -108,8 +131,13 @@ def through_torchrun(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     runs = {}
     for name, launcher in (("two", LAUNCH), ("one", [sys.executable, "-m", "lcsc"])):
-        done = subprocess.run([*launcher, "train-dm", "--config", str(_config(tmp, name)), "--threads", "2"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*launcher, "train-dm", "--config", str(_config(tmp, name)), "--threads", "2"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         runs[name] = done.stdout + done.stderr
     return tmp, runs
@@ -135,11 +163,17 @@ def test_a_sigkilled_run_on_two_processes_resumes_to_the_same_trail(through_torc
     tmp, _ = through_torchrun
     config = _config(tmp_path, "killed")
     cmd = [*LAUNCH, "train-dm", "--config", str(config), "--threads", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # the launcher and its two workers: one process group
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # the launcher and its two workers: one process group
     trail = _trail(tmp_path, "killed")
-    hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 2 and not (trail / "manifest.json").exists(),
-              300, "the second checkpoint", group=True)
+    hold_when(
+        proc,
+        lambda: len(list(trail.glob("step_*.safetensors"))) >= 2 and not (trail / "manifest.json").exists(),
+        300,
+        "the second checkpoint",
+        group=True,
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -153,11 +187,23 @@ def test_a_sigkilled_run_on_two_processes_resumes_to_the_same_trail(through_torc
 def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
     config = _config(tmp_path, "stopped")
     cmd = [*LAUNCH, "train-dm", "--config", str(config), "--threads", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=like_a_terminal)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=like_a_terminal,
+    )
     trail = _trail(tmp_path, "stopped")
-    hold_when(proc, lambda: any(trail.glob("step_*.safetensors")) and not (trail / "manifest.json").exists(), 300,
-              "the first checkpoint", group=True)
+    hold_when(
+        proc,
+        lambda: any(trail.glob("step_*.safetensors")) and not (trail / "manifest.json").exists(),
+        300,
+        "the first checkpoint",
+        group=True,
+    )
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
     os.killpg(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
@@ -167,14 +213,32 @@ def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
     assert err.rstrip().splitlines()[-1].startswith("lcsc train-dm: interrupted"), err[-3000:]
     assert err.rstrip().endswith("on 2 processes; rerun the same command to resume"), err[-3000:]
     # a bad config is refused once, before any process starts: one line, not one per process
-    bad = subprocess.run([*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'none'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'none'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     check_one_line(bad.returncode, bad.stderr, "train-dm", [f"data.folder: {tmp_path / 'none'}"])
     # a process that fails as it runs (an image folder with no images) ends the launch with its exit
     # code and one line; the processes' own message shows once
     (tmp_path / "empty").mkdir()
-    bad = subprocess.run([*cmd, "--set", "data.dataset=folder", "--set", f"data.folder={tmp_path / 'empty'}",
-                          "--set", "features.kind=autoencoder"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            *cmd,
+            "--set",
+            "data.dataset=folder",
+            "--set",
+            f"data.folder={tmp_path / 'empty'}",
+            "--set",
+            "features.kind=autoencoder",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2, bad.stderr[-3000:]
     lines = [line for line in bad.stderr.splitlines() if line.startswith("lcsc train-dm: ")]
     assert "Traceback" not in bad.stderr and len(lines) == 2, bad.stderr[-3000:]
@@ -185,10 +249,19 @@ def test_ctrl_c_and_a_failing_process_end_the_launch_with_one_line(tmp_path):
 def test_the_launcher_checks_the_processes_against_the_node_before_starting_any(tmp_path):
     config = _config(tmp_path, "many")
     cores = len(os.sched_getaffinity(0))
-    done = subprocess.run([*LAUNCH[:-1], str(cores + 1), "train-dm", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    check_one_line(done.returncode, done.stderr, "train-dm",
-                   [f"{cores + 1} training processes, but this node has {cores} CPU cores"])
+    done = subprocess.run(
+        [*LAUNCH[:-1], str(cores + 1), "train-dm", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    check_one_line(
+        done.returncode,
+        done.stderr,
+        "train-dm",
+        [f"{cores + 1} training processes, but this node has {cores} CPU cores"],
+    )
     assert not _trail(tmp_path, "many").exists()
     for bad in (["0", "train-dm"], ["1000000000", "train-dm"], ["2"], ["x", "train-dm"]):
         done = subprocess.run([*LAUNCH[:-1], *bad], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -215,8 +288,9 @@ def test_a_process_that_cannot_be_started_stops_those_started_before_it(tmp_path
     config = _config(tmp_path, "nofork")
     code = launch.main(["2", "train-dm", "--config", str(config)])
     err = capsys.readouterr().err
-    check_one_line(code, err, "train-dm", ["could not start training process 1 of 2 (Resource temporarily "
-                                           "unavailable)"])
+    check_one_line(
+        code, err, "train-dm", ["could not start training process 1 of 2 (Resource temporarily unavailable)"]
+    )
     assert started and started[0].poll() is not None  # reaped, not left running
 
 
@@ -225,8 +299,12 @@ def test_processes_die_with_a_launcher_killed_outright(tmp_path):
     import psutil
 
     config = _config(tmp_path, "orphans")
-    launcher = subprocess.Popen([*LAUNCH, "train-dm", "--config", str(config), "--set", "train.iterations=100000"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [*LAUNCH, "train-dm", "--config", str(config), "--set", "train.iterations=100000"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         children = []

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import read_folder
 from lcsc.kernel.errors import FeatureError
 from lcsc.kernel.fid import Reference, feature_stats
 from lcsc.kernel.inception import InceptionFeatures, resolve_weights, wheel_weights
-
-from helpers import read_folder
 
 CPU = torch.device("cpu")
 
@@ -32,8 +31,16 @@ def test_fid_equals_clean_fids_compute_fid(standin, folders, mode):
     else:  # the network's own resize
         extractor = lambda x: module(x, return_features=True)  # noqa: E731
     a, b = folders
-    theirs = cleanfid.compute_fid(str(a), str(b), mode=mode, custom_feat_extractor=extractor,
-                                  device=CPU, num_workers=0, batch_size=32, verbose=False)
+    theirs = cleanfid.compute_fid(
+        str(a),
+        str(b),
+        mode=mode,
+        custom_feat_extractor=extractor,
+        device=CPU,
+        num_workers=0,
+        batch_size=32,
+        verbose=False,
+    )
     ours = _ours(standin, mode, a, b)
     assert theirs > 1.0  # two different image sets, not a vacuous comparison
     assert ours == pytest.approx(theirs, rel=1e-4)

@@ -81,20 +81,36 @@ def _trail_hashes(manifest: Path):
 def test_sigterm_stops_training_at_once_and_the_rerun_resumes_to_the_same_trail(tmp_path):
     overrides = {"train": {"iterations": 160, "checkpoint_every": 20}}
     for name in ("killed", "whole"):
-        cfg = tiny_config(tmp_path / name, mlflow=_mlflow(tmp_path, name) if name == "killed" else {"enabled": False},
-                          **overrides)
+        cfg = tiny_config(
+            tmp_path / name, mlflow=_mlflow(tmp_path, name) if name == "killed" else {"enabled": False}, **overrides
+        )
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [*LCSC, "train-dm", "--threads", "1", "--config"]
     # the uninterrupted run, meanwhile
-    whole = subprocess.Popen([*cmd, str(tmp_path / "whole.yaml")], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    whole = subprocess.Popen(
+        [*cmd, str(tmp_path / "whole.yaml")],
+        cwd=tmp_path,
+        env=_env(),
+        preexec_fn=like_a_terminal,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     with open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen([*cmd, str(tmp_path / "killed.yaml")], cwd=tmp_path, env=_env(),
-                                preexec_fn=like_a_terminal,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [*cmd, str(tmp_path / "killed.yaml")],
+            cwd=tmp_path,
+            env=_env(),
+            preexec_fn=like_a_terminal,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         trail = tmp_path / "killed" / "tiny" / "dm" / "trail"
-        hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 2
-                   and not (trail / "manifest.json").exists(), 300, "second checkpoint")
+        hold_when(
+            proc,
+            lambda: len(list(trail.glob("step_*.safetensors"))) >= 2 and not (trail / "manifest.json").exists(),
+            300,
+            "second checkpoint",
+        )
         seconds = _stop(proc, signal.SIGTERM, stopped=True)
     stderr = (tmp_path / "killed.err").read_text()
     print(f"train-dm stopped {seconds:.2f} s after SIGTERM")
@@ -108,8 +124,9 @@ def test_sigterm_stops_training_at_once_and_the_rerun_resumes_to_the_same_trail(
     [record] = (tmp_path / "killed" / "tiny" / "tracking").glob("*/train_dm.json")
     assert json.loads(record.read_text())["status"] == "KILLED"
 
-    rerun = subprocess.run([*cmd, str(tmp_path / "killed.yaml")], cwd=tmp_path, env=_env(), capture_output=True,
-                           text=True)
+    rerun = subprocess.run(
+        [*cmd, str(tmp_path / "killed.yaml")], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from step" in rerun.stdout
     assert whole.wait(timeout=120) == 0
@@ -130,29 +147,49 @@ def test_sigint_stops_a_search_and_the_rerun_ends_as_an_uninterrupted_one(traine
     cfg, _ = trained
     configs = {}
     for name in ("killed", "whole"):
-        shutil.copytree(cfg["results_dir"], tmp_path / name, ignore=shutil.ignore_patterns(
-            "search", "eval", "baselines*", "tracking", "mlflow.db*", "mlartifacts", "logs"))
-        mine = dict(cfg, results_dir=str(tmp_path / name), search=dict(cfg["search"], budget=12),
-                    mlflow=_mlflow(tmp_path, name) if name == "killed" else {"enabled": False})
+        shutil.copytree(
+            cfg["results_dir"],
+            tmp_path / name,
+            ignore=shutil.ignore_patterns(
+                "search", "eval", "baselines*", "tracking", "mlflow.db*", "mlartifacts", "logs"
+            ),
+        )
+        mine = dict(
+            cfg,
+            results_dir=str(tmp_path / name),
+            search=dict(cfg["search"], budget=12),
+            mlflow=_mlflow(tmp_path, name) if name == "killed" else {"enabled": False},
+        )
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(mine))
     cmd = [*LCSC, "search", "--threads", "1", "--config"]
-    whole = subprocess.Popen([*cmd, str(configs["whole"])], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    whole = subprocess.Popen(
+        [*cmd, str(configs["whole"])],
+        cwd=tmp_path,
+        env=_env(),
+        preexec_fn=like_a_terminal,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     out = tmp_path / "killed" / "tiny" / "dm" / "search" / f"nfe{cfg['search']['nfe']}"
     journal = out / "state" / "journal.jsonl"
 
     def searching() -> bool:  # past the start profiles, some candidates measured
         lines = journal.read_text().splitlines() if journal.exists() else []
         asks = [i for i, line in enumerate(lines) if '"type":"ask"' in line]
-        return bool(asks) and sum('"type":"eval"' in line for line in lines[asks[0]:]) >= 2
+        return bool(asks) and sum('"type":"eval"' in line for line in lines[asks[0] :]) >= 2
 
     with open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen([*cmd, str(configs["killed"])], cwd=tmp_path, env=_env(), preexec_fn=like_a_terminal,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [*cmd, str(configs["killed"])],
+            cwd=tmp_path,
+            env=_env(),
+            preexec_fn=like_a_terminal,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         # held where it is searching and not done: the signal lands mid-search on any machine
-        hold_when(proc, lambda: searching() and not (out / "coefficients.json").exists(), 300,
-                   "search evaluations")
+        hold_when(proc, lambda: searching() and not (out / "coefficients.json").exists(), 300, "search evaluations")
         seconds = _stop(proc, signal.SIGINT, stopped=True)
     stderr = (tmp_path / "killed.err").read_text()
     print(f"search stopped {seconds:.2f} s after SIGINT")
@@ -204,8 +241,11 @@ def test_runs_left_running_by_killed_jobs_are_ended(tmp_path, monkeypatch):
     status = lambda run_id: client.get_run(run_id).info.status  # noqa: E731
 
     def killed_jobs(invocation: str) -> list[str]:
-        return [r.info.status for r in _runs(client.tracking_uri, "orphans", "train_dm")
-                if r.data.tags["lcsc.invocation"] == invocation]
+        return [
+            r.info.status
+            for r in _runs(client.tracking_uri, "orphans", "train_dm")
+            if r.data.tags["lcsc.invocation"] == invocation
+        ]
 
     # end_parent of the failed invocation ends its own killed job at once
     inv, parent, run, path = invocation_with_a_killed_job()
@@ -237,8 +277,11 @@ def test_runs_left_running_by_killed_jobs_are_ended(tmp_path, monkeypatch):
     inv, parent, run, path = invocation_with_a_killed_job()
     client.set_terminated(parent, "FAILED")
     live_inv, live_parent = tracking.start_parent(cfg)
-    live_child = client.create_run(client.get_run(live_parent).info.experiment_id, run_name="search",
-                                   tags={"mlflow.parentRunId": live_parent, "lcsc.run_key": f"{live_inv}/search"})
+    live_child = client.create_run(
+        client.get_run(live_parent).info.experiment_id,
+        run_name="search",
+        tags={"mlflow.parentRunId": live_parent, "lcsc.run_key": f"{live_inv}/search"},
+    )
     tracking.start_parent(cfg)
     assert status(run.run_id) == "KILLED"
     assert status(live_child.info.run_id) == "RUNNING"
@@ -271,8 +314,14 @@ def test_runs_of_a_process_killed_outright_are_ended(tmp_path, monkeypatch):
     for key in (tracking.PARENT_ENV, tracking.INVOCATION_ENV):
         monkeypatch.delenv(key, raising=False)
     for role in ("driver", "manual"):
-        proc = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(tmp_path / "c.yaml"), role], cwd=tmp_path,
-                              env=_env(), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_DRIVER, str(tmp_path / "c.yaml"), role],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     runs = _runs(cfg["mlflow"]["tracking_uri"], "gone")
     assert sorted(r.info.status for r in runs) == ["RUNNING"] * 3  # a parent, its job, a job run by hand
@@ -292,8 +341,14 @@ def test_runs_of_a_process_killed_outright_are_ended(tmp_path, monkeypatch):
 def test_an_invocation_that_exits_without_ending_its_run_ends_it_killed(tmp_path):
     cfg = tiny_config(tmp_path / "results", experiment="stopped", mlflow=_mlflow(tmp_path, "m"))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(tmp_path / "c.yaml"), "stopped"], cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_DRIVER, str(tmp_path / "c.yaml"), "stopped"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert [r.info.status for r in _runs(cfg["mlflow"]["tracking_uri"], "stopped")] == ["KILLED"]
     assert [json.loads(p.read_text())["status"] for p in tracking.records_dir(cfg).rglob("parent.json")] == ["KILLED"]
@@ -305,8 +360,11 @@ def test_stage_run_ends_killed_on_an_interrupt(tmp_path, monkeypatch):
     for key in (tracking.PARENT_ENV, tracking.INVOCATION_ENV):
         monkeypatch.delenv(key, raising=False)
     cfg = tiny_config(tmp_path / "results", experiment="ended", mlflow=_mlflow(tmp_path, "m"))
-    for exc, expected in ((interrupts.Interrupted(signal.SIGTERM), "KILLED"), (KeyboardInterrupt(), "KILLED"),
-                          (RuntimeError("boom"), "FAILED")):
+    for exc, expected in (
+        (interrupts.Interrupted(signal.SIGTERM), "KILLED"),
+        (KeyboardInterrupt(), "KILLED"),
+        (RuntimeError("boom"), "FAILED"),
+    ):
         with pytest.raises(type(exc)):
             with tracking.StageRun(cfg, "search", {"model": "dm"}, stage_config(cfg, "search")) as run:
                 raise exc
@@ -339,8 +397,13 @@ def test_forward_to_children_stops_lcsc_processes_only(monkeypatch, use_psutil):
     other = subprocess.Popen([sys.executable, "-c", sleep, "lcsc"])
     try:
         found = []
-        _wait_for(lambda: found.extend(p for p, cmd in interrupts._descendants(os.getpid())
-                                       if interrupts._is_lcsc(cmd)) or found, 10, "the job's process")
+        _wait_for(
+            lambda: (
+                found.extend(p for p, cmd in interrupts._descendants(os.getpid()) if interrupts._is_lcsc(cmd)) or found
+            ),
+            10,
+            "the job's process",
+        )
         assert interrupts.forward_to_children(signal.SIGTERM) == found
         assert job.wait(timeout=5) == 0  # the shell goes on once its python is gone
         assert other.poll() is None
@@ -376,15 +439,37 @@ def _alive(proc: psutil.Process) -> bool:
 def test_sigint_to_snakemake_stops_its_running_jobs(tmp_path):
     """SIGINT to the Snakemake process alone (a scheduler's or a wrapper's, not a terminal's, which
     reaches every process): Snakemake itself would wait for the running job to finish."""
-    cfg = tiny_config(Path("results"), experiment="tiny-int", mlflow=_mlflow(tmp_path, "m"),
-                      train={"iterations": 100000, "checkpoint_every": 20})
+    cfg = tiny_config(
+        Path("results"),
+        experiment="tiny-int",
+        mlflow=_mlflow(tmp_path, "m"),
+        train={"iterations": 100000, "checkpoint_every": 20},
+    )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "snakemake.log", "w")
     target = "results/tiny-int/dm/trail/manifest.json"  # train_dm alone
-    smk = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--snakefile", str(REPO / "Snakefile"),
-                            "--cores", "2", "--configfile", "tiny.yaml", "--directory", str(tmp_path)],
-                           cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                           preexec_fn=like_a_terminal)
+    smk = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            target,
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--cores",
+            "2",
+            "--configfile",
+            "tiny.yaml",
+            "--directory",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=like_a_terminal,
+    )
     try:
         trail = tmp_path / "results" / "tiny-int" / "dm" / "trail"
         jobs: list[psutil.Process] = []

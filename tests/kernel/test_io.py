@@ -10,10 +10,13 @@ from lcsc.kernel.errors import InputError
 from lcsc.kernel.io import atomic_path, json_digest, read_json, reading, remove_stale_temps, write_json
 
 
-@pytest.mark.parametrize("failure, needle", [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-    (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
-])
+@pytest.mark.parametrize(
+    "failure, needle",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+    ],
+)
 def test_write_failures_name_the_path_and_keep_the_old_file(tmp_path, monkeypatch, failure, needle):
     target = tmp_path / "out" / "result.json"
     write_json(target, {"old": 1})
@@ -48,12 +51,15 @@ def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp", "new", "out.txt"]
 
 
-@pytest.mark.parametrize("content, keys, message", [
-    (b'{"a": 1, "b"', (), r"bad.json: not valid JSON \(Expecting ':' delimiter: line 1 column 13\); fix it"),
-    (b'{"a": "\x80"}', (), r"bad.json: not a JSON file \(not UTF-8 text: invalid start byte at byte 7\); fix it"),
-    (b"[1, 2]", ("a",), r"bad.json: holds a JSON list, not the object this stage reads; fix it"),
-    (b'{"a": 1}', ("a", "b", "c"), r"bad.json: has no 'b', 'c'; not the file this stage reads; fix it"),
-])
+@pytest.mark.parametrize(
+    "content, keys, message",
+    [
+        (b'{"a": 1, "b"', (), r"bad.json: not valid JSON \(Expecting ':' delimiter: line 1 column 13\); fix it"),
+        (b'{"a": "\x80"}', (), r"bad.json: not a JSON file \(not UTF-8 text: invalid start byte at byte 7\); fix it"),
+        (b"[1, 2]", ("a",), r"bad.json: holds a JSON list, not the object this stage reads; fix it"),
+        (b'{"a": 1}', ("a", "b", "c"), r"bad.json: has no 'b', 'c'; not the file this stage reads; fix it"),
+    ],
+)
 def test_read_json_names_the_file_and_what_is_wrong(tmp_path, content, keys, message):
     (tmp_path / "bad.json").write_bytes(content)
     with pytest.raises(InputError, match=message) as err:

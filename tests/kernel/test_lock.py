@@ -32,8 +32,15 @@ def _dead_pid() -> int:
 def _write(cfg, **holder):
     path = lock.lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": None, "invocation": "other",
-            "started": "2026-12-01 10:00:00", "cwd": "/somewhere", "token": "t"}
+    base = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started": None,
+        "invocation": "other",
+        "started": "2026-12-01 10:00:00",
+        "cwd": "/somewhere",
+        "token": "t",
+    }
     path.write_text(json.dumps(base | holder))
     return path
 
@@ -93,8 +100,12 @@ def test_a_stage_by_hand_does_not_write_under_a_live_invocation(cfg, tmp_path, m
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     _write(cfg, invocation="running")
-    check_one_line(main(["train-dm", "--config", str(config)]), capsys.readouterr().err, "train-dm",
-                   ["lcsc.lock", "in use by invocation running", "wait for that invocation to end"])
+    check_one_line(
+        main(["train-dm", "--config", str(config)]),
+        capsys.readouterr().err,
+        "train-dm",
+        ["lcsc.lock", "in use by invocation running", "wait for that invocation to end"],
+    )
     assert not (tmp_path / "results" / "tiny" / "dm").exists()
     # a job of that invocation (it carries its id) writes; so does anyone once the holder is gone
     monkeypatch.setenv(lock.INVOCATION_ENV, "running")

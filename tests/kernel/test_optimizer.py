@@ -58,7 +58,9 @@ def test_the_optimizer_starts_inside_the_bounds_and_is_seeded():
     assert make_optimizer(init, SEARCH).budget == SEARCH["budget"]
     param = make_parametrization(init, SEARCH)
     np.testing.assert_array_equal(param.value, init)
-    with pytest.raises(ConfigError, match=r"search.bounds \[0.0, 0.4\] exclude the starting point \[0.0, 0.0, 0.5, 0.5\]"):
+    with pytest.raises(
+        ConfigError, match=r"search.bounds \[0.0, 0.4\] exclude the starting point \[0.0, 0.0, 0.5, 0.5\]"
+    ):
         make_parametrization(init, dict(SEARCH, bounds=[0.0, 0.4]))
     with pytest.raises(ConfigError, match="search.optimizer: 'Foo' is not a nevergrad optimizer; try CMA"):
         make_optimizer(init, dict(SEARCH, optimizer="Foo"))

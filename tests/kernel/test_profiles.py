@@ -32,7 +32,7 @@ def test_sparse_ema_profile_lumps_intervals():
     c = profiles.ema_profile([10, 20, 30], 0.9)
     assert c.sum() == pytest.approx(1.0)
     assert c[2] > c[1] > c[0] > 0
-    np.testing.assert_allclose(c[2] / c[1], (1 - 0.9 ** 10) / (0.9 ** 10 - 0.9 ** 20))
+    np.testing.assert_allclose(c[2] / c[1], (1 - 0.9**10) / (0.9**10 - 0.9**20))
 
 
 @pytest.mark.parametrize("sigma_rel, gamma", [(0.05, 16.97), (0.10, 6.94)])
@@ -83,7 +83,12 @@ def test_greedy_soup_skips_a_harmful_checkpoint_and_still_adds_a_later_helpful_o
     # {2}: 0.05; {2, 4}: mean 0.15 -> 0.0, added; {2, 4, 0}: mean 0.1 -> 0.05, skipped;
     # {2, 4, 1}: mean 0.2 -> 0.05, skipped; {2, 4, 3}: 0.1167 + 1/3, skipped
     assert [(next(iter(step)), step[next(iter(step))]) for step in log] == [
-        ("added", 2), ("added", 4), ("skipped", 0), ("skipped", 1), ("skipped", 3)]
+        ("added", 2),
+        ("added", 4),
+        ("skipped", 0),
+        ("skipped", 1),
+        ("skipped", 3),
+    ]
     np.testing.assert_allclose(c, [0, 0, 0.5, 0, 0.5])
     assert fitness == pytest.approx(0.0, abs=1e-12) and len(calls) == 5 + 4
 

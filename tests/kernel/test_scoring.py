@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import trained_paths
 from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.io import sha256
-from lcsc.kernel.scoring import (WORST_FID, Evaluator, Objective, Scorer, fitness_key, fitness_settings, make_noise,
-                                 simplex_distance)
-
-from helpers import trained_paths
+from lcsc.kernel.scoring import (
+    WORST_FID,
+    Evaluator,
+    Objective,
+    Scorer,
+    fitness_key,
+    fitness_settings,
+    make_noise,
+    simplex_distance,
+)
 
 CPU = torch.device("cpu")
 
@@ -76,10 +83,18 @@ def test_fitness_settings_hold_everything_a_fitness_depends_on(trained, scorer):
     _, features, stats = trained_paths(cfg)
     settings = fitness_settings(cfg["search"], scorer)
     d = cfg["diffusion"]
-    assert settings == {"nfe": 2, "samples": 64, "seed": 1000, "feature_hash": sha256(features)[:16],
-                        "stats_hash": sha256(stats)[:16], "sampler": d["sampler"],
-                        "clip_denoised": d["clip_denoised"], "schedule": d["schedule"], "timesteps": d["timesteps"],
-                        "batch_size": 64}
+    assert settings == {
+        "nfe": 2,
+        "samples": 64,
+        "seed": 1000,
+        "feature_hash": sha256(features)[:16],
+        "stats_hash": sha256(stats)[:16],
+        "sampler": d["sampler"],
+        "clip_denoised": d["clip_denoised"],
+        "schedule": d["schedule"],
+        "timesteps": d["timesteps"],
+        "batch_size": 64,
+    }
     other = fitness_settings(dict(cfg["search"], nfe=1, budget=99, optimizer="DE"), scorer)
     assert other == dict(settings, nfe=1)  # the optimizer's settings are not among them
 
@@ -106,8 +121,9 @@ def test_the_evaluator_scores_each_candidate_once_like_the_scorer(trained, score
     direct = [scorer.score(c, 2, noise)[0] for c in cs]
     for scorers in ([scorer], [scorer, second]):
         seen = []
-        Evaluator(scorers).evaluate(cs, [0, 1, 2], Objective({2: 1.0}), 64, 7,
-                                    lambda i, fid, fids, seconds: seen.append((i, fid)))
+        Evaluator(scorers).evaluate(
+            cs, [0, 1, 2], Objective({2: 1.0}), 64, 7, lambda i, fid, fids, seconds: seen.append((i, fid))
+        )
         assert sorted(seen) == list(enumerate(direct)), len(scorers)
     assert len(set(direct)) == 3
 
@@ -142,8 +158,7 @@ def test_penalties_and_the_norm_bound(scorer, monkeypatch):
     assert simplex_distance([2.0, -1.0]) == pytest.approx(np.sqrt(2.0))  # projects to (1, 0)
     c = np.array([1.5, -0.5, 0.0, 0.0])
     assert Objective({2: 1.0}, penalty="l2", penalty_weight=2.0).penalty_of(c) == pytest.approx(2 * np.sqrt(2.5))
-    assert Objective({2: 1.0}, penalty="simplex", penalty_weight=3.0).penalty_of(c) == pytest.approx(
-        3 * np.sqrt(0.5))
+    assert Objective({2: 1.0}, penalty="simplex", penalty_weight=3.0).penalty_of(c) == pytest.approx(3 * np.sqrt(0.5))
     noises = {2: scorer.make_noise(32, 5)}
     plain, _ = scorer.measure(c, Objective({2: 1.0}), noises)
     penalised, fids = scorer.measure(c, Objective({2: 1.0}, penalty="l2", penalty_weight=2.0), noises)
@@ -169,8 +184,11 @@ def test_scorer_open_refuses_another_models_trail_and_a_config_that_disagrees(tr
     assert str(err.value) == f"--model cm_cd: {manifest} holds a dm trail; pass --model dm (or a truncated name of it)"
     assert Scorer.open(cfg, manifest, features, stats, CPU, 64, model="dm_first50").trail.steps == [10, 20, 30, 40]
     bigger = dict(cfg, data=dict(cfg["data"], image_size=16))
-    with pytest.raises(ConfigError, match=r"data.image_size: 16 in the config, but the trail .*manifest.json was "
-                                          r"trained with 12"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.image_size: 16 in the config, but the trail .*manifest.json was "
+        r"trained with 12",
+    ):
         Scorer.open(bigger, manifest, features, stats, CPU, 64)
     cosine = dict(cfg, diffusion=dict(cfg["diffusion"], schedule="cosine"))
     with pytest.raises(ConfigError, match="diffusion.schedule: 'cosine' in the config, but the trail"):

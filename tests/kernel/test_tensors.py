@@ -28,8 +28,9 @@ def test_malicious_pickle_payload_never_runs(tmp_path):
     with open(evil, "wb") as fh:
         pickle.dump({"weight": Payload(marker)}, fh, protocol=2)
     # the file is really malicious: a plain unpickling in another process runs the payload
-    subprocess.run([sys.executable, "-c", f"import pickle; pickle.load(open({str(evil)!r}, 'rb'))"], check=True,
-                   cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", f"import pickle; pickle.load(open({str(evil)!r}, 'rb'))"], check=True, cwd=tmp_path
+    )
     assert marker.exists()
     marker.unlink()
     with pytest.raises(ValueError, match=r"evil.pt: refused to load.*weights_only=True"):
@@ -52,8 +53,9 @@ def test_tensors_round_trip_and_a_missing_or_foreign_file_is_named(tmp_path):
     tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1.5], dtype=torch.float64)}
     save_tensors(tmp_path / "t.safetensors", tensors, metadata={"lcsc": "x"})
     back = load_tensors(tmp_path / "t.safetensors")
-    assert set(back) == {"w", "b"} and all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype
-                                           for k in tensors)
+    assert set(back) == {"w", "b"} and all(
+        torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # written atomically, no temp left
     with pytest.raises(FileNotFoundError) as err:
         load_tensors(tmp_path / "nowhere.safetensors")

@@ -48,9 +48,14 @@ class Server:
     def start(self) -> "Server":
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
         log = open(self.root / f"server-{time.time():.0f}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lcsc", "mlflow-server", "--config", str(self.cfg_file),
-                                      "--port", str(self.port)], cwd=self.root, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lcsc", "mlflow-server", "--config", str(self.cfg_file), "--port", str(self.port)],
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             assert self.proc.poll() is None, (self.root / log.name).read_text()
@@ -99,8 +104,13 @@ def _history(port: int, run: dict, key: str) -> dict[int, float]:
 def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("track")
     port = _free_port()
-    base = dict(TINY, experiment=EXPERIMENT, results_dir="results", baselines=BASELINES,
-                mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{port}"})
+    base = dict(
+        TINY,
+        experiment=EXPERIMENT,
+        results_dir="results",
+        baselines=BASELINES,
+        mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{port}"},
+    )
     (root / "server.yaml").write_text(yaml.safe_dump(base))
     server = Server(root, root / "server.yaml", port).start()
     runs = {}
@@ -131,8 +141,12 @@ def test_two_searches_compare_through_the_rest_api(tracked):
     for r in searches:
         tags = _tags(r)
         assert r["info"]["run_name"] == f"search[model=dm,nfe=2] @{tags['lcsc.invocation']}"
-        assert (tags["lcsc.model"], tags["lcsc.nfe"], tags["lcsc.dataset"], tags["lcsc.features"]) == \
-            ("dm", "2", "digits12", "classifier")
+        assert (tags["lcsc.model"], tags["lcsc.nfe"], tags["lcsc.dataset"], tags["lcsc.features"]) == (
+            "dm",
+            "2",
+            "digits12",
+            "classifier",
+        )
         assert len(tags["lcsc.git_commit"]) in (7, 40) or tags["lcsc.git_commit"] == "unknown"
         assert tags["lcsc.logged"] == "complete"
         assert len(_history(port, r, "fitness")) >= STARTS + int(_params(r)["search.budget"])
@@ -149,8 +163,13 @@ def test_two_searches_compare_through_the_rest_api(tracked):
     assert set(by_variant) == set(VARIANTS)
     # the evaluations were short jobs: they wrote records only, and the workflow logged them at its end
     records = [json.loads(p.read_text()) for p in (root / "results" / EXPERIMENT / "tracking").glob("*/*.json")]
-    assert {r["name"].split("[")[0] for r in records if r.get("deferred")} == \
-        {"train_features", "reference_stats", "baselines", "evaluate", "export"}
+    assert {r["name"].split("[")[0] for r in records if r.get("deferred")} == {
+        "train_features",
+        "reference_stats",
+        "baselines",
+        "evaluate",
+        "export",
+    }
     assert not any(r.get("deferred") for r in records if r["name"].startswith(("train_dm", "search", "tabulate")))
     lcsc = _search(port, exp_id, "tags.`lcsc.stage` = 'evaluate' and tags.`lcsc.variant` = 'lcsc'")
     assert len(lcsc) == 2
@@ -227,7 +246,9 @@ def test_server_killed_mid_run_loses_nothing_and_sync_restores_the_runs(tracked)
     survivors = {r["info"]["run_id"] for r in _search(port, exp_id, "attributes.status != 'x'")}
     assert earlier <= survivors
     after = _search(port, exp_id, mine_filter)
-    assert sorted(tracking.job_name(r["info"]["run_name"]) for r in after) == sorted(rec["name"] for rec in mine.values())
+    assert sorted(tracking.job_name(r["info"]["run_name"]) for r in after) == sorted(
+        rec["name"] for rec in mine.values()
+    )
     assert all(_tags(r)["lcsc.logged"] == "complete" for r in after)
     parent = next(r for r in after if _tags(r).get("lcsc.role") == "invocation")
     assert parent["info"]["status"] == "FINISHED"
@@ -279,8 +300,17 @@ def test_sync_removes_duplicates_reattaches_orphans_and_skips_other_stores(tmp_p
 
     for _ in range(2):  # the second sync finds nothing to do
         counts = tracking.sync(cfg)
-        assert counts == {"records": 3, "created": 0, "replaced": 0, "completed": 0, "complete": 2,
-                          "skipped": 1, "failed": 0, "killed": 0, "registered": 0}
+        assert counts == {
+            "records": 3,
+            "created": 0,
+            "replaced": 0,
+            "completed": 0,
+            "complete": 2,
+            "skipped": 1,
+            "failed": 0,
+            "killed": 0,
+            "registered": 0,
+        }
         runs = client.search_runs([exp_id], filter_string=f"tags.`lcsc.run_key` = '{child_key}'")
         assert [r.info.run_id for r in runs] == [run.run_id]  # the partial twin is gone
         assert runs[0].data.tags["mlflow.parentRunId"] == parent_id  # re-attached

@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config
+from helpers import train_tiny, trained_paths
 from lcsc.kernel.errors import TrailError
 from lcsc.kernel.io import write_json
 from lcsc.kernel.nets import build_unet
 from lcsc.kernel.tensors import load_tensors, save_tensors
 from lcsc.kernel.trail import MANIFEST_FORMAT, ChunkedTrail, FlatLoader, Trail, check_state, combine
-
-from conftest import tiny_config
-from helpers import train_tiny, trained_paths
 
 
 def test_combination_and_tampering(tmp_path):
@@ -84,8 +83,9 @@ def test_manifest_entries_stay_inside_the_trail(ctx):
     data = json.loads(manifest.read_text())
     assert len(Trail.open(manifest)) == len(data["checkpoints"])
     for bad in ("/etc/passwd", "../../../../../../etc/passwd", "../trail/../../x", "sub/../../x"):
-        write_json(manifest, dict(data, checkpoints=[dict(data["checkpoints"][0], file=bad),
-                                                     *data["checkpoints"][1:]]))
+        write_json(
+            manifest, dict(data, checkpoints=[dict(data["checkpoints"][0], file=bad), *data["checkpoints"][1:]])
+        )
         for verify in (True, False):
             with pytest.raises(TrailError, match=r"checkpoints\[0\] file .* outside the trail"):
                 Trail.open(manifest, verify=verify)
@@ -140,13 +140,17 @@ def test_combine_and_the_chunked_trail_with_an_output_vector():
 def test_check_state_names_the_file_and_what_differs():
     shapes = {"a": (2, 3), "b": (4,)}
     check_state({"a": torch.zeros(2, 3), "b": torch.zeros(4)}, shapes, "ok.safetensors")
-    for state, detail in (({"a": torch.zeros(2, 3)}, "missing ['b']"),
-                          ({"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}, "unexpected ['c']"),
-                          ({"a": torch.zeros(3, 2), "b": torch.zeros(4)}, "a has shape (3, 2), the model (2, 3)")):
+    for state, detail in (
+        ({"a": torch.zeros(2, 3)}, "missing ['b']"),
+        ({"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}, "unexpected ['c']"),
+        ({"a": torch.zeros(3, 2), "b": torch.zeros(4)}, "a has shape (3, 2), the model (2, 3)"),
+    ):
         with pytest.raises(TrailError) as err:
             check_state(state, shapes, "x.safetensors")
-        assert str(err.value) == (f"x.safetensors: not a checkpoint of this model architecture ({detail}); it "
-                                  "belongs to another model: restore it or rerun the stage that wrote it")
+        assert str(err.value) == (
+            f"x.safetensors: not a checkpoint of this model architecture ({detail}); it "
+            "belongs to another model: restore it or rerun the stage that wrote it"
+        )
 
 
 def test_a_manifest_of_another_format_or_without_its_network_is_refused(tmp_path):
@@ -154,8 +158,10 @@ def test_a_manifest_of_another_format_or_without_its_network_is_refused(tmp_path
     write_json(manifest, {"format": "lcsc-trail/0", "checkpoints": []})
     with pytest.raises(TrailError) as err:
         Trail.open(manifest)
-    assert str(err.value) == (f"{manifest}: not an lcsc trail manifest (format 'lcsc-trail/0', not "
-                              f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail")
+    assert str(err.value) == (
+        f"{manifest}: not an lcsc trail manifest (format 'lcsc-trail/0', not "
+        f"{MANIFEST_FORMAT!r}); pass the manifest.json of a trail"
+    )
     (tmp_path / "a.safetensors").write_bytes(b"x")
     entry = {"file": "a.safetensors", "sha256": "0" * 64, "step": 10}
     write_json(manifest, {"format": MANIFEST_FORMAT, "checkpoints": [entry]})

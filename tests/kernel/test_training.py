@@ -9,15 +9,14 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO, tiny_config
+from helpers import hold_when, trail_hashes, train_tiny
 from lcsc.kernel.errors import TrainingError
 from lcsc.kernel.families.diffusion import VPDiffusion
 from lcsc.kernel.nets import build_unet
 from lcsc.kernel.tensors import load_tensors
 from lcsc.kernel.trail import Trail
 from lcsc.kernel.training import train
-
-from conftest import REPO, tiny_config
-from helpers import hold_when, trail_hashes, train_tiny
 
 
 @pytest.mark.slow
@@ -46,7 +45,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     for decay, path in full.ema_paths().items():
         a, b = load_tensors(path), load_tensors(resumed.ema_paths()[decay])
         assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [c["sha256"] for c in full.manifest["checkpoints"]] == [c["sha256"] for c in resumed.manifest["checkpoints"]]
+    assert [c["sha256"] for c in full.manifest["checkpoints"]] == [
+        c["sha256"] for c in resumed.manifest["checkpoints"]
+    ]
 
 
 @pytest.mark.slow
@@ -69,8 +70,16 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path):
 
     model = build_unet(cfg["model"], 1)
     with pytest.raises(TrainingError, match=r"step 13.*step_0000010.safetensors"):
-        train(model, exploding, torch.rand(20, 1, 8, 8), dict(cfg["train"], iterations=30), tmp_path / "t",
-              seed=0, device=torch.device("cpu"), manifest_extra={})
+        train(
+            model,
+            exploding,
+            torch.rand(20, 1, 8, 8),
+            dict(cfg["train"], iterations=30),
+            tmp_path / "t",
+            seed=0,
+            device=torch.device("cpu"),
+            manifest_extra={},
+        )
     assert (tmp_path / "t" / "step_0000010.safetensors").exists()
 
 
@@ -82,13 +91,25 @@ def test_sigkill_during_training_resumes_to_the_same_trail(tmp_path):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "lcsc", "train-dm", "--threads", "1"]
     # the uninterrupted run, meanwhile (one thread each: the two cores run both)
-    whole = subprocess.Popen([*cmd, "--config", str(tmp_path / "whole.yaml")], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "whole.err", "w"))
-    proc = subprocess.Popen([*cmd, "--config", str(tmp_path / "killed.yaml")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    whole = subprocess.Popen(
+        [*cmd, "--config", str(tmp_path / "whole.yaml")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "whole.err", "w"),
+    )
+    proc = subprocess.Popen(
+        [*cmd, "--config", str(tmp_path / "killed.yaml")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     trail = tmp_path / "killed" / "tiny" / "dm" / "trail"
-    hold_when(proc, lambda: len(list(trail.glob("step_*.safetensors"))) >= 4
-              and not (trail / "manifest.json").exists(), 300, "the fourth checkpoint")
+    hold_when(
+        proc,
+        lambda: len(list(trail.glob("step_*.safetensors"))) >= 4 and not (trail / "manifest.json").exists(),
+        300,
+        "the fourth checkpoint",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     subprocess.run([*cmd, "--config", str(tmp_path / "killed.yaml")], cwd=REPO, check=True, capture_output=True)

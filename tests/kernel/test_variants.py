@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_config
 from lcsc.kernel import profiles, variants
 from lcsc.kernel.errors import ConfigError, TrailError
 from lcsc.kernel.io import write_json
@@ -14,31 +15,34 @@ from lcsc.kernel.scoring import Scorer
 from lcsc.kernel.tensors import load_tensors
 from lcsc.kernel.trail import Trail, flatten_state
 
-from conftest import tiny_config
-
 STEPS = [10, 20, 30, 40]
 TINY_PROFILES = ["uniform", "lawa_2", "ema_0.9_profile", "ema_0.99_profile", "power_0.05", "power_0.1"]
 
 
 def _trail(root: Path, emas=(0.9, 0.99)) -> Trail:
     """A trail as its manifest describes it (no files needed by the functions tested here)."""
-    manifest = {"checkpoints": [{"step": s, "file": f"step_{s:07d}.safetensors", "sha256": f"{s:064x}"}
-                                for s in STEPS],
-                "ema": [{"decay": d, "file": f"ema_{d}.safetensors", "sha256": "0" * 64} for d in emas]}
+    manifest = {
+        "checkpoints": [{"step": s, "file": f"step_{s:07d}.safetensors", "sha256": f"{s:064x}"} for s in STEPS],
+        "ema": [{"decay": d, "file": f"ema_{d}.safetensors", "sha256": "0" * 64} for d in emas],
+    }
     return Trail(root, manifest, list(STEPS))
 
 
 def test_names_per_model(tmp_path):
     cfg = tiny_config(tmp_path, consistency={"modes": ["ct"], "train": {"iterations": 30, "ema_decays": [0.95]}})
-    assert variants.names(cfg) == variants.names(cfg, "dm") == [
-        "last", "ema_0.9", "ema_0.99", *TINY_PROFILES, "greedy_soup", "lcsc"]
+    assert (
+        variants.names(cfg)
+        == variants.names(cfg, "dm")
+        == ["last", "ema_0.9", "ema_0.99", *TINY_PROFILES, "greedy_soup", "lcsc"]
+    )
     # a consistency model keeps the EMAs of its own training (consistency.train), scored by the same profiles
     assert variants.names(cfg, "cm_ct") == ["last", "ema_0.95", *TINY_PROFILES, "greedy_soup", "lcsc"]
     # a truncated trail lists no EMAs: it is compared through its last checkpoint and LCSC only
     for truncated in ("dm_first50", "cm_ct_first25", "cm_cd_first12.5"):
         assert variants.names(cfg, truncated) == ["last", "lcsc"], truncated
-    bare = tiny_config(tmp_path, baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [],
-                                            "greedy_soup": False})
+    bare = tiny_config(
+        tmp_path, baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": False}
+    )
     assert variants.names(bare, "dm") == ["last", "ema_0.9", "ema_0.99", "uniform", "lcsc"]
     assert variants.scored_profiles(bare["baselines"]) == ["last", "uniform"]
     assert variants.scored_profiles(cfg["baselines"]) == ["last", *TINY_PROFILES, "greedy_soup"]
@@ -64,8 +68,10 @@ def test_checkpoint_file_of_last_and_of_a_kept_ema(tmp_path):
     assert variants.checkpoint_file(trail, "ema_0.9") == tmp_path / "ema_0.9.safetensors"
     with pytest.raises(TrailError) as err:
         variants.checkpoint_file(trail, "ema_0.5")
-    assert str(err.value) == f"{tmp_path / 'manifest.json'}: no weights 'ema_0.5'; it has last and the EMAs " \
-                             "ema_0.9, ema_0.99"
+    assert (
+        str(err.value) == f"{tmp_path / 'manifest.json'}: no weights 'ema_0.5'; it has last and the EMAs "
+        "ema_0.9, ema_0.99"
+    )
     with pytest.raises(TrailError) as err:
         variants.checkpoint_file(_trail(tmp_path, emas=()), "ema_0.9")
     assert str(err.value).endswith("no weights 'ema_0.9'; it has last and the EMAs (none)")
@@ -94,8 +100,9 @@ def test_profiles_from_the_baselines_file_or_the_closed_form(tmp_path):
     assert closed["power_0.1"] == profiles.power_profile(STEPS, 0.1).tolist()
     assert closed["ema_0.9_profile"] == profiles.ema_profile(STEPS, 0.9).tolist()
     # the baselines stage's file, as it writes it: the same numbers bit for bit, and the soup besides
-    scored = {name: {"coefficients": c.tolist(), "fitness": 1.0}
-              for name, c in profiles.trail_profiles(STEPS, bcfg).items()}
+    scored = {
+        name: {"coefficients": c.tolist(), "fitness": 1.0} for name, c in profiles.trail_profiles(STEPS, bcfg).items()
+    }
     scored["greedy_soup"] = {"coefficients": [0.0, 0.5, 0.0, 0.5], "fitness": 0.5}
     file = tmp_path / "baselines.json"
     write_json(file, {"profiles": scored, "trail_sha256": trail.fingerprint})
@@ -103,8 +110,9 @@ def test_profiles_from_the_baselines_file_or_the_closed_form(tmp_path):
         assert variants.coefficients_of(trail, name, baselines=file, bcfg=bcfg) == c, name
     assert variants.coefficients_of(trail, "greedy_soup", baselines=file) == [0.0, 0.5, 0.0, 0.5]
     # the file wins over the config: it holds what was scored
-    write_json(file, {"profiles": {"uniform": {"coefficients": [0.4, 0.3, 0.2, 0.1]}},
-                      "trail_sha256": trail.fingerprint})
+    write_json(
+        file, {"profiles": {"uniform": {"coefficients": [0.4, 0.3, 0.2, 0.1]}}, "trail_sha256": trail.fingerprint}
+    )
     assert variants.coefficients_of(trail, "uniform", baselines=file, bcfg=bcfg) == [0.4, 0.3, 0.2, 0.1]
     # and it must be of this trail
     write_json(file, {"profiles": scored, "trail_sha256": ["0" * 64] * 4})
@@ -119,25 +127,40 @@ def test_an_unknown_variant_lists_the_known_ones(tmp_path):
     bcfg = tiny_config(tmp_path)["baselines"]
     with pytest.raises(ConfigError) as err:
         variants.coefficients_of(trail, "best", bcfg=bcfg)
-    assert str(err.value) == ("unknown variant 'best' (without the baselines stage's file the variants are: lcsc, "
-                              "ema_<decay> kept in training, last, " + ", ".join(TINY_PROFILES) + ")")
+    assert str(err.value) == (
+        "unknown variant 'best' (without the baselines stage's file the variants are: lcsc, "
+        "ema_<decay> kept in training, last, " + ", ".join(TINY_PROFILES) + ")"
+    )
     # the soup exists only in the baselines stage's file
     with pytest.raises(ConfigError, match="unknown variant 'greedy_soup' .without the baselines stage's file"):
         variants.coefficients_of(trail, "greedy_soup", bcfg=bcfg)
     file = tmp_path / "baselines.json"
-    write_json(file, {"profiles": {"last": {"coefficients": [0, 0, 0, 1]}, "greedy_soup": {"coefficients": [1, 0, 0, 0]}},
-                      "trail_sha256": trail.fingerprint})
+    write_json(
+        file,
+        {
+            "profiles": {"last": {"coefficients": [0, 0, 0, 1]}, "greedy_soup": {"coefficients": [1, 0, 0, 0]}},
+            "trail_sha256": trail.fingerprint,
+        },
+    )
     with pytest.raises(ConfigError) as err:
         variants.coefficients_of(trail, "uniform", baselines=file, bcfg=bcfg)
-    assert str(err.value) == (f"unknown variant 'uniform' (in {file} the variants are: lcsc, ema_<decay> kept in "
-                              "training, last, greedy_soup)")
+    assert str(err.value) == (
+        f"unknown variant 'uniform' (in {file} the variants are: lcsc, ema_<decay> kept in "
+        "training, last, greedy_soup)"
+    )
 
 
 def test_weights_of_last_equal_its_file_and_a_kept_ema_is_its_file(trained):
     cfg, _ = trained
     layout = Layout.of(cfg)
-    scorer = Scorer.open(cfg, layout.manifest("dm"), layout.feature_net("classifier"),
-                         layout.stats(dataset_name(cfg["data"]), "train", "classifier"), torch.device("cpu"), 64)
+    scorer = Scorer.open(
+        cfg,
+        layout.manifest("dm"),
+        layout.feature_net("classifier"),
+        layout.stats(dataset_name(cfg["data"]), "train", "classifier"),
+        torch.device("cpu"),
+        64,
+    )
     flat, c = variants.weights(scorer, "last", bcfg=cfg["baselines"])
     assert c == [0.0, 0.0, 0.0, 1.0]
     assert torch.equal(flat, scorer.weights_from_file(variants.checkpoint_file(scorer.trail, "last")))

@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from helpers import BASELINES
 from lcsc.cli import main
 from lcsc.kernel.paths import Layout
-
-from helpers import BASELINES
 
 
 def test_baselines_stage(trained):

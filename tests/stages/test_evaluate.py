@@ -8,10 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from helpers import VARIANTS
 from lcsc.cli import main
 from lcsc.kernel.paths import Layout
-
-from helpers import VARIANTS
 
 
 def _with_baselines_and_search(cfg: dict, cfg_file) -> Layout:
@@ -39,8 +38,22 @@ def test_evaluate_every_variant_and_tabulate(trained):
     last = json.loads(layout.eval_json("dm", "last").read_text())
     assert last["coefficients"] == [0, 0, 0, 1]
     # a profile evaluated from the baselines file equals the closed form computed without it
-    assert main(["evaluate", "--config", str(cfg_file), "--variant", "power_0.1", "--out",
-                 str(layout.root / "p.json"), "--grid", str(layout.root / "p.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(cfg_file),
+                "--variant",
+                "power_0.1",
+                "--out",
+                str(layout.root / "p.json"),
+                "--grid",
+                str(layout.root / "p.png"),
+            ]
+        )
+        == 0
+    )
     with_file = json.loads((layout.root / "p.json").read_text())
     assert with_file["fid"] == json.loads(layout.eval_json("dm", "power_0.1").read_text())["fid"]
     # evaluate is deterministic: the same variant twice gives the same FIDs bit for bit
@@ -48,8 +61,14 @@ def test_evaluate_every_variant_and_tabulate(trained):
     assert json.loads(layout.eval_json("dm", "last").read_text())["fid"] == last["fid"]
     assert main(["tabulate", "--config", str(cfg_file)]) == 0
     report = layout.report_dir()
-    for name in ("summary.md", "summary.csv", "fid_vs_nfe.png", "coefficients.png", "search_curve.png",
-                 "samples_dm_lcsc.png"):
+    for name in (
+        "summary.md",
+        "summary.csv",
+        "fid_vs_nfe.png",
+        "coefficients.png",
+        "search_curve.png",
+        "samples_dm_lcsc.png",
+    ):
         assert (report / name).stat().st_size > 0, name
     with open(report / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -105,12 +124,16 @@ def test_repeats_give_every_run_and_their_mean_and_spread(trained, tmp_path):
     assert main(["evaluate", *more, "--variant", "lcsc", "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
     res = json.loads(out.read_text())
     assert res["repeats"] == {"searches": 2, "seeds": 2, "n": 4}
-    assert [(r["search"], r["seed"]) for r in res["runs"]][:2] == [(0, cfg["evaluate"]["seed"]),
-                                                                  (0, res["runs"][1]["seed"])]
+    assert [(r["search"], r["seed"]) for r in res["runs"]][:2] == [
+        (0, cfg["evaluate"]["seed"]),
+        (0, res["runs"][1]["seed"]),
+    ]
     assert len({r["seed"] for r in res["runs"]}) == 2 and res["search_coefficients"][1] == second["coefficients"]
     for n in ("1", "2"):
         values = [r["fid"][n] for r in res["runs"]]
-        assert res["fid"][n] == pytest.approx(np.mean(values)) and res["fid_std"][n] == pytest.approx(np.std(values, ddof=1))
+        assert res["fid"][n] == pytest.approx(np.mean(values)) and res["fid_std"][n] == pytest.approx(
+            np.std(values, ddof=1)
+        )
         assert len(set(values)) == 4  # other seeds, other searches: other numbers
         for key in ("kid", "precision", "recall"):
             assert res[key][n] == pytest.approx(np.mean([r[key][n] for r in res["runs"]]))

@@ -31,10 +31,26 @@ def exported(sd_run, tmp_path_factory):
     evaluations = [str(layout.eval_json("imported", v)) for v in ("lcsc", "last", "ema_0.99")]
     real = tmp_path / "real digits.png"  # the reference images' grid, as reference_stats writes it
     save_grid(load_split(cfg["data"], "train").images[:64], real)
-    assert main(["export", "--config", config, "--model", "imported", "--evaluations", *evaluations,
-                 "--real", str(real),
-                 "--set", "mlflow.enabled=true",
-                 "--set", "export.register=digits-unet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--config",
+                config,
+                "--model",
+                "imported",
+                "--evaluations",
+                *evaluations,
+                "--real",
+                str(real),
+                "--set",
+                "mlflow.enabled=true",
+                "--set",
+                "export.register=digits-unet",
+            ]
+        )
+        == 0
+    )
     return cfg, layout, uri, config, evaluations
 
 
@@ -68,8 +84,10 @@ def test_model_card_shows_the_evaluation_against_last_and_ema(exported):
         assert row in card
     assert "trail fingerprint" in card and "torch.load('model.pt', weights_only=True)" in card
     # which space the FIDs are in, and that they compare within this run only
-    assert "The FIDs are in a feature space trained on this run's own data (classifier: features.kind classifier)" \
-        in card and "never with any published FID" in card
+    assert (
+        "The FIDs are in a feature space trained on this run's own data (classifier: features.kind classifier)" in card
+        and "never with any published FID" in card
+    )
     assert "- sampler: ddim" in card
     # the noise a win must beat, a verdict per NFE against last and the EMA, and the samples side by side
     floor = json.loads(layout.eval_json("imported", "lcsc").read_text())["floor"]
@@ -111,21 +129,51 @@ def test_a_registration_that_fails_is_recorded_and_made_by_mlflow_sync(exported,
 
     cfg, layout, _, config, evaluations = exported
     down = "http://127.0.0.1:9"  # nothing listens there
-    assert main(["export", "--config", config, "--model", "imported", "--evaluations", *evaluations,
-                 "--out-dir", str(tmp_path / "x"), "--set", "mlflow.enabled=true",
-                 "--set", f"mlflow.tracking_uri={down}", "--set", "export.register=digits-unet-later"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--config",
+                config,
+                "--model",
+                "imported",
+                "--evaluations",
+                *evaluations,
+                "--out-dir",
+                str(tmp_path / "x"),
+                "--set",
+                "mlflow.enabled=true",
+                "--set",
+                f"mlflow.tracking_uri={down}",
+                "--set",
+                "export.register=digits-unet-later",
+            ]
+        )
+        == 0
+    )
     assert "digits-unet-later is registered by `lcsc mlflow-sync` later" in capsys.readouterr().err
     [path] = [p for p in records_dir(cfg).glob("*/export*.json") if down in p.read_text()]
     assert json.loads(path.read_text())["registrations"] == [
-        {"name": "digits-unet-later", "folder": "export/lcsc", "version": None}]
+        {"name": "digits-unet-later", "folder": "export/lcsc", "version": None}
+    ]
     store = f"sqlite:///{tmp_path / 'later.db'}"
-    sync = ["mlflow-sync", "--config", config, "--set", "mlflow.enabled=true", "--set",
-            f"mlflow.tracking_uri={store}", "--any-store"]
+    sync = [
+        "mlflow-sync",
+        "--config",
+        config,
+        "--set",
+        "mlflow.enabled=true",
+        "--set",
+        f"mlflow.tracking_uri={store}",
+        "--any-store",
+    ]
     assert main(sync) == 0
     assert "1 models registered" in capsys.readouterr().out
     client = MlflowClient(store)
     version = client.get_model_version("digits-unet-later", "1")
-    assert version.source.endswith("/export/lcsc") and client.get_run(version.run_id).info.run_name.startswith("export")
+    assert version.source.endswith("/export/lcsc") and client.get_run(version.run_id).info.run_name.startswith(
+        "export"
+    )
     names = {a.path for a in client.list_artifacts(version.run_id, "export/lcsc")}
     assert "export/lcsc/model.pt" in names  # the source the version points to holds the weights
     assert json.loads(path.read_text())["registrations"][0]["version"] == "1"

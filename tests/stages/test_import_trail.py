@@ -58,13 +58,16 @@ def _copy_run(sd_run, tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("bad, needles", [
-    ("extra_key", ["model000050.pt", "extra key 'stray'"]),
-    ("shape", ["model000050.pt", "has shape (1,)"]),
-    ("missing_key", ["model000050.pt", "lacks"]),
-    ("payload", ["model000050.pt", "pickled Python objects", "never unpickles"]),
-    ("int", ["model000050.pt", "not a float tensor"]),
-])
+@pytest.mark.parametrize(
+    "bad, needles",
+    [
+        ("extra_key", ["model000050.pt", "extra key 'stray'"]),
+        ("shape", ["model000050.pt", "has shape (1,)"]),
+        ("missing_key", ["model000050.pt", "lacks"]),
+        ("payload", ["model000050.pt", "pickled Python objects", "never unpickles"]),
+        ("int", ["model000050.pt", "not a float tensor"]),
+    ],
+)
 def test_a_bad_checkpoint_is_one_line_naming_it(sd_run, tmp_path, capsys, bad, needles):
     folder = _copy_run(sd_run, tmp_path)
     state = torch.load(folder / "model000040.pt", weights_only=True)["state_dict"]
@@ -99,8 +102,12 @@ def test_a_file_changed_or_missing_after_import_stops_the_next_stage(sd_run, tmp
     state["state_dict"] = {k: v + 1 for k, v in state["state_dict"].items()}
     torch.save(state, folder / "model000020.pt")
     capsys.readouterr()
-    check_one_line(main(args), capsys.readouterr().err, "baselines",
-                   [str(folder / "model000020.pt"), "changed after the trail was written", "rerun import_trail"])
+    check_one_line(
+        main(args),
+        capsys.readouterr().err,
+        "baselines",
+        [str(folder / "model000020.pt"), "changed after the trail was written", "rerun import_trail"],
+    )
     (folder / "model000030.pt").unlink()
     check_one_line(main(args), capsys.readouterr().err, "baselines", [str(folder / "model000020.pt")])
     assert main(["import-trail", "--config", config]) == 0  # after a fresh import only the missing file is left
@@ -108,15 +115,18 @@ def test_a_file_changed_or_missing_after_import_stops_the_next_stage(sd_run, tmp
     check_one_line(main(args), capsys.readouterr().err, "baselines", [str(folder / "model000020.pt"), "missing"])
 
 
-@pytest.mark.parametrize("trail, needles", [
-    ({"factory": None}, ["trail.factory: required"]),
-    ({"path": "/nonexistent/run"}, ["trail.path: /nonexistent/run is not a folder"]),
-    ({"factory": "no_such_module:make"}, ["trail.factory: cannot import 'no_such_module'"]),
-    ({"files": "*.safetensors"}, ["no file matches trail.files '*.safetensors'"]),
-    ({"key": "ema"}, ["model000010.pt: no key 'ema'"]),
-    ({"scheduler": "/x.json"}, ["trail.scheduler: set, but trail.source 'state_dict' does not read it"]),
-    ({"ema_decay": None}, ["trail.ema_decay: give it together with trail.ema"]),
-])
+@pytest.mark.parametrize(
+    "trail, needles",
+    [
+        ({"factory": None}, ["trail.factory: required"]),
+        ({"path": "/nonexistent/run"}, ["trail.path: /nonexistent/run is not a folder"]),
+        ({"factory": "no_such_module:make"}, ["trail.factory: cannot import 'no_such_module'"]),
+        ({"files": "*.safetensors"}, ["no file matches trail.files '*.safetensors'"]),
+        ({"key": "ema"}, ["model000010.pt: no key 'ema'"]),
+        ({"scheduler": "/x.json"}, ["trail.scheduler: set, but trail.source 'state_dict' does not read it"]),
+        ({"ema_decay": None}, ["trail.ema_decay: give it together with trail.ema"]),
+    ],
+)
 def test_bad_trail_settings_are_one_line(sd_run, tmp_path, capsys, trail, needles):
     _, config = sd_config(sd_run, tmp_path, **trail)
     capsys.readouterr()
@@ -134,8 +144,28 @@ def test_a_state_dict_trail_sampled_as_a_consistency_model(sd_run, tmp_path, cap
     assert manifest["sampler"] == "cm" and manifest["consistency"]["sigma_max"] == cfg["consistency"]["sigma_max"]
     _, features, stats = trained_paths(sd_run[0])
     out = tmp_path / "last.json"
-    assert main(["evaluate", "--config", config, "--model", "imported", "--variant", "last", "--features",
-                 str(features), "--stats", str(stats), "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                config,
+                "--model",
+                "imported",
+                "--variant",
+                "last",
+                "--features",
+                str(features),
+                "--stats",
+                str(stats),
+                "--out",
+                str(out),
+                "--grid",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert sorted(result["fid"]) == [str(n) for n in cfg["consistency"]["evaluate_nfe"]]
     from lcsc.kernel.families import family_for
@@ -154,10 +184,13 @@ def test_the_effective_ema_decay_is_diffusers_own():
     from lcsc.kernel.families.diffusers_run import effective_decay
 
     p = [torch.nn.Parameter(torch.zeros(1))]
-    for kw, step in (({"decay": 0.9999, "use_ema_warmup": True, "power": 0.75}, 4000),
-                     ({"decay": 0.9999}, 300), ({"decay": 0.9, "update_after_step": 10}, 15),
-                     ({"decay": 0.999, "min_decay": 0.5, "use_ema_warmup": True, "inv_gamma": 3.0}, 2),
-                     ({"decay": 0.95}, 1)):
+    for kw, step in (
+        ({"decay": 0.9999, "use_ema_warmup": True, "power": 0.75}, 4000),
+        ({"decay": 0.9999}, 300),
+        ({"decay": 0.9, "update_after_step": 10}, 15),
+        ({"decay": 0.999, "min_decay": 0.5, "use_ema_warmup": True, "inv_gamma": 3.0}, 2),
+        ({"decay": 0.95}, 1),
+    ):
         ema = EMAModel(p, **kw)
         settings = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} | {"optimization_step": step}
         assert effective_decay(settings) == pytest.approx(ema.get_decay(step), rel=1e-12), kw

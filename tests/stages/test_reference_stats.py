@@ -39,8 +39,10 @@ def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin
     from lcsc.kernel.fid import load_stats
     from lcsc.kernel.paths import Layout
 
-    cfg = tiny_config(tmp_path / "results", features={"kind": "inception", "weights": str(standin),
-                                                      "reference_folder": str(folders[0])})
+    cfg = tiny_config(
+        tmp_path / "results",
+        features={"kind": "inception", "weights": str(standin), "reference_folder": str(folders[0])},
+    )
     import yaml
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -75,8 +77,20 @@ def test_inception_stage_and_reference_stats_cached_by_content(tmp_path, standin
     (tmp_path / "fewer" / "bad.png").write_bytes(b"not a png")
     assert main(["reference-stats", "--config", str(tmp_path / "d.yaml"), "--split", "folder"]) == 2
     assert "features.reference_folder: cannot read image" in capsys.readouterr().err
-    assert main(["reference-stats", "--config", str(tmp_path / "c.yaml"), "--split", "folder",
-                 "--set", "features.reference_folder=null"]) == 2
+    assert (
+        main(
+            [
+                "reference-stats",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--split",
+                "folder",
+                "--set",
+                "features.reference_folder=null",
+            ]
+        )
+        == 2
+    )
     assert "needs features.reference_folder" in capsys.readouterr().err
     # replaced weights are noticed by every stage that reads the descriptor
     inception_standin.build(standin.parent / "other.pt", seed=1)
@@ -207,10 +221,17 @@ def test_search_refuses_a_space_that_failed_its_gate_or_never_ran_it(tmp_path):
 
     net = DigitClassifier(1, 10, 8, 4)
     meta = {"arch": "classifier", "channels": 1, "num_classes": 10, "width": 8, "dim": 4}
-    failed = {"floor": 1.0, "ratio_needed": gate.RATIO, "passed": False, "failed": ["half_noise"],
-              "broken": {"half_noise": {"fid": 3.0, "ratio": 3.0}}}
-    for name, extra, message in (("old", {}, "no sanity gate record"),
-                                 ("failed", {"gate": failed}, "failed its sanity gate (half_noise 3.0x")):
+    failed = {
+        "floor": 1.0,
+        "ratio_needed": gate.RATIO,
+        "passed": False,
+        "failed": ["half_noise"],
+        "broken": {"half_noise": {"fid": 3.0, "ratio": 3.0}},
+    }
+    for name, extra, message in (
+        ("old", {}, "no sanity gate record"),
+        ("failed", {"gate": failed}, "failed its sanity gate (half_noise 3.0x"),
+    ):
         path = tmp_path / f"{name}.safetensors"
         save_tensors(path, net.state_dict(), metadata={METADATA_KEY: json.dumps({**meta, **extra})})
         with pytest.raises(FeatureError, match=message.replace("(", r"\(")) as err:
@@ -223,11 +244,19 @@ def test_search_refuses_a_space_that_failed_its_gate_or_never_ran_it(tmp_path):
     from lcsc.kernel.inception import InceptionFeatures
     from lcsc.kernel.io import write_json
 
-    write_json(descriptor, {"kind": "inception", "mode": "clean", "weights": str(weights),
-                            "hash": InceptionFeatures(weights, "clean", CPU).hash})
+    write_json(
+        descriptor,
+        {
+            "kind": "inception",
+            "mode": "clean",
+            "weights": str(weights),
+            "hash": InceptionFeatures(weights, "clean", CPU).hash,
+        },
+    )
     with pytest.raises(FeatureError, match=r"no sanity gate record .*rerun inception_features"):
         check_gate(load_features(descriptor, CPU))
     passed = dict(failed, passed=True, failed=[])
-    save_tensors(tmp_path / "ok.safetensors", net.state_dict(),
-                 metadata={METADATA_KEY: json.dumps({**meta, "gate": passed})})
+    save_tensors(
+        tmp_path / "ok.safetensors", net.state_dict(), metadata={METADATA_KEY: json.dumps({**meta, "gate": passed})}
+    )
     check_gate(FeatureNet(tmp_path / "ok.safetensors", CPU))

@@ -14,15 +14,15 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO, tiny_config
+from helpers import BASELINES, trained_paths
+from helpers import search_in as run_search
 from lcsc.cli import main
 from lcsc.kernel.errors import InputError
 from lcsc.kernel.journal import Journal
 from lcsc.kernel.paths import Layout, dataset_name
 from lcsc.kernel.scoring import WORST_FID, Scorer, make_noise
 from lcsc.kernel.tensors import load_tensors
-
-from conftest import REPO, tiny_config
-from helpers import BASELINES, search_in as run_search, trained_paths
 
 
 def test_search_outputs_and_fitness_is_reproducible(trained):
@@ -53,8 +53,14 @@ def test_search_outputs_and_fitness_is_reproducible(trained):
     c = np.array(result["coefficients"])
     assert c.shape == (4,) and c.sum() == pytest.approx(1.0)  # every candidate sums to one
     # re-scoring the best coefficients on the search's noise gives its fitness bit for bit
-    scorer = Scorer.open(cfg, layout.manifest("dm"), layout.feature_net("classifier"),
-                    layout.stats(dataset_name(cfg["data"]), "train", "classifier"), torch.device("cpu"), 64)
+    scorer = Scorer.open(
+        cfg,
+        layout.manifest("dm"),
+        layout.feature_net("classifier"),
+        layout.stats(dataset_name(cfg["data"]), "train", "classifier"),
+        torch.device("cpu"),
+        64,
+    )
     noise = make_noise(cfg["search"]["samples"], scorer.shape, cfg["search"]["seed"], "cpu")
     again, _ = scorer.fid(scorer.weights_of(c), 2, noise)
     assert again == result["fitness"]
@@ -70,32 +76,50 @@ def test_a_search_over_several_nfes_records_each_fid_and_combines_them(trained, 
     from lcsc.stages import baselines
 
     cfg, _ = trained
-    cfg = tiny_config(tmp_path, search={"nfe": [2, 1], "nfe_weights": [3, 1], "fitness_mean": "arithmetic",
-                                        "budget": 4, "num_workers": 2, "samples": 32, "batch_size": 64,
-                                        "rescore_top": 2, "rescore_samples": 48},
-                      baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": True})
+    cfg = tiny_config(
+        tmp_path,
+        search={
+            "nfe": [2, 1],
+            "nfe_weights": [3, 1],
+            "fitness_mean": "arithmetic",
+            "budget": 4,
+            "num_workers": 2,
+            "samples": 32,
+            "batch_size": 64,
+            "rescore_top": 2,
+            "rescore_samples": 48,
+        },
+        baselines={"lawa_last": [], "ema_decays": [], "power_sigma_rels": [], "greedy_soup": True},
+    )
     manifest, features, stats = trained_paths(trained[0])
-    scored = baselines.run(cfg, baselines.Paths(manifest, features, stats, tmp_path / "b.json"), "dm",
-                           torch.device("cpu"))
+    scored = baselines.run(
+        cfg, baselines.Paths(manifest, features, stats, tmp_path / "b.json"), "dm", torch.device("cpu")
+    )
     assert scored["nfe"] == [2, 1] and scored["nfe_weights"] == [0.75, 0.25]
     for name, p in scored["profiles"].items():
         assert p["fitness"] == pytest.approx(0.75 * p["fids"]["2"] + 0.25 * p["fids"]["1"], rel=1e-12), name
-    result = run_search(cfg, manifest, features, stats, tmp_path / "s", torch.device("cpu"),
-                        baselines=tmp_path / "b.json")
+    result = run_search(
+        cfg, manifest, features, stats, tmp_path / "s", torch.device("cpu"), baselines=tmp_path / "b.json"
+    )
     rows = _history(tmp_path / "s" / "history.csv")
     assert [r["phase"] for r in rows] == ["start"] * 3 + ["search"] * 4 + ["rescore"] * 2
     for r in rows:  # every row: the FID at each NFE, and the fitness their weighted mean
-        assert float(r["fitness"]) == pytest.approx(0.75 * float(r["fid_nfe2"]) + 0.25 * float(r["fid_nfe1"]),
-                                                    rel=1e-12)
+        assert float(r["fitness"]) == pytest.approx(
+            0.75 * float(r["fid_nfe2"]) + 0.25 * float(r["fid_nfe1"]), rel=1e-12
+        )
     assert [float(r["fitness"]) for r in rows[:3]] == [p["fitness"] for p in scored["profiles"].values()]
     assert result["nfe"] == [2, 1] and result["fitness_mean"] == "arithmetic"
     assert result["fitness"] == pytest.approx(0.75 * result["fids"]["2"] + 0.25 * result["fids"]["1"], rel=1e-12)
     # a baselines file scored with other weights is refused by the search, naming the setting
     other = dict(cfg, search=dict(cfg["search"], nfe_weights=[1, 1]))
-    with pytest.raises(InputError, match=r"b.json: scored with other fitness settings than this search "
-                                         r"\(nfe_weights\)"):
-        run_search(other, manifest, features, stats, tmp_path / "s2", torch.device("cpu"),
-                   baselines=tmp_path / "b.json")
+    with pytest.raises(
+        InputError,
+        match=r"b.json: scored with other fitness settings than this search "
+        r"\(nfe_weights\)",
+    ):
+        run_search(
+            other, manifest, features, stats, tmp_path / "s2", torch.device("cpu"), baselines=tmp_path / "b.json"
+        )
 
 
 def test_stale_inputs_are_refused_with_the_file_named(trained, tmp_path):
@@ -103,21 +127,29 @@ def test_stale_inputs_are_refused_with_the_file_named(trained, tmp_path):
     layout = Layout.of(cfg)
     if not layout.baselines("dm").exists():
         assert main(["baselines", "--config", str(cfg_file)]) == 0
-    from lcsc.kernel.io import read_json, write_json
     from helpers import search_in as run_search
     from lcsc.kernel.errors import TrailError
+    from lcsc.kernel.io import read_json, write_json
 
     stale = read_json(layout.baselines("dm"))
     stale["trail_sha256"][0] = "0" * 64
     write_json(tmp_path / "stale.json", stale)
     stats = layout.stats(dataset_name(cfg["data"]), "train", "classifier")
     with pytest.raises(TrailError, match="stale.json: computed from another checkpoint trail"):
-        run_search(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, tmp_path / "s",
-                   torch.device("cpu"), baselines=tmp_path / "stale.json")
+        run_search(
+            cfg,
+            layout.manifest("dm"),
+            layout.feature_net("classifier"),
+            stats,
+            tmp_path / "s",
+            torch.device("cpu"),
+            baselines=tmp_path / "stale.json",
+        )
     other = dict(cfg, diffusion=dict(cfg["diffusion"], timesteps=500))
-    with pytest.raises(ValueError, match=r"diffusion.timesteps: 500 in the config.*manifest.json was trained with 1000"):
-        Scorer.open(other, layout.manifest("dm"), layout.feature_net("classifier"), stats,
-               torch.device("cpu"), 64)
+    with pytest.raises(
+        ValueError, match=r"diffusion.timesteps: 500 in the config.*manifest.json was trained with 1000"
+    ):
+        Scorer.open(other, layout.manifest("dm"), layout.feature_net("classifier"), stats, torch.device("cpu"), 64)
     # outputs get the usual file mode, not mkstemp's 0600
     import os
     import stat
@@ -133,8 +165,7 @@ def test_non_finite_samples_score_worst_and_the_search_goes_on(trained, tmp_path
     cfg, _ = trained
     layout = Layout.of(cfg)
     stats = layout.stats(dataset_name(cfg["data"]), "train", "classifier")
-    scorer = Scorer.open(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats,
-                    torch.device("cpu"), 64)
+    scorer = Scorer.open(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, torch.device("cpu"), 64)
     noise = torch.randn(32, *scorer.shape)
     flat = scorer.weights_of([0, 0, 0, 1]).clone()
     flat[::7] = float("nan")
@@ -155,8 +186,9 @@ def test_non_finite_samples_score_worst_and_the_search_goes_on(trained, tmp_path
     monkeypatch.setattr(Scorer, "fid", flaky)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = search_in(cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats,
-                           tmp_path / "s", torch.device("cpu"))
+        result = search_in(
+            cfg, layout.manifest("dm"), layout.feature_net("classifier"), stats, tmp_path / "s", torch.device("cpu")
+        )
     history = (tmp_path / "s" / "history.csv").read_text()
     assert f"{WORST_FID}" in history
     assert np.isfinite(result["fitness"]) and result["fitness"] < WORST_FID
@@ -186,10 +218,19 @@ def _history(path):
 def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
     cfg, _ = trained
     # LAWA over all 4 checkpoints is the uniform profile: the same coefficients, scored once
-    cfg = tiny_config(tmp_path, baselines={"lawa_last": [4], "ema_decays": [0.9], "power_sigma_rels": [0.1],
-                                           "greedy_soup": False},
-                      search={"budget": 12, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
-                              "rescore_top": 3, "rescore_samples": 128})
+    cfg = tiny_config(
+        tmp_path,
+        baselines={"lawa_last": [4], "ema_decays": [0.9], "power_sigma_rels": [0.1], "greedy_soup": False},
+        search={
+            "budget": 12,
+            "num_workers": 4,
+            "samples": 64,
+            "nfe": 2,
+            "batch_size": 64,
+            "rescore_top": 3,
+            "rescore_samples": 128,
+        },
+    )
     seen = _counting(monkeypatch)
     first = run_search(cfg, *trained_paths(trained[0]), tmp_path / "s", torch.device("cpu"))
     assert len(seen) == len(set(seen)), "a candidate was scored twice"
@@ -210,8 +251,7 @@ def test_no_candidate_is_evaluated_twice(trained, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chunk_mb", [None, 0.01])
-def test_two_devices_score_like_one_bit_for_bit_from_one_copy_of_the_trail(trained, tmp_path, monkeypatch,
-                                                                          chunk_mb):
+def test_two_devices_score_like_one_bit_for_bit_from_one_copy_of_the_trail(trained, tmp_path, monkeypatch, chunk_mb):
     cfg, _ = trained
     one = run_search(cfg, *trained_paths(cfg), tmp_path / "one", torch.device("cpu"))
     two_cfg = dict(cfg, search=dict(cfg["search"], devices=["cpu", "cpu"], trail_chunk_mb=chunk_mb))
@@ -278,32 +318,66 @@ KILLER = textwrap.dedent("""
 @pytest.mark.slow
 def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp_path):
     cfg, _ = trained
-    cfg = tiny_config(tmp_path, search={"budget": 12, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
-                                        "rescore_top": 3, "rescore_samples": 128})
+    cfg = tiny_config(
+        tmp_path,
+        search={
+            "budget": 12,
+            "num_workers": 4,
+            "samples": 64,
+            "nfe": 2,
+            "batch_size": 64,
+            "rescore_top": 3,
+            "rescore_samples": 128,
+        },
+    )
     cfg_file = tmp_path / "search.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     manifest, features, stats = trained_paths(trained[0])
     baselines = Layout.of(trained[0]).baselines("dm")
     if not baselines.exists():
         from lcsc.cli import main
+
         assert main(["baselines", "--config", str(trained[1])]) == 0
-    args = ["search", "--config", str(cfg_file), "--threads", "1", "--manifest", str(manifest),
-            "--features", str(features), "--stats", str(stats), "--baselines", str(baselines)]
+    args = [
+        "search",
+        "--config",
+        str(cfg_file),
+        "--threads",
+        "1",
+        "--manifest",
+        str(manifest),
+        "--features",
+        str(features),
+        "--stats",
+        str(stats),
+        "--baselines",
+        str(baselines),
+    ]
     # the uninterrupted search, meanwhile (one thread each: the two cores run both)
-    whole = subprocess.Popen([sys.executable, "-c", KILLER, "none", "0", *args, "--out-dir", str(tmp_path / "whole")],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "whole.err", "w"))
+    whole = subprocess.Popen(
+        [sys.executable, "-c", KILLER, "none", "0", *args, "--out-dir", str(tmp_path / "whole")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "whole.err", "w"),
+    )
     killed_dir = tmp_path / "killed"
     journal = killed_dir / "state" / "journal.jsonl"
     # records: 1 header; then per batch of 4: 4 asks, 4 evals; then 3 re-score evals (1 + 24 + 3)
-    kills = [("kill", 3),    # while asking the first batch: asked candidates pending
-             ("torn", 8),    # half-way through saving an evaluation
-             ("kill", 15),   # between evaluations of the second batch
-             ("kill", 27),   # during the re-scoring
-             ("history", 0)]  # while writing history.csv, after every evaluation is saved
+    kills = [
+        ("kill", 3),  # while asking the first batch: asked candidates pending
+        ("torn", 8),  # half-way through saving an evaluation
+        ("kill", 15),  # between evaluations of the second batch
+        ("kill", 27),  # during the re-scoring
+        ("history", 0),
+    ]  # while writing history.csv, after every evaluation is saved
     lengths = []
     for mode, at in kills:
-        proc = subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *args, "--out-dir", str(killed_dir)],
-                              cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLER, mode, str(at), *args, "--out-dir", str(killed_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == -9, f"{mode} at {at}: not killed\n{proc.stderr[-2000:]}"
         lengths.append(len(Journal(journal, readonly=True).records))
         if mode == "torn":  # the torn record stays on disk until the next run drops it
@@ -311,8 +385,9 @@ def test_search_killed_at_several_points_resumes_to_the_same_result(trained, tmp
         if mode == "history":
             assert list(killed_dir.glob(".history.csv.*.tmp"))  # the half-written temp file
     assert lengths == [2, 7, 14, 26, 28]  # each kill loses at most the record being written
-    resumed = subprocess.run([sys.executable, "-m", "lcsc", *args, "--out-dir", str(killed_dir)], cwd=REPO,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lcsc", *args, "--out-dir", str(killed_dir)], cwd=REPO, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "0 evaluations computed in this run" in resumed.stdout
     assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-2000:]
@@ -333,9 +408,21 @@ def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_pat
     (sum_to_one: also on sum(c) = 1). rescore_top 0 keeps the run short."""
     cfg, _ = trained
     lo, hi = -0.5, 1.5
-    cfg = tiny_config(tmp_path, search={"budget": 8, "num_workers": 4, "samples": 64, "nfe": 2, "batch_size": 64,
-                                        "rescore_top": 0, "sigma": 1e6, "bounds": [lo, hi],
-                                        "parametrization": parametrization, "optimizer": "OnePlusOne"})
+    cfg = tiny_config(
+        tmp_path,
+        search={
+            "budget": 8,
+            "num_workers": 4,
+            "samples": 64,
+            "nfe": 2,
+            "batch_size": 64,
+            "rescore_top": 0,
+            "sigma": 1e6,
+            "bounds": [lo, hi],
+            "parametrization": parametrization,
+            "optimizer": "OnePlusOne",
+        },
+    )
     result = run_search(cfg, *trained_paths(trained[0]), tmp_path / "s", torch.device("cpu"))
     rows = _history(tmp_path / "s" / "history.csv")
     coefficients = np.array([[float(v) for k, v in row.items() if k.startswith("c")] for row in rows])
@@ -351,7 +438,8 @@ def test_a_huge_sigma_keeps_every_coefficient_within_the_bounds(trained, tmp_pat
 
 @pytest.mark.slow
 def test_search_compile_runs_the_network_through_torch_compile_and_keeps_its_fitnesses_apart(
-        trained, tmp_path, monkeypatch):
+    trained, tmp_path, monkeypatch
+):
     """The wiring of `search.compile`, without compiling (which takes tens of seconds on the CPU):
     torch.compile stands in as a recorder. bench/search_engine.py --compile measures the real one
     (its FIDs agree with the eager network's to 3e-7 relative)."""
@@ -363,6 +451,7 @@ def test_search_compile_runs_the_network_through_torch_compile_and_keeps_its_fit
         def forward(*args):
             calls.append(1)
             return fn(*args)
+
         compiled.append(fn)
         return forward
 

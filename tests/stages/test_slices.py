@@ -5,12 +5,11 @@ import json
 
 import pytest
 
+from conftest import REPO
 from lcsc.kernel.config import flatten, load_config, runtime_config, validate, with_runtime
 from lcsc.kernel.errors import ConfigError
 from lcsc.kernel.models import for_model, models
 from lcsc.stages import STAGE_SECTIONS, job_tags, stage_config
-
-from conftest import REPO
 
 
 def test_overrides_and_slices():
@@ -33,16 +32,24 @@ def test_overrides_and_slices():
     full = load_config(REPO / "config" / "config.yaml", {"results_dir": "elsewhere", "search.devices": ["cpu"]})
     runtime = runtime_config(full)
     for stage in STAGE_SECTIONS:
-        for model in (["cm_cd", "cm_ct"] if stage == "train_cm" else [None, "cm_ct", "cm_cd_first40"]):
+        for model in ["cm_cd", "cm_ct"] if stage == "train_cm" else [None, "cm_ct", "cm_cd_first40"]:
             rebuilt = validate(with_runtime(stage_config(full, stage, model), runtime), cross_checks=False)
             assert stage_config(rebuilt, stage, model) == stage_config(full, stage, model), (stage, model)
             assert runtime_config(rebuilt) == runtime, (stage, model)
     with pytest.raises(ConfigError, match=r"--runtime-json: search.budget: not a run-time key"):
         with_runtime({}, {"search": {"budget": 3}})
     # nor does a new budget: the baselines keep only the fitness settings, evaluate the NFE
-    assert set(stage_config(cfg, "baselines")["search"]) == {"nfe", "nfe_weights", "fitness_mean", "penalty",
-                                                             "penalty_weight", "max_norm", "samples", "seed",
-                                                             "batch_size"}
+    assert set(stage_config(cfg, "baselines")["search"]) == {
+        "nfe",
+        "nfe_weights",
+        "fitness_mean",
+        "penalty",
+        "penalty_weight",
+        "max_norm",
+        "samples",
+        "seed",
+        "batch_size",
+    }
     assert stage_config(cfg, "evaluate")["search"] == {"nfe": cfg["search"]["nfe"]}
     assert stage_config(cfg, "tabulate")["search"]["budget"] == 3
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
@@ -75,10 +82,17 @@ def test_a_job_slice_read_back_as_the_workflow_passes_it_is_the_same_config():
     for_model again: the job must see the same slice the workflow hashed."""
     from lcsc.cli import _config
 
-    cfg = load_config(REPO / "config" / "config.yaml", {"cost.fraction": 0.4, "consistency.search_nfe": 2,
-                                                         "consistency.evaluate_nfe": [1, 2]})
+    cfg = load_config(
+        REPO / "config" / "config.yaml",
+        {"cost.fraction": 0.4, "consistency.search_nfe": 2, "consistency.evaluate_nfe": [1, 2]},
+    )
     for model in models(cfg):
-        for stage in ("baselines", "search", "evaluate", *(["train_cm"] if "first" not in model and model != "dm" else [])):
+        for stage in (
+            "baselines",
+            "search",
+            "evaluate",
+            *(["train_cm"] if "first" not in model and model != "dm" else []),
+        ):
             sliced = stage_config(cfg, stage, model)
             args = type("Args", (), {"set": None, "config_json": json.dumps(sliced), "config": None})()
             again = for_model(_config(args), model)
@@ -91,8 +105,15 @@ def test_job_tags_name_the_nfes_a_job_samples_at():
     cfg = validate({"evaluate": {"nfe": [8, 3, 5]}, "search": {"nfe": 5}})
     assert job_tags(cfg, "evaluate") == {"lcsc.nfe": "3,5,8"}
     assert job_tags(cfg, "search") == job_tags(cfg, "baselines") == {"lcsc.nfe": "5"}
-    for stage in ("train_dm", "train_cm", "truncate_trail", "train_features", "inception_features",
-                  "reference_stats", "tabulate"):
+    for stage in (
+        "train_dm",
+        "train_cm",
+        "truncate_trail",
+        "train_features",
+        "inception_features",
+        "reference_stats",
+        "tabulate",
+    ):
         assert job_tags(cfg, stage) == {}, stage
     cm = for_model(cfg, "cm_ct")  # as the CLI passes it for a consistency model
     assert job_tags(cm, "search") == {"lcsc.nfe": "1"} and job_tags(cm, "evaluate") == {"lcsc.nfe": "1,2"}

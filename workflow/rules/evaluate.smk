@@ -6,14 +6,14 @@ rule evaluate:
         grid=LAYOUT.eval_grid("{model}", "{variant}"),
     log:
         LAYOUT.log("evaluate", "{model}-{variant}"),
-    params:
-        cfg=model_json("evaluate"),
-        sources=variant_args,
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=GPUS,
+    params:
+        cfg=model_json("evaluate"),
+        sources=variant_args,
     shell:
         "lcsc evaluate --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},variant={wildcards.variant:q}"

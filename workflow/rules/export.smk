@@ -6,13 +6,13 @@ rule export:
         card=export_card("{model}", "{variant}"),
     log:
         LAYOUT.log("export", "{model}-{variant}"),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
     params:
         cfg=model_json("export"),
         sources=variant_args,
         out_dir=export_folder,
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
     shell:
         "lcsc export --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},variant={wildcards.variant:q}"

@@ -3,13 +3,13 @@ rule train_features:
         net=LAYOUT.feature_net(TRAINED_FEATURE),
     log:
         LAYOUT.log("train_features", TRAINED_FEATURE),
-    params:
-        cfg=stage_json("train_features"),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=GPUS,
+    params:
+        cfg=stage_json("train_features"),
     shell:
         "lcsc train-features --config-json {params.cfg:q} --threads {threads:q}"
         " --out {output.net:q} 2>&1 | tee {log:q}"
@@ -22,13 +22,13 @@ rule inception_features:
         descriptor=LAYOUT.feature_net(f"inception-{config['features']['mode']}"),
     log:
         LAYOUT.log("inception_features", config["features"]["mode"]),
-    params:
-        cfg=stage_json("inception_features"),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=GPUS,
+    params:
+        cfg=stage_json("inception_features"),
     shell:
         "lcsc inception-features --config-json {params.cfg:q} --threads {threads:q}"
         " --out {output.descriptor:q} 2>&1 | tee {log:q}"
@@ -42,13 +42,13 @@ rule reference_stats:
         grid=LAYOUT.real_grid(REFERENCE, "{split}"),
     log:
         LAYOUT.log("reference_stats", "{split}"),
-    params:
-        cfg=stage_json("reference_stats"),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=GPUS,
+    params:
+        cfg=stage_json("reference_stats"),
     shell:
         "lcsc reference-stats --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards split={wildcards.split:q} --split {wildcards.split:q}"
@@ -62,13 +62,13 @@ rule dinov2_features:
         descriptor=LAYOUT.feature_net("dinov2"),
     log:
         LAYOUT.log("dinov2_features", "dinov2"),
-    params:
-        cfg=stage_json("dinov2_features"),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=GPUS,
+    params:
+        cfg=stage_json("dinov2_features"),
     shell:
         "lcsc dinov2-features --config-json {params.cfg:q} --threads {threads:q}"
         " --out {output.descriptor:q} 2>&1 | tee {log:q}"

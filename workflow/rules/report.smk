@@ -5,13 +5,13 @@ rule tabulate:
         report_outputs(),
     log:
         LAYOUT.log("tabulate", "report"),
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
     params:
         cfg=stage_json("tabulate"),
         models=MODELS,
         out_dir=LAYOUT.report_dir(),
-    conda:
-        "../../envs/report.yaml"
-    threads: 1
     shell:
         "lcsc tabulate --config-json {params.cfg:q} --models {params.models:q} --manifests {input.manifests:q}"
         " --searches {input.searches:q} --histories {input.histories:q} --evaluations {input.evaluations:q}"

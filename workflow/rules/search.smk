@@ -7,13 +7,13 @@ rule baselines:
         baselines=LAYOUT.baselines("{model}"),
     log:
         LAYOUT.log("baselines", "{model}"),
-    params:
-        cfg=model_json("baselines"),
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
+    params:
+        cfg=model_json("baselines"),
     shell:
         "lcsc baselines --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q} --model {wildcards.model:q}"
@@ -33,14 +33,14 @@ rule search:
         best=LAYOUT.best_weights("{model}", "{nfe}"),
     log:
         LAYOUT.log("search", "{model}-nfe{nfe}"),
-    params:
-        cfg=search_json,
-        journal=search_journal,
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
+    params:
+        cfg=search_json,
+        journal=search_journal,
     shell:
         "lcsc search --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q} --model {wildcards.model:q}"
@@ -62,14 +62,14 @@ rule search_repeat:
         best=LAYOUT.best_weights("{model}", "{nfe}", "{repeat}"),
     log:
         LAYOUT.log("search", "{model}-nfe{nfe}-r{repeat}"),
-    params:
-        cfg=search_json,
-        journal=search_journal,
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
     resources:
         gpu=GPUS,
+    params:
+        cfg=search_json,
+        journal=search_journal,
     shell:
         "lcsc search --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q},repeat={wildcards.repeat:q}"

@@ -3,9 +3,6 @@ rule train_dm:
         manifest=LAYOUT.manifest("dm"),
     log:
         LAYOUT.log("train_dm", "dm"),
-    params:
-        cfg=stage_json("train_dm"),
-        out_dir=trail_folder,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -13,6 +10,9 @@ rule train_dm:
     resources:
         processes=training_processes("dm"),
         gpu=GPUS * training_processes("dm"),
+    params:
+        cfg=stage_json("train_dm"),
+        out_dir=trail_folder,
     shell:
         "lcsc_train {resources.processes} train-dm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=dm"
         " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
@@ -27,16 +27,16 @@ rule train_cm:
         manifest=LAYOUT.manifest("cm_{mode}"),
     log:
         LAYOUT.log("train_cm", "{mode}"),
-    params:
-        cfg=train_cm_json,
-        out_dir=trail_folder,
-        teacher=teacher_args,
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
         processes=train_cm_processes,
         gpu=train_cm_gpus,
+    params:
+        cfg=train_cm_json,
+        out_dir=trail_folder,
+        teacher=teacher_args,
     shell:
         "lcsc_train {resources.processes} train-cm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=cm_{wildcards.mode:q}"
         " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
@@ -50,12 +50,12 @@ rule truncate_trail:
         manifest=LAYOUT.manifest(f"{{base}}{TRUNCATED}{{percent}}"),
     log:
         LAYOUT.log("truncate_trail", f"{{base}}{TRUNCATED}{{percent}}"),
-    params:
-        cfg=stage_json("truncate_trail"),
-        model=truncated_model,
     localrule: True
     conda:
         "../../envs/torch.yaml"
+    params:
+        cfg=stage_json("truncate_trail"),
+        model=truncated_model,
     shell:
         "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model:q}"
         " --manifest {input.manifest:q} --out {output.manifest:q} 2>&1 | tee {log:q}"
@@ -70,11 +70,11 @@ if imported(config):
             manifest=LAYOUT.manifest(IMPORTED),
         log:
             LAYOUT.log("import_trail", IMPORTED),
-        params:
-            cfg=stage_json("import_trail"),
         conda:
             "../../envs/torch.yaml"
         threads: 1
+        params:
+            cfg=stage_json("import_trail"),
         shell:
             "lcsc import-trail --config-json {params.cfg:q} --threads {threads:q} --wildcards model={IMPORTED:q}"
             " --out {output.manifest:q} 2>&1 | tee {log:q}"

@@ -85,24 +85,30 @@ def check_source(trail, cfg: dict) -> None:
     rerun = "rerun import_trail with this config" if imported else "rerun the stage that wrote it"
     kinds = (source,) if imported else tuple(TRAINED)
     if kind not in kinds:
-        raise TrailError(f"{manifest}: a trail of kind {kind!r}, but the config's trail.source is {source!r}, whose "
-                         f"trails are of kind {' or '.join(map(repr, kinds))}; this manifest was not "
-                         f"written for this config: {rerun}")
+        raise TrailError(
+            f"{manifest}: a trail of kind {kind!r}, but the config's trail.source is {source!r}, whose "
+            f"trails are of kind {' or '.join(map(repr, kinds))}; this manifest was not "
+            f"written for this config: {rerun}"
+        )
     if not imported:
         return
     configured = resolve_path(t["path"], "trail.path")
     declared = trail.manifest.get("root")
     if not isinstance(declared, str) or resolve_path(declared, f"{manifest}: root") != configured:
-        raise TrailError(f"{manifest}: root {declared!r}, but the config's trail.path is {configured}; an imported "
-                         f"trail's files are read from the folder the config names only: {rerun}")
+        raise TrailError(
+            f"{manifest}: root {declared!r}, but the config's trail.path is {configured}; an imported "
+            f"trail's files are read from the folder the config names only: {rerun}"
+        )
     family = imported_family(source)
     recorded, expected = trail.manifest.get("source"), family.source_record(t)
     recorded = recorded if isinstance(recorded, dict) else {}
     for key, value in expected.items():
         if recorded.get(key) != value:
-            raise TrailError(f"{manifest}: source.{key} {recorded.get(key)!r}, but the config's trail.{key} is "
-                             f"{value!r}; the stages build and read the network as the config says, never as a "
-                             f"results file says: {rerun}")
+            raise TrailError(
+                f"{manifest}: source.{key} {recorded.get(key)!r}, but the config's trail.{key} is "
+                f"{value!r}; the stages build and read the network as the config says, never as a "
+                f"results file says: {rerun}"
+            )
     family.check_manifest(trail, t, rerun)
 
 
@@ -136,9 +142,12 @@ def config_errors(cfg: dict) -> list[str]:
     except ConfigError as exc:
         return [str(exc)]
     if t["sampler"] != "dm" and not family.sampled_by_config and t["source"] not in CONSISTENCY:
-        return [*family.config_errors(cfg), f"trail.sampler: a {t['source']} trail samples as its family says; "
-                "trail.sampler applies to sources sampled as the config says (state_dict) or with a family of "
-                f"consistency models ({', '.join(CONSISTENCY)})"]
+        return [
+            *family.config_errors(cfg),
+            f"trail.sampler: a {t['source']} trail samples as its family says; "
+            "trail.sampler applies to sources sampled as the config says (state_dict) or with a family of "
+            f"consistency models ({', '.join(CONSISTENCY)})",
+        ]
     return family_class(cfg).config_errors(cfg)
 
 
@@ -157,5 +166,16 @@ def diffusion_samplers(cfg: dict) -> tuple[str, ...]:
     return imported_family(t["source"]).diffusion_samplers
 
 
-__all__ = ["CONSISTENCY", "SOURCES", "TRAINED", "check_source", "config_errors", "family_class", "family_for",
-           "register", "samples_with_config_sigmas", "source_record", "sources"]
+__all__ = [
+    "CONSISTENCY",
+    "SOURCES",
+    "TRAINED",
+    "check_source",
+    "config_errors",
+    "family_class",
+    "family_for",
+    "register",
+    "samples_with_config_sigmas",
+    "source_record",
+    "sources",
+]

@@ -51,15 +51,19 @@ class Family:
         self._check_trained(cfg, "data", ("image_size", "channels"))
         configured = cfg["model"].get("num_classes")
         if not imported_kind(self.trail.manifest.get("kind", "dm")) and self.num_classes != configured:
-            raise ConfigError(f"model.num_classes: {configured!r} in the config, but the trail "
-                              f"{self.trail.root / 'manifest.json'} was trained with {self.num_classes!r}")
+            raise ConfigError(
+                f"model.num_classes: {configured!r} in the config, but the trail "
+                f"{self.trail.root / 'manifest.json'} was trained with {self.num_classes!r}"
+            )
 
     def _check_trained(self, cfg: dict, section: str, keys) -> None:
         trained = self.trail.manifest.get(section, {})
         for key in keys:
             if key in trained and trained[key] != cfg[section][key]:
-                raise ConfigError(f"{section}.{key}: {cfg[section][key]!r} in the config, but the trail "
-                                  f"{self.trail.root / 'manifest.json'} was trained with {trained[key]!r}")
+                raise ConfigError(
+                    f"{section}.{key}: {cfg[section][key]!r} in the config, but the trail "
+                    f"{self.trail.root / 'manifest.json'} was trained with {trained[key]!r}"
+                )
 
     def make_sampler(self, cfg: dict):
         raise NotImplementedError
@@ -133,17 +137,23 @@ class ImportedFamily(Family):
             if not path.is_file() or path in exclude:
                 continue
             if not inside(path, root):
-                raise TrailError(f"{path}: matched by trail.files {glob!r} but it lies outside trail.path {root} "
-                                 "(a symlink leads out); a trail's files stay in its folder: narrow trail.files")
+                raise TrailError(
+                    f"{path}: matched by trail.files {glob!r} but it lies outside trail.path {root} "
+                    "(a symlink leads out); a trail's files stay in its folder: narrow trail.files"
+                )
             rel = path.relative_to(root).as_posix()
             match = pattern.search(rel if t["pattern"] or cls.pattern_on_path else path.name)
             if match is None:
-                raise TrailError(f"{path}: no training step in its path (trail.pattern {pattern.pattern!r}); set "
-                                 "trail.pattern or trail.files")
+                raise TrailError(
+                    f"{path}: no training step in its path (trail.pattern {pattern.pattern!r}); set "
+                    "trail.pattern or trail.files"
+                )
             digits = match.group(1)
             if digits is None or not re.fullmatch(r"[0-9]+", digits):
-                raise TrailError(f"{path}: trail.pattern {pattern.pattern!r} reads the step as {digits!r}, not as "
-                                 r"digits; make its group match the step's digits only, e.g. (\d+)")
+                raise TrailError(
+                    f"{path}: trail.pattern {pattern.pattern!r} reads the step as {digits!r}, not as "
+                    r"digits; make its group match the step's digits only, e.g. (\d+)"
+                )
             step = int(digits)
             if step in seen:
                 raise TrailError(f"{path}: step {step} again (also {seen[step]}); narrow trail.files or trail.pattern")
@@ -196,8 +206,10 @@ class ImportedFamily(Family):
         models is never sampled as consistency models, nor the reverse."""
         recorded = trail.manifest.get("sampler", "dm")
         if recorded != t["sampler"]:
-            raise TrailError(f"{trail.root / 'manifest.json'}: sampler {recorded!r}, but the config's trail.sampler "
-                             f"is {t['sampler']!r}: {rerun}")
+            raise TrailError(
+                f"{trail.root / 'manifest.json'}: sampler {recorded!r}, but the config's trail.sampler "
+                f"is {t['sampler']!r}: {rerun}"
+            )
 
 
 def check_data_classes(classes: int | None, cfg: dict, where) -> None:
@@ -211,9 +223,13 @@ def check_data_classes(classes: int | None, cfg: dict, where) -> None:
     data = cfg["data"]
     found = DATASET_CLASSES.get(data["dataset"]) or load_split(data, "train").num_classes
     if found < 2:
-        raise ConfigError(f"data.folder: its images are unlabelled (no class sub-folders), but the network ({where}) "
-                          f"is class-conditional with {classes} classes; score it on the labelled data it was "
-                          "trained on")
+        raise ConfigError(
+            f"data.folder: its images are unlabelled (no class sub-folders), but the network ({where}) "
+            f"is class-conditional with {classes} classes; score it on the labelled data it was "
+            "trained on"
+        )
     if found != classes:
-        raise ConfigError(f"data.dataset: {data['dataset']} has {found} classes, but the network ({where}) is "
-                          f"class-conditional with {classes} classes")
+        raise ConfigError(
+            f"data.dataset: {data['dataset']} has {found} classes, but the network ({where}) is "
+            f"class-conditional with {classes} classes"
+        )

@@ -56,8 +56,7 @@ from .base import Family
 
 
 class Parameterization:
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
-                 rho: float = 7.0):
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5, rho: float = 7.0):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
@@ -67,18 +66,22 @@ class Parameterization:
         return cls(ccfg["sigma_min"], ccfg["sigma_max"], ccfg["sigma_data"], ccfg["rho"])
 
     def settings(self) -> dict:
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "sigma_data": self.sigma_data,
-                "rho": self.rho}
+        return {
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "sigma_data": self.sigma_data,
+            "rho": self.rho,
+        }
 
     def __call__(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """f(x, sigma) for a batch x [B, C, H, W] and per-image sigma [B]."""
         sigma = sigma.to(x.dtype)
         s = sigma[:, None, None, None]
-        sd2 = self.sigma_data ** 2
+        sd2 = self.sigma_data**2
         delta = s - torch.tensor(self.sigma_min, dtype=x.dtype, device=x.device)
-        c_skip = sd2 / (delta ** 2 + sd2)
-        c_out = delta * self.sigma_data / (s ** 2 + sd2).sqrt()
-        c_in = 1 / (s ** 2 + sd2).sqrt()
+        c_skip = sd2 / (delta**2 + sd2)
+        c_out = delta * self.sigma_data / (s**2 + sd2).sqrt()
+        c_in = 1 / (s**2 + sd2).sqrt()
         c_noise = 250.0 * torch.log(sigma)
         return c_skip * x + c_out * net(c_in * x, c_noise)
 
@@ -133,13 +136,19 @@ class VPTeacher:
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         s = sigma.to(x.dtype)[:, None, None, None]
-        eps = with_labels(self.net, labels)(x / (1 + s ** 2).sqrt(), self.time_of(sigma))
+        eps = with_labels(self.net, labels)(x / (1 + s**2).sqrt(), self.time_of(sigma))
         d = x - s * eps
         return d.clamp(-1, 1) if self.clip else d
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, solver: str,
-             labels: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        solver: str,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One step of the probability-flow ODE from sigma down to sigma_next (> 0), for images of
         classes `labels` (a class-conditional teacher)."""
         s, sn = sigma[:, None, None, None], sigma_next[:, None, None, None]
@@ -171,8 +180,15 @@ class ConsistencyLoss:
         ct = self.ccfg["ct"]
         return curriculum(step, self.iterations, ct["s0"], ct["s1"])
 
-    def __call__(self, net: nn.Module, x0: torch.Tensor, gen: torch.Generator, step: int = 0,
-                 part: slice = slice(None), labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        net: nn.Module,
+        x0: torch.Tensor,
+        gen: torch.Generator,
+        step: int = 0,
+        part: slice = slice(None),
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """With `part`, the noise is drawn for the whole batch and the loss is that slice's; with
         `labels` (the whole batch's), the networks (and the teacher) get the images' classes."""
         sigmas = self.param.karras(self.num_sigmas(step))
@@ -204,8 +220,10 @@ class ConsistencySampler:
         self.sigmas = [float(s) for s in sampling_sigmas]
         bad = [s for s in self.sigmas if not param.sigma_min < s < param.sigma_max]
         if bad:
-            raise ConfigError(f"consistency.sampling_sigmas: {bad} lie outside (sigma_min, sigma_max) = "
-                             f"({param.sigma_min}, {param.sigma_max})")
+            raise ConfigError(
+                f"consistency.sampling_sigmas: {bad} lie outside (sigma_min, sigma_max) = "
+                f"({param.sigma_min}, {param.sigma_max})"
+            )
         if any(a <= b for a, b in zip(self.sigmas, self.sigmas[1:])):
             raise ConfigError(f"consistency.sampling_sigmas: {self.sigmas} must decrease")
 
@@ -216,8 +234,10 @@ class ConsistencySampler:
     def network_calls(self, nfe: int) -> int:
         """One call per step: the first from pure noise, each later one after re-noising."""
         if not 1 <= nfe <= self.max_nfe:
-            raise ValueError(f"a consistency model samples with 1 to {self.max_nfe} NFE here "
-                             f"(1 + len(consistency.sampling_sigmas)), not {nfe}")
+            raise ValueError(
+                f"a consistency model samples with 1 to {self.max_nfe} NFE here "
+                f"(1 + len(consistency.sampling_sigmas)), not {nfe}"
+            )
         return nfe
 
     @property
@@ -227,23 +247,25 @@ class ConsistencySampler:
 
     def settings(self, nfe: int | None = None) -> dict:
         """What samples at `nfe` (None: any NFE) depend on besides weights and noise."""
-        sigmas = self.sigmas if nfe is None else self.sigmas[:nfe - 1]
+        sigmas = self.sigmas if nfe is None else self.sigmas[: nfe - 1]
         return {"sampler": "consistency", **self.param.settings(), "sampling_sigmas": sigmas}
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.network_calls(nfe)  # an NFE it cannot sample at is refused
         net = with_labels(net, labels)  # (a class-conditional network: every call gets the labels)
         if noise.dim() != 5 or noise.shape[1] < nfe:
-            raise ValueError(f"consistency sampling at NFE {nfe} needs noise [B, >= {nfe}, C, H, W], "
-                             f"got {tuple(noise.shape)}")
+            raise ValueError(
+                f"consistency sampling at NFE {nfe} needs noise [B, >= {nfe}, C, H, W], got {tuple(noise.shape)}"
+            )
         b = noise.shape[0]
         sigma = torch.full((b,), self.param.sigma_max, device=noise.device)
         x = self.param(net, self.param.sigma_max * noise[:, 0], sigma).clamp(-1, 1)
         for k in range(1, nfe):
             s = self.sigmas[k - 1]
-            x = x + math.sqrt(s ** 2 - self.param.sigma_min ** 2) * noise[:, k]
+            x = x + math.sqrt(s**2 - self.param.sigma_min**2) * noise[:, k]
             x = self.param(net, x, torch.full((b,), s, device=noise.device)).clamp(-1, 1)
         return x
 
@@ -260,12 +282,15 @@ class ConsistencyFamily(Family):
         trained = manifest["consistency"]
         ccfg = cfg.get("consistency")
         if ccfg is None:
-            raise ConfigError(f"{where} is a consistency model's trail ({manifest.get('mode')}); name the "
-                              f"model, e.g. --model cm_{manifest.get('mode')}")
+            raise ConfigError(
+                f"{where} is a consistency model's trail ({manifest.get('mode')}); name the "
+                f"model, e.g. --model cm_{manifest.get('mode')}"
+            )
         for key, value in trained.items():
             if ccfg[key] != value:
-                raise ConfigError(f"consistency.{key}: {ccfg[key]!r} in the config, but the trail {where} "
-                                  f"was trained with {value!r}")
+                raise ConfigError(
+                    f"consistency.{key}: {ccfg[key]!r} in the config, but the trail {where} was trained with {value!r}"
+                )
         return ConsistencySampler(Parameterization(**trained), ccfg["sampling_sigmas"])
 
 

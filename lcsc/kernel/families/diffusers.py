@@ -27,7 +27,6 @@ from ..errors import ConfigError, TrailError
 from ..io import first_line, json_digest, read_json
 from .diffusers_run import DiffusersRun, check_scheduler_class, scheduler_file, unet_call
 
-
 # diffusion.sampler -> the diffusers scheduler class that samples with it
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpmpp2m": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -41,25 +40,30 @@ def scheduler_class(sampler: str):
     import diffusers
 
     if sampler not in SCHEDULERS:
-        raise ConfigError(f"diffusion.sampler: {sampler!r} has no diffusers scheduler here (use {', '.join(SCHEDULERS)})")
+        raise ConfigError(
+            f"diffusion.sampler: {sampler!r} has no diffusers scheduler here (use {', '.join(SCHEDULERS)})"
+        )
     return getattr(diffusers, SCHEDULERS[sampler])
-
 
 
 def scheduler_from_config(config, sampler: str, where, nfe: int | None = None):
     """The diffusers scheduler of `sampler` from a scheduler config, with `nfe` steps set; what
     diffusers refuses is a TrailError naming `where` (the file or manifest holding the config)."""
     if not isinstance(config, dict):
-        raise TrailError(f"{where}: the scheduler config is a JSON {type(config).__name__}, not an object; give "
-                         "the run's scheduler_config.json (trail.scheduler)")
+        raise TrailError(
+            f"{where}: the scheduler config is a JSON {type(config).__name__}, not an object; give "
+            "the run's scheduler_config.json (trail.scheduler)"
+        )
     cls = scheduler_class(sampler)
     try:
         scheduler = cls.from_config(config)
         if nfe is not None:
             scheduler.set_timesteps(nfe)
     except Exception as exc:
-        raise TrailError(f"{where}: diffusers' {cls.__name__} refuses this scheduler config ({type(exc).__name__}: "
-                         f"{first_line(exc)}); give the run's own scheduler_config.json (trail.scheduler)") from None
+        raise TrailError(
+            f"{where}: diffusers' {cls.__name__} refuses this scheduler config ({type(exc).__name__}: "
+            f"{first_line(exc)}); give the run's own scheduler_config.json (trail.scheduler)"
+        ) from None
     return scheduler
 
 
@@ -85,18 +89,26 @@ def check_scheduler(config: dict, sampler: str, where) -> None:
         raise ConfigError(f"{where}: prediction_type {prediction!r} is not one of {', '.join(PREDICTION_TYPES)}")
     variance = config.get("variance_type")
     if variance in ("learned", "learned_range"):
-        raise ConfigError(f"{where}: variance_type {variance!r} (a UNet that predicts its variance) is not "
-                          "sampled here; lcsc samples UNets with a fixed variance")
+        raise ConfigError(
+            f"{where}: variance_type {variance!r} (a UNet that predicts its variance) is not "
+            "sampled here; lcsc samples UNets with a fixed variance"
+        )
     if sampler == "ddpm" and variance not in (None, *DDPM_VARIANCES):
         raise ConfigError(f"{where}: variance_type {variance!r} is not one of {', '.join(DDPM_VARIANCES)}")
     if sampler == "ddpm" and config.get("thresholding"):
-        raise ConfigError(f"{where}: thresholding: true is not sampled by lcsc's DDPM loop; use diffusion.sampler "
-                          "ddim or dpmpp2m (their schedulers threshold as the run's does)")
-    if sampler == "dpmpp2m" and x0_clip(config) is not None and \
-            config.get("algorithm_type", "dpmsolver++") != "dpmsolver++":
-        raise ConfigError(f"{where}: clip_sample: true with algorithm_type {config['algorithm_type']!r}; lcsc clips "
-                          "the predicted clean image of DPM-Solver++ (algorithm_type dpmsolver++) only")
-
+        raise ConfigError(
+            f"{where}: thresholding: true is not sampled by lcsc's DDPM loop; use diffusion.sampler "
+            "ddim or dpmpp2m (their schedulers threshold as the run's does)"
+        )
+    if (
+        sampler == "dpmpp2m"
+        and x0_clip(config) is not None
+        and config.get("algorithm_type", "dpmsolver++") != "dpmsolver++"
+    ):
+        raise ConfigError(
+            f"{where}: clip_sample: true with algorithm_type {config['algorithm_type']!r}; lcsc clips "
+            "the predicted clean image of DPM-Solver++ (algorithm_type dpmsolver++) only"
+        )
 
 
 class DiffusersSampler:
@@ -121,16 +133,23 @@ class DiffusersSampler:
         if nfe < 1:
             raise ValueError(f"nfe must be >= 1, got {nfe}")
         if self.noise_steps is not None and nfe >= self.noise_steps:
-            raise ValueError(f"DDPM sampling at NFE {nfe}: the noise was drawn for at most {self.noise_steps - 1} "
-                             "steps (the largest NFE of search.nfe and evaluate.nfe)")
+            raise ValueError(
+                f"DDPM sampling at NFE {nfe}: the noise was drawn for at most {self.noise_steps - 1} "
+                "steps (the largest NFE of search.nfe and evaluate.nfe)"
+            )
         return len(self.scheduler(nfe).timesteps)
 
     def settings(self, nfe: int | None = None) -> dict:
-        return {"sampler": f"diffusers-{self.cls.__name__}", "scheduler_config": json_digest(self.config)[:16],
-                "x0_clip": self.x0_clip}
+        return {
+            "sampler": f"diffusers-{self.cls.__name__}",
+            "scheduler_config": json_digest(self.config)[:16],
+            "x0_clip": self.x0_clip,
+        }
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Samples from `noise` with exactly `nfe` calls of the UNet (each given `labels` as its
         `class_labels`, for a class-conditional UNet)."""
         call = unet_call(net, labels)
@@ -151,8 +170,9 @@ class DiffusersSampler:
         noise drawn as DDPMPipeline draws it from one generator the samples are the pipeline's."""
         self.network_calls(nfe)
         if noise.dim() != 5 or noise.shape[1] < nfe + 1:
-            raise ValueError(f"DDPM sampling at NFE {nfe} needs noise [B, >= {nfe + 1}, C, H, W], "
-                             f"got {tuple(noise.shape)}")
+            raise ValueError(
+                f"DDPM sampling at NFE {nfe} needs noise [B, >= {nfe + 1}, C, H, W], got {tuple(noise.shape)}"
+            )
         scheduler = self.scheduler(nfe)
         cfg = scheduler.config
         abar = scheduler.alphas_cumprod.to(noise.device, torch.float32)
@@ -165,27 +185,26 @@ class DiffusersSampler:
             ab, ab_prev = abar[t], (abar[prev] if prev >= 0 else one)
             alpha, beta = ab / ab_prev, 1 - ab / ab_prev
             if cfg.prediction_type == "epsilon":
-                x0 = (x - (1 - ab) ** 0.5 * out) / ab ** 0.5
+                x0 = (x - (1 - ab) ** 0.5 * out) / ab**0.5
             elif cfg.prediction_type == "sample":
                 x0 = out
             else:  # v_prediction
-                x0 = ab ** 0.5 * x - (1 - ab) ** 0.5 * out
+                x0 = ab**0.5 * x - (1 - ab) ** 0.5 * out
             if cfg.clip_sample:
                 x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-            x = (ab_prev ** 0.5 * beta / (1 - ab)) * x0 + (alpha ** 0.5 * (1 - ab_prev) / (1 - ab)) * x
+            x = (ab_prev**0.5 * beta / (1 - ab)) * x0 + (alpha**0.5 * (1 - ab_prev) / (1 - ab)) * x
             if t > 0:
                 x = x + _ddpm_std(cfg.variance_type, beta, ab, ab_prev) * noise[:, k + 1]
         return x.clamp(-1, 1)
-
 
 
 def _ddpm_std(variance_type: str, beta, ab, ab_prev):
     """The standard deviation DDPMScheduler adds at a step: the posterior's (fixed_small, clamped
     at 1e-20 as diffusers does; fixed_small_log through its log) or beta_t's (fixed_large)."""
     if variance_type == "fixed_large":
-        return beta ** 0.5
+        return beta**0.5
     small = torch.clamp((1 - ab_prev) / (1 - ab) * beta, min=1e-20)
-    return torch.exp(0.5 * torch.log(small)) if variance_type == "fixed_small_log" else small ** 0.5
+    return torch.exp(0.5 * torch.log(small)) if variance_type == "fixed_small_log" else small**0.5
 
 
 def _clip_x0(scheduler, bound: float) -> None:
@@ -204,31 +223,39 @@ class DiffusersFamily(DiffusersRun):
     `diffusion.sampler` (DDIM, DPM-Solver++ or the trainer's DDPM)."""
 
     diffusion_samplers = ("ddim", "dpmpp2m", "ddpm")
-    PIPELINE_LOADING = ["from diffusers import DDPMPipeline, UNet2DModel",
-                        "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
-                        "images = pipe(batch_size=16, num_inference_steps=5).images",
-                        "unet = UNet2DModel.from_pretrained('unet')  # or the network alone"]
+    PIPELINE_LOADING = [
+        "from diffusers import DDPMPipeline, UNet2DModel",
+        "pipe = DDPMPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
+        "images = pipe(batch_size=16, num_inference_steps=5).images",
+        "unet = UNet2DModel.from_pretrained('unet')  # or the network alone",
+    ]
 
     def make_sampler(self, cfg: dict) -> DiffusersSampler:
-        return DiffusersSampler(self.trail.manifest.get("scheduler_config"), cfg["diffusion"]["sampler"],
-                                f"{self.trail.root / 'manifest.json'}: scheduler_config", max_nfe=largest_nfe(cfg))
+        return DiffusersSampler(
+            self.trail.manifest.get("scheduler_config"),
+            cfg["diffusion"]["sampler"],
+            f"{self.trail.root / 'manifest.json'}: scheduler_config",
+            max_nfe=largest_nfe(cfg),
+        )
 
     @property
     def loading(self) -> list[str]:
         if self.num_classes is None:
             return self.PIPELINE_LOADING
-        return ["import torch",
-                "from diffusers import UNet2DModel, " + SCHEDULERS[self.sampler.sampler],
-                "unet = UNet2DModel.from_pretrained('unet')",
-                f"scheduler = {SCHEDULERS[self.sampler.sampler]}.from_pretrained('scheduler')  # the evaluation's",
-                "labels = torch.arange(16) % unet.config.num_class_embeds  # the classes to sample",
-                "scheduler.set_timesteps(5)",
-                "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
-                "x = x * scheduler.init_noise_sigma",
-                "with torch.no_grad():",
-                "    for t in scheduler.timesteps:",
-                "        eps = unet(scheduler.scale_model_input(x, t), t, class_labels=labels).sample",
-                "        x = scheduler.step(eps, t, x).prev_sample"]
+        return [
+            "import torch",
+            "from diffusers import UNet2DModel, " + SCHEDULERS[self.sampler.sampler],
+            "unet = UNet2DModel.from_pretrained('unet')",
+            f"scheduler = {SCHEDULERS[self.sampler.sampler]}.from_pretrained('scheduler')  # the evaluation's",
+            "labels = torch.arange(16) % unet.config.num_class_embeds  # the classes to sample",
+            "scheduler.set_timesteps(5)",
+            "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
+            "x = x * scheduler.init_noise_sigma",
+            "with torch.no_grad():",
+            "    for t in scheduler.timesteps:",
+            "        eps = unet(scheduler.scale_model_input(x, t), t, class_labels=labels).sample",
+            "        x = scheduler.step(eps, t, x).prev_sample",
+        ]
 
     def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
         """A `save_pretrained` UNet folder `unet/`, and `pipeline/` that DDPMPipeline.from_pretrained
@@ -238,8 +265,11 @@ class DiffusersFamily(DiffusersRun):
 
         net.load_state_dict(state)
         net.save_pretrained(out / "unet")
-        scheduler = scheduler_from_config(self.trail.manifest["scheduler_config"], cfg["diffusion"]["sampler"],
-                                          f"{self.trail.root / 'manifest.json'}: scheduler_config")
+        scheduler = scheduler_from_config(
+            self.trail.manifest["scheduler_config"],
+            cfg["diffusion"]["sampler"],
+            f"{self.trail.root / 'manifest.json'}: scheduler_config",
+        )
         if self.num_classes is not None:
             scheduler.save_pretrained(out / "scheduler")
             return ["unet/", "scheduler/"]
@@ -250,8 +280,10 @@ class DiffusersFamily(DiffusersRun):
     def config_errors(cls, cfg: dict) -> list[str]:
         errors = super().config_errors(cfg)
         if cfg["trail"]["timesteps"]:
-            errors.append("trail.timesteps: set, but trail.sampler is dm; the timesteps are a diffusers consistency "
-                          "model's (trail.sampler: cm), a diffusion model samples with diffusion.sampler")
+            errors.append(
+                "trail.timesteps: set, but trail.sampler is dm; the timesteps are a diffusers consistency "
+                "model's (trail.sampler: cm), a diffusion model samples with diffusion.sampler"
+            )
         return errors
 
     @classmethod
@@ -268,7 +300,6 @@ def run_scheduler_config(t: dict, root: Path, sampler: str) -> dict:
     scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
     check_scheduler(config, sampler, path)  # and lcsc samples it as the trainer's pipeline does
     return config
-
 
 
 FAMILY = DiffusersFamily

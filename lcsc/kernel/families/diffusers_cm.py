@@ -39,8 +39,10 @@ def cm_scheduler(config, where, nfe: int | None = None, timesteps: list[int] | N
     from diffusers import CMStochasticIterativeScheduler
 
     if not isinstance(config, dict):
-        raise TrailError(f"{where}: the scheduler config is a JSON {type(config).__name__}, not an object; give "
-                         "the run's scheduler_config.json (trail.scheduler)")
+        raise TrailError(
+            f"{where}: the scheduler config is a JSON {type(config).__name__}, not an object; give "
+            "the run's scheduler_config.json (trail.scheduler)"
+        )
     try:
         scheduler = CMStochasticIterativeScheduler.from_config(config)
         if timesteps is not None:
@@ -49,8 +51,10 @@ def cm_scheduler(config, where, nfe: int | None = None, timesteps: list[int] | N
             scheduler.set_timesteps(nfe)
     except Exception as exc:
         steps = f" the timesteps {timesteps}" if timesteps is not None else f" {nfe} steps" if nfe else ""
-        raise TrailError(f"{where}: diffusers' {CM_SCHEDULER} refuses this config or{steps} ({type(exc).__name__}: "
-                         f"{first_line(exc)}); give the run's own scheduler_config.json (trail.scheduler)") from None
+        raise TrailError(
+            f"{where}: diffusers' {CM_SCHEDULER} refuses this config or{steps} ({type(exc).__name__}: "
+            f"{first_line(exc)}); give the run's own scheduler_config.json (trail.scheduler)"
+        ) from None
     return scheduler
 
 
@@ -76,8 +80,10 @@ class ConsistencyPipelineSampler:
 
     def network_calls(self, nfe: int) -> int:
         if not 1 <= nfe <= self.noise_steps:
-            raise ValueError(f"consistency sampling at NFE {nfe}: the noise was drawn for 1 to {self.noise_steps} "
-                             "steps (the largest NFE of consistency.search_nfe and evaluate_nfe)")
+            raise ValueError(
+                f"consistency sampling at NFE {nfe}: the noise was drawn for 1 to {self.noise_steps} "
+                "steps (the largest NFE of consistency.search_nfe and evaluate_nfe)"
+            )
         try:
             return len(self.scheduler(nfe).timesteps)
         except TrailError as exc:
@@ -85,31 +91,37 @@ class ConsistencyPipelineSampler:
 
     def settings(self, nfe: int | None = None) -> dict:
         chosen = self.timesteps.get(nfe) if nfe is not None else [self.timesteps[n] for n in sorted(self.timesteps)]
-        return {"sampler": f"diffusers-{CM_SCHEDULER}", "scheduler_config": json_digest(self.config)[:16],
-                "timesteps": chosen or None}
+        return {
+            "sampler": f"diffusers-{CM_SCHEDULER}",
+            "scheduler_config": json_digest(self.config)[:16],
+            "timesteps": chosen or None,
+        }
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Samples from `noise` with exactly `nfe` calls of the UNet (each given `labels` as its
         `class_labels`, for a class-conditional UNet)."""
         steps = self.network_calls(nfe)
         if noise.dim() != 5 or noise.shape[1] < steps:
-            raise ValueError(f"consistency sampling at NFE {nfe} needs noise [B, >= {steps}, C, H, W], "
-                             f"got {tuple(noise.shape)}")
+            raise ValueError(
+                f"consistency sampling at NFE {nfe} needs noise [B, >= {steps}, C, H, W], got {tuple(noise.shape)}"
+            )
         scheduler = self.scheduler(nfe)
         cfg, call = scheduler.config, unet_call(net, labels)
         x = noise[:, 0] * scheduler.init_noise_sigma
         for k, t in enumerate(scheduler.timesteps):
             # the scheduler's own tensors and operations in its order, so the samples are the pipeline's
             sigma = scheduler.sigmas[k]
-            out = call(x / ((sigma ** 2 + cfg.sigma_data ** 2) ** 0.5), t)
+            out = call(x / ((sigma**2 + cfg.sigma_data**2) ** 0.5), t)
             c_skip, c_out = scheduler.get_scalings_for_boundary_condition(sigma)
             x = c_out * out + c_skip * x
             if cfg.clip_denoised:
                 x = x.clamp(-1, 1)
             if k + 1 < steps:
                 sigma_hat = scheduler.sigmas[k + 1].clamp(min=cfg.sigma_min, max=cfg.sigma_max)
-                x = x + noise[:, k + 1] * cfg.s_noise * (sigma_hat ** 2 - cfg.sigma_min ** 2) ** 0.5
+                x = x + noise[:, k + 1] * cfg.s_noise * (sigma_hat**2 - cfg.sigma_min**2) ** 0.5
         return x.clamp(-1, 1)
 
 
@@ -119,30 +131,42 @@ class DiffusersConsistencyFamily(DiffusersRun):
 
     def make_sampler(self, cfg: dict) -> ConsistencyPipelineSampler:
         self.loading_nfe = headline_nfe(cfg["search"]["nfe"]) if "search" in cfg else 1
-        return ConsistencyPipelineSampler(self.trail.manifest.get("scheduler_config"),
-                                          f"{self.trail.root / 'manifest.json'}: scheduler_config",
-                                          cfg["trail"]["timesteps"], max_nfe=largest_nfe(cfg))
+        return ConsistencyPipelineSampler(
+            self.trail.manifest.get("scheduler_config"),
+            f"{self.trail.root / 'manifest.json'}: scheduler_config",
+            cfg["trail"]["timesteps"],
+            max_nfe=largest_nfe(cfg),
+        )
 
     @property
     def loading(self) -> list[str]:
         timesteps = self.sampler.timesteps.get(self.loading_nfe)
-        steps = (f"num_inference_steps=None, timesteps={timesteps}" if timesteps
-                 else f"num_inference_steps={self.loading_nfe}")
-        lines = ["from diffusers import ConsistencyModelPipeline",
-                 "pipe = ConsistencyModelPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used"]
+        steps = (
+            f"num_inference_steps=None, timesteps={timesteps}"
+            if timesteps
+            else f"num_inference_steps={self.loading_nfe}"
+        )
+        lines = [
+            "from diffusers import ConsistencyModelPipeline",
+            "pipe = ConsistencyModelPipeline.from_pretrained('pipeline')  # the scheduler the evaluation used",
+        ]
         if self.num_classes is None:
             return [*lines, f"images = pipe(batch_size=16, {steps}).images"]
-        return ["import torch", *lines,
-                "labels = torch.arange(16) % pipe.unet.config.num_class_embeds  # the classes to sample",
-                f"images = pipe(batch_size=16, class_labels=labels, {steps}).images"]
+        return [
+            "import torch",
+            *lines,
+            "labels = torch.arange(16) % pipe.unet.config.num_class_embeds  # the classes to sample",
+            f"images = pipe(batch_size=16, class_labels=labels, {steps}).images",
+        ]
 
     def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
         """`pipeline/`, which ConsistencyModelPipeline.from_pretrained loads: the UNet and the run's scheduler."""
         from diffusers import ConsistencyModelPipeline
 
         net.load_state_dict(state)
-        scheduler = cm_scheduler(self.trail.manifest["scheduler_config"],
-                                 f"{self.trail.root / 'manifest.json'}: scheduler_config")
+        scheduler = cm_scheduler(
+            self.trail.manifest["scheduler_config"], f"{self.trail.root / 'manifest.json'}: scheduler_config"
+        )
         ConsistencyModelPipeline(unet=net, scheduler=scheduler).save_pretrained(out / "pipeline")
         return ["pipeline/"]
 
@@ -152,13 +176,17 @@ class DiffusersConsistencyFamily(DiffusersRun):
         lists = cfg["trail"]["timesteps"] or []
         for timesteps in lists:
             if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-                errors.append(f"trail.timesteps: {timesteps} must decrease (ConsistencyModelPipeline's timesteps "
-                              "run from the noisiest, e.g. [22, 0])")
+                errors.append(
+                    f"trail.timesteps: {timesteps} must decrease (ConsistencyModelPipeline's timesteps "
+                    "run from the noisiest, e.g. [22, 0])"
+                )
         lengths = [len(ts) for ts in lists]
         twice = sorted({n for n in lengths if lengths.count(n) > 1})
         if twice:
-            errors.append(f"trail.timesteps: {lengths.count(twice[0])} lists of {twice[0]} steps; give one list "
-                          "per NFE (its length)")
+            errors.append(
+                f"trail.timesteps: {lengths.count(twice[0])} lists of {twice[0]} steps; give one list "
+                "per NFE (its length)"
+            )
         return errors
 
     @classmethod
@@ -174,13 +202,17 @@ class DiffusersConsistencyFamily(DiffusersRun):
         for key, nfes in (("search_nfe", nfe_list(c["search_nfe"])), ("evaluate_nfe", c["evaluate_nfe"])):
             for nfe in nfes:
                 if nfe > most and nfe not in chosen:
-                    raise ConfigError(f"consistency.{key}: NFE {nfe}, but the run's scheduler ({path}) has "
-                                      f"num_train_timesteps {most}: ConsistencyModelPipeline samples at most that "
-                                      "many steps")
+                    raise ConfigError(
+                        f"consistency.{key}: NFE {nfe}, but the run's scheduler ({path}) has "
+                        f"num_train_timesteps {most}: ConsistencyModelPipeline samples at most that "
+                        "many steps"
+                    )
         for nfe, timesteps in chosen.items():
             if max(timesteps) >= most:
-                raise ConfigError(f"trail.timesteps: {timesteps} reaches {max(timesteps)}, but the run's scheduler "
-                                  f"({path}) has num_train_timesteps {most}; every timestep must be below it")
+                raise ConfigError(
+                    f"trail.timesteps: {timesteps} reaches {max(timesteps)}, but the run's scheduler "
+                    f"({path}) has num_train_timesteps {most}; every timestep must be below it"
+                )
             cm_scheduler(config, path, nfe, timesteps)
         return config
 

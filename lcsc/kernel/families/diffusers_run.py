@@ -32,14 +32,17 @@ def unet_from_config(config, where) -> nn.Module:
     from diffusers import UNet2DModel
 
     if not isinstance(config, dict):
-        raise TrailError(f"{where}: the UNet's config is a JSON {type(config).__name__}, not an object; not a "
-                         "config.json that UNet2DModel.save_pretrained writes")
+        raise TrailError(
+            f"{where}: the UNet's config is a JSON {type(config).__name__}, not an object; not a "
+            "config.json that UNet2DModel.save_pretrained writes"
+        )
     try:
         return UNet2DModel.from_config(config)
     except Exception as exc:
-        raise TrailError(f"{where}: diffusers refuses this UNet config ({type(exc).__name__}: {first_line(exc)}); "
-                         "not a config.json that UNet2DModel.save_pretrained writes") from None
-
+        raise TrailError(
+            f"{where}: diffusers refuses this UNet config ({type(exc).__name__}: {first_line(exc)}); "
+            "not a config.json that UNet2DModel.save_pretrained writes"
+        ) from None
 
 
 def check_unet_fits(unet: dict, cfg: dict, where) -> None:
@@ -48,10 +51,11 @@ def check_unet_fits(unet: dict, cfg: dict, where) -> None:
     unet = unet if isinstance(unet, dict) else {}
     for key, data_key in (("sample_size", "image_size"), ("in_channels", "channels")):
         if key in unet and unet[key] != cfg["data"][data_key]:
-            raise ConfigError(f"data.{data_key}: {cfg['data'][data_key]!r} in the config, but the UNet ({where}) has "
-                              f"{key} {unet[key]!r}; set data.{data_key}: {unet[key]!r}"
-                              + (" (and data.resize if the run resized its images)" if key == "sample_size" else ""))
-
+            raise ConfigError(
+                f"data.{data_key}: {cfg['data'][data_key]!r} in the config, but the UNet ({where}) has "
+                f"{key} {unet[key]!r}; set data.{data_key}: {unet[key]!r}"
+                + (" (and data.resize if the run resized its images)" if key == "sample_size" else "")
+            )
 
 
 def unet_call(net: nn.Module, labels: torch.Tensor | None):
@@ -68,12 +72,13 @@ def unet_classes(config, where) -> int | None:
     config = config if isinstance(config, dict) else {}
     kind, classes = config.get("class_embed_type"), config.get("num_class_embeds")
     if kind is not None:
-        raise ConfigError(f"{where}: class_embed_type {kind!r}; lcsc samples UNets with one embedding per class "
-                          "(class_embed_type null and num_class_embeds) or none")
+        raise ConfigError(
+            f"{where}: class_embed_type {kind!r}; lcsc samples UNets with one embedding per class "
+            "(class_embed_type null and num_class_embeds) or none"
+        )
     if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 2):
         raise TrailError(f"{where}: num_class_embeds {classes!r} is not a number of classes (an integer >= 2)")
     return classes
-
 
 
 class DiffusersRun(ImportedFamily):
@@ -111,8 +116,10 @@ class DiffusersRun(ImportedFamily):
         t, errors = cfg["trail"], super().config_errors(cfg)
         for key in ("unet", "ema"):  # one sub-folder of a checkpoint folder each
             if t[key] is not None and (not t[key] or t[key] in (".", "..") or "/" in t[key] or "\\" in t[key]):
-                errors.append(f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
-                              f"{'unet' if key == 'unet' else 'unet_ema'}), not a path")
+                errors.append(
+                    f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
+                    f"{'unet' if key == 'unet' else 'unet_ema'}), not a path"
+                )
         return errors
 
     @classmethod
@@ -123,16 +130,22 @@ class DiffusersRun(ImportedFamily):
         last = cls.checkpoint_files(t, root)[-1][1]  # .../checkpoint-<step>/<unet>/<weights>
         path = last.parent.parent / t["ema"] / WEIGHTS
         if not path.is_file():
-            raise TrailError(f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
-                             "to its folder (unet_ema in diffusers' examples) or null")
+            raise TrailError(
+                f"{path}: trail.ema {t['ema']!r} names no EMA folder in the last checkpoint; set trail.ema "
+                "to its folder (unet_ema in diffusers' examples) or null"
+            )
         if not inside(path, root):
-            raise TrailError(f"{path}: the EMA's weights lie outside trail.path {root} (a symlink leads out); a "
-                             "trail's files stay in its folder")
+            raise TrailError(
+                f"{path}: the EMA's weights lie outside trail.path {root} (a symlink leads out); a "
+                "trail's files stay in its folder"
+            )
         settings = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
         recorded = settings.get("decay") if isinstance(settings, dict) else None
         if not isinstance(recorded, (int, float, type(None))) or isinstance(recorded, bool):
-            raise TrailError(f"{path.parent / 'config.json'}: decay {recorded!r} is not a number; not the config "
-                             "diffusers' EMAModel.save_pretrained writes")
+            raise TrailError(
+                f"{path.parent / 'config.json'}: decay {recorded!r} is not a number; not the config "
+                "diffusers' EMAModel.save_pretrained writes"
+            )
         check_ema_decay(float(t["ema_decay"]), recorded, settings, path.parent / "config.json")
         return path, set()
 
@@ -147,8 +160,13 @@ class DiffusersRun(ImportedFamily):
         for folder in sorted(p for p in root.glob("checkpoint-*") if p.is_dir()):
             if not (folder / wanted).is_file():
                 has = sorted(c.name for c in folder.iterdir())[:4]
-                out.append((folder.name, f"no {wanted} in it (it holds {', '.join(has) if has else 'nothing'}); "
-                            "a checkpoint saved without its UNet, or trail.unet names another folder"))
+                out.append(
+                    (
+                        folder.name,
+                        f"no {wanted} in it (it holds {', '.join(has) if has else 'nothing'}); "
+                        "a checkpoint saved without its UNet, or trail.unet names another folder",
+                    )
+                )
         return out
 
     @classmethod
@@ -167,9 +185,11 @@ class DiffusersRun(ImportedFamily):
         model_config = read_json(last.parent / "config.json", "the UNet's config.json is missing")
         check_unet_fits(model_config, cfg, last.parent / "config.json")
         check_data_classes(unet_classes(model_config, last.parent / "config.json"), cfg, last.parent / "config.json")
-        return {"model_config": model_config,
-                "scheduler_config": cls.scheduler_config(cfg, root),
-                **({"sampler": "cm"} if cfg["trail"]["sampler"] == "cm" else {})}
+        return {
+            "model_config": model_config,
+            "scheduler_config": cls.scheduler_config(cfg, root),
+            **({"sampler": "cm"} if cfg["trail"]["sampler"] == "cm" else {}),
+        }
 
     @classmethod
     def scheduler_config(cls, cfg: dict, root: Path) -> dict:
@@ -177,13 +197,14 @@ class DiffusersRun(ImportedFamily):
         raise NotImplementedError
 
 
-
 def scheduler_file(t: dict, root: Path) -> Path:
     """The run's scheduler_config.json: trail.scheduler, or where a pipeline's save_pretrained writes it."""
     path = Path(t["scheduler"]).expanduser() if t["scheduler"] else root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
-        raise ConfigError(f"trail.scheduler: {path} does not exist; give the run's scheduler_config.json (what "
-                          "the pipeline's save_pretrained writes under scheduler/)")
+        raise ConfigError(
+            f"trail.scheduler: {path} does not exist; give the run's scheduler_config.json (what "
+            "the pipeline's save_pretrained writes under scheduler/)"
+        )
     return path
 
 
@@ -194,10 +215,14 @@ def check_scheduler_class(config, expected: bool, where) -> None:
     if name is None or (name == CM_SCHEDULER) == expected:
         return
     if expected:
-        raise ConfigError(f"trail.sampler: cm, but {where} is a {name}'s config, a diffusion model's; set "
-                          "trail.sampler: dm (the default) or give the consistency run's scheduler config")
-    raise ConfigError(f"trail.sampler: dm, but {where} is a {CM_SCHEDULER}'s config, a consistency model's "
-                      "(ConsistencyModelPipeline); set trail.sampler: cm")
+        raise ConfigError(
+            f"trail.sampler: cm, but {where} is a {name}'s config, a diffusion model's; set "
+            "trail.sampler: dm (the default) or give the consistency run's scheduler config"
+        )
+    raise ConfigError(
+        f"trail.sampler: dm, but {where} is a {CM_SCHEDULER}'s config, a consistency model's "
+        "(ConsistencyModelPipeline); set trail.sampler: cm"
+    )
 
 
 EMA_SCHEDULE = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
@@ -212,12 +237,13 @@ def check_ema_decay(configured: float, recorded, settings, where: Path) -> None:
         if recorded is not None and float(recorded) != configured:
             raise ConfigError(f"trail.ema_decay: {configured} in the config, but {where} records decay {recorded}")
         return
-    if used != configured and (used >= 1 or configured >= 1
-                               or abs(math.log((1 - used) / (1 - configured))) > 0.05):
+    if used != configured and (used >= 1 or configured >= 1 or abs(math.log((1 - used) / (1 - configured))) > 0.05):
         schedule = ", ".join(f"{k} {settings[k]}" for k in EMA_SCHEDULE if k in settings)
-        raise ConfigError(f"trail.ema_decay: {configured} in the config, but the run's EMA averaged with decay "
-                          f"{used:.6g} at its last update ({where}: {schedule}); set trail.ema_decay: {used:.4g} "
-                          "so that the kept EMA is named for the decay it had")
+        raise ConfigError(
+            f"trail.ema_decay: {configured} in the config, but the run's EMA averaged with decay "
+            f"{used:.6g} at its last update ({where}: {schedule}); set trail.ema_decay: {used:.4g} "
+            "so that the kept EMA is named for the decay it had"
+        )
 
 
 def effective_decay(settings) -> float | None:
@@ -239,4 +265,3 @@ def effective_decay(settings) -> float | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
     return max(min(value, decay), low)
-

@@ -17,8 +17,9 @@ from .base import Family
 
 
 class VPDiffusion:
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000, sampler: str = "ddim",
-                 clip_denoised: bool = True):
+    def __init__(
+        self, schedule: str = "linear", timesteps: int = 1000, sampler: str = "ddim", clip_denoised: bool = True
+    ):
         self.T = timesteps
         self.schedule = schedule
         self.noise_steps = None  # one noise image per sample: the starting point of the ODE
@@ -39,8 +40,15 @@ class VPDiffusion:
     def from_config(cls, cfg: dict) -> VPDiffusion:
         return cls(cfg["schedule"], cfg["timesteps"], cfg["sampler"], cfg["clip_denoised"])
 
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator, step: int = 0,
-             part: slice = slice(None), labels: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        net: nn.Module,
+        x0: torch.Tensor,
+        generator: torch.Generator,
+        step: int = 0,
+        part: slice = slice(None),
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step.
         With `part`, the noise is drawn for the whole batch and the loss is that slice's; with
         `labels` (the whole batch's), a class-conditional network gets its images' classes."""
@@ -69,12 +77,12 @@ class VPDiffusion:
 
     def settings(self, nfe: int | None = None) -> dict:
         """What the samples depend on besides the weights, the noise and the NFE."""
-        return {"sampler": self.sampler, "clip_denoised": self.clip, "schedule": self.schedule,
-                "timesteps": self.T}
+        return {"sampler": self.sampler, "clip_denoised": self.clip, "schedule": self.schedule, "timesteps": self.T}
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: torch.Tensor, nfe: int,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Deterministic sampling from x_T = noise with exactly `nfe` calls of `net` (each given
         `labels`, for a class-conditional network)."""
         net = with_labels(net, labels)

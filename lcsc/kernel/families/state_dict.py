@@ -40,11 +40,15 @@ def load_factory(spec: str, code: str | None = None):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"trail.factory: cannot import {module_name!r} ({exc}); put it on PYTHONPATH or set "
-                          "trail.code to its folder") from None
+        raise ConfigError(
+            f"trail.factory: cannot import {module_name!r} ({exc}); put it on PYTHONPATH or set "
+            "trail.code to its folder"
+        ) from None
     except Exception as exc:  # the module's own code failed: a syntax error, an exception at import
-        raise ConfigError(f"trail.factory: importing {module_name!r} failed ({type(exc).__name__}: "
-                          f"{first_line(exc)}); fix that module (trail.code)") from None
+        raise ConfigError(
+            f"trail.factory: importing {module_name!r} failed ({type(exc).__name__}: "
+            f"{first_line(exc)}); fix that module (trail.code)"
+        ) from None
     factory = getattr(module, function, None)
     if not callable(factory):
         raise ConfigError(f"trail.factory: {module_name} has no function {function!r}")
@@ -56,11 +60,14 @@ def build_from_factory(spec: str, kwargs: dict, code: str | None = None) -> nn.M
     try:
         net = factory(**kwargs)
     except Exception as exc:
-        raise ConfigError(f"trail.factory: {spec}(**trail.factory_kwargs) failed ({type(exc).__name__}: "
-                          f"{first_line(exc)}); fix the factory or trail.factory_kwargs") from None
+        raise ConfigError(
+            f"trail.factory: {spec}(**trail.factory_kwargs) failed ({type(exc).__name__}: "
+            f"{first_line(exc)}); fix the factory or trail.factory_kwargs"
+        ) from None
     if not isinstance(net, nn.Module):
-        raise ConfigError(f"trail.factory: {spec}(**trail.factory_kwargs) returned a {type(net).__name__}, "
-                          "not a torch.nn.Module")
+        raise ConfigError(
+            f"trail.factory: {spec}(**trail.factory_kwargs) returned a {type(net).__name__}, not a torch.nn.Module"
+        )
     return net
 
 
@@ -72,8 +79,11 @@ class StateDictCheckpoints(ImportedFamily):
     unread_keys = ("scheduler", "timesteps")
     default_files = "*.pt"
     sampled_by_config = True
-    loading = ["import torch", "state = torch.load('model.pt', weights_only=True)  # the input's layout",
-               "net.load_state_dict(state)  # your network, after the same key path and prefix as your trainer"]
+    loading = [
+        "import torch",
+        "state = torch.load('model.pt', weights_only=True)  # the input's layout",
+        "net.load_state_dict(state)  # your network, after the same key path and prefix as your trainer",
+    ]
 
     def check_config(self, cfg: dict) -> None:
         super().check_config(cfg)
@@ -98,8 +108,10 @@ class StateDictCheckpoints(ImportedFamily):
         prefix = source.get("prefix") or ""
         original = state_at(read_file(last), source.get("key"), last)
         # the input's keys in its order, each with its dtype: the network's names with the prefix stripped
-        tensors = {key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
-                   for key, value in original.items()}
+        tensors = {
+            key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
+            for key, value in original.items()
+        }
         name = f"model{last.suffix}"
         if last.suffix == ".safetensors":
             save_tensors(out / name, tensors)
@@ -117,8 +129,10 @@ class StateDictCheckpoints(ImportedFamily):
     def config_errors(cls, cfg: dict) -> list[str]:
         t, errors = cfg["trail"], super().config_errors(cfg)
         if not t["factory"]:
-            errors.append("trail.factory: required with trail.source 'state_dict': package.module:function that "
-                          "builds the network")
+            errors.append(
+                "trail.factory: required with trail.source 'state_dict': package.module:function that "
+                "builds the network"
+            )
         try:
             check_glob(t["ema"], "trail.ema")
         except ConfigError as exc:

@@ -63,10 +63,32 @@ def test_a_family_from_outside_lcsc_runs_through_every_stage(trained, tmp_path, 
 
     # the same weights sampled by the same sampler: last's FIDs are those of the trail trained here
     here = tmp_path / "here.json"
-    assert main(["evaluate", "--config", str(trained_file), "--model", "dm", "--variant", "last",
-                 "--manifest", str(trained_paths(cfg)[0]), "--features", str(features), "--stats", str(stats),
-                 "--set", f"results_dir={tmp_path / 'results-here'}", "--out", str(here),
-                 "--grid", str(tmp_path / "here.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(trained_file),
+                "--model",
+                "dm",
+                "--variant",
+                "last",
+                "--manifest",
+                str(trained_paths(cfg)[0]),
+                "--features",
+                str(features),
+                "--stats",
+                str(stats),
+                "--set",
+                f"results_dir={tmp_path / 'results-here'}",
+                "--out",
+                str(here),
+                "--grid",
+                str(tmp_path / "here.png"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(here.read_text())["fid"] == json.loads(layout.eval_json("imported", "last").read_text())["fid"]
 
     # the export is the family's own format, and holds the searched combination
@@ -93,5 +115,9 @@ def test_an_unknown_source_is_one_line(trained, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(bad))
     rc = main(["import-trail", "--config", str(config)])
-    check_one_line(rc, capsys.readouterr().err, "import-trail",
-                   ["trail.source: 'npz' is not a source lcsc knows (the sources: lcsc, diffusers, state_dict)"])
+    check_one_line(
+        rc,
+        capsys.readouterr().err,
+        "import-trail",
+        ["trail.source: 'npz' is not a source lcsc knows (the sources: lcsc, diffusers, state_dict)"],
+    )

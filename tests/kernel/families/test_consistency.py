@@ -6,21 +6,27 @@ import math
 import pytest
 import torch
 
+from helpers import Counting, cm_config
 from lcsc.kernel.errors import ConfigError
-from lcsc.kernel.families.consistency import (ConsistencySampler, Parameterization, VPTeacher, curriculum, distance,
-                                              lognormal_probs)
+from lcsc.kernel.families.consistency import (
+    ConsistencySampler,
+    Parameterization,
+    VPTeacher,
+    curriculum,
+    distance,
+    lognormal_probs,
+)
 from lcsc.kernel.families.diffusion import VPDiffusion
 from lcsc.kernel.nets import build_unet
 from lcsc.kernel.scoring import make_noise
 from lcsc.kernel.trail import Trail
 
-from helpers import Counting, cm_config
-
 
 def _net(seed=0):
     torch.manual_seed(seed)
-    net = build_unet({"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention": False,
-                      "dropout": 0.0}, 1)
+    net = build_unet(
+        {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention": False, "dropout": 0.0}, 1
+    )
     with torch.no_grad():  # large weights: the skip connection alone could not hide the output
         for p in net.parameters():
             p.mul_(3.0)
@@ -66,7 +72,7 @@ def test_two_step_sampling_uses_the_intermediate_sigma_and_the_second_noise():
     # with F = 0, f(x, s) = c_skip(s) x: the second step re-noises x1 with z_1 to sigma 0.821
     s = 0.821
     c_skip = 0.25 / ((s - 0.002) ** 2 + 0.25)
-    expected = (c_skip * (x1 + math.sqrt(s ** 2 - 0.002 ** 2) * noise[:, 1])).clamp(-1, 1)
+    expected = (c_skip * (x1 + math.sqrt(s**2 - 0.002**2) * noise[:, 1])).clamp(-1, 1)
     assert torch.allclose(x2, expected, atol=1e-6)
 
 
@@ -106,7 +112,9 @@ def test_teacher_matches_the_vp_model_at_its_own_steps():
     x_ve = torch.randn(4, 1, 12, 12)
     with torch.no_grad():
         eps = net(x_ve * ab.sqrt()[:, None, None, None], teacher.time_of(sigma))
-    x0_vp = (x_ve * ab.sqrt()[:, None, None, None] - (1 - ab).sqrt()[:, None, None, None] * eps) / ab.sqrt()[:, None, None, None]
+    x0_vp = (x_ve * ab.sqrt()[:, None, None, None] - (1 - ab).sqrt()[:, None, None, None] * eps) / ab.sqrt()[
+        :, None, None, None
+    ]
     assert torch.allclose(teacher.denoise(x_ve, sigma), x0_vp, atol=1e-4)
 
 
@@ -136,6 +144,8 @@ def test_sampling_a_cm_trail_checks_the_parameterization(tmp_path):
     assert isinstance(family_for(trail, cfg).sampler, ConsistencySampler)
     bad = dict(cfg, consistency=dict(cfg["consistency"], sigma_max=60.0))
     with pytest.raises(ConfigError, match="name the model, e.g. --model cm_cd"):
-        family_for(Trail(tmp_path, dict(trail.manifest, mode="cd")), {k: v for k, v in cfg.items() if k != "consistency"})
+        family_for(
+            Trail(tmp_path, dict(trail.manifest, mode="cd")), {k: v for k, v in cfg.items() if k != "consistency"}
+        )
     with pytest.raises(ConfigError, match="consistency.sigma_max: 60.0 in the config, but the trail"):
         family_for(trail, bad)

@@ -50,7 +50,9 @@ def test_samples_equal_ddpm_pipelines(unet, sampler):
     s = DiffusersSampler(config, sampler)
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=s.cls.from_config(config))
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(batch_size=4, generator=torch.Generator().manual_seed(7), num_inference_steps=4, output_type="np").images
+    out = pipe(
+        batch_size=4, generator=torch.Generator().manual_seed(7), num_inference_steps=4, output_type="np"
+    ).images
     ours = s.sample(unet, torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(7)), 4)
     torch.testing.assert_close(ours, _pixels(out), atol=1e-6, rtol=0)
 
@@ -70,8 +72,9 @@ def test_the_trainers_own_pipelines_at_their_step_counts(unet, clip):
     assert ddpm.noise_steps == 1001
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(config))
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=1000,
-                  output_type="np").images
+    theirs = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=1000, output_type="np"
+    ).images
     counting = Counting(unet)
     ours = ddpm.sample(counting, make_noise(2, shape, seed, "cpu", ddpm.noise_steps), 1000)
     assert counting.calls == 1000
@@ -80,8 +83,9 @@ def test_the_trainers_own_pipelines_at_their_step_counts(unet, clip):
     ddim = DiffusersSampler(config, "ddim")
     pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(config))
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), eta=0.0, num_inference_steps=50,
-                  output_type="np").images
+    theirs = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(seed), eta=0.0, num_inference_steps=50, output_type="np"
+    ).images
     ours = ddim.sample(unet, make_noise(2, shape, seed, "cpu"), 50)
     torch.testing.assert_close(ours, _pixels(theirs), atol=1e-5, rtol=0)
 
@@ -113,13 +117,16 @@ def test_dpm_solver_clips_the_clean_image_where_the_run_clips(unet):
     assert DiffusersSampler(dict(clipping, thresholding=True), "dpmpp2m").x0_clip is None
 
 
-@pytest.mark.parametrize("change, sampler, message", [
-    ({"variance_type": "learned_range"}, "ddim", "variance_type 'learned_range' .* is not sampled here"),
-    ({"variance_type": "fixed_large_log"}, "ddpm", "variance_type 'fixed_large_log' is not one of fixed_small"),
-    ({"thresholding": True}, "ddpm", "thresholding: true is not sampled by lcsc's DDPM loop"),
-    ({"algorithm_type": "dpmsolver"}, "dpmpp2m", "clip_sample: true with algorithm_type 'dpmsolver'"),
-    ({"prediction_type": "flow"}, "ddpm", "prediction_type 'flow' is not one of"),
-])
+@pytest.mark.parametrize(
+    "change, sampler, message",
+    [
+        ({"variance_type": "learned_range"}, "ddim", "variance_type 'learned_range' .* is not sampled here"),
+        ({"variance_type": "fixed_large_log"}, "ddpm", "variance_type 'fixed_large_log' is not one of fixed_small"),
+        ({"thresholding": True}, "ddpm", "thresholding: true is not sampled by lcsc's DDPM loop"),
+        ({"algorithm_type": "dpmsolver"}, "dpmpp2m", "clip_sample: true with algorithm_type 'dpmsolver'"),
+        ({"prediction_type": "flow"}, "ddpm", "prediction_type 'flow' is not one of"),
+    ],
+)
 def test_a_setting_that_would_change_samples_is_honoured_or_refused(change, sampler, message):
     from lcsc.kernel.errors import ConfigError
 
@@ -132,5 +139,7 @@ def test_noise_drawn_in_advance_is_bounded():
     from lcsc.kernel.errors import ConfigError
     from lcsc.kernel.scoring import make_noise
 
-    with pytest.raises(ConfigError, match=r"draws 1001 noise images per sample in advance .* 22.9 GiB for 2000 samples"):
+    with pytest.raises(
+        ConfigError, match=r"draws 1001 noise images per sample in advance .* 22.9 GiB for 2000 samples"
+    ):
         make_noise(2000, (3, 32, 32), 0, "cpu", 1001)

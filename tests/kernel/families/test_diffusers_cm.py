@@ -32,8 +32,19 @@ RGB = {"dataset": "folder", "image_size": 12, "channels": 3}  # ConsistencyModel
 
 def _rgb_digits(folder):
     """The digits as RGB images in one sub-folder per class (a labelled folder), each class tinted."""
-    digits = load_split({"dataset": "digits", "image_size": 12, "channels": 1, "split_seed": 0,
-                         "test_fraction": 0.2, "folder": None, "root": "", "download": False}, "all")
+    digits = load_split(
+        {
+            "dataset": "digits",
+            "image_size": 12,
+            "channels": 1,
+            "split_seed": 0,
+            "test_fraction": 0.2,
+            "folder": None,
+            "root": "",
+            "download": False,
+        },
+        "all",
+    )
     grey = ((digits.images[:, 0] + 1) / 2).numpy()
     for i, (image, label) in enumerate(zip(grey, digits.labels.tolist())):
         tint = np.array([1.0, 0.4 + 0.06 * label, 1.0 - 0.08 * label])
@@ -50,8 +61,14 @@ def _pipeline_images(pipe, noise, labels, nfe, timesteps=None):
 
     draws = iter([noise[:, k] for k in range(1, noise.shape[1])] + [torch.zeros_like(noise[:, 0])] * 2)
     with mock.patch.object(module, "randn_tensor", lambda *args, **kwargs: next(draws)):
-        images = pipe(batch_size=len(noise), class_labels=labels, num_inference_steps=None if timesteps else nfe,
-                      timesteps=timesteps, latents=noise[:, 0], output_type="pt").images
+        images = pipe(
+            batch_size=len(noise),
+            class_labels=labels,
+            num_inference_steps=None if timesteps else nfe,
+            timesteps=timesteps,
+            latents=noise[:, 0],
+            output_type="pt",
+        ).images
     return images * 2 - 1
 
 
@@ -60,9 +77,17 @@ def test_sampled_as_the_pipeline_samples_at_1_2_and_3_steps_and_at_given_timeste
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=12, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=num_classes).eval()
+    unet = UNet2DModel(
+        sample_size=12,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_classes,
+    ).eval()
     scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40)
     pipe = ConsistencyModelPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -73,8 +98,9 @@ def test_sampled_as_the_pipeline_samples_at_1_2_and_3_steps_and_at_given_timeste
         theirs = _pipeline_images(pipe, noise, labels, nfe, [22, 0] if nfe == 2 else None)
         torch.testing.assert_close(sampler.sample(unet, noise, nfe, labels), theirs, rtol=1e-5, atol=1e-5)
     plain = ConsistencyPipelineSampler(dict(scheduler.config), "test", max_nfe=2)  # 2 steps spread evenly
-    torch.testing.assert_close(plain.sample(unet, noise, 2, labels), _pipeline_images(pipe, noise, labels, 2),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        plain.sample(unet, noise, 2, labels), _pipeline_images(pipe, noise, labels, 2), rtol=1e-5, atol=1e-5
+    )
     assert not torch.allclose(plain.sample(unet, noise, 2, labels), sampler.sample(unet, noise, 2, labels))
     assert sampler.settings(2)["timesteps"] == [22, 0] and plain.settings(2)["timesteps"] is None
     with pytest.raises(ValueError, match="NFE 4"):
@@ -86,13 +112,21 @@ def cm_setup(tmp_path_factory):
     """A labelled RGB folder, its feature network and reference stats, and a class-conditional CM
     run on it in diffusers' layout, imported with trail.sampler cm."""
     root = tmp_path_factory.mktemp("dcm")
-    cfg = tiny_config(root / "results", data=dict(RGB, folder=str(_rgb_digits(root / "digits rgb"))),
-                      consistency={"search_nfe": [1, 2], "evaluate_nfe": [1, 2]},
-                      evaluate={"repeats": 1})
+    cfg = tiny_config(
+        root / "results",
+        data=dict(RGB, folder=str(_rgb_digits(root / "digits rgb"))),
+        consistency={"search_nfe": [1, 2], "evaluate_nfe": [1, 2]},
+        evaluate={"repeats": 1},
+    )
     run = diffusers_cm_run(root / "cm run; 'x'", load_split(cfg["data"], "train"), num_classes=10)
     settings = json.loads((run / "checkpoint-40" / "unet_ema" / "config.json").read_text())
-    cfg["trail"] = {"source": "diffusers", "path": str(run), "sampler": "cm", "ema": "unet_ema",
-                    "ema_decay": effective_decay(settings)}
+    cfg["trail"] = {
+        "source": "diffusers",
+        "path": str(run),
+        "sampler": "cm",
+        "ema": "unet_ema",
+        "ema_decay": effective_decay(settings),
+    }
     config = root / "cm.yaml"
     config.write_text(yaml.safe_dump(cfg))
     for stage in (["train-features"], ["reference-stats", "--split", "train"], ["import-trail"]):
@@ -124,8 +158,22 @@ def test_searched_evaluated_and_exported_as_a_pipeline_that_samples_the_evaluate
     evaluated = json.loads(layout.eval_json("imported", "lcsc").read_text())
     assert evaluated["conditioning"]["num_classes"] == 10
     assert evaluated["sampler"]["sampler"] == "diffusers-CMStochasticIterativeScheduler"
-    assert main(["export", "--config", str(config), "--model", "imported", "--variant", "lcsc",
-                 "--evaluations", *evaluations]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--config",
+                str(config),
+                "--model",
+                "imported",
+                "--variant",
+                "lcsc",
+                "--evaluations",
+                *evaluations,
+            ]
+        )
+        == 0
+    )
     out = layout.export_dir("imported", "lcsc")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["pipeline"]
     scope = run_card_snippet(out)  # the card's snippet, as a user runs it in the export folder
@@ -170,19 +218,41 @@ def test_what_does_not_fit_is_one_line(cm_setup, tmp_path, capsys):
     # the trail imported as consistency models, then sampled as a diffusion model: the manifest says otherwise
     layout = Layout.of(cfg)
     config = _write(cfg, tmp_path, sampler="dm")
-    check_one_line(main(["evaluate", "--config", config, "--model", "imported", "--variant", "last",
-                         "--manifest", str(layout.manifest("imported")),
-                         "--features", str(layout.feature_net("classifier")),
-                         "--stats", str(layout.stats(dataset_name(cfg["data"]), "train", "classifier")),
-                         "--out", str(tmp_path / "last.json")]), capsys.readouterr().err, "evaluate",
-                   ["sampler 'cm', but the config's trail.sampler is 'dm'", "rerun import_trail"])
+    check_one_line(
+        main(
+            [
+                "evaluate",
+                "--config",
+                config,
+                "--model",
+                "imported",
+                "--variant",
+                "last",
+                "--manifest",
+                str(layout.manifest("imported")),
+                "--features",
+                str(layout.feature_net("classifier")),
+                "--stats",
+                str(layout.stats(dataset_name(cfg["data"]), "train", "classifier")),
+                "--out",
+                str(tmp_path / "last.json"),
+            ]
+        ),
+        capsys.readouterr().err,
+        "evaluate",
+        ["sampler 'cm', but the config's trail.sampler is 'dm'", "rerun import_trail"],
+    )
     over = copy.deepcopy(cfg)
     over["consistency"]["evaluate_nfe"] = [1, 2, 41]
     config = tmp_path / "over.yaml"
     over["results_dir"] = str(tmp_path / "results")
     config.write_text(yaml.safe_dump(over))
-    check_one_line(main(["import-trail", "--config", str(config)]), capsys.readouterr().err, "import-trail",
-                   ["consistency.evaluate_nfe: NFE 41", "num_train_timesteps 40"])
+    check_one_line(
+        main(["import-trail", "--config", str(config)]),
+        capsys.readouterr().err,
+        "import-trail",
+        ["consistency.evaluate_nfe: NFE 41", "num_train_timesteps 40"],
+    )
 
 
 def test_a_diffusion_models_run_sampled_as_consistency_models_is_one_line(trained, tmp_path, capsys):
@@ -192,5 +262,9 @@ def test_a_diffusion_models_run_sampled_as_consistency_models_is_one_line(traine
     cfg["trail"] = {"source": "diffusers", "path": str(run), "sampler": "cm"}
     config = tmp_path / "dm-as-cm.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    check_one_line(main(["import-trail", "--config", str(config)]), capsys.readouterr().err, "import-trail",
-                   ["trail.sampler: cm, but", "DDPMScheduler's config, a diffusion model's", "set trail.sampler: dm"])
+    check_one_line(
+        main(["import-trail", "--config", str(config)]),
+        capsys.readouterr().err,
+        "import-trail",
+        ["trail.sampler: cm, but", "DDPMScheduler's config, a diffusion model's", "set trail.sampler: dm"],
+    )

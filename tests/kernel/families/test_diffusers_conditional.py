@@ -58,8 +58,22 @@ def test_sampled_as_diffusers_samples_it_with_class_labels_and_exported_as_it_lo
         assert main(["evaluate", *given, "--variant", variant]) == 0
     assert json.loads(layout.eval_json("imported", "last").read_text())["conditioning"]["num_classes"] == 10
     evaluations = [str(layout.eval_json("imported", v)) for v in ("uniform", "last")]
-    assert main(["export", "--config", str(config), "--model", "imported", "--variant", "uniform",
-                 "--evaluations", *evaluations]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--config",
+                str(config),
+                "--model",
+                "imported",
+                "--variant",
+                "uniform",
+                "--evaluations",
+                *evaluations,
+            ]
+        )
+        == 0
+    )
     out = layout.export_dir("imported", "uniform")
     assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
     assert not (out / "pipeline").exists()
@@ -75,5 +89,9 @@ def test_a_class_count_other_than_the_data_sets_is_one_line(trained, tmp_path, c
     cfg["trail"] = {"source": "diffusers", "path": str(run)}
     config = tmp_path / "five.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    check_one_line(main(["import-trail", "--config", str(config)]), capsys.readouterr().err, "import-trail",
-                   ["data.dataset: digits has 10 classes, but the network", "class-conditional with 5 classes"])
+    check_one_line(
+        main(["import-trail", "--config", str(config)]),
+        capsys.readouterr().err,
+        "import-trail",
+        ["data.dataset: digits has 10 classes, but the network", "class-conditional with 5 classes"],
+    )

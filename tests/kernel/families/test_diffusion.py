@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import Counting
 from lcsc.kernel.families.diffusion import VPDiffusion
 from lcsc.kernel.nets import UNet
-
-from helpers import Counting
 
 
 class OracleEps(nn.Module):
@@ -53,7 +52,7 @@ class GaussianEps(nn.Module):
     def forward(self, x, t):
         ab = self.ab[t.long()].to(x.dtype)[:, None, None, None]
         a, sig = ab.sqrt(), (1 - ab).sqrt()
-        return sig * (x - a * self.m) / (a * a * self.s ** 2 + sig * sig)
+        return sig * (x - a * self.m) / (a * a * self.s**2 + sig * sig)
 
 
 def test_samplers_converge_to_the_exact_ode_solution_at_their_order():

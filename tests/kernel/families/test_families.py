@@ -4,27 +4,32 @@ sampler calls the network exactly network_calls(nfe) times, from noise of the fa
 import pytest
 import torch
 
+from conftest import tiny_config
+from helpers import Counting
 from lcsc.kernel.errors import ConfigError, TrailError
 from lcsc.kernel.families import SOURCES, TRAINED, family_for, sources
-from lcsc.kernel.families.diffusers import DiffusersFamily
 from lcsc.kernel.families.consistency import ConsistencyFamily, ConsistencySampler, Parameterization
+from lcsc.kernel.families.diffusers import DiffusersFamily
 from lcsc.kernel.families.diffusion import DiffusionFamily, VPDiffusion
 from lcsc.kernel.scoring import make_noise
 from lcsc.kernel.trail import Trail
 
-from conftest import tiny_config
-from helpers import Counting
-
 
 def _cfg(tmp_path, **overrides):
-    return tiny_config(tmp_path, consistency={"modes": ["cd", "ct"], "sampling_sigmas": [5.0, 0.821],
-                                              "evaluate_nfe": [1, 2, 3]}, **overrides)
+    return tiny_config(
+        tmp_path,
+        consistency={"modes": ["cd", "ct"], "sampling_sigmas": [5.0, 0.821], "evaluate_nfe": [1, 2, 3]},
+        **overrides,
+    )
 
 
 def _trail(tmp_path, cfg, **manifest) -> Trail:
     """A trail's manifest as train-dm or train-cm writes it (its files are not needed here)."""
-    base = {"model_config": cfg["model"], "data": cfg["data"],
-            "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")}}
+    base = {
+        "model_config": cfg["model"],
+        "data": cfg["data"],
+        "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
+    }
     return Trail(tmp_path, {**base, **manifest})
 
 
@@ -47,9 +52,11 @@ def test_family_for_picks_the_family_by_the_manifests_kind(tmp_path):
     for kind in ("gan", "DM", None, "state_dict", "diffusers"):
         with pytest.raises(TrailError) as err:
             family_for(_trail(tmp_path, cfg, kind=kind), cfg)
-        assert str(err.value) == (f"{tmp_path / 'manifest.json'}: a trail of kind {kind!r}, but the config's "
-                                  "trail.source is 'lcsc', whose trails are of kind 'dm' or 'cm'; this manifest was "
-                                  "not written for this config: rerun the stage that wrote it")
+        assert str(err.value) == (
+            f"{tmp_path / 'manifest.json'}: a trail of kind {kind!r}, but the config's "
+            "trail.source is 'lcsc', whose trails are of kind 'dm' or 'cm'; this manifest was "
+            "not written for this config: rerun the stage that wrote it"
+        )
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
@@ -100,8 +107,10 @@ def test_a_family_checks_the_config_against_the_data_it_was_trained_on(tmp_path)
             other = dict(cfg, data=dict(cfg["data"], **{key: value}))
             with pytest.raises(ConfigError) as err:
                 family_for(trail, other)
-            assert str(err.value) == (f"data.{key}: {value!r} in the config, but the trail "
-                                      f"{tmp_path / 'manifest.json'} was trained with {cfg['data'][key]!r}")
+            assert str(err.value) == (
+                f"data.{key}: {value!r} in the config, but the trail "
+                f"{tmp_path / 'manifest.json'} was trained with {cfg['data'][key]!r}"
+            )
     # a diffusion family checks the noise schedule it was trained with; the sampler is the config's
     other = dict(cfg, diffusion=dict(cfg["diffusion"], timesteps=500))
     with pytest.raises(ConfigError, match="diffusion.timesteps: 500 in the config"):

@@ -37,9 +37,9 @@ def as_lcsc_calls(net):
 
 def their_denoise(model, x_t, sigma, y):
     """karras_diffusion.py's denoise for a consistency model (distillation=True), clip_denoised."""
-    c_skip = SIGMA_DATA ** 2 / ((sigma - SIGMA_MIN) ** 2 + SIGMA_DATA ** 2)
-    c_out = (sigma - SIGMA_MIN) * SIGMA_DATA / (sigma ** 2 + SIGMA_DATA ** 2) ** 0.5
-    c_in = 1 / (sigma ** 2 + SIGMA_DATA ** 2) ** 0.5
+    c_skip = SIGMA_DATA**2 / ((sigma - SIGMA_MIN) ** 2 + SIGMA_DATA**2)
+    c_out = (sigma - SIGMA_MIN) * SIGMA_DATA / (sigma**2 + SIGMA_DATA**2) ** 0.5
+    c_in = 1 / (sigma**2 + SIGMA_DATA**2) ** 0.5
     rescaled_t = 1000 * 0.25 * torch.log(sigma + 1e-44)
     out = model(c_in[:, None, None, None] * x_t, rescaled_t, y=y)
     return (c_out[:, None, None, None] * out + c_skip[:, None, None, None] * x_t).clamp(-1, 1)
@@ -62,7 +62,7 @@ def test_their_one_and_two_step_samples_are_lcscs_with_the_matching_settings():
     # multistep with --ts 0,22,39 (the ImageNet-64 CD command line): denoise at sigma_max, re-noise
     # to sigma(22), denoise; the last index, 39, is sigma_min: no noise after the last call
     s22 = their_sigma(22)
-    x = theirs_1 + math.sqrt(s22 ** 2 - SIGMA_MIN ** 2) * noise[:, 1]
+    x = theirs_1 + math.sqrt(s22**2 - SIGMA_MIN**2) * noise[:, 1]
     theirs_2 = their_denoise(model, x, torch.full((b,), s22), labels)
     assert abs(their_sigma(39) - SIGMA_MIN) < 1e-12 and abs(s22 - 1.3823679566) < 1e-9
 
