@@ -102,9 +102,9 @@ def _threads():
 def _no_open_invocation():
     """A test that starts an invocation in-process leaves it to the test: not to this process's exit."""
     yield
-    from lcsc.kernel import tracking
+    from lcsc.kernel.tracking import run
 
-    tracking._OPEN_PARENT.clear()
+    run._OPEN_PARENT.clear()
 
 
 @pytest.fixture(scope="session")

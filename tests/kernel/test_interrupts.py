@@ -232,8 +232,8 @@ def test_runs_left_running_by_killed_jobs_are_ended(tmp_path, monkeypatch):
         run = tracking.StageRun(cfg, "train_dm", {"model": "dm"}, stage_config(cfg, "train_dm")).__enter__()
         run.log_metrics({"train_loss": 1.0}, step=1)
         run.flush()  # ... and SIGKILL: no __exit__; a record written as it ran
-        path = tracking._record_path(cfg, invocation, run.name)
-        tracking._write_record(path, run.record)
+        path = tracking.record_path(cfg, invocation, run.name)
+        tracking.write_record(path, run.record)
         with tracking.StageRun(cfg, "train_features", {}, stage_config(cfg, "train_features")):
             pass  # a job that ended normally
         return invocation, parent, run, path
@@ -260,9 +260,9 @@ def test_runs_left_running_by_killed_jobs_are_ended(tmp_path, monkeypatch):
     # a parent ended by someone else (its end_parent never ran the cleanup): sync ends the child
     inv, parent, run, path = invocation_with_a_killed_job()
     client.set_terminated(parent, "FAILED")
-    parent_record = tracking._record_path(cfg, inv, "parent")
+    parent_record = tracking.record_path(cfg, inv, "parent")
     ended = {"status": "FAILED", "end_time": int(time.time() * 1000)}
-    tracking._write_record(parent_record, json.loads(parent_record.read_text()) | ended)
+    tracking.write_record(parent_record, json.loads(parent_record.read_text()) | ended)
     assert tracking.sync(cfg)["failed"] == 0
     assert json.loads(path.read_text())["status"] == "KILLED"
     assert killed_jobs(inv) == ["KILLED"]
@@ -368,8 +368,8 @@ def test_stage_run_ends_killed_on_an_interrupt(tmp_path, monkeypatch):
         with pytest.raises(type(exc)):
             with tracking.StageRun(cfg, "search", {"model": "dm"}, stage_config(cfg, "search")) as run:
                 raise exc
-        record = json.loads(tracking._record_path(cfg, run.invocation, run.name).read_text())
-        assert (record["status"], tracking._client(cfg).get_run(run.run_id).info.status) == (expected, expected)
+        record = json.loads(tracking.record_path(cfg, run.invocation, run.name).read_text())
+        assert (record["status"], tracking.store_client(cfg).get_run(run.run_id).info.status) == (expected, expected)
 
 
 def test_install_turns_sigterm_into_an_interrupt_once(monkeypatch):

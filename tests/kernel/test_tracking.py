@@ -293,7 +293,7 @@ def test_sync_removes_duplicates_reattaches_orphans_and_skips_other_stores(tmp_p
     child_key = f"{invocation}/search[model=dm,nfe=2]"
     assert "mlflow.parentRunId" not in client.get_run(run.run_id).data.tags
     client.create_run(exp_id, run_name="search[model=dm,nfe=2]", tags={"lcsc.run_key": child_key})  # the twin
-    record = tracking._record_path(cfg, invocation, "search[model=dm,nfe=2]")
+    record = tracking.record_path(cfg, invocation, "search[model=dm,nfe=2]")
     foreign = json.loads(record.read_text()) | {"tracking_uri": "http://elsewhere:5000", "key": "other/x"}
     (record.parent.parent / "other").mkdir()
     (record.parent.parent / "other" / "x.json").write_text(json.dumps(foreign))
