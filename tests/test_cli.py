@@ -11,7 +11,8 @@ import yaml
 
 from conftest import REPO, tiny_config
 from helpers import check_one_line, trail_hashes
-from lcsc.cli import _wildcards, main
+from lcsc.cli import main
+from lcsc.cli.commands import _wildcards
 from lcsc.kernel.config import runtime_config
 from lcsc.kernel.errors import UsageError
 from lcsc.kernel.paths import Layout
@@ -64,23 +65,23 @@ def test_unknown_stage_is_one_line(capsys):
 
 
 def test_an_interrupt_exits_130_with_one_line(monkeypatch, capsys):
-    import lcsc.cli
+    import lcsc.cli.commands
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lcsc.cli, "_config", interrupted)  # the first thing a command does
+    monkeypatch.setattr(lcsc.cli.commands, "_config", interrupted)  # the first thing a command does
     assert main(["tabulate"]) == 130
     assert capsys.readouterr().err == "lcsc tabulate: interrupted; rerun the same command to resume\n"
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import lcsc.cli
+    import lcsc.cli.commands
 
     def buggy(args):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(lcsc.cli, "_config", buggy)
+    monkeypatch.setattr(lcsc.cli.commands, "_config", buggy)
     with pytest.raises(ValueError, match="a bug"):
         main(["tabulate"])
 

@@ -67,7 +67,8 @@ def _lcsc(args: list[str], tmp_path: Path) -> None:
     if "--help" in args:
         assert "usage: lcsc" in _run([sys.executable, "-m", "lcsc", *args]).stdout
         return
-    from lcsc.cli import _config, build_parser
+    from lcsc.cli import build_parser
+    from lcsc.cli.commands import _config
 
     parsed = build_parser().parse_args(args)
     if "--config" in args:

@@ -80,7 +80,7 @@ def test_feature_slices_hold_only_the_keys_of_their_kind():
 def test_a_job_slice_read_back_as_the_workflow_passes_it_is_the_same_config():
     """Rules pass a stage's slice as JSON; the CLI validates it (filling defaults) and applies
     for_model again: the job must see the same slice the workflow hashed."""
-    from lcsc.cli import _config
+    from lcsc.cli.commands import _config
 
     cfg = load_config(
         REPO / "config" / "config.yaml",
