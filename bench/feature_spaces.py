@@ -82,7 +82,8 @@ def main() -> None:
         weights = wheel_weights()
         if weights is not None:
             print(
-                f"| inception (clean) | 2048 | - | - | - | - | {speed(InceptionFeatures(weights, 'clean', device), few):.2f} |",
+                f"| inception (clean) | 2048 | - | - | - | - | "
+                f"{speed(InceptionFeatures(weights, 'clean', device), few):.2f} |",
                 flush=True,
             )
         vit = Path(tmp) / "vitl14.pth"

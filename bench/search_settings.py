@@ -147,7 +147,8 @@ def main() -> None:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     nfes = list(rows[0][2])
     print(
-        f"\ndevice: {dev}; {args.model}: FID at each NFE on the evaluation seeds (mean of {cfg['evaluate']['repeats']})"
+        f"\ndevice: {dev}; {args.model}: FID at each NFE on the evaluation seeds "
+        f"(mean of {cfg['evaluate']['repeats']})"
     )
     print(
         f"{'setting':<24} {'trail':<20} "

@@ -302,9 +302,8 @@ def cost_claim(
     text = (
         f"LCSC over the first {kept['fraction'] * 100:g}% of {model}'s training ({kept['checkpoints']} checkpoints, "
         f"steps up to {steps} of {total}) scores FID {fmt(lcsc)} at {nfe} NFE; that trail's own last "
-        f"checkpoint scores {fmt(truncated[variants.LAST][nfe])}, and the full run's last {fmt(full[variants.LAST][nfe])}"
-        + (f" and its best EMA ({ema}) {fmt(full[ema][nfe])}" if ema else "")
-        + ". "
+        f"checkpoint scores {fmt(truncated[variants.LAST][nfe])}, and the full run's last "
+        f"{fmt(full[variants.LAST][nfe])}" + (f" and its best EMA ({ema}) {fmt(full[ema][nfe])}" if ema else "") + ". "
     )
     if lcsc <= refs[best_name]:
         return text + (

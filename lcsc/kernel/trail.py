@@ -167,8 +167,8 @@ def check_steps(where, steps: list[int]) -> None:
 def _files_root(manifest_path: Path, manifest: dict) -> Path:
     """The folder the manifest's files must lie in: its own folder, an imported trail's run folder
     (its absolute `root`), or, for a manifest that declares a relative `root` (a truncated trail:
-    its base trail's folder), that folder, which must hold a trail manifest itself. A truncated manifest written before `root` was declared
-    lies in the folder of its first file."""
+    its base trail's folder), that folder, which must hold a trail manifest itself. A truncated
+    manifest written before `root` was declared lies in the folder of its first file."""
     declared = manifest.get("root")
     if imported_kind(manifest.get("kind", "dm")):
         if not isinstance(declared, str) or not Path(declared).is_absolute() or not Path(declared).is_dir():

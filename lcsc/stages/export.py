@@ -1,10 +1,11 @@
 """Stage export: a variant's merged weights, taken back where the trail came from.
 
 `<model>/export/<variant>/` holds the weights in the trail's own format, as its family writes them
-(lcsc.kernel.families; diffusers: a `save_pretrained` UNet folder and a `DDPMPipeline` folder;
-state_dict: the input's key path, prefix and dtypes, in its file format; lcsc: safetensors), `coefficients.json`, and a model card
-`README.md` with the evaluation's FIDs against last and the kept EMAs, the trail's fingerprint,
-the search settings, how to load it and how to reproduce it.
+(lcsc.kernel.families; diffusers: a `save_pretrained` UNet folder and a `DDPMPipeline` folder, or a
+`ConsistencyModelPipeline` folder; state_dict: the input's key path, prefix and dtypes, in its file
+format; lcsc: safetensors), `coefficients.json`, and a model card `README.md` with the
+evaluation's FIDs against last and the kept EMAs, the trail's fingerprint, the search settings, how
+to load it and how to reproduce it.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def model_card(
         "## Provenance",
         "",
         f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
-        f"- search: {scfg['optimizer']}, budget {scfg['budget']}, NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "
+        f"- search: {scfg['optimizer']}, budget {scfg['budget']}, "
+        f"NFE {', '.join(str(n) for n in nfe_list(scfg['nfe']))}, {scfg['samples']} samples, "
         f"seed {scfg['seed']}, bounds {scfg['bounds']}",
         f"- sampler: {sampler}",
         "",

@@ -5,8 +5,9 @@ The source's family (lcsc.kernel.families) finds the checkpoint files and the EM
 builds the network they must match; each checkpoint's step is parsed from its path (`trail.pattern`:
 digits), the checkpoints are thinned as asked (`trail.every`, `trail.last`), and every kept file is
 read once, as data, to check that it lies in `trail.path` (symlinks followed) and has the network's
-keys and shapes and finite float tensors; the manifest records each file's sha256, bytes, dtype and parameter count, so a file
-changed after the import stops every later stage with its name. Nothing is copied.
+keys and shapes and finite float tensors; the manifest records each file's sha256, bytes, dtype and
+parameter count, so a file changed after the import stops every later stage with its name. Nothing
+is copied.
 """
 
 from __future__ import annotations

@@ -230,9 +230,8 @@ def test_error_bars_and_which_gaps_exceed_two_standard_errors():
         "ema_0.99": {1: (0.6, 3), 2: (0.6, 3)},
         "lcsc": {1: (0.9, 6), 2: (0.9, 6)},
     }
-    assert (
-        markdown_table(results, [1, 2], spread).splitlines()[3] == "| ema_0.99 | 25.00 ± 0.60 † | **18.00** ± 0.60 † |"
-    )
+    row = markdown_table(results, [1, 2], spread).splitlines()[3]
+    assert row == "| ema_0.99 | 25.00 ± 0.60 † | **18.00** ± 0.60 † |"
     gap, two_se = gap_test(results, spread, "lcsc", "ema_0.99", 1)
     assert gap == pytest.approx(-3.0) and two_se == pytest.approx(2 * (0.81 / 6 + 0.36 / 3) ** 0.5)
     text = significance_claim(results, spread, [1, 2])

@@ -17,4 +17,5 @@ rule export:
         "lcsc export --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q},variant={wildcards.variant:q}"
         " --model {wildcards.model:q} --variant {wildcards.variant:q} --manifest {input.manifest:q}"
-        " {params.sources:q} --evaluations {input.evaluations:q} --real {input.real:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
+        " {params.sources:q} --evaluations {input.evaluations:q} --real {input.real:q}"
+        " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"

@@ -14,7 +14,8 @@ rule train_dm:
         cfg=stage_json("train_dm"),
         out_dir=trail_folder,
     shell:
-        "lcsc_train {resources.processes} train-dm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=dm"
+        "lcsc_train {resources.processes} train-dm --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model=dm"
         " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 
@@ -38,7 +39,8 @@ rule train_cm:
         out_dir=trail_folder,
         teacher=teacher_args,
     shell:
-        "lcsc_train {resources.processes} train-cm --config-json {params.cfg:q} --threads {threads:q} --wildcards model=cm_{wildcards.mode:q}"
+        "lcsc_train {resources.processes} train-cm --config-json {params.cfg:q} --threads {threads:q}"
+        " --wildcards model=cm_{wildcards.mode:q}"
         " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
 
 
