@@ -296,7 +296,7 @@ def run_scheduler_config(t: dict, root: Path, sampler: str) -> dict:
     accepted by diffusers and sampled by `sampler` as the trainer's pipeline samples it."""
     path = scheduler_file(t, root)
     config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
-    check_scheduler_class(config, False, path)
+    check_scheduler_class(config, consistency=False, where=path)
     scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
     check_scheduler(config, sampler, path)  # and lcsc samples it as the trainer's pipeline does
     return config

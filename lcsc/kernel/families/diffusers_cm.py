@@ -68,7 +68,7 @@ class ConsistencyPipelineSampler:
     calls, the noise of every step taken from the noise tensor [B, S, C, H, W] (S >= NFE)."""
 
     def __init__(self, scheduler_config: dict, where, timesteps=None, max_nfe: int | None = None):
-        check_scheduler_class(scheduler_config, True, where)
+        check_scheduler_class(scheduler_config, consistency=True, where=where)
         cm_scheduler(scheduler_config, where)  # refused here, not at the first sample
         self.config = dict(scheduler_config)
         self.where = where
@@ -78,16 +78,20 @@ class ConsistencyPipelineSampler:
     def scheduler(self, nfe: int):
         return cm_scheduler(self.config, self.where, nfe, self.timesteps.get(nfe))
 
-    def network_calls(self, nfe: int) -> int:
+    def _sampling(self, nfe: int):
+        """The scheduler that samples at `nfe`; an NFE it cannot sample at is a ValueError."""
         if not 1 <= nfe <= self.noise_steps:
             raise ValueError(
                 f"consistency sampling at NFE {nfe}: the noise was drawn for 1 to {self.noise_steps} "
                 "steps (the largest NFE of consistency.search_nfe and evaluate_nfe)"
             )
         try:
-            return len(self.scheduler(nfe).timesteps)
+            return self.scheduler(nfe)
         except TrailError as exc:
             raise ValueError(str(exc)) from None
+
+    def network_calls(self, nfe: int) -> int:
+        return len(self._sampling(nfe).timesteps)
 
     def settings(self, nfe: int | None = None) -> dict:
         chosen = self.timesteps.get(nfe) if nfe is not None else [self.timesteps[n] for n in sorted(self.timesteps)]
@@ -103,12 +107,12 @@ class ConsistencyPipelineSampler:
     ) -> torch.Tensor:
         """Samples from `noise` with exactly `nfe` calls of the UNet (each given `labels` as its
         `class_labels`, for a class-conditional UNet)."""
-        steps = self.network_calls(nfe)
+        scheduler = self._sampling(nfe)
+        steps = len(scheduler.timesteps)
         if noise.dim() != 5 or noise.shape[1] < steps:
             raise ValueError(
                 f"consistency sampling at NFE {nfe} needs noise [B, >= {steps}, C, H, W], got {tuple(noise.shape)}"
             )
-        scheduler = self.scheduler(nfe)
         cfg, call = scheduler.config, unet_call(net, labels)
         x = noise[:, 0] * scheduler.init_noise_sigma
         for k, t in enumerate(scheduler.timesteps):
@@ -196,7 +200,7 @@ class DiffusersConsistencyFamily(DiffusersRun):
         t, c = cfg["trail"], cfg["consistency"]
         path = scheduler_file(t, root)
         config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
-        check_scheduler_class(config, True, path)
+        check_scheduler_class(config, consistency=True, where=path)
         most = cm_scheduler(config, path).config.num_train_timesteps
         chosen = timesteps_by_nfe(t["timesteps"])
         for key, nfes in (("search_nfe", nfe_list(c["search_nfe"])), ("evaluate_nfe", c["evaluate_nfe"])):

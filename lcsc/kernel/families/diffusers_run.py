@@ -208,13 +208,13 @@ def scheduler_file(t: dict, root: Path) -> Path:
     return path
 
 
-def check_scheduler_class(config, expected: bool, where) -> None:
+def check_scheduler_class(config, consistency: bool, where) -> None:
     """A consistency model's scheduler (CMStochasticIterativeScheduler) is sampled with trail.sampler cm,
     every other scheduler with dm: the other way round is one line, never samples of the wrong kind."""
     name = config.get("_class_name") if isinstance(config, dict) else None
-    if name is None or (name == CM_SCHEDULER) == expected:
+    if name is None or (name == CM_SCHEDULER) == consistency:
         return
-    if expected:
+    if consistency:
         raise ConfigError(
             f"trail.sampler: cm, but {where} is a {name}'s config, a diffusion model's; set "
             "trail.sampler: dm (the default) or give the consistency run's scheduler config"

@@ -36,14 +36,19 @@ def destination(cfg: dict) -> dict:
     return {"tracking_uri": tracking_uri(cfg), "experiment": experiment_name(cfg)}
 
 
-def new_record(cfg: dict, invocation: str, name: str, parent_key: str | None, tags: dict, params: dict) -> dict:
-    """A run's record as it starts: what MLflow gets, kept on disk whatever MLflow does."""
+def new_record(
+    cfg: dict, invocation: str, name: str, parent_key: str | None, tags: dict, params: dict, key: str | None = None
+) -> dict:
+    """A run's record as it starts: what MLflow gets, kept on disk whatever MLflow does. Its key is
+    `<invocation>/<key>` (`key`: the name unless given) and its tags add the invocation, the key
+    and the process that owns the run."""
+    key = f"{invocation}/{key or name}"
     return {
-        "key": f"{invocation}/{name}",
+        "key": key,
         "invocation": invocation,
         "name": name,
         "parent_key": parent_key,
-        "tags": tags,
+        "tags": {**tags, "lcsc.invocation": invocation, "lcsc.run_key": key, **owner_tags()},
         "params": flatten(params),
         "metrics": [],
         "artifacts": [],

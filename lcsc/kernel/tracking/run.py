@@ -26,7 +26,7 @@ from .names import (
     stage_tags,
     tracking_uri,
 )
-from .records import end_orphan_records, new_record, owner_tags, record_path, records_dir, write_record
+from .records import end_orphan_records, new_record, record_path, records_dir, write_record
 from .sync import log_deferred
 
 
@@ -41,14 +41,10 @@ def start_parent(cfg: dict, invocation: str | None = None) -> tuple[str, str | N
     tags = {
         "lcsc.role": "invocation",
         "lcsc.experiment": cfg["experiment"],
-        "lcsc.invocation": invocation,
         "lcsc.config_hash": config_hash(cfg),
         "lcsc.git_commit": git_commit(),
-        **owner_tags(),
     }
-    record = new_record(cfg, invocation, "parent", None, tags, cfg)
-    record["name"] = name  # the parent's run name: the experiment and the time
-    record["tags"]["lcsc.run_key"] = record["key"]
+    record = new_record(cfg, invocation, name, None, tags, cfg, key="parent")
     try:  # jobs of earlier invocations killed before they could close their records
         end_orphan_records(cfg)
     except OSError as exc:
@@ -149,7 +145,6 @@ class StageRun:
         parent_key = f"{self.invocation}/parent" if os.environ.get(INVOCATION_ENV) else None
         tags = stage_tags(cfg, stage, wildcards, params, tags)
         self.record = new_record(cfg, self.invocation, self.name, parent_key, tags, params)
-        self.record["tags"] |= {"lcsc.invocation": self.invocation, "lcsc.run_key": self.record["key"], **owner_tags()}
         if parent:
             self.record["tags"]["mlflow.parentRunId"] = parent
         # a short job of a workflow run: its record only, logged when the workflow ends

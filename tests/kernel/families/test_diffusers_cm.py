@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_config
-from foreign_trails import diffusers_cm_run, diffusers_run
+from foreign_trails import UNET, diffusers_cm_run, diffusers_run
 from helpers import check_one_line, run_card_snippet
 from lcsc.cli import main
 from lcsc.kernel.config import load_config
@@ -77,17 +77,7 @@ def test_sampled_as_the_pipeline_samples_at_1_2_and_3_steps_and_at_given_timeste
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=12,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_classes,
-    ).eval()
+    unet = UNet2DModel(**dict(UNET, in_channels=3, out_channels=3), num_class_embeds=num_classes).eval()
     scheduler = CMStochasticIterativeScheduler(num_train_timesteps=40)
     pipe = ConsistencyModelPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
