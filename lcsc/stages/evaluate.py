@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..kernel import metrics, variants
+from ..kernel import variants
 from ..kernel.devices import peak_memory
 from ..kernel.features import cache_dir
 from ..kernel.floor import data_floor
 from ..kernel.images import by_class, save_grid
 from ..kernel.io import write_json
+from ..kernel.metrics import names as metric_names
 from ..kernel.models import headline_nfe, repeat_seeds
 from ..kernel.progress import progress
 from ..kernel.scoring import Latents, Scorer, labels_drawn
@@ -49,7 +50,7 @@ def _sources(scorer: Scorer, variant: str, paths: Paths, bcfg: dict) -> list[tup
 def summarise(runs: list[dict], nfes: list[int]) -> dict:
     """Mean (and, over two or more runs, the sample standard deviation) of each metric at each NFE."""
     out: dict = {}
-    for metric in metrics.names():
+    for metric in metric_names():
         values = {n: [r[metric][str(n)] for r in runs if str(n) in r.get(metric, {})] for n in nfes}
         if not all(values.values()):
             continue
@@ -131,13 +132,13 @@ def _measure(
     for s, (flat, _) in enumerate(sources):
         for seed in seeds:
             noise = scorer.make_noise(ecfg["samples"], seed)
-            one = {"search": s, "seed": seed, **{m: {} for m in metrics.names()}}
+            one = {"search": s, "seed": seed, **{m: {} for m in metric_names()}}
             for nfe in nfes:
                 t0 = time.perf_counter()
                 measured, images = scorer.quality(flat, nfe, noise)
                 seconds[nfe] += time.perf_counter() - t0
                 # (KID's spread over its subsets, kid_std, is left out: the runs give one)
-                for metric in metrics.names():
+                for metric in metric_names():
                     if metric in measured:
                         one[metric][str(nfe)] = measured[metric]
                 # the grid shows the first run's samples only: the evaluation seed through the first search
