@@ -162,6 +162,7 @@ def model_card(
     by_variant = {e["variant"]: e for e in evaluations if e.get("model") == model}
     if variant not in by_variant:
         raise ConfigError(f"export: no evaluation of {model}/{variant} among the files passed; run its evaluate job")
+    # the variant first, then last and the kept EMAs it is compared with, each once
     shown = [
         v
         for v in (variant, variants.LAST, *[n for n in by_variant if variants.kept_ema_decay(n) is not None])
@@ -169,33 +170,7 @@ def model_card(
     ]
     shown = list(dict.fromkeys(shown))
     nfes = sorted({int(n) for e in by_variant.values() for n in e["fid"]})
-    rows = [
-        f"| {v} | " + " | ".join(f"{by_variant[v]['fid'].get(str(n), float('nan')):.2f}" for n in nfes) + " |"
-        for v in shown
-    ]
     e = by_variant[variant]
-    scfg = cfg["search"]
-    results = {v: {int(n): f for n, f in by_variant[v]["fid"].items()} for v in shown}
-    spread = {v: evaluation_spread(by_variant[v]) for v in shown if evaluation_spread(by_variant[v])}
-    floor = evaluation_floor(e)
-    common = [n for n in nfes if all(n in r for r in results.values())]
-    noise = (
-        [
-            noise_line(floor, spread, common)
-            or "No data-vs-data floor was measured (an evaluation older than the floor): the gaps below may be noise.",
-            "",
-            verdicts(
-                results,
-                Noise(floor["fid"] if floor else None, spread),
-                variant,
-                [v for v in shown if v != variant],
-                common,
-            ),
-            "",
-        ]
-        if len(shown) > 1
-        else []
-    )
     lines = [
         f"# {model} / {variant}: a linear combination of saved checkpoints",
         "",
@@ -205,11 +180,53 @@ def model_card(
         "",
         feature_space_line(cfg["features"]["kind"], feature_tag(cfg["features"])),
         "",
+        *_fid_table(by_variant, shown, nfes),
+        "",
+        *_noise_lines(by_variant, shown, variant, nfes),
+        *_provenance_lines(cfg["search"], fingerprint, sampler),
+        *_usage_lines(model, variant, loading),
+    ]
+    return "\n".join(lines)
+
+
+def _fid_table(by_variant: dict, shown: list[str], nfes: list[int]) -> list[str]:
+    """One row per shown variant, one column per evaluated NFE (nan where it was not evaluated)."""
+    return [
         "| variant | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
         "| --- | " + " | ".join("---:" for _ in nfes) + " |",
-        *rows,
+        *[
+            f"| {v} | " + " | ".join(f"{by_variant[v]['fid'].get(str(n), float('nan')):.2f}" for n in nfes) + " |"
+            for v in shown
+        ],
+    ]
+
+
+def _noise_lines(by_variant: dict, shown: list[str], variant: str, nfes: list[int]) -> list[str]:
+    """How large the noise of the FIDs is, and which gaps it leaves standing; none with one variant."""
+    results = {v: {int(n): f for n, f in by_variant[v]["fid"].items()} for v in shown}
+    spread = {v: evaluation_spread(by_variant[v]) for v in shown if evaluation_spread(by_variant[v])}
+    floor = evaluation_floor(by_variant[variant])
+    # the verdicts compare the variants at the NFEs every one of them was evaluated at
+    common = [n for n in nfes if all(n in r for r in results.values())]
+    if len(shown) <= 1:
+        return []
+    return [
+        noise_line(floor, spread, common)
+        or "No data-vs-data floor was measured (an evaluation older than the floor): the gaps below may be noise.",
         "",
-        *noise,
+        verdicts(
+            results,
+            Noise(floor["fid"] if floor else None, spread),
+            variant,
+            [v for v in shown if v != variant],
+            common,
+        ),
+        "",
+    ]
+
+
+def _provenance_lines(scfg: dict, fingerprint: str, sampler: str) -> list[str]:
+    return [
         "## Provenance",
         "",
         f"- trail fingerprint (sha256 of its checkpoints' sha256s): `{fingerprint}`",
@@ -218,6 +235,12 @@ def model_card(
         f"seed {scfg['seed']}, bounds {scfg['bounds']}",
         f"- sampler: {sampler}",
         "",
+    ]
+
+
+def _usage_lines(model: str, variant: str, loading: list[str]) -> list[str]:
+    """How to load the export, and how to make it again."""
+    return [
         "## Load it",
         "",
         "```python",
@@ -238,4 +261,3 @@ def model_card(
         "theta = sum_i c_i theta_i, combined in float32.",
         "",
     ]
-    return "\n".join(lines)
