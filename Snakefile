@@ -7,10 +7,8 @@ min_version("9.0")
 
 
 # One config, as the CLI builds it: the schema's defaults, overlaid by the --configfile files in
-# order, then by --config. Without --configfile, the embedded default config/config.yaml.
-if not workflow.overwrite_configfiles:
-
-    configfile: f"{workflow.basedir}/config/config.yaml"
+# order, then by --config. Without --configfile, the embedded default config/config.yaml, which the
+# workflow profile profiles/default gives Snakemake as its --configfile.
 
 
 include: "workflow/rules/common.smk"

@@ -64,7 +64,7 @@ def tiny_config(results_dir: Path, **overrides) -> dict:
 # The files that run whole pipelines, longest first. `make test` spreads files over two processes
 # (pytest-xdist, --dist loadfile: a file's module fixtures are built once); starting these first
 # lets the SLURM test's waits on the scheduler overlap the other pipelines instead of ending the run.
-LONG_FILES = ("test_slurm.py", "test_workflow.py", "test_tracking.py", "test_your_own_run.py")
+LONG_FILES = ("test_slurm.py", "test_workflow.py", "test_tracking.py", "test_your_own_run.py", "test_module.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -101,3 +101,31 @@ def test_the_8_gpu_command_covers_every_rule_of_the_profile():
     assert set(PROFILE["set-threads"]) <= set(threads)
     assert resources["search"]["gpu"] == "8" and resources["search_repeat"] == resources["search"]
     assert threads["search_repeat"] == threads["search"] == str(8 * int(resources["search"]["cpus_per_gpu"]))
+
+
+def _stage(text: str) -> str:
+    """The stage module a rule's shell command runs (`lcsc <stage> ...`), as a module name."""
+    return re.search(r'"lcsc(?:_train \{resources\.processes\})? ([a-z0-9-]+) ', text).group(1).replace("-", "_")
+
+
+def test_each_stage_has_one_set_of_facts_that_its_rule_and_command_read():
+    """A rule runs the command of its stage, passes that stage's own config slice (STAGE_SECTIONS,
+    the rerun trigger) and writes its log; the torch rules also a benchmark file. Every stage of
+    STAGE_SECTIONS has its rule and its command, and the command's name is the module's."""
+    from lcsc.cli.parser import COMMANDS
+    from lcsc.stages import STAGE_SECTIONS
+
+    commands = {name.replace("-", "_") for name, *_ in COMMANDS}
+    slice_functions = {"search": "search_json", "train_cm": "train_cm_json"}
+    for name, text in RULES.items():
+        stage = _stage(text)
+        assert stage in STAGE_SECTIONS and stage in commands, f"rule {name}: stage {stage} has no slice or command"
+        cfg = re.search(r"^\s*cfg=(.+),$", text, re.M).group(1)
+        assert cfg in (f'stage_json("{stage}")', f'model_json("{stage}")', slice_functions.get(stage)), name
+        assert f'LAYOUT.log("{stage}"' in text, f"rule {name}: no log named for its stage"
+        assert "> {log:q} 2>&1" in text and "tee" not in text, f"rule {name}: output not into its log"
+        if "torch.yaml" in text and name != "truncate_trail":
+            assert f'LAYOUT.benchmark("{stage}"' in text, f"rule {name}: no benchmark file"
+    assert set(STAGE_SECTIONS) == {_stage(text) for text in RULES.values()}
+    if "search_json" in slice_functions.values():  # search_json is the search stage's own slice
+        assert 'return stage_json("search", wildcards.model)' in (REPO / "workflow/rules/common.smk").read_text()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from ..kernel import variants
 from ..kernel.config import (
     apply_overrides,
     config_warnings,
@@ -21,8 +21,9 @@ from ..kernel.config import (
     with_runtime,
 )
 from ..kernel.errors import ConfigError, StoreError, UsageError
+from ..kernel.inputs import card_variants, report_inputs, search_results
 from ..kernel.lock import check_writer
-from ..kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_nfe, search_repeat
+from ..kernel.models import IMPORTED, base_model, check_model, for_model, models, nfe_tag, search_repeat
 from ..kernel.paths import (
     Layout,
     dataset_name,
@@ -38,7 +39,7 @@ from ..kernel.tracking import (
     sync,
     tracking_uri,
 )
-from ..stages import job_tags, stage_config
+from ..stages import RUNTIME_ENV, job_tags, stage_config
 
 
 def _parse_value(text: str):
@@ -60,8 +61,11 @@ def _config(args, warn: bool = True) -> dict:
         overrides[key] = _parse_value(value)
     if args.config_json:  # a rule's call: its stage's slice, and where and how it runs
         cfg = _json_object(args.config_json, "--config-json")
+        # where and how it runs: --runtime-json, else what the workflow sets in the environment
         if getattr(args, "runtime_json", None):
             cfg = with_runtime(cfg, _json_object(args.runtime_json, "--runtime-json"))
+        elif os.environ.get(RUNTIME_ENV):
+            cfg = with_runtime(cfg, _json_object(os.environ[RUNTIME_ENV], RUNTIME_ENV))
         return validate(apply_overrides(cfg, overrides), cross_checks=False)
     if getattr(args, "runtime_json", None):
         raise ConfigError("--runtime-json: only together with --config-json (the workflow passes both)")
@@ -209,12 +213,14 @@ def cmd_export(args) -> None:
     from ..stages import export
 
     cfg, layout, device, run = _setup(args, export.NAME, args.model)
-    evaluations = args.evaluations or [layout.eval_json(args.model, v) for v in (args.variant, variants.LAST)]
+    evaluations = args.evaluations or [
+        layout.eval_json(args.model, v) for v in card_variants(cfg, args.model, args.variant)
+    ]
     paths = export.Paths(
         manifest=Path(args.manifest or layout.manifest(args.model)),
         evaluations=tuple(map(Path, evaluations)),
         out=Path(args.out_dir or layout.export_dir(args.model, args.variant)),
-        coefficients=Path(args.coefficients or layout.coefficients(args.model, nfe_tag(cfg["search"]["nfe"]))),
+        coefficients=Path(args.coefficients or search_results(cfg, layout, args.model)[0]),
         baselines=_baselines(layout, args),
         real=Path(args.real or layout.real_grid(*reference_source(cfg))),
     )
@@ -313,16 +319,11 @@ def cmd_evaluate(args) -> None:
         stats=_stats(cfg, layout, args),
         result=Path(args.out or layout.eval_json(args.model, args.variant)),
         grid=Path(args.grid or layout.eval_grid(args.model, args.variant)),
-        coefficients=tuple(map(Path, args.coefficients or _search_results(cfg, layout, args.model))),
+        coefficients=tuple(map(Path, args.coefficients or search_results(cfg, layout, args.model))),
         baselines=_baselines(layout, args),
     )
     with run:
         evaluate.run(cfg, paths, args.model, args.variant, device, run)
-
-
-def _search_results(cfg: dict, layout: Layout, model: str) -> list[Path]:
-    """The coefficients.json of each of the model's searches (search.repeats)."""
-    return [layout.coefficients(model, nfe_tag(cfg["search"]["nfe"]), r) for r in range(cfg["search"]["repeats"])]
 
 
 def cmd_tabulate(args) -> None:
@@ -334,16 +335,13 @@ def cmd_tabulate(args) -> None:
     names = args.models or models(cfg)
     for model in names:
         check_model(model)
-    shown = [(m, v) for m in names for v in variants.names(cfg, m) if not args.variants or v in args.variants]
+    given = {k: getattr(args, k) for k in ("manifests", "searches", "histories", "evaluations", "grids", "real")}
+    files = {k: given[k] or default for k, default in report_inputs(cfg, layout, names, args.variants).items()}
     paths = tabulate.Paths(
         models=tuple(names),
-        manifests=tuple(map(Path, args.manifests or [layout.manifest(m) for m in names])),
-        searches=tuple(map(Path, args.searches or [layout.coefficients(m, search_nfe(cfg, m)) for m in names])),
-        histories=tuple(map(Path, args.histories or [layout.history(m, search_nfe(cfg, m)) for m in names])),
-        evaluations=tuple(map(Path, args.evaluations or [layout.eval_json(m, v) for m, v in shown])),
-        grids=tuple(map(Path, args.grids or [layout.eval_grid(m, v) for m, v in shown])),
+        **{k: tuple(map(Path, v)) for k, v in files.items() if k != "real"},
         report=Path(args.out_dir or layout.report_dir()),
-        real=Path(args.real or layout.real_grid(*reference_source(cfg))),
+        real=Path(files["real"]),
     )
     with StageRun(cfg, tabulate.NAME, _wildcards(args.wildcards), stage_config(cfg, tabulate.NAME)) as run:
         summary = tabulate.run(cfg, paths, args.variants, run)

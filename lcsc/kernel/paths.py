@@ -119,3 +119,7 @@ class Layout:
 
     def log(self, rule: str, name: str) -> Path:
         return self.root / "logs" / rule / f"{name}.log"
+
+    def benchmark(self, rule: str, name: str) -> Path:
+        """The job's time and memory, as Snakemake's `benchmark:` measures them (a TSV)."""
+        return self.root / "benchmarks" / rule / f"{name}.tsv"

@@ -14,6 +14,9 @@ import copy
 from ..kernel.config import RUNTIME_KEYS
 from ..kernel.models import IMPORTED, base_model, for_model, imported, nfe_list
 
+# The environment variable through which the workflow hands every job the run-time keys (RUNTIME_KEYS:
+# MLflow, devices, folders) as JSON: apart from the job's slice, so that they never rerun a job.
+RUNTIME_ENV = "LCSC_RUNTIME_JSON"
 # The config sections each stage reads.
 STAGE_SECTIONS = {
     "train_dm": ["seed", "data", "model", "diffusion", "train"],

@@ -6,17 +6,16 @@ import re
 import shlex
 import sys
 
-from snakemake.settings.types import DeploymentMethod
-
 sys.path.insert(0, workflow.basedir)
 
+from lcsc.kernel import inputs as inputs_of
 from lcsc.kernel import variants
 from lcsc.kernel.config import config_warnings, runtime_config, validate
 from lcsc.kernel.errors import ConfigError, FeatureError
 from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, for_model, imported, models, search_nfe, truncation
 from lcsc.kernel.paths import TRAINED_FEATURES, Layout, feature_tag, reference_source
 from lcsc.kernel.tracking import PARENT_ENV
-from lcsc.stages import stage_config
+from lcsc.stages import RUNTIME_ENV, stage_config
 
 try:
     config = validate(config)
@@ -50,22 +49,23 @@ MODELS = models(config)
 # with `device: cpu` asks for none, so it also runs on CPU-only partitions.
 GPUS = 0 if config["device"] == "cpu" else 1
 VARIANTS = {model: variants.names(config, model) for model in MODELS}
-# Rules call `lcsc <stage>`: the package from this checkout (conda envs drop PYTHONPATH) run by
-# the env's python under --use-conda, else by the interpreter that runs Snakemake (so an
-# unactivated .venv/bin/snakemake works). Bash strict mode, as Snakemake's default prefix has it.
-USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
-# Where and how jobs run (MLflow, devices, results folder: lcsc.kernel.config.RUNTIME_KEYS) reaches every
-# stage through the prefix, which Snakemake's rerun triggers ignore; the rules' params carry only
-# what a result depends on. Every value that reaches the shell is quoted.
-RUNTIME = shlex.quote(json.dumps(runtime_config(config), sort_keys=True))
+# Rules call `lcsc <stage> ...`, a shell function for `python3 -m lcsc <stage> ...` with this
+# checkout's package on PYTHONPATH (the prefix sets it inside the job: Snakemake drops PYTHONPATH in
+# conda envs). `python3` is the first on PATH: the conda env's under --use-conda (its activation
+# puts it first), else the one next to the interpreter that runs Snakemake, put first here, so an
+# unactivated .venv/bin/snakemake runs the venv's. Bash strict mode, as Snakemake's own prefix.
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+# Where and how jobs run (MLflow, devices, results folder: lcsc.kernel.config.RUNTIME_KEYS) reaches
+# every job through this variable, which Snakemake's rerun triggers ignore; the rules' params carry
+# only what a result depends on. Every job's process inherits it, or parses this file itself.
+os.environ[RUNTIME_ENV] = json.dumps(runtime_config(config), sort_keys=True)
 shell.prefix(
     (
         f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
-        f'lcsc() {{ {PYTHON} -m lcsc "$@" --runtime-json {RUNTIME}; }}; '
+        'lcsc() { python3 -m lcsc "$@"; }; '
         # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through lcsc.launch above 1
-        f'lcsc_train() {{ local n=$1; shift; if [ "$n" -gt 1 ]; then {PYTHON} -m lcsc.launch "$n" "$@" '
-        f'--runtime-json {RUNTIME}; else lcsc "$@"; fi; }}; '
+        'lcsc_train() { local n=$1; shift; if [ "$n" -gt 1 ]; then python3 -m lcsc.launch "$n" "$@"; '
+        'else lcsc "$@"; fi; }; '
     )
     .replace("{", "{{")
     .replace("}", "}}")  # Snakemake formats the prefix
@@ -123,15 +123,10 @@ def evaluate_inputs(wildcards):
     }
     source = variants.source(wildcards.variant)
     if source == variants.COEFFICIENTS:  # every search of search.repeats
-        inputs["coefficients"] = search_results(wildcards.model)
+        inputs["coefficients"] = inputs_of.search_results(config, LAYOUT, wildcards.model)
     elif source == variants.BASELINES:
         inputs["baselines"] = LAYOUT.baselines(wildcards.model)
     return inputs
-
-
-def search_results(model, files=LAYOUT.coefficients):
-    """The coefficients.json (or another file of `files`) of each of the model's search.repeats searches."""
-    return [files(model, model_search_nfe(model), r) for r in range(config["search"]["repeats"])]
 
 
 def variant_args(wildcards, input):
@@ -177,27 +172,16 @@ def truncated_model(wildcards):
 
 def tabulate_inputs(wildcards):
     """Every model's trail, search and evaluations, in the order of MODELS (the report's order)."""
-    return {
-        "manifests": [LAYOUT.manifest(m) for m in MODELS],
-        "searches": [LAYOUT.coefficients(m, model_search_nfe(m)) for m in MODELS],
-        "histories": [LAYOUT.history(m, model_search_nfe(m)) for m in MODELS],
-        "evaluations": [LAYOUT.eval_json(m, v) for m in MODELS for v in VARIANTS[m]],
-        "grids": [LAYOUT.eval_grid(m, v) for m in MODELS for v in VARIANTS[m]],
-        "real": LAYOUT.real_grid(REFERENCE, REFERENCE_SPLIT),
-    }
+    return inputs_of.report_inputs(config, LAYOUT, MODELS)
 
 
 def report_outputs():
     return LAYOUT.report_files(cost=any(truncation(m) is not None for m in MODELS))
 
 
-def export_card(model, variant):
-    return LAYOUT.export_dir(model, variant) / "README.md"
-
-
 def export_outputs():
-    """The exports of every full model (a truncated trail's result is an experiment, not a model)."""
-    return [export_card(m, v) for m in MODELS if truncation(m) is None for v in config["export"]["variants"]]
+    """The export folders of every full model (a truncated trail's result is an experiment, not a model)."""
+    return [LAYOUT.export_dir(m, v) for m in MODELS if truncation(m) is None for v in config["export"]["variants"]]
 
 
 def export_inputs(wildcards):
@@ -206,18 +190,12 @@ def export_inputs(wildcards):
     inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("features", "stats")}
     if "coefficients" in inputs:  # the first search's (search.seed) of the search.repeats
         inputs["coefficients"] = inputs["coefficients"][0]
-    shown = [
-        wildcards.variant,
-        variants.LAST,
-        *[v for v in VARIANTS[wildcards.model] if variants.source(v) == variants.TRAIL],
+    inputs["evaluations"] = [
+        LAYOUT.eval_json(wildcards.model, v)
+        for v in inputs_of.card_variants(config, wildcards.model, wildcards.variant)
     ]
-    inputs["evaluations"] = [LAYOUT.eval_json(wildcards.model, v) for v in dict.fromkeys(shown)]
     inputs["real"] = LAYOUT.real_grid(REFERENCE, REFERENCE_SPLIT)  # the picture's first panel
     return inputs
-
-
-def export_folder(wildcards, output):
-    return os.path.dirname(output.card)
 
 
 onstart:

@@ -6,6 +6,8 @@ rule evaluate:
         grid=LAYOUT.eval_grid("{model}", "{variant}"),
     log:
         LAYOUT.log("evaluate", "{model}-{variant}"),
+    benchmark:
+        LAYOUT.benchmark("evaluate", "{model}-{variant}")
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -19,4 +21,4 @@ rule evaluate:
         " --wildcards model={wildcards.model:q},variant={wildcards.variant:q}"
         " --model {wildcards.model:q} --variant {wildcards.variant:q} --manifest {input.manifest:q}"
         " --features {input.features:q} --stats {input.stats:q} {params.sources:q}"
-        " --out {output.result:q} --grid {output.grid:q} 2>&1 | tee {log:q}"
+        " --out {output.result:q} --grid {output.grid:q} > {log:q} 2>&1"

@@ -3,6 +3,8 @@ rule train_features:
         net=LAYOUT.feature_net(TRAINED_FEATURE),
     log:
         LAYOUT.log("train_features", TRAINED_FEATURE),
+    benchmark:
+        LAYOUT.benchmark("train_features", TRAINED_FEATURE)
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -11,8 +13,7 @@ rule train_features:
     params:
         cfg=stage_json("train_features"),
     shell:
-        "lcsc train-features --config-json {params.cfg:q} --threads {threads:q}"
-        " --out {output.net:q} 2>&1 | tee {log:q}"
+        "lcsc train-features --config-json {params.cfg:q} --threads {threads:q}" " --out {output.net:q} > {log:q} 2>&1"
 
 
 rule inception_features:
@@ -22,6 +23,8 @@ rule inception_features:
         descriptor=LAYOUT.feature_net(f"inception-{config['features']['mode']}"),
     log:
         LAYOUT.log("inception_features", config["features"]["mode"]),
+    benchmark:
+        LAYOUT.benchmark("inception_features", config["features"]["mode"])
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -31,7 +34,7 @@ rule inception_features:
         cfg=stage_json("inception_features"),
     shell:
         "lcsc inception-features --config-json {params.cfg:q} --threads {threads:q}"
-        " --out {output.descriptor:q} 2>&1 | tee {log:q}"
+        " --out {output.descriptor:q} > {log:q} 2>&1"
 
 
 rule reference_stats:
@@ -42,6 +45,8 @@ rule reference_stats:
         grid=LAYOUT.real_grid(REFERENCE, "{split}"),
     log:
         LAYOUT.log("reference_stats", "{split}"),
+    benchmark:
+        LAYOUT.benchmark("reference_stats", "{split}")
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -52,7 +57,7 @@ rule reference_stats:
     shell:
         "lcsc reference-stats --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards split={wildcards.split:q} --split {wildcards.split:q}"
-        " --features {input.features:q} --out {output.stats:q} --grid {output.grid:q} 2>&1 | tee {log:q}"
+        " --features {input.features:q} --out {output.stats:q} --grid {output.grid:q} > {log:q} 2>&1"
 
 
 rule dinov2_features:
@@ -62,6 +67,8 @@ rule dinov2_features:
         descriptor=LAYOUT.feature_net("dinov2"),
     log:
         LAYOUT.log("dinov2_features", "dinov2"),
+    benchmark:
+        LAYOUT.benchmark("dinov2_features", "dinov2")
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -71,4 +78,4 @@ rule dinov2_features:
         cfg=stage_json("dinov2_features"),
     shell:
         "lcsc dinov2-features --config-json {params.cfg:q} --threads {threads:q}"
-        " --out {output.descriptor:q} 2>&1 | tee {log:q}"
+        " --out {output.descriptor:q} > {log:q} 2>&1"

@@ -15,4 +15,4 @@ rule tabulate:
     shell:
         "lcsc tabulate --config-json {params.cfg:q} --models {params.models:q} --manifests {input.manifests:q}"
         " --searches {input.searches:q} --histories {input.histories:q} --evaluations {input.evaluations:q}"
-        " --grids {input.grids:q} --real {input.real:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
+        " --grids {input.grids:q} --real {input.real:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -7,6 +7,8 @@ rule baselines:
         baselines=LAYOUT.baselines("{model}"),
     log:
         LAYOUT.log("baselines", "{model}"),
+    benchmark:
+        LAYOUT.benchmark("baselines", "{model}")
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
@@ -18,7 +20,7 @@ rule baselines:
         "lcsc baselines --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model={wildcards.model:q} --model {wildcards.model:q}"
         " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
-        " --out {output.baselines:q} 2>&1 | tee {log:q}"
+        " --out {output.baselines:q} > {log:q} 2>&1"
 
 
 rule search:
@@ -33,6 +35,8 @@ rule search:
         best=LAYOUT.best_weights("{model}", "{nfe}"),
     log:
         LAYOUT.log("search", "{model}-nfe{nfe}"),
+    benchmark:
+        LAYOUT.benchmark("search", "{model}-nfe{nfe}")
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
@@ -46,7 +50,7 @@ rule search:
         " --wildcards model={wildcards.model:q},nfe={wildcards.nfe:q} --model {wildcards.model:q}"
         " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
         " --baselines {input.baselines:q} --coefficients {output.coefficients:q} --history {output.history:q}"
-        " --best {output.best:q} --journal {params.journal:q} 2>&1 | tee {log:q}"
+        " --best {output.best:q} --journal {params.journal:q} > {log:q} 2>&1"
 
 
 # The other searches of search.repeats: the same job with seeds of their own (lcsc.kernel.models.search_repeat).
@@ -62,6 +66,8 @@ rule search_repeat:
         best=LAYOUT.best_weights("{model}", "{nfe}", "{repeat}"),
     log:
         LAYOUT.log("search", "{model}-nfe{nfe}-r{repeat}"),
+    benchmark:
+        LAYOUT.benchmark("search", "{model}-nfe{nfe}-r{repeat}")
     conda:
         "../../envs/torch.yaml"
     threads: 1  # inference only: the same numbers on any thread count, so jobs pack onto the cores
@@ -76,4 +82,4 @@ rule search_repeat:
         " --model {wildcards.model:q} --repeat {wildcards.repeat:q}"
         " --manifest {input.manifest:q} --features {input.features:q} --stats {input.stats:q}"
         " --baselines {input.baselines:q} --coefficients {output.coefficients:q} --history {output.history:q}"
-        " --best {output.best:q} --journal {params.journal:q} 2>&1 | tee {log:q}"
+        " --best {output.best:q} --journal {params.journal:q} > {log:q} 2>&1"

@@ -3,6 +3,8 @@ rule train_dm:
         manifest=LAYOUT.manifest("dm"),
     log:
         LAYOUT.log("train_dm", "dm"),
+    benchmark:
+        LAYOUT.benchmark("train_dm", "dm")
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -16,7 +18,7 @@ rule train_dm:
     shell:
         "lcsc_train {resources.processes} train-dm --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model=dm"
-        " --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # Consistency models: cd distils the diffusion trail (its manifest is an input, so train_dm runs
@@ -28,6 +30,8 @@ rule train_cm:
         manifest=LAYOUT.manifest("cm_{mode}"),
     log:
         LAYOUT.log("train_cm", "{mode}"),
+    benchmark:
+        LAYOUT.benchmark("train_cm", "{mode}")
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -41,7 +45,7 @@ rule train_cm:
     shell:
         "lcsc_train {resources.processes} train-cm --config-json {params.cfg:q} --threads {threads:q}"
         " --wildcards model=cm_{wildcards.mode:q}"
-        " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} 2>&1 | tee {log:q}"
+        " --mode {wildcards.mode:q} {params.teacher:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # The training-cost experiment: a manifest over the first part of a trail (cost.fraction).
@@ -60,7 +64,7 @@ rule truncate_trail:
         model=truncated_model,
     shell:
         "lcsc truncate-trail --config-json {params.cfg:q} --model {params.model:q}"
-        " --manifest {input.manifest:q} --out {output.manifest:q} 2>&1 | tee {log:q}"
+        " --manifest {input.manifest:q} --out {output.manifest:q} > {log:q} 2>&1"
 
 
 # A trail from another trainer (trail.source diffusers or state_dict): a manifest over its files,
@@ -72,6 +76,8 @@ if imported(config):
             manifest=LAYOUT.manifest(IMPORTED),
         log:
             LAYOUT.log("import_trail", IMPORTED),
+        benchmark:
+            LAYOUT.benchmark("import_trail", IMPORTED)
         conda:
             "../../envs/torch.yaml"
         threads: 1
@@ -79,4 +85,4 @@ if imported(config):
             cfg=stage_json("import_trail"),
         shell:
             "lcsc import-trail --config-json {params.cfg:q} --threads {threads:q} --wildcards model={IMPORTED:q}"
-            " --out {output.manifest:q} 2>&1 | tee {log:q}"
+            " --out {output.manifest:q} > {log:q} 2>&1"
