@@ -24,9 +24,12 @@ import tempfile
 import time
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
-FAILURE_GRACE = 5.0  # seconds the other processes get to end on their own after one failed
-STOP_GRACE = 60.0  # seconds the processes get to unwind after Ctrl-C or SIGTERM before SIGKILL
-REPLAY_LINES = 60  # the last lines of a failed process's output shown, when it is not the first one's
+# Seconds the other processes get to end on their own after one failed.
+FAILURE_GRACE = 5.0
+# Seconds the processes get to unwind after Ctrl-C or SIGTERM before SIGKILL.
+STOP_GRACE = 60.0
+# The last lines of a failed process's output shown, when it is not the first one's.
+REPLAY_LINES = 60
 
 
 def _interrupted(stage: str, processes: int, how: str = "") -> int:
@@ -48,6 +51,8 @@ def _die_with_parent():
 
 def _free_port() -> int:
     with socket.socket() as s:
+        # Port 0: the kernel picks a free port. It is closed again before rank 0 binds it, so another
+        # program could take it in between; on one node that is rare enough.
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -59,6 +64,7 @@ def capacity(device) -> tuple[int, str]:
         import torch
 
         return torch.cuda.device_count(), "GPUs torch sees"
+    # The cores this process may run on (a SLURM or taskset limit), not all of the machine's.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores, "CPU cores for gloo processes"
 
@@ -69,7 +75,8 @@ class Launch:
     def __init__(self, processes: int, argv: list[str]):
         self.n, self.argv, self.stage = processes, argv, argv[0]
         self.procs: list[subprocess.Popen] = []
-        self.logs: list = []  # each process's output file (None for the first one: the terminal)
+        # Each process's output file (None for the first one: the terminal).
+        self.logs: list = []
         self.ended: dict[int, float] = {}  # rank -> when it was seen to end
         self.killed: set[int] = set()  # ranks this launcher killed
         self.signal: int | None = None
@@ -77,7 +84,8 @@ class Launch:
     def _on_signal(self, signum, frame) -> None:
         if self.signal is None:
             self.signal = signum
-        for p in self.procs:  # a terminal's Ctrl-C reached them already; SIGTERM from a scheduler did not
+        # A terminal's Ctrl-C reached them already; SIGTERM from a scheduler did not.
+        for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
@@ -89,7 +97,9 @@ class Launch:
             WORLD_SIZE=str(self.n),
             LOCAL_WORLD_SIZE=str(self.n),
         )
-        env.setdefault("OMP_NUM_THREADS", "1")  # each process sets its own share of --threads
+        # N processes each with a thread per core would oversubscribe the node: one thread unless the
+        # user says otherwise; each process sets its own share of --threads.
+        env.setdefault("OMP_NUM_THREADS", "1")
         preexec = _die_with_parent()
         for rank in range(self.n):
             log = None if rank == 0 else tempfile.TemporaryFile()
@@ -152,6 +162,7 @@ class Launch:
             f"lcsc {self.stage}: training process {first} of {self.n} failed ({how}); its message is above",
             file=sys.stderr,
         )
+        # A process killed by a signal has a negative return code, which is no exit status: 1 instead.
         return code if code > 0 else 1
 
     def close(self) -> None:
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        # Checked again before starting: a Ctrl-C during the (slow) preflight must not start N processes.
         if launch.signal is not None:
             return _interrupted(stage, processes)
         try:

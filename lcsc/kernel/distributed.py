@@ -52,7 +52,8 @@ class Ranks:
         """The mean over the ranks of a scalar each rank holds (itself when alone)."""
         if self.world == 1:
             return value.item()
-        total = value.detach().reshape(1).to(torch.float64, copy=True)  # the sum is in place
+        # A copy: all_reduce sums in place, and the loss itself must stay untouched for the backward pass.
+        total = value.detach().reshape(1).to(torch.float64, copy=True)
         dist.all_reduce(total)
         return total.item() / self.world
 
@@ -61,7 +62,9 @@ class Ranks:
         if self.world == 1:
             return [tensor]
         out = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather_object(out, tensor)  # objects: CPU tensors under NCCL as under gloo
+        # Gathered as objects, not with all_gather: the RNG states are CPU tensors, which NCCL cannot
+        # gather; objects travel the same way under NCCL as under gloo.
+        dist.all_gather_object(out, tensor)
         return out
 
     def barrier(self) -> None:
@@ -102,8 +105,11 @@ def start(cfg: dict) -> tuple[Ranks, torch.device]:
                 f"{torch.cuda.device_count()} GPUs; ask for as many GPUs as processes"
             )
         device = torch.device("cuda", local)
+        # Set before the process group starts: NCCL uses the current device, and every rank would
+        # otherwise work on GPU 0.
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # init_process_group raises when called twice; a process that already joined keeps its group.
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30))
     return Ranks(rank, world), device
@@ -122,5 +128,7 @@ def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    # DistributedDataParallel takes no device_ids for a module on the CPU.
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)  # (lcsc's U-Net has no buffers to sync)
+    # lcsc's U-Net has no buffers to sync.
+    return DistributedDataParallel(model, device_ids=ids)

@@ -28,7 +28,8 @@ from .io import first_line, read_json, reading, sha256
 from .nets import ConvAutoencoder, DigitClassifier
 from .tensors import load_tensors
 
-METADATA_KEY = "lcsc"  # the safetensors metadata entry of a trained classifier: its architecture as JSON
+# The safetensors metadata entry of a trained classifier: its architecture as JSON.
+METADATA_KEY = "lcsc"
 
 
 class FeatureNet:
@@ -52,7 +53,8 @@ class FeatureNet:
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {})[METADATA_KEY])
             self.net = build_net(meta)
-        self.gate = meta.get("gate")  # the sanity gate's record (None: a file older than the gate)
+        # The sanity gate's record (None: a file older than the gate).
+        self.gate = meta.get("gate")
         self.kind = meta.get("arch", "classifier")
         self.path = path
         try:
@@ -71,6 +73,7 @@ class FeatureNet:
             self.net.features(images[i : i + batch_size].to(self.device).clamp(-1, 1))
             for i in range(0, len(images), batch_size)
         ]
+        # float64 from here on: the moments and the FID are computed in it.
         return torch.cat(out).double()
 
 
@@ -104,7 +107,9 @@ def load_features(path: str | Path, device: torch.device, cfg: dict | None = Non
         )
     stage, name = ("dinov2_features", "DINOv2") if dinov2 else ("inception_features", "Inception")
     weights = Path(info["weights"])
-    if cfg is not None and not dinov2 and info["mode"] != "legacy_pytorch":  # (those are state dicts: data)
+    # A TorchScript file runs code when loaded, so the config, never a descriptor in the results
+    # folder, chooses it; legacy_pytorch weights are state dicts (data) and need no such check.
+    if cfg is not None and not dinov2 and info["mode"] != "legacy_pytorch":
         if cfg["features"]["kind"] != "inception":
             raise FeatureError(
                 f"{path}: an Inception descriptor, but the config's features.kind is "

@@ -24,6 +24,7 @@ def _moments(f: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, tor
     if f.ndim != 2 or f.shape[0] < 2 or (dim is not None and f.shape[1] != dim):
         raise ValueError(f"need [N >= 2, {dim or 'D'}] features, got shape {tuple(f.shape)}")
     mu = f.mean(0)
+    # Centred before the product: the one-pass E[f f^T] - mu mu^T loses most of its digits to cancellation.
     centred = f - mu
     return mu, centred.T @ centred / (f.shape[0] - 1)
 
@@ -36,12 +37,15 @@ def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.n
 
 def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
     w, v = torch.linalg.eigh(a)
+    # Rounding leaves tiny negative eigenvalues on a singular covariance; clamped so the root stays real.
     return (v * w.clamp(min=0).sqrt()) @ v.T
 
 
 def _factor(a: torch.Tensor) -> torch.Tensor:
     """A with A A^T = a (symmetric PSD): the Cholesky factor, or the square root when a is
     singular (fewer samples than dimensions), where Cholesky fails."""
+    # cholesky_ex reports a failure in `info` instead of raising, so the singular case falls back
+    # without an exception.
     factor, info = torch.linalg.cholesky_ex(a)
     return factor if int(info) == 0 else _sqrt_psd(a)
 
@@ -49,6 +53,8 @@ def _factor(a: torch.Tensor) -> torch.Tensor:
 def _trace_sqrt_product(factor: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """tr((F F^T sigma)^1/2) = sum sqrt(eig(F^T sigma F))."""
     middle = factor.T @ sigma @ factor
+    # F^T sigma F is symmetric only up to rounding and eigvalsh reads one triangle, so it is
+    # symmetrised first; eigenvalues rounded below zero are clamped before the root.
     return torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
 
 
@@ -67,6 +73,7 @@ class Reference:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.device)
         if sigma.shape != (self.mu.numel(), self.mu.numel()):
             raise ValueError(f"reference sigma has shape {tuple(sigma.shape)}, mu has {self.mu.numel()} entries")
+        # Symmetrised once, so the Cholesky factor and every trace see the same exactly symmetric matrix.
         self.sigma = (sigma + sigma.T) / 2
         self.factor = _factor(self.sigma)
         self.trace = torch.trace(self.sigma)
@@ -106,7 +113,9 @@ def load_stats(path: str | Path, feature_hash: str | None = None) -> tuple[np.nd
             errno.ENOENT, "no reference stats here; the reference_stats stage writes them", str(path)
         )
     rerun = "rerun reference_stats (or pass the right --stats)"
-    with reading(path, "a readable reference-stats .npz file", rerun):  # a truncated zip, a pickle, text
+    # Whatever np.load cannot read (a truncated zip, a pickle, text) becomes one InputError naming the
+    # file; allow_pickle=False because a stats file is data, and unpickling it could run code.
+    with reading(path, "a readable reference-stats .npz file", rerun):
         with np.load(path, allow_pickle=False) as z:
             if not {"mu", "sigma", "feature_hash"} <= set(z.files):
                 raise InputError(

@@ -35,7 +35,8 @@ from .tensors import load_tensors
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 SIZE = 299
-MAX_BATCH = 250  # images per Inception forward: bounds the 299x299 activations (a few GB on a GPU)
+# Images per Inception forward: bounds the 299x299 activations (a few GB on a GPU).
+MAX_BATCH = 250
 NVIDIA_FILE = "inception-2015-12-05.pt"
 NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + NVIDIA_FILE
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -73,6 +74,7 @@ def wheel_weights() -> Path | None:
 
 def _download(url: str, path: Path) -> None:
     print(f"[features] downloading {url} -> {path}", flush=True)
+    # Into a temporary file renamed at the end: a download cut short never passes for the weights.
     with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as fh:
         shutil.copyfileobj(response, fh)
 
@@ -107,7 +109,8 @@ def resolve_weights(fcfg: dict, cache_dir: str | Path, download: bool = True) ->
         raise FeatureError(f"features.weights is null and {path} is not downloaded yet")
     try:
         _download(url, path)
-    except Exception as exc:  # URLError, timeouts, http.client's IncompleteRead: nothing is kept
+    except Exception as exc:
+        # URLError, timeouts, http.client's IncompleteRead: nothing is kept.
         raise FeatureError(
             f"features.weights is null, so lcsc tried to download {url} into "
             f"features.cache_dir and failed ({exc!r}); offline, " + _how_to_get(mode)
@@ -142,10 +145,13 @@ def _load_pytorch_fid(path: Path, device: torch.device) -> torch.nn.Module:
     except ValueError as exc:
         raise FeatureError(f"features.weights: {exc}; {how}") from exc
     original = ip.load_state_dict_from_url
-    ip.load_state_dict_from_url = lambda *args, **kwargs: state  # the one place it would download
+    # The one place InceptionV3's constructor would download: it is handed the state already read
+    # as data instead, and the module's function is put back in `finally`.
+    ip.load_state_dict_from_url = lambda *args, **kwargs: state
     try:
         net = ip.InceptionV3(output_blocks=[3], resize_input=False)
-    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
+    except RuntimeError as exc:
+        # load_state_dict: missing, unexpected or mis-shaped tensors.
         raise FeatureError(
             f"features.weights: {path} is not a state dict of pytorch-fid's Inception "
             f"({str(exc).splitlines()[0]}); {how}"
@@ -166,7 +172,8 @@ class InceptionFeatures:
             self.net = _load_pytorch_fid(self.path, self.device)
         else:
             try:
-                with warnings.catch_warnings():  # torch's deprecation notice for TorchScript
+                # Silences torch's deprecation notice for TorchScript.
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
             except Exception as exc:
@@ -183,11 +190,14 @@ class InceptionFeatures:
                     f"{NVIDIA_FILE}"
                 )
         self.sha256 = sha256(self.path)
+        # The mode is part of the hash: the same weights give other features in another mode, and
+        # reference stats of one must never score the other.
         self.hash = f"{self.sha256[:16]}-{mode}"
 
     @staticmethod
     def to_uint8_range(images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> the 8-bit values a PNG of the image holds, as float RGB in [0, 255]."""
+        # Grey images are repeated over RGB, as PIL's convert("RGB") of the PNG would.
         x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
@@ -199,6 +209,7 @@ class InceptionFeatures:
             x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
         else:
             return x
+        # Clamped as clean-fid clips its resized values: bicubic filtering overshoots at edges.
         return x.clamp(0, 255)
 
     def forward_resized(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ def _handler(signum, frame) -> None:
     if now - _first < GRACE:
         return  # the same interrupt, delivered twice
     print(f"lcsc: {signal.Signals(signum).name} again; stopping now", file=sys.stderr, flush=True)
+    # os._exit, not sys.exit: no cleanup that could hang again; 130 is the shell's status for Ctrl-C.
     os._exit(130)
 
 
@@ -62,12 +63,15 @@ def install() -> None:
     global _first, _registered
     if threading.current_thread() is not threading.main_thread():
         return
+    # Reset on every install: an earlier stage in the same process may have been interrupted.
     _first = None
     if not _registered:
         atexit.register(_exit_quickly)
         _registered = True
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup, or a shell's background job
+        # Left alone where ignored (nohup, a shell's background job): whoever started the process asked
+        # that these signals not stop it.
+        if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _handler)
 
 
@@ -87,6 +91,8 @@ def _descendants_proc(pid: int) -> list[tuple[int, list[str]]]:
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
+                # The command name in /proc/<pid>/stat is in parentheses and may itself hold spaces or ')':
+                # the fields after the last ')' are the reliable ones.
                 ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 argv[int(entry)] = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
@@ -140,14 +146,18 @@ def install_forwarding() -> None:
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(sig)
+        # Installed once: a second call would wrap the forwarding handler in itself.
         if previous is signal.SIG_IGN or getattr(previous, "_lcsc_forwarding", False):
             continue
 
+        # `previous` bound as a default argument: a plain closure would see the loop's last value.
         def handler(signum, frame, previous=previous):
             forward_to_children(signal.SIGTERM)
             if callable(previous):
                 previous(signum, frame)
             elif previous in (signal.SIG_DFL, None):
+                # What the default action would do: KeyboardInterrupt for SIGINT, else die of the signal
+                # itself, so that the exit status says which.
                 if signum == signal.SIGINT:
                     raise KeyboardInterrupt
                 signal.signal(signum, signal.SIG_DFL)

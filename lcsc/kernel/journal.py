@@ -32,12 +32,15 @@ class Journal:
         if not readonly:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Append mode never truncates: a second search that then fails to get the lock leaves the
+                # file exactly as it was.
                 self._fh = open(self.path, "ab")
             except OSError as exc:
                 raise OSError(
                     exc.errno, f"cannot write the search journal here: {exc.strerror}", str(exc.filename or self.path)
                 ) from exc
             try:
+                # Non-blocking: a second search fails at once with BusyError instead of waiting silently.
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 self._fh.close()
@@ -48,6 +51,7 @@ class Journal:
         try:
             self._read(readonly)
         except BaseException:
+            # Any failure while reading, an interrupt included, closes the file so the lock is released.
             self.close()
             raise
         if self.records and self.records[0].get("format") != JOURNAL_FORMAT:
@@ -63,6 +67,8 @@ class Journal:
         good = 0
         for number, line in enumerate(lines, start=1):
             try:
+                # A line without its newline is torn even if it parses: kept, the next record would be
+                # appended onto the same line.
                 if not line.endswith(b"\n"):
                     raise ValueError("no newline")
                 record = json.loads(line)
@@ -70,6 +76,8 @@ class Journal:
                     raise ValueError("not a record")
                 self.records.append(record)
             except ValueError:  # also UnicodeDecodeError
+                # Appends only ever tear the last line; a bad line before it means the file was edited, and
+                # dropping it (and all after it) would silently lose records.
                 if number < len(lines):
                     raise InputError(
                         f"{self.path}: line {number} of {len(lines)} is not a complete JSON record; "
@@ -80,9 +88,12 @@ class Journal:
             good += len(line)
         self.dropped = len(data) - good
         if self.dropped and not readonly:
+            # Cut off, so the next record starts a line of its own (in append mode writes go to the new end).
             self._fh.truncate(good)
 
     def append(self, record: dict) -> None:
+        # The whole line in one write, then fsync: a kill leaves at most a torn last line, and a record
+        # that was appended survives a crash of the machine.
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
             self._fh.write(line)
@@ -102,5 +113,7 @@ class Journal:
             fh, self._fh = self._fh, None
             try:
                 fh.close()  # also releases the lock
-            except OSError:  # a record whose write failed (disk full) is still buffered: it is torn,
-                pass  # and dropped when the journal is reopened; the failed append named the file
+            except OSError:
+                # A record whose write failed (disk full) is still buffered: it is torn, and dropped when the
+                # journal is reopened; the failed append already named the file.
+                pass

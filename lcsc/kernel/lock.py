@@ -82,6 +82,8 @@ def alive(holder: dict) -> bool:
     except OSError:  # alive, another user's
         return True
     started, recorded = _start_time(pid), holder.get("pid_started")
+    # A pid reused by another process shows another start time; where either is unknown (no psutil)
+    # the holder counts as alive: a wrong takeover is worse than a refusal the user can clear.
     return started is None or recorded is None or abs(started - recorded) < 1.0
 
 
@@ -125,13 +127,15 @@ def acquire(cfg: dict, invocation: str) -> Path:
                 file=sys.stderr,
             )
             stale = path.with_name(f".{LOCK_NAME}.{me['token']}.stale")
-            with contextlib.suppress(FileNotFoundError):  # another invocation may take it over first
+            # Another invocation may take it over first.
+            with contextlib.suppress(FileNotFoundError):
                 os.rename(path, stale)
                 stale.unlink()
             continue
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh, indent=2)
             fh.write("\n")
+        # Registered once, with the first lock: `release` handles every lock this process holds.
         if not _HELD:
             atexit.register(release)
         _HELD[path] = me["token"]
@@ -143,6 +147,8 @@ def release() -> None:
     """Remove every lock this process took, where it still holds it (its token is in the file)."""
     for path, token in list(_HELD.items()):
         holder = read_holder(path)
+        # Only a lock that still carries this process's token: one taken over meanwhile (this process
+        # was thought gone) belongs to another invocation now.
         if holder and holder.get("token") == token:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -11,6 +11,8 @@ from torch import nn
 
 
 def _groups(ch: int) -> int:
+    # GroupNorm needs the channel count to divide by the groups: gcd(ch, 8) gives 8 groups where
+    # it can and fewer for odd widths, instead of an error.
     return math.gcd(ch, 8)
 
 
@@ -56,6 +58,8 @@ class Attention(nn.Module):
 
     def forward(self, x, emb=None):
         b, c, h, w = x.shape
+        # One head over the h * w pixels as a sequence: scaled_dot_product_attention wants
+        # [batch, sequence, features], hence the transposes from [batch, channels, pixels].
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
@@ -87,6 +91,8 @@ class UNet(nn.Module):
             self.label = nn.Embedding(num_classes + (1 if label_dropout > 0 else 0), emb_dim)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
+        # `skips` follows the channel count of every activation forward saves in `hs`, in the same
+        # order, so each up block knows the width of the skip it concatenates.
         skips = [channels]
         ch = channels
         for level, mult in enumerate(channel_mult):
@@ -104,6 +110,8 @@ class UNet(nn.Module):
         )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
+            # One block more per level than on the way down: with the input convolution's and the
+            # downsamplers' outputs the down path saves exactly one skip for each up block.
             for _ in range(num_res_blocks + 1):
                 self.up.append(ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout))
                 ch = channels * mult
@@ -111,6 +119,8 @@ class UNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 self.up.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
+        # The last convolution starts at zero (as in DDPM and ADM), so the untrained network
+        # predicts 0 rather than noise of an arbitrary scale.
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -217,6 +227,7 @@ class ConvAutoencoder(nn.Module):
 
     def log_error(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's log mean squared reconstruction error, [N, 1]."""
+        # Clamped so that a perfect reconstruction still has a finite log.
         return (self(x) - x).pow(2).flatten(1).mean(1, keepdim=True).clamp_min(1e-12).log()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,6 +241,8 @@ class ConvAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         size = self.image_size
         h = F.silu(self.expand(z)).view(len(z), self.width * 2, 4, 4)
+        # -(-size // 2) is ceil(size / 2), the size the encoder's first stride-2 convolution gives,
+        # so an odd image size comes back whole.
         h = F.silu(self.up1(F.interpolate(h, size=(-(-size // 2),) * 2, mode="nearest")))
         h = F.silu(self.up2(F.interpolate(h, size=(size, size), mode="nearest")))
         return self.out(h)

@@ -35,8 +35,12 @@ def make_parametrization(init: np.ndarray, scfg: dict):
     lo, hi = scfg["bounds"]
     if not (lo <= init.min() and init.max() <= hi):
         raise ConfigError(f"search.bounds {scfg['bounds']} exclude the starting point {np.round(init, 3).tolist()}")
+    # With both bounds set, nevergrad would otherwise draw its sampled candidates uniformly over
+    # the whole box; the search is meant to start around `init`.
     param = ng.p.Array(init=init).set_bounds(lo, hi, full_range_sampling=False)
     param.set_mutation(sigma=scfg["sigma"])
+    # nevergrad draws its randomness from the parametrization's random state: seeding it makes
+    # the whole search repeat exactly for one search.seed.
     param.random_state = np.random.RandomState(scfg["seed"])
     return param
 
@@ -64,7 +68,10 @@ def _shift_onto_sum(z: np.ndarray, lo: float, hi: float, total: float) -> float:
         raise ConfigError(f"search.bounds {[lo, hi]}: {len(z)} coefficients within them cannot sum to {total}")
     kinks = np.unique(np.concatenate([lo - z, hi - z]))
     excess = np.array([np.clip(z + t, lo, hi).sum() - total for t in kinks])
-    j = int(np.searchsorted(excess, 0.0))  # first kink whose excess is >= 0 (excess is non-decreasing)
+    # The first kink whose excess is >= 0 (excess is non-decreasing). It always exists: at the last
+    # kink every coefficient is at hi, a sum the check above made >= total; at j = 0 all are at lo,
+    # so an excess >= 0 there is exactly 0.
+    j = int(np.searchsorted(excess, 0.0))
     if excess[j] == 0.0 or j == 0:
         return float(kinks[j])
     a, b = kinks[j - 1], kinks[j]

@@ -54,6 +54,8 @@ def _lumped(steps, weight_of_iterate) -> np.ndarray:
     """Give each saved checkpoint the weight of the iterates in (previous step, its step]."""
     steps = np.asarray(steps, dtype=np.int64)
     w = weight_of_iterate(np.arange(1, steps[-1] + 1, dtype=np.float64))
+    # Prefix sums once over all iterates: each checkpoint's mass is then one difference, whatever
+    # the gaps between saved steps.
     cum = np.concatenate([[0.0], np.cumsum(w)])
     mass = cum[steps] - cum[np.concatenate([[0], steps[:-1]])]
     return mass / mass.sum()
@@ -67,6 +69,8 @@ def _power_mass(steps, gamma: float) -> np.ndarray:
     a, b = np.concatenate([[0.0], u[:-1]]), u
     integral = total * (b ** (gamma + 1) - a ** (gamma + 1)) / (gamma + 1)
     ends = (b**gamma - a**gamma) / 2
+    # The slope term at a = 0 is left out (f' is infinite there for gamma < 1, and 0 for gamma > 1);
+    # a is set to 1 before the power so no inf * 0 = nan appears before the mask zeroes it.
     slopes = gamma * (b ** (gamma - 1) - np.where(a > 0, a, 1.0) ** (gamma - 1) * (a > 0)) / (12 * total)
     return integral + ends + slopes
 
@@ -87,6 +91,8 @@ def power_gamma(sigma_rel: float) -> float:
     """EDM2's exponent for a relative EMA width (Karras et al. 2024, eq. 3 solved for gamma):
     sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3))."""
     s2 = sigma_rel**2
+    # s2 (gamma + 2)^2 (gamma + 3) - (gamma + 1) = 0 multiplied out; its largest real root is the
+    # gamma EDM2's own code takes.
     roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
     real = roots[np.isreal(roots)].real
     return float(real.max())
@@ -123,6 +129,7 @@ def greedy_soup(k: int, score, bar=None) -> tuple[np.ndarray, float, list[dict]]
         own.append(score(c))
         if bar is not None:
             bar.update(1)
+    # Stable: checkpoints of equal fitness keep their trail order, so ties break the same way every run.
     order = np.argsort(own, kind="stable")
     members = [int(order[0])]
     best = own[order[0]]

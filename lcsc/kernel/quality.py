@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-KERNEL_LIMIT = 2**24  # entries of one whole-set kernel matrix KID may hold (128 MB in float64)
+# Entries of one whole-set kernel matrix KID may hold (128 MB in float64).
+KERNEL_LIMIT = 2**24
 
 
 def _check(real: torch.Tensor, fake: torch.Tensor, least: int) -> None:
@@ -29,6 +30,7 @@ def _check(real: torch.Tensor, fake: torch.Tensor, least: int) -> None:
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances [len(a), len(b)], exact enough at float64 (clamped at 0 before the root)."""
+    # |a - b|^2 expanded into the norms and one matrix product: no [len(a), len(b), D] difference tensor.
     sq = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)
     return sq.clamp(min=0).sqrt()
 
@@ -36,6 +38,7 @@ def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def knn_radii(x: torch.Tensor, k: int, batch: int = 1024) -> torch.Tensor:
     """Distance of each point of x to its k-th nearest neighbour in x, itself excluded."""
     out = []
+    # A block of rows at a time: the distances are batch x N, never the whole N x N matrix.
     for i in range(0, len(x), batch):
         d = _distances(x[i : i + batch], x)
         # the k+1 smallest include the point itself at distance 0
@@ -73,6 +76,8 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     _check(x, y, 2)
     n, m = len(x), len(y)
     kxx, kyy = _kernel(x, x), _kernel(y, y)
+    # The diagonal (each point with itself) is left out: averaging over distinct pairs only is
+    # what makes the estimate unbiased.
     within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(within_x + within_y - 2 * _kernel(x, y).mean())
@@ -90,7 +95,9 @@ def _subset_mmd2s(real: torch.Tensor, fake: torch.Tensor, picks: list) -> list[f
         f[fi.to(f.device), j] = 1
     size = len(picks[0][0])
 
-    def within(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # sum over distinct pairs of each subset
+    # The sum over distinct pairs of each subset: v' K v for each 0/1 column v, less the diagonal
+    # terms k_ii v_i^2, which are k_ii v_i since v is 0 or 1.
+    def within(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k = _kernel(x, x)
         return ((k @ v) * v).sum(0) - (k.diagonal()[:, None] * v).sum(0)
 
@@ -116,11 +123,14 @@ def kid(
         (torch.randperm(len(real), generator=gen)[:size], torch.randperm(len(fake), generator=gen)[:size])
         for _ in range(subsets)
     ]
-    if max(len(real), len(fake)) ** 2 > KERNEL_LIMIT:  # one subset at a time
+    # The whole-set kernel matrices would pass KERNEL_LIMIT: one subset at a time instead, with
+    # kernels only the subsets' size.
+    if max(len(real), len(fake)) ** 2 > KERNEL_LIMIT:
         values = [mmd2_unbiased(real[ri.to(real.device)], fake[fi.to(fake.device)]) for ri, fi in picks]
     else:
         values = _subset_mmd2s(real, fake, picks)
     v = torch.tensor(values, dtype=torch.float64)
+    # One subset has no spread (the unbiased std of one value would be NaN).
     return float(v.mean()), float(v.std(unbiased=True)) if len(v) > 1 else 0.0
 
 

@@ -30,7 +30,8 @@ class Evaluation:
     best_so_far: float
     seconds: float
     key: str  # the fitness key: equal keys, equal coefficients and settings
-    fids: dict[int, float]  # the FID at each search NFE (empty: not sampled, or read from an older file)
+    # The FID at each search NFE (empty: not sampled, or read from an older file).
+    fids: dict[int, float]
 
 
 class History:
@@ -46,6 +47,7 @@ class History:
         self.stage_run = stage_run
 
     def add(self, phase: str, c: np.ndarray, rec: dict, name: str = "") -> Evaluation:
+        # Rescores use other samples and another seed: they are not compared with the screening fitness.
         if phase != "rescore":
             self.best = min(self.best, rec["fitness"])
         row = Evaluation(
@@ -120,8 +122,11 @@ class Fitness:
     def measure(self, cs: list[np.ndarray], digest: str, samples: int, seed: int) -> list[dict]:
         """Fitness records of `cs`, scoring only those not in the cache (each distinct one once)."""
         keys = [fitness_key(c, digest) for c in cs]
+        # dict.fromkeys keeps the first of each key in order: a candidate asked twice in one batch
+        # is scored once.
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        places = [keys.index(k) for k in todo]  # each one's place in the ask-batch, which picks its device
+        # Each one's place in the ask-batch, which picks its device.
+        places = [keys.index(k) for k in todo]
         self.reused += len(keys) - len(todo)
 
         def on_result(i: int, fitness: float, fids: dict, seconds: float) -> None:
@@ -155,6 +160,8 @@ def start(scfg: dict, starts: dict, known: dict, fitness: Fitness, history: Hist
 def screen(scfg: dict, init: np.ndarray, fitness: Fitness, history: History, digest: str) -> None:
     """Ask `num_workers` candidates, score them as one batch, tell; replayed from the journal."""
     opt = make_optimizer(init, scfg)
+    # Everything that decides the optimizer's sequence of candidates: asks recorded under another
+    # key are not replayed.
     run_key = json_digest(
         {
             "fitness": digest,
@@ -168,8 +175,13 @@ def screen(scfg: dict, init: np.ndarray, fitness: Fitness, history: History, dig
     journal = fitness.journal
     asked = [r["z"] for r in journal.records if r.get("type") == "ask" and r.get("run") == run_key]
     n_asked, replay_ok = 0, True
+    # The budget counts this phase's evaluations only; the start rows are already in the history.
+    # On resume the optimizer runs again from its seed: its asks are checked against the recorded
+    # ones and their fitness comes from the journal, so only candidates past its end are scored.
     end = len(history.rows) + scfg["budget"]
     while len(history.rows) < end:
+        # The whole batch is asked before any tell, so its candidates are scored together (one
+        # per device, with several).
         batch = [opt.ask() for _ in range(min(scfg["num_workers"], end - len(history.rows)))]
         for cand in batch:
             z = np.asarray(cand.value, dtype=np.float64)
@@ -196,7 +208,8 @@ def rescore(scfg: dict, fitness: Fitness, history: History, digest: str) -> tupl
     if scfg["rescore_top"] <= 0:
         return chosen, None
     distinct: dict[str, Evaluation] = {}
-    for row in sorted(history.rows, key=lambda r: r.fitness):  # the same coefficients are re-scored once
+    # The same coefficients are re-scored once.
+    for row in sorted(history.rows, key=lambda r: r.fitness):
         distinct.setdefault(row.key, row)
     top = list(distinct.values())[: scfg["rescore_top"]]
     recs = fitness.measure([row.coefficients for row in top], digest, scfg["rescore_samples"], scfg["rescore_seed"])

@@ -18,7 +18,8 @@ from .models import imported_kind
 from .tensors import load_tensors
 
 MANIFEST_FORMAT = "lcsc-trail/1"
-MAX_STEP = 2**63 - 1  # a step must fit the int64 that numpy, torch and MLflow keep it in
+# A step must fit the int64 that numpy, torch and MLflow keep it in.
+MAX_STEP = 2**63 - 1
 
 
 @dataclass
@@ -26,8 +27,10 @@ class Trail:
     root: Path  # the manifest's folder: entries' `file`s are relative to it
     manifest: dict
     steps: list[int] = field(default_factory=list)
-    files_root: Path | None = None  # the folder every file lies in: `root`, or the one the manifest declares
-    base: Path | None = None  # what entries' `file`s are relative to: `root`, or an imported run's folder
+    # The folder every file lies in: `root`, or the one the manifest declares.
+    files_root: Path | None = None
+    # What entries' `file`s are relative to: `root`, or an imported run's folder.
+    base: Path | None = None
 
     def __post_init__(self):
         if self.base is None:
@@ -52,6 +55,8 @@ class Trail:
         base = files_root if imported_kind(manifest.get("kind", "dm")) else manifest_path.parent
         for where, entry in entries:
             file = Path(entry["file"])
+            # Checked before any file is read: an absolute or `..` path in a damaged or hand-edited
+            # manifest would otherwise point the stages at files outside the trail.
             if file.is_absolute() or not inside(base / file, files_root):
                 raise TrailError(
                     f"{manifest_path}: {where} file {entry['file']!r} lies outside the trail's folder "
@@ -129,6 +134,7 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
         ("checkpoints", {"file": str, "sha256": str, "step": int}),
         ("ema", {"file": str, "sha256": str, "decay": (int, float)}),
     ):
+        # A trail may have no EMA copies (the list may be absent or empty), but never no checkpoints.
         items = manifest.get(key, [] if key == "ema" else None)
         if not isinstance(items, list) or (key == "checkpoints" and not items):
             raise TrailError(
@@ -136,6 +142,7 @@ def _checked_entries(manifest_path: Path, manifest: dict) -> list[tuple[str, dic
                 "list of files; the manifest is damaged: rerun the stage that wrote the trail"
             )
         for i, entry in enumerate(items):
+            # bool is a subclass of int in Python: without the extra test `"step": true` would pass as a step.
             bad = [
                 k
                 for k, t in needs.items()
@@ -248,14 +255,19 @@ class FlatLoader:
             for key, tensor in state.items():
                 n = tensor.numel()
                 view = self.flat[offset : offset + n].view_as(tensor)
+                # The current values are copied in first, so the model is unchanged until the first `load`.
                 view.copy_(tensor)
                 module_name, _, attr = key.rpartition(".")
                 module = model.get_submodule(module_name)
+                # A Parameter keeps its identity (only its storage moves), so whatever already holds it sees
+                # the new storage; buffers are plain tensors and are replaced in the module's table.
                 if attr in module._parameters:
                     module._parameters[attr].data = view
                 else:
                     module._buffers[attr] = view
                 offset += n
+        # Kept for `_check`: .to() or .half() on the model gives its tensors new storage, and writes
+        # into `flat` would then silently stop reaching the model.
         self._first = next(iter(model.state_dict(keep_vars=True).values()))
 
     def _check(self) -> None:
@@ -285,6 +297,7 @@ class FlatLoader:
             W.combine(coefficients, out=self.flat)
         else:
             c = _coefficient_tensor(W, coefficients)
+            # out= writes the product straight into the model's storage: no temporary the size of the model.
             torch.matmul(c.unsqueeze(0), W, out=self.flat.view(1, -1))
         return self.model
 
@@ -295,10 +308,15 @@ class ChunkedTrail:
 
     def __init__(self, W: torch.Tensor, chunk_mb: float, device):
         k, p = W.shape
+        # Sized for 4-byte (float32) entries; at least one column, so a tiny chunk_mb still makes progress.
         cols = max(1, int(chunk_mb * 2**20 / (4 * k)))
+        # Pinned (page-locked) host memory is what makes the non_blocking copies in `combine`
+        # asynchronous; it needs CUDA, so it is asked for only then.
         pin = torch.device(device).type == "cuda"
         self.blocks = []
-        for a in range(0, p, cols):  # each block copied once, straight into (pinned) memory
+        # Each block is copied once, straight into (pinned) memory: the non-contiguous column slice
+        # is never materialised as a separate copy first.
+        for a in range(0, p, cols):
             block = torch.empty((k, min(cols, p - a)), dtype=W.dtype, pin_memory=pin)
             block.copy_(W[:, a : a + cols])
             self.blocks.append(block)
@@ -318,6 +336,8 @@ class ChunkedTrail:
         out = torch.empty(self.shape[1], dtype=self.dtype, device=self.device) if out is None else out
         c_dev = c.to(self.device)
         offset = 0
+        # The copies are non-blocking but queued on the same CUDA stream as the products, so each
+        # product still waits for its block to arrive.
         for block in self.blocks:
             n = block.shape[1]
             torch.matmul(

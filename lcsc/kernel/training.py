@@ -59,7 +59,9 @@ class Labels:
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         y = self.labels[idx]
-        if self.dropout > 0:  # drawn only then: without dropout the batches are an unconditional run's
+        # Drawn only with dropout on: the draw uses the batch generator, and without it every batch
+        # stays the same as an unconditional run's.
+        if self.dropout > 0:
             y = torch.where(torch.rand(len(idx), generator=gen) < self.dropout, self.num_classes, y)
         return y
 
@@ -91,14 +93,19 @@ class _Trainer:
         self.decays = list(train_cfg["ema_decays"])
         self.model = model
         model.to(device).train()
-        self.net = wrap(model, ranks, device)  # what the loss calls; `model` holds the same parameters
+        # What the loss calls; `model` holds the same parameters.
+        self.net = wrap(model, ranks, device)
         self.opt = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
         self.keys = list(model.state_dict().keys())
         self.ema = {d: [t.detach().clone() for t in model.state_dict().values()] for d in self.decays}
-        self.gen = torch.Generator().manual_seed(seed)  # batches and noise: the same on every rank
-        torch.manual_seed(seed + ranks.rank)  # dropout: each rank its own (CPU and CUDA generators)
+        # Batches and noise come from this generator, seeded alike on every rank, so all ranks draw the same batch.
+        self.gen = torch.Generator().manual_seed(seed)
+        # Dropout uses the global generators (CPU and CUDA): each rank gets its own seed.
+        torch.manual_seed(seed + ranks.rank)
         self.cuda = torch.device(device) if torch.device(device).type == "cuda" else None
         self.params = list(model.parameters())
+        # state_dict() tensors share the parameters' storage: kept once, they always show the current
+        # weights (for the EMA update and the checkpoints) without copying.
         self.tensors = list(model.state_dict().values())
         self.step, self.wall, self.entries = 0, 0.0, []
         self.resume_path = out_dir / RESUME_FILE
@@ -116,6 +123,8 @@ class _Trainer:
                 "delete it to train again from step 0"
             ) from exc
         iterations, every = self.cfg["iterations"], self.cfg["checkpoint_every"]
+        # A state from a longer run is already past this run's end and cannot be rewound, so it too
+        # means training again from step 0.
         if meta.get("resume_key") != resume_key or int(meta["step"]) > iterations:
             self._say(f"[{self.desc}] {self.resume_path} was written with other settings; starting from step 0")
             return
@@ -126,10 +135,14 @@ class _Trainer:
                 self.ema[d][i].copy_(state[f"ema.{d}.{k}"])
         _load_optimizer(self.opt, {k: v for k, v in state.items() if k.startswith("opt.")}, meta["param_groups"])
         self.gen.set_state(state["rng.train"])
+        # Rank 0's state is stored under `rng.global`, the name a single-process run uses, so a state
+        # resumes on any number of processes.
         own = "rng.global" if self.ranks.main else f"rng.global.{self.ranks.rank}"
-        if own in state:  # (a state from fewer processes has none for this rank: it keeps its seed)
+        # A state from fewer processes has none for this rank: it keeps its seed.
+        if own in state:
             torch.set_rng_state(state[own])
-        if self.cuda is not None and f"rng.cuda.{self.ranks.rank}" in state:  # dropout on a GPU
+        # The CUDA generator drives dropout on a GPU.
+        if self.cuda is not None and f"rng.cuda.{self.ranks.rank}" in state:
             torch.cuda.set_rng_state(state[f"rng.cuda.{self.ranks.rank}"], self.cuda)
         self.step, self.wall, entries = int(meta["step"]), float(meta["wall"]), json.loads(meta["entries"])
         # the last step of a shorter earlier run is off the checkpoint grid: a run that goes on
@@ -157,6 +170,8 @@ class _Trainer:
             loss = loss_fn(
                 self.net, data[idx].to(device), self.gen, self.step, part=self.ranks.part(len(idx)), **extra
             )
+        # Checked before the backward pass, so a non-finite loss never reaches the weights and the
+        # last checkpoint and resume state stay good to resume from.
         value = self.ranks.mean(loss)
         if not math.isfinite(value):
             last = self.out_dir / self.entries[-1]["file"] if self.entries else "none yet"
@@ -174,16 +189,19 @@ class _Trainer:
         self.step += 1
         with torch.no_grad():
             for d in self.decays:
+                # ema + (1 - d) * (theta - ema) is d * ema + (1 - d) * theta, done for every tensor in one fused call.
                 torch._foreach_lerp_(self.ema[d], self.tensors, 1 - d)
         return value
 
     def save_checkpoint(self, elapsed: float, mean_loss: float, resume_key: str) -> None:
         """The weights join the trail; the resume state is written after them (by rank 0, with
         every rank's dropout RNG)."""
+        # Gathered before the rank check: a gather is a collective that every rank must join.
         rng = self.ranks.gather(torch.get_rng_state())
         cuda = self.ranks.gather(torch.cuda.get_rng_state(self.cuda)) if self.cuda is not None else []
         if not self.ranks.main:
             return
+        # Zero-padded so the file names sort by step.
         name = f"step_{self.step:07d}.safetensors"
         save_tensors(self.out_dir / name, dict(zip(self.keys, self.tensors)))
         self.entries.append(
@@ -202,6 +220,8 @@ class _Trainer:
         state |= {f"rng.global.{r}": t for r, t in enumerate(rng) if r} | {
             f"rng.cuda.{r}": t for r, t in enumerate(cuda)
         }
+        # The resume state is written last: a job killed before it resumes from the previous state
+        # and writes this checkpoint again.
         save_tensors(
             self.resume_path,
             state,
@@ -293,7 +313,9 @@ def train(
             if run is not None and ranks.main:
                 run.log_metrics({"train_loss": mean}, step=step)
         bar.update(1)
+        # The last step is saved even off the checkpoint grid, so the trail always ends at the final weights.
         if step % every == 0 or step == iterations:
+            # The wall time goes on from the resumed state's, so it counts the whole training across restarts.
             trainer.save_checkpoint(trainer.wall + time.perf_counter() - t0, sum(losses) / len(losses), resume_key)
             losses.clear()
     bar.close()

@@ -114,6 +114,8 @@ def coefficients_of(
         found = read_json(
             coefficients, "rerun the search (or pass the right --coefficients)", keys=("coefficients", "trail_sha256")
         )
+        # Coefficients of another trail of the same length would load without complaint: the file
+        # must have been computed from this very trail.
         trail.check_fingerprint(found.get("trail_sha256"), coefficients)
         return checked_coefficients(found["coefficients"], len(trail), coefficients)
     if baselines is not None:
@@ -140,6 +142,7 @@ def checked_coefficients(values, k: int, where) -> list[float]:
     ok = (
         isinstance(values, list)
         and len(values) == k
+        # bool is a subclass of int in Python: `true` in the file must not pass as a coefficient.
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
     )
     if not ok:

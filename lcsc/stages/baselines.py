@@ -32,6 +32,8 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
     scorer = Scorer.open(cfg, paths.manifest, paths.features, paths.stats, device, scfg["batch_size"], model=model)
     trail = scorer.trail
     objective = Objective.of(scfg)
+    # The search's own fixed noise, so a baseline's fitness and a candidate's compare directly
+    # (and the search reads these scores back instead of measuring them again).
     noises = Evaluator([scorer]).noises(scorer, objective, scfg["samples"], scfg["seed"])
     profiles = trail_profiles(trail.steps, bcfg)
     k = len(trail)
@@ -41,6 +43,7 @@ def run(cfg: dict, paths: Paths, model: str, device: torch.device, stage_run=Non
         fitness, fids[c.tobytes()] = scorer.measure(c, objective, noises)
         return fitness
 
+    # The greedy soup scores every checkpoint alone (k), then k - 1 soups.
     bar = progress(total=len(profiles) + (2 * k - 1 if bcfg["greedy_soup"] else 0), desc="baselines")
     result = {
         **fitness_settings(scfg, scorer),

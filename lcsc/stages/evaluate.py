@@ -36,8 +36,10 @@ class Paths:
     stats: Path
     result: Path  # the FIDs (JSON)
     grid: Path  # the sample grid (PNG)
-    coefficients: tuple[Path, ...] = ()  # for lcsc: each search's (search.repeats), the first first
-    baselines: Path | None = None  # the baselines stage's, for a profile (else computed from the config)
+    # For lcsc: each search's (search.repeats), the first first.
+    coefficients: tuple[Path, ...] = ()
+    # The baselines stage's, for a profile (else computed from the config).
+    baselines: Path | None = None
 
 
 def _sources(scorer: Scorer, variant: str, paths: Paths, bcfg: dict) -> list[tuple]:
@@ -52,6 +54,8 @@ def summarise(runs: list[dict], nfes: list[int]) -> dict:
     out: dict = {}
     for metric in metric_names():
         values = {n: [r[metric][str(n)] for r in runs if str(n) in r.get(metric, {})] for n in nfes}
+        # A metric missing at some NFE (stats without reference features: FID only) is left out
+        # rather than averaged over nothing.
         if not all(values.values()):
             continue
         out[metric] = {str(n): float(np.mean(v)) for n, v in values.items()}
@@ -131,6 +135,8 @@ def _measure(
     bar = progress(total=len(nfes) * len(seeds) * len(sources), desc=f"evaluate {name}")
     for s, (flat, _) in enumerate(sources):
         for seed in seeds:
+            # One noise per seed, shared by every search's weights and every NFE, so the runs differ only
+            # in what they are meant to.
             noise = scorer.make_noise(ecfg["samples"], seed)
             one = {"search": s, "seed": seed, **{m: {} for m in metric_names()}}
             for nfe in nfes:

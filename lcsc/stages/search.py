@@ -71,6 +71,8 @@ def _starts(cfg: dict, scorer: Scorer, settings: dict, baselines: Path | None) -
         baselines, "rerun the baselines stage (or pass the right --baselines)", keys=("profiles", "trail_sha256")
     )
     scorer.trail.check_fingerprint(scored.get("trail_sha256"), baselines)
+    # Only the seed may differ (another of search.repeats): under any other setting the recorded
+    # fitness would not be this search's fitness.
     diff = sorted(k for k in settings if scored.get(k) != settings[k])
     if diff and diff != ["seed"]:
         raise InputError(
@@ -78,7 +80,8 @@ def _starts(cfg: dict, scorer: Scorer, settings: dict, baselines: Path | None) -
             "rerun the baselines stage"
         )
     starts = {n: np.asarray(p["coefficients"], dtype=np.float64) for n, p in scored["profiles"].items()}
-    if diff:  # another of search.repeats: the same profiles (and soup), scored again on this search's noise
+    # Another of search.repeats: the same profiles (and soup), scored again on this search's noise.
+    if diff:
         print(
             f"[search] {baselines} was scored with seed {scored.get('seed')}, this search uses "
             f"{settings['seed']}: its {len(starts)} profiles are scored again as starts",

@@ -41,7 +41,11 @@ def _teacher(cfg: dict, manifest: Path, device: torch.device) -> tuple[VPTeacher
     net = build_unet(trail.model_config, cfg["data"]["channels"])
     net.load_state_dict(load_tensors(path))
     net.to(device).eval().requires_grad_(False)
+    # The teacher's own schedule, from its manifest: its network knows only the noise levels it was
+    # trained at, whatever the config says now.
     schedule = VPDiffusion(trail.manifest["diffusion"]["schedule"], trail.manifest["diffusion"]["timesteps"])
+    # The teacher file's sha256 joins manifest_extra and so the resume key: a resume state
+    # distilled from another teacher is not reused.
     record = {"manifest": str(manifest), "weights": ccfg["cd"]["teacher"], "file": str(path), "sha256": sha256(path)}
     return VPTeacher(net, schedule.alpha_bar, cfg["diffusion"]["clip_denoised"]), record
 
@@ -83,10 +87,14 @@ def run(cfg: dict, paths: Paths, mode: str, device: torch.device, stage_run=None
             raise ConfigError("--teacher: consistency distillation needs the diffusion trail's manifest")
         teacher, extra["teacher"] = _teacher(cfg, paths.teacher, device)
         extra["training"] |= {"cd": ccfg["cd"], "teacher_clip": cfg["diffusion"]["clip_denoised"]}
-    else:  # the curriculum spans the whole run: another length is another training
+    else:
+        # The curriculum spans the whole run, so its length joins the resume key (which leaves
+        # `iterations` out): another length is another training.
         extra["training"] |= {"ct": ccfg["ct"], "curriculum_iterations": cfg["train"]["iterations"]}
     loss = ConsistencyLoss(ccfg, mode, cfg["train"]["iterations"], teacher)
     labels = training_labels(cfg["model"], data)
+    # Seeded right before the network is built, so its initial weights depend on the seed alone,
+    # not on whatever loading the data or the teacher drew.
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:

@@ -25,6 +25,8 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ra
     with ranks.main_first():  # one process downloads the data, if it must
         data = load_split(cfg["data"], "train")
     labels = training_labels(cfg["model"], data)
+    # Seeded right before the network is built, so its initial weights depend on the seed alone,
+    # not on whatever loading the data drew.
     torch.manual_seed(cfg["seed"])
     model = build_unet(cfg["model"], cfg["data"]["channels"])
     if ranks.main:
@@ -49,6 +51,8 @@ def run(cfg: dict, paths: Paths, device: torch.device, stage_run=None, ranks: Ra
         manifest_extra={
             "kind": "dm",
             "model_config": cfg["model"],
+            # Only what the network is trained for: the sampler and clipping are sampling settings, free
+            # to change after training (DiffusionFamily checks these two).
             "diffusion": {k: cfg["diffusion"][k] for k in ("schedule", "timesteps")},
             "data": cfg["data"],
         },

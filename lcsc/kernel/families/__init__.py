@@ -62,6 +62,9 @@ def trained_family(kind: str):
     return _load(TRAINED[kind])
 
 
+# The imported family comes first in the bases, so its network, files and export win; the trained
+# family after it supplies the sampler (and its config checks, reached through super()).
+# Cached, so one pair is always the same class rather than a new one per call.
 @cache
 def _sampled(family, sampling):
     """`family`'s network and files, sampled as the trained family `sampling` samples."""

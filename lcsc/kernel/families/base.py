@@ -50,6 +50,8 @@ class Family:
         classes its network was conditioned on."""
         self._check_trained(cfg, "data", ("image_size", "channels"))
         configured = cfg["model"].get("num_classes")
+        # An imported network's classes are its own (checked against the data at import); only a trail
+        # trained here was built from model.num_classes.
         if not imported_kind(self.trail.manifest.get("kind", "dm")) and self.num_classes != configured:
             raise ConfigError(
                 f"model.num_classes: {configured!r} in the config, but the trail "
@@ -109,13 +111,17 @@ class ImportedFamily(Family):
     The manifest's kind is the source's name. A family whose `sampled_by_config` is true samples
     as `trail.sampler` says (the registry combines it with the dm or cm family)."""
 
-    record_keys: tuple[str, ...] = ()  # the trail keys the manifest records as its `source`
-    unread_keys: tuple[str, ...] = ()  # trail keys it does not read: set, they are a config error
+    # The trail keys the manifest records as its `source`.
+    record_keys: tuple[str, ...] = ()
+    # Trail keys it does not read: set, they are a config error.
+    unread_keys: tuple[str, ...] = ()
     default_files = ""  # trail.files when null (formatted with the trail section)
     default_pattern = r"(\d+)\D*$"  # trail.pattern when null
-    pattern_on_path = False  # the default pattern reads the path under trail.path, not the file's name
+    # The default pattern reads the path under trail.path, not the file's name.
+    pattern_on_path = False
     sampled_by_config = False
-    diffusion_samplers: tuple[str, ...] = ("ddim", "dpmpp2m")  # the diffusion.sampler values it samples with
+    # The diffusion.sampler values it samples with.
+    diffusion_samplers: tuple[str, ...] = ("ddim", "dpmpp2m")
 
     @classmethod
     def config_errors(cls, cfg: dict) -> list[str]:
@@ -133,6 +139,8 @@ class ImportedFamily(Family):
         glob = cls.files_glob(t)
         pattern = re.compile(t["pattern"] or cls.default_pattern)
         found, seen = [], {}
+        # Sorted: glob's order depends on the file system, and an error (a repeated step, say) should
+        # name the same files on every machine.
         for path in sorted(root.glob(glob)):
             if not path.is_file() or path in exclude:
                 continue
@@ -149,6 +157,8 @@ class ImportedFamily(Family):
                     "trail.pattern or trail.files"
                 )
             digits = match.group(1)
+            # An optional group that took no part gives None, and a group wider than the digits would
+            # give a step int() rejects or, worse, one it reads wrongly.
             if digits is None or not re.fullmatch(r"[0-9]+", digits):
                 raise TrailError(
                     f"{path}: trail.pattern {pattern.pattern!r} reads the step as {digits!r}, not as "

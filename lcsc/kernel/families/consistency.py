@@ -78,6 +78,8 @@ class Parameterization:
         sigma = sigma.to(x.dtype)
         s = sigma[:, None, None, None]
         sd2 = self.sigma_data**2
+        # delta is exactly 0 at sigma_min (same dtype on both sides), which makes c_skip exactly 1 and
+        # c_out exactly 0: the boundary condition holds whatever the weights.
         delta = s - torch.tensor(self.sigma_min, dtype=x.dtype, device=x.device)
         c_skip = sd2 / (delta**2 + sd2)
         c_out = delta * self.sigma_data / (s**2 + sd2).sqrt()
@@ -95,6 +97,7 @@ class Parameterization:
 
 def curriculum(step: int, total: int, s0: int, s1: int) -> int:
     """iCT's number of discretization sigmas N at training step `step` (0-based) of `total`."""
+    # At least 1: a run shorter than the curriculum's stages would otherwise divide by zero.
     k_prime = max(1, math.floor(total / (math.log2(s1 // s0) + 1)))
     return min(s0 * 2 ** (step // k_prime), s1) + 1
 
@@ -128,6 +131,8 @@ class VPTeacher:
 
     def time_of(self, sigma: torch.Tensor) -> torch.Tensor:
         ls = self.log_sigmas.to(sigma.device)
+        # Clamped into the schedule's range, so a sigma beyond the teacher's first or last step maps
+        # to t = 0 or T - 1 rather than being extrapolated.
         x = torch.log(sigma.float()).clamp(ls[0], ls[-1])
         i = torch.searchsorted(ls, x).clamp(1, len(ls) - 1)
         lo, hi = ls[i - 1], ls[i]
@@ -193,6 +198,8 @@ class ConsistencyLoss:
         `labels` (the whole batch's), the networks (and the teacher) get the images' classes."""
         sigmas = self.param.karras(self.num_sigmas(step))
         probs = lognormal_probs(sigmas, self.ccfg["p_mean"], self.ccfg["p_std"])
+        # Drawn for the whole batch on the shared generator and then sliced, so the ranks' slices
+        # together are exactly what one process would draw.
         n = torch.multinomial(probs, x0.shape[0], replacement=True, generator=gen)[part]
         z = torch.randn(x0.shape, generator=gen)[part].to(x0.device)
         x0 = x0[part]
@@ -206,6 +213,8 @@ class ConsistencyLoss:
         else:
             x_lo = self.teacher.step(x_hi, s_hi, s_lo, self.ccfg["cd"]["solver"], labels)
         online = self.param(net, x_hi, s_hi)
+        # The target is the online network under stop-gradient (iCT's target EMA rate of 0):
+        # gradients flow through the x_{n+1} branch only.
         with torch.no_grad():
             target = self.param(net, x_lo, s_lo)
         weight = 1 / (s_hi - s_lo)
@@ -255,7 +264,8 @@ class ConsistencySampler:
         self, net: nn.Module, noise: torch.Tensor, nfe: int, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.network_calls(nfe)  # an NFE it cannot sample at is refused
-        net = with_labels(net, labels)  # (a class-conditional network: every call gets the labels)
+        # A class-conditional network: every call gets the labels.
+        net = with_labels(net, labels)
         if noise.dim() != 5 or noise.shape[1] < nfe:
             raise ValueError(
                 f"consistency sampling at NFE {nfe} needs noise [B, >= {nfe}, C, H, W], got {tuple(noise.shape)}"
@@ -265,6 +275,8 @@ class ConsistencySampler:
         x = self.param(net, self.param.sigma_max * noise[:, 0], sigma).clamp(-1, 1)
         for k in range(1, nfe):
             s = self.sigmas[k - 1]
+            # The estimate sits at sigma_min's level, not at 0, so the noise added to reach s has variance
+            # s^2 - sigma_min^2 (Song et al. 2023, Algorithm 1).
             x = x + math.sqrt(s**2 - self.param.sigma_min**2) * noise[:, k]
             x = self.param(net, x, torch.full((b,), s, device=noise.device)).clamp(-1, 1)
         return x

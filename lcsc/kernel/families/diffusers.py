@@ -117,13 +117,15 @@ class DiffusersSampler:
 
     def __init__(self, scheduler_config: dict, sampler: str, where="trail.scheduler", max_nfe: int | None = None):
         check_scheduler(scheduler_config, sampler, where)
-        scheduler_from_config(scheduler_config, sampler, where)  # refused here, not at the first sample
+        # Built once and dropped: a config diffusers refuses fails here, not at the first sample.
+        scheduler_from_config(scheduler_config, sampler, where)
         self.config = dict(scheduler_config)
         self.sampler = sampler
         self.where = where
         self.cls = scheduler_class(sampler)
         # lcsc's own x0 clip: DPM-Solver++ where the trainer's pipeline clips (the others clip themselves)
         self.x0_clip = x0_clip(self.config) if sampler == "dpmpp2m" else None
+        # DDPM takes the chain's starting image plus one variance noise per step, up to the largest NFE.
         self.noise_steps = None if sampler != "ddpm" else 1 + (max_nfe or 1)
 
     def scheduler(self, nfe: int):
@@ -182,6 +184,8 @@ class DiffusersSampler:
             t = int(t)
             out = call(x, torch.full((x.shape[0],), t, device=x.device))
             prev = int(scheduler.previous_timestep(t))
+            # Past the last timestep (prev < 0) there is no alpha_bar: diffusers' DDPM step takes 1 there,
+            # the clean image.
             ab, ab_prev = abar[t], (abar[prev] if prev >= 0 else one)
             alpha, beta = ab / ab_prev, 1 - ab / ab_prev
             if cfg.prediction_type == "epsilon":
@@ -193,6 +197,7 @@ class DiffusersSampler:
             if cfg.clip_sample:
                 x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
             x = (ab_prev**0.5 * beta / (1 - ab)) * x0 + (alpha**0.5 * (1 - ab_prev) / (1 - ab)) * x
+            # The step to the clean image adds no noise, as in diffusers' own DDPM step.
             if t > 0:
                 x = x + _ddpm_std(cfg.variance_type, beta, ab, ab_prev) * noise[:, k + 1]
         return x.clamp(-1, 1)
@@ -297,8 +302,10 @@ def run_scheduler_config(t: dict, root: Path, sampler: str) -> dict:
     path = scheduler_file(t, root)
     config = read_json(path, "give the run's scheduler_config.json as trail.scheduler")
     check_scheduler_class(config, consistency=False, where=path)
-    scheduler_from_config(config, sampler, path, nfe=1)  # diffusers accepts it: checked here, not at a later stage
-    check_scheduler(config, sampler, path)  # and lcsc samples it as the trainer's pipeline does
+    # diffusers accepts it: checked here, at import, not at a later stage.
+    scheduler_from_config(config, sampler, path, nfe=1)
+    # And lcsc samples it as the trainer's pipeline does.
+    check_scheduler(config, sampler, path)
     return config
 
 

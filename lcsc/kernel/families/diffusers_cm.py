@@ -88,6 +88,7 @@ class ConsistencyPipelineSampler:
         try:
             return self.scheduler(nfe)
         except TrailError as exc:
+            # A sampler's contract (lcsc.kernel.families.base) is a ValueError for an NFE it cannot sample at.
             raise ValueError(str(exc)) from None
 
     def network_calls(self, nfe: int) -> int:
@@ -217,6 +218,7 @@ class DiffusersConsistencyFamily(DiffusersRun):
                     f"trail.timesteps: {timesteps} reaches {max(timesteps)}, but the run's scheduler "
                     f"({path}) has num_train_timesteps {most}; every timestep must be below it"
                 )
+            # Built only to check it: a list diffusers cannot set fails at import, not at a later stage.
             cm_scheduler(config, path, nfe, timesteps)
         return config
 

@@ -23,7 +23,8 @@ from ..tensors import load_tensors
 from .base import ImportedFamily, check_data_classes
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # what UNet2DModel.save_pretrained writes
-CM_SCHEDULER = "CMStochasticIterativeScheduler"  # the scheduler of diffusers' consistency models
+# The scheduler of diffusers' consistency models.
+CM_SCHEDULER = "CMStochasticIterativeScheduler"
 
 
 def unet_from_config(config, where) -> nn.Module:
@@ -88,7 +89,8 @@ class DiffusersRun(ImportedFamily):
 
     name = "diffusers"
     record_keys = ("unet", "ema")
-    unread_keys = ("key", "prefix", "factory", "code", "num_classes")  # (its classes: the UNet's config)
+    # num_classes too: its classes come from the UNet's config.
+    unread_keys = ("key", "prefix", "factory", "code", "num_classes")
     default_files = "checkpoint-*/{unet}/" + WEIGHTS
     default_pattern = r"checkpoint-(\d+)"
     pattern_on_path = True
@@ -115,6 +117,8 @@ class DiffusersRun(ImportedFamily):
     def config_errors(cls, cfg: dict) -> list[str]:
         t, errors = cfg["trail"], super().config_errors(cfg)
         for key in ("unet", "ema"):  # one sub-folder of a checkpoint folder each
+            # Only a plain folder name: '.', '..' or a path would lead out of the checkpoint folder the
+            # name is joined to.
             if t[key] is not None and (not t[key] or t[key] in (".", "..") or "/" in t[key] or "\\" in t[key]):
                 errors.append(
                     f"trail.{key}: {t[key]!r} must name one sub-folder of a checkpoint folder (e.g. "
@@ -127,7 +131,8 @@ class DiffusersRun(ImportedFamily):
         """The EMA: the sub-folder trail.ema of the last checkpoint folder, named for the decay it had."""
         if not t["ema"]:
             return None, set()
-        last = cls.checkpoint_files(t, root)[-1][1]  # .../checkpoint-<step>/<unet>/<weights>
+        # The last checkpoint's weights: .../checkpoint-<step>/<unet>/<weights>.
+        last = cls.checkpoint_files(t, root)[-1][1]
         path = last.parent.parent / t["ema"] / WEIGHTS
         if not path.is_file():
             raise TrailError(
@@ -141,6 +146,7 @@ class DiffusersRun(ImportedFamily):
             )
         settings = read_json(path.parent / "config.json", "the EMA's config.json is missing", keys=())
         recorded = settings.get("decay") if isinstance(settings, dict) else None
+        # bool is a subclass of int in Python: a `true` decay must not pass as a number.
         if not isinstance(recorded, (int, float, type(None))) or isinstance(recorded, bool):
             raise TrailError(
                 f"{path.parent / 'config.json'}: decay {recorded!r} is not a number; not the config "
@@ -233,10 +239,13 @@ def check_ema_decay(configured: float, recorded, settings, where: Path) -> None:
     update: with warm-up (or diffusers' default schedule) that is below the recorded maximum until
     late in a run. Equal within 5% of 1 - decay (0.998 for 0.99801)."""
     used = effective_decay(settings)
-    if used is None:  # settings without the schedule: only the recorded decay can be compared
+    # Settings without the schedule: only the recorded decay can be compared.
+    if used is None:
         if recorded is not None and float(recorded) != configured:
             raise ConfigError(f"trail.ema_decay: {configured} in the config, but {where} records decay {recorded}")
         return
+    # Compared on 1 - decay, the EMA's horizon: 0.999 and 0.9995 differ twofold there, though by
+    # 0.05% as decays. A decay of 1 has no horizon (nor a log), so it must match exactly.
     if used != configured and (used >= 1 or configured >= 1 or abs(math.log((1 - used) / (1 - configured))) > 0.05):
         schedule = ", ".join(f"{k} {settings[k]}" for k in EMA_SCHEDULE if k in settings)
         raise ConfigError(
@@ -255,6 +264,7 @@ def effective_decay(settings) -> float | None:
         return None
     try:
         decay, low = float(settings["decay"]), float(settings.get("min_decay", 0.0))
+        # Mirrors diffusers' EMAModel.get_decay step for step, its `- 1` included.
         step = max(0, int(settings["optimization_step"]) - int(settings.get("update_after_step", 0)) - 1)
         if step <= 0:
             return 0.0

@@ -22,15 +22,20 @@ class VPDiffusion:
     ):
         self.T = timesteps
         self.schedule = schedule
-        self.noise_steps = None  # one noise image per sample: the starting point of the ODE
+        # One noise image per sample: the starting point of the ODE.
+        self.noise_steps = None
         self.sampler = sampler
         self.clip = clip_denoised
-        if schedule == "linear":  # DDPM's betas, rescaled by 1000/T so other T end near the same noise
+        # DDPM's betas, rescaled by 1000/T so that other T end near the same noise.
+        if schedule == "linear":
             scale = 1000 / timesteps
+            # Clipped below 1: for a small T the rescaled betas would pass 1 (T = 10 gives 2.0 at the end).
             betas = np.clip(np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64), 0, 0.999)
         elif schedule == "cosine":  # Nichol & Dhariwal 2021, eq. 17
             s = 0.008
             f = np.cos((np.arange(timesteps + 1) / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+            # Clipped at 0.999 as Nichol & Dhariwal do: near t = T the cosine's ratio goes to 0 and a beta
+            # of 1 would leave no signal at all.
             betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
         else:
             raise ValueError(f"unknown schedule {schedule!r}")
@@ -52,6 +57,8 @@ class VPDiffusion:
         """Simple eps-prediction MSE (Ho et al. 2020, eq. 14); the same at every training step.
         With `part`, the noise is drawn for the whole batch and the loss is that slice's; with
         `labels` (the whole batch's), a class-conditional network gets its images' classes."""
+        # Drawn for the whole batch on the shared generator and then sliced, so the ranks' slices
+        # together are exactly what one process would draw.
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator)[part].to(x0.device)
         eps = torch.randn(x0.shape, generator=generator)[part].to(x0.device)
         x0 = x0[part]
@@ -88,6 +95,7 @@ class VPDiffusion:
         net = with_labels(net, labels)
         ts = self.timesteps(nfe)
         ab_all = self.alpha_bar.to(noise.device)
+        # alpha_bar = 1 after the last step: the final update lands on the clean image.
         abar = [ab_all[t].to(noise.dtype) for t in ts] + [torch.tensor(1.0, dtype=noise.dtype, device=noise.device)]
         x = noise
         if self.sampler == "ddim":  # Song et al. 2021, eq. 12 with eta = 0
@@ -98,20 +106,26 @@ class VPDiffusion:
                 x = abar[i + 1].sqrt() * x0 + (1 - abar[i + 1]).sqrt() * eps
             return x
         if self.sampler == "dpmpp2m":  # Lu et al. 2022, DPM-Solver++(2M), data prediction
+            # DPM-Solver's time variable, lambda = log(alpha / sigma) = 0.5 log(abar / (1 - abar)); the
+            # final alpha_bar of 1 needs none, since the last step returns D directly.
             lam = [0.5 * torch.log(a / (1 - a)) for a in abar[:-1]]
             prev_d, prev_h = None, None
             for i, t in enumerate(ts):
                 tt = torch.full((x.shape[0],), float(t), device=x.device)
                 d = self._x0(x, net(x, tt), abar[i])
-                if i == len(ts) - 1:  # last step lands on sigma = 0: first order, x = D
+                # The last step lands on sigma = 0: first order, x = D.
+                if i == len(ts) - 1:
                     return d
                 h = lam[i + 1] - lam[i]
                 if prev_d is not None:
+                    # The 2M correction: the data prediction extrapolated linearly from the previous step's,
+                    # weighted by the step-size ratio r (Lu et al. 2022, Algorithm 2).
                     r = prev_h / h
                     d_use = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * prev_d
                 else:
                     d_use = d
                 sig, sig_next = (1 - abar[i]).sqrt(), (1 - abar[i + 1]).sqrt()
+                # expm1 keeps e^-h - 1 accurate when h is small (many steps), where 1 - e^-h would cancel.
                 x = (sig_next / sig) * x - abar[i + 1].sqrt() * torch.expm1(-h) * d_use
                 prev_d, prev_h = d, h
             return x

@@ -36,6 +36,7 @@ def load_factory(spec: str, code: str | None = None):
         if not folder.is_dir():
             raise ConfigError(f"trail.code: {folder} is not a folder")
         if str(folder) not in sys.path:
+            # First on the path, so the user's folder wins over an installed module of the same name.
             sys.path.insert(0, str(folder))
     try:
         module = importlib.import_module(module_name)
@@ -44,7 +45,8 @@ def load_factory(spec: str, code: str | None = None):
             f"trail.factory: cannot import {module_name!r} ({exc}); put it on PYTHONPATH or set "
             "trail.code to its folder"
         ) from None
-    except Exception as exc:  # the module's own code failed: a syntax error, an exception at import
+    except Exception as exc:
+        # The module's own code failed: a syntax error, an exception at import.
         raise ConfigError(
             f"trail.factory: importing {module_name!r} failed ({type(exc).__name__}: "
             f"{first_line(exc)}); fix that module (trail.code)"
@@ -87,7 +89,8 @@ class StateDictCheckpoints(ImportedFamily):
 
     def check_config(self, cfg: dict) -> None:
         super().check_config(cfg)
-        self.source = cfg["trail"]  # the user's trusted choice, never the manifest's record of it
+        # The user's trusted choice, never the manifest's record of it.
+        self.source = cfg["trail"]
 
     def build_network(self) -> nn.Module:
         return build_from_factory(self.source["factory"], self.source["factory_kwargs"], self.source["code"])
@@ -103,12 +106,14 @@ class StateDictCheckpoints(ImportedFamily):
 
     def export(self, cfg: dict, net: nn.Module, state: dict[str, torch.Tensor], out: Path) -> list[str]:
         """The input's layout: its key path, its prefix, its dtypes, its file format."""
-        source = cfg["trail"]  # the config's key path and prefix (the manifest agrees: check_source)
+        # The config's key path and prefix (the manifest agrees: check_source).
+        source = cfg["trail"]
         last = self.trail.checkpoint_path(len(self.trail) - 1)
         prefix = source.get("prefix") or ""
         original = state_at(read_file(last), source.get("key"), last)
         # the input's keys in its order, each with its dtype: the network's names with the prefix stripped
         tensors = {
+            # contiguous(): safetensors refuses to save a non-contiguous view.
             key: state[key.removeprefix(prefix) if prefix else key].to(value.dtype).contiguous()
             for key, value in original.items()
         }
@@ -117,9 +122,13 @@ class StateDictCheckpoints(ImportedFamily):
             save_tensors(out / name, tensors)
             return [name]
         nested = tensors
+        # The key path's dicts rebuilt around the tensors, innermost first, so the file reads back at
+        # the same key as the input.
         for part in reversed(source["key"].split(".") if source.get("key") else []):
             nested = {part: nested}
-        buffer = io.BytesIO()  # torch's zip writer reports a full disk without its errno: Python's write keeps it
+        # Written to memory first: torch's zip writer reports a full disk without its errno, while
+        # Python's own write keeps it.
+        buffer = io.BytesIO()
         torch.save(nested, buffer)
         with atomic_path(out / name) as tmp:
             tmp.write_bytes(buffer.getbuffer())

@@ -24,6 +24,8 @@ class Evaluator:
         self._noise: dict[tuple, torch.Tensor] = {}
 
     def noise(self, scorer: Scorer, samples: int, seed: int) -> Latents:
+        # Drawn once per device: every candidate is then scored on the very same noise (common random
+        # numbers), so fitness differences come from the weights alone.
         key = (str(scorer.device), samples, seed)
         if key not in self._noise:
             self._noise[key] = scorer.make_noise(samples, seed)
@@ -39,6 +41,7 @@ class Evaluator:
         t0 = time.perf_counter()
         fitness, fids = scorer.measure(c, objective, self.noises(scorer, objective, samples, seed))
         if scorer.device.type == "cuda":
+            # CUDA work is asynchronous: synchronised so the time counts all of this candidate's GPU work.
             torch.cuda.synchronize(scorer.device)
         return fitness, fids, time.perf_counter() - t0
 
@@ -62,6 +65,8 @@ class Evaluator:
         def work(scorer: Scorer, share: list[int]) -> None:
             try:
                 for i in share:
+                    # Checked between candidates: after an error or an interrupt the other
+                    # threads stop at their next one.
                     if stop.is_set():
                         return
                     done.put((i, *self._score(scorer, cs[i], objective, samples, seed)))
@@ -85,5 +90,7 @@ class Evaluator:
             finished = True
         finally:
             stop.set()
-            for t in threads:  # an interrupt or error need not wait for the candidates in flight
-                t.join(None if finished else 2.0)  # (daemon threads; their results are not kept)
+            # An interrupt or error need not wait for the candidates in flight: the threads are daemons
+            # and their results are not kept, so each join waits 2 seconds at most.
+            for t in threads:
+                t.join(None if finished else 2.0)

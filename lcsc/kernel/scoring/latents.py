@@ -10,7 +10,8 @@ import torch
 
 from ..errors import ConfigError
 
-NOISE_LIMIT = 4 * 2**30  # bytes of noise one stage may draw in advance (DDPM: one image per step)
+# Bytes of noise one stage may draw in advance (DDPM: one image per step).
+NOISE_LIMIT = 4 * 2**30
 
 
 def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | None = None) -> torch.Tensor:
@@ -29,6 +30,8 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int, device, steps: int | N
             f"largest NFE plus one), {size / 2**30:.1f} GiB for {n} samples, over the "
             f"{NOISE_LIMIT // 2**30} GiB lcsc allows; lower the NFE or the samples, or use ddim or dpmpp2m"
         )
+    # Drawn step-major, so the generator yields step 0's images first (equal to the noise without
+    # `steps`) and step k's do not depend on how many steps follow; transposed to [n, steps, ...].
     return torch.randn((steps, n, *shape), generator=gen).transpose(0, 1).contiguous().to(device)
 
 

@@ -19,6 +19,8 @@ def simplex_distance(c: np.ndarray) -> float:
     """L2 distance of c from the probability simplex (non-negative, summing to 1): the distance to
     its Euclidean projection, max(c - tau, 0) with the tau that makes it sum to 1."""
     c = np.asarray(c, dtype=np.float64)
+    # The sort-based projection (Held et al. 1974; Duchi et al. 2008): rho is the last sorted entry
+    # still positive after the shift, and tau = cum[rho] / (rho + 1).
     u = np.sort(c)[::-1]
     cum = np.cumsum(u) - 1.0
     k = np.arange(1, len(u) + 1)
@@ -65,6 +67,7 @@ class Objective:
         if len(self.weights) == 1:
             return float(fids[self.nfes[0]])
         if self.mean == "log":
+            # Floored so that an FID of 0 does not send the log to -inf.
             return float(np.exp(sum(w * np.log(max(fids[n], 1e-12)) for n, w in self.weights.items())))
         return float(sum(w * fids[n] for n, w in self.weights.items()))
 
@@ -80,6 +83,8 @@ class Objective:
 
     def settings(self) -> dict:
         """What the fitness depends on besides the samples (kept in every fitness key)."""
+        # Each setting joins only when it is in use: a plain one-NFE fitness keeps the keys (and the
+        # fitness cached under them) it had before these options existed.
         out = {"nfe": self.nfes[0] if len(self.weights) == 1 else self.nfes}
         if len(self.weights) > 1:
             out |= {"nfe_weights": list(self.weights.values()), "fitness_mean": self.mean}
@@ -103,7 +108,8 @@ def fitness_settings(scfg: dict, scorer: Scorer) -> dict:
         **scorer.sampler.settings(max(objective.nfes)),
         "batch_size": scfg["batch_size"],
     }
-    if scorer.num_classes is not None:  # (absent for an unconditional model: its keys stay as they were)
+    # Absent for an unconditional model: its keys stay as they were.
+    if scorer.num_classes is not None:
         out["labels"] = f"balanced:{scorer.num_classes}"
     return out
 
@@ -111,5 +117,7 @@ def fitness_settings(scfg: dict, scorer: Scorer) -> dict:
 def fitness_key(coefficients, settings_digest: str) -> str:
     """The cache key of one evaluation: the coefficients' float64 bytes under fitness settings."""
     h = hashlib.sha256(settings_digest.encode())
+    # Little-endian float64 bytes whatever the input's dtype or layout: equal coefficients give
+    # the same key on every machine.
     h.update(np.ascontiguousarray(coefficients, dtype="<f8").tobytes())
     return h.hexdigest()[:32]

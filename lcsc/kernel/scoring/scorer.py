@@ -29,6 +29,8 @@ WORST_FID = 1e6  # fitness of a candidate whose samples are not finite
 def open_trail(manifest: str | Path, model: str | None = None, cfg: dict | None = None) -> Trail:
     """The trail of `manifest`, checked to hold `model` (if given) and to be the trail `cfg` names
     (lcsc.kernel.families.check_source) before any of its files is read."""
+    # Opened unhashed: verifying hashes every checkpoint, so the cheap checks that this is the
+    # right trail come first.
     trail = Trail.open(manifest, verify=False)
     if cfg is not None:
         check_source(trail, cfg)
@@ -61,18 +63,23 @@ class Scorer:
         self.trail = family.trail
         self.shape = family.noise_shape
         self.model = family.build_network().to(device).eval()
-        if compile:  # the compiled forward reads the parameters that each candidate rewrites in place
+        # The compiled forward reads the parameters that each candidate rewrites in place.
+        if compile:
             self.model.forward = torch.compile(self.model.forward)
+        # Built after .to(device): moving the model later would cut its parameters off the flat vector.
         self.loader = FlatLoader(self.model)
         self.sampler = family.sampler
         self.features = load_features(features, device, cfg)
         self.ref_mu, self.ref_sigma = load_stats(stats, self.features.hash)
-        self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)  # its factor, once
+        # The reference's covariance factor is computed once, here.
+        self.reference = Reference(self.ref_mu, self.ref_sigma, self.device)
         self.stats_hash = sha256(stats)[:16]
         self.stats_path = Path(stats)
         self._ref_features: torch.Tensor | None | bool = False  # False: not read yet
         self._W: torch.Tensor | None = None
-        if chunk_mb is None and self.device.type == "cuda":  # decided once: stream only what does not fit
+        # Decided once: the trail is streamed only when it would take more than half the free device
+        # memory, which leaves the rest for sampling and the feature network.
+        if chunk_mb is None and self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             self.chunk_mb = 256.0 if self.trail_bytes > free / 2 else None
 
@@ -183,7 +190,8 @@ class Scorer:
         out = []
         for i in range(0, len(latents), self.batch_size):
             part = latents[i : i + self.batch_size]
-            if part.labels is None:  # (an unconditional sampler need not take labels at all)
+            # An unconditional sampler need not take labels at all.
+            if part.labels is None:
                 out.append(self.sampler.sample(self.model, part.noise, nfe))
             else:
                 out.append(self.sampler.sample(self.model, part.noise, nfe, labels=part.labels))
@@ -194,6 +202,8 @@ class Scorer:
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(features, images) of the samples; features None when samples or features are not finite."""
         images = self.sample(flat, nfe, noise)
+        # A non-finite sample would make the statistics NaN, and a NaN fitness compares false with
+        # everything, so the optimizer could not rank it: such a candidate gets WORST_FID instead.
         if not torch.isfinite(images).all():
             warnings.warn(f"non-finite samples at NFE {nfe}: scored as FID {WORST_FID:g}", stacklevel=3)
             return None, images

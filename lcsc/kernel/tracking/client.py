@@ -25,6 +25,8 @@ def store_client(cfg: dict):
     if uri.startswith("sqlite:///"):
         with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            # The first request makes MLflow create and migrate the SQLite schema: under the lock, one
+            # job at a time.
             client.search_experiments(max_results=1)
     return client
 
@@ -65,6 +67,7 @@ def log_params(client, run_id: str, flat: dict) -> None:
     from mlflow.entities import Param
 
     params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    # MLflow takes at most 100 params in one log_batch request.
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i : i + 100])
 
@@ -94,14 +97,16 @@ def end_orphan_runs(client, exp_id: str, parent_id: str | None = None) -> int:
     if parent_id:
         query += f" and tags.`mlflow.parentRunId` = '{parent_id}'"
     runs, token = [], None
-    while True:  # all pages first: ending runs while paging would shift the pages
+    # All pages first: ending runs while paging would shift the pages.
+    while True:
         page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token)
         runs += [r for r in page if "lcsc.run_key" in r.data.tags]
         token = page.token
         if not token:
             break
     now, ended, done = int(time.time() * 1000), 0, set()
-    for run in runs:  # parents before children: a child of a killed driver follows it
+    # Parents before children: a child of a killed driver follows it.
+    for run in runs:
         if owner_gone(run.data.tags):
             client.set_terminated(run.info.run_id, "KILLED", end_time=now)
             done.add(run.info.run_id)
@@ -115,10 +120,12 @@ def end_orphan_runs(client, exp_id: str, parent_id: str | None = None) -> int:
             try:
                 info = client.get_run(pid).info
                 parents[pid] = info.status, info.end_time
-            except Exception:  # the parent is gone: nothing will ever end this run
+            except Exception:
+                # The parent is gone: nothing will ever end this run.
                 parents[pid] = None, None
         status, parent_end = parents[pid]
         if status != "RUNNING":
+            # The child ends when its parent did, but never before its own start nor after now.
             end = min(now, max(parent_end or now, run.info.start_time or 0))
             client.set_terminated(run.info.run_id, "KILLED", end_time=end)
             ended += 1

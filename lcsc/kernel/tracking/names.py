@@ -41,6 +41,7 @@ def tracking_uri(cfg: dict) -> str:
     if uri:
         return uri
     db = (Path(cfg["results_dir"]) / "mlflow.db").resolve()
+    # SQLite creates the database file but not its folder.
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
@@ -76,6 +77,7 @@ def git_commit() -> str:
             capture_output=True,
             text=True,
             timeout=5,
+            # Asked in the package's folder, so the commit is lcsc's code, not the working directory's.
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or "unknown"

@@ -21,13 +21,16 @@ def records_dir(cfg: dict) -> Path:
 
 
 def record_path(cfg: dict, invocation: str, name: str) -> Path:
+    # A run's name holds wildcard values: anything outside this set becomes _, so that the name
+    # stays one plain file name.
     return records_dir(cfg) / invocation / (re.sub(r"[^A-Za-z0-9._=,\[\]@-]", "_", name) + ".json")
 
 
 def write_record(path: Path, record: dict) -> None:
     try:
         write_json(path, record)
-    except Exception as exc:  # the stage's own results are already written; say so and go on
+    except Exception as exc:
+        # The stage's own results are already written; say so and go on.
         print(f"[lcsc] could not write the tracking record {path}: {exc}", file=sys.stderr)
 
 
@@ -73,10 +76,12 @@ def owner_gone(tags: dict) -> bool:
         pid = int(tags["lcsc.pid"])
         if pid == os.getpid():
             return False
+        # Signal 0 only asks whether the process exists; nothing is sent to it.
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (KeyError, ValueError, OSError):  # no owner recorded, or alive under another user
+    except (KeyError, ValueError, OSError):
+        # No owner recorded, or alive under another user (kill then fails with a permission error).
         return False
     return False
 
@@ -93,10 +98,12 @@ def end_orphan_records(cfg: dict, invocation: str | None = None) -> int:
     ended, now = 0, int(time.time() * 1000)
     for inv in folders:
         records = {}
-        for path in sorted(inv.glob("*.json"), key=lambda p: p.name != "parent.json"):  # the parent first
+        # The parent first: what happens to the others depends on its status.
+        for path in sorted(inv.glob("*.json"), key=lambda p: p.name != "parent.json"):
             try:
                 text = path.read_text()
-                if '"RUNNING"' not in text and path.name != "parent.json":  # skip parsing the rest
+                # Only a RUNNING record can change, so the rest are not even parsed (the parent always is).
+                if '"RUNNING"' not in text and path.name != "parent.json":
                     continue
                 records[path] = json.loads(text)
             except (OSError, ValueError):
@@ -108,6 +115,8 @@ def end_orphan_records(cfg: dict, invocation: str | None = None) -> int:
             if owner_gone(record.get("tags", {})):
                 record.update(status="KILLED", end_time=now)
             elif path.name != "parent.json" and parent is not None and parent.get("status") != "RUNNING":
+                # A job still RUNNING under an invocation that has ended was killed with it, also on another
+                # host, where its pid says nothing.
                 record.update(status="KILLED", end_time=parent.get("end_time") or now)
             else:
                 continue

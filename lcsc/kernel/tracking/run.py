@@ -70,7 +70,8 @@ def start_parent(cfg: dict, invocation: str | None = None) -> tuple[str, str | N
         except Exception as exc:
             print(f"[lcsc] could not end the runs of killed jobs in MLflow: {exc}", file=sys.stderr)
     _OPEN_PARENT.update(cfg=cfg, invocation=invocation, run_id=run_id)
-    atexit.register(_end_open_parent)  # a second registration of the same function is harmless
+    # A second registration of the same function is harmless.
+    atexit.register(_end_open_parent)
     return invocation, run_id  # the run, once it exists, is the children's parent
 
 
@@ -88,6 +89,7 @@ def _end_open_parent() -> None:
 def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool, status: str | None = None) -> None:
     """End the invocation's parent run (FINISHED if ok, else FAILED, or the `status` given) and the
     runs of its jobs that were killed before they could end their own."""
+    # Cleared first, so the exit hook does not end the same invocation again as KILLED.
     _OPEN_PARENT.clear()
     status = status or ("FINISHED" if ok else "FAILED")
     if invocation and cfg["mlflow"]["enabled"]:
@@ -96,7 +98,8 @@ def end_parent(cfg: dict, invocation: str | None, run_id: str | None, ok: bool, 
             record = json.loads(path.read_text())
             record.update(status=status, end_time=int(time.time() * 1000))
             write_record(path, record)
-            end_orphan_records(cfg, invocation)  # its jobs that were killed before they could say so
+            # Its jobs that were killed before they could say so.
+            end_orphan_records(cfg, invocation)
         except (OSError, ValueError) as exc:
             print(f"[lcsc] could not update the tracking record {path}: {exc}", file=sys.stderr)
     if not run_id:
@@ -190,7 +193,9 @@ class StageRun:
             log_params(self.client, self.run_id, self.record["params"])
         except Exception as exc:
             self._warn("run creation", exc)
-        except KeyboardInterrupt:  # stopped while making the run: `with` will not call __exit__
+        except KeyboardInterrupt:
+            # Stopped while making the run: `with` does not call __exit__ when __enter__ raises, so it
+            # is called here (`except Exception` above does not catch an interrupt).
             self.logged_all = False  # its params may be missing: sync replaces it
             if self.run_id is None:
                 self.client = None
@@ -206,6 +211,8 @@ class StageRun:
         if self.client is None:
             return
         self._pending += rows
+        # Sent in batches, by count or by age, rather than one request per metric: a training loop
+        # logs every few steps.
         if len(self._pending) >= 500 or time.monotonic() - self._last_flush > 10:
             self.flush()
 
@@ -300,7 +307,8 @@ class StageRun:
         self.flush()
         if exc_type is None:
             status = "FINISHED"
-        else:  # stopped by Ctrl-C or SIGTERM (lcsc.kernel.interrupts): KILLED, as MLflow names it
+        else:
+            # Stopped by Ctrl-C or SIGTERM (lcsc.kernel.interrupts): KILLED, as MLflow names it.
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         self.record.update(status=status, end_time=int(time.time() * 1000))
         if self.client is not None:

@@ -14,6 +14,8 @@ def serve(cfg: dict, host: str, port: int, workers: int = 1, allowed_hosts: str 
     """Run a tracking server over the results' store (`mlflow server`, in the foreground).
     Artifacts stay in `<results_dir>/mlartifacts` as plain files (no artifact proxy), the layout
     jobs that write to the SQLite file directly use too, so both can be mixed."""
+    # The results' own SQLite store even when mlflow.tracking_uri is set: a config that points the
+    # jobs at this server names the server there, not its store.
     uri = tracking_uri(dict(cfg, mlflow=dict(cfg["mlflow"], tracking_uri=None)))
     artifacts = (Path(cfg["results_dir"]) / "mlartifacts").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -49,5 +51,6 @@ def serve(cfg: dict, host: str, port: int, workers: int = 1, allowed_hosts: str 
         f"http://{name}:{port}. It has no authentication: bind it to a network you trust.",
         flush=True,
     )
+    # exec rather than a child process: Ctrl-C and signals reach the server itself.
     os.execv(sys.executable, cmd)
     return 0  # not reached: the server replaces this process

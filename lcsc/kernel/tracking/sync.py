@@ -21,7 +21,8 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     record, e.g. from an HTTP retry, are removed); a parent is completed in place, since its
     children point to it. Records meant for another store are skipped unless `any_store`."""
     folder = records_dir(cfg)
-    end_orphan_records(cfg)  # jobs killed before they could end their records: KILLED, not RUNNING
+    # Jobs killed before they could end their records: KILLED, not RUNNING.
+    end_orphan_records(cfg)
     records = sorted(folder.glob("*/*.json"))
     counts = {
         "records": len(records),
@@ -40,6 +41,7 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     for path in records:
         try:
             record = json.loads(path.read_text())
+            # Looked up only to raise KeyError (or TypeError) for a record without them.
             record["key"], record["name"], record["status"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"[lcsc] {path}: not a run record ({exc}); skipped", file=sys.stderr)
@@ -54,15 +56,18 @@ def sync(cfg: dict, any_store: bool = False) -> dict[str, int]:
     exp_id = experiment_id(client, cfg)
     parents: dict[str, str] = {}
     with open(folder / ".sync.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two syncs at once would both create a missing run
-        for path, record in sorted(loaded, key=lambda r: r[1]["parent_key"] is not None):  # parents first
+        # Two syncs at once would both create a missing run.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Parents first, so their run ids are known when their children are logged.
+        for path, record in sorted(loaded, key=lambda r: r[1]["parent_key"] is not None):
             try:
                 _sync_one(client, exp_id, record, parents, counts)
                 _sync_registrations(client, path, record, parents.get(record["key"]), counts)
             except Exception as exc:  # one bad request must not stop the others
                 print(f"[lcsc] {record['name']}: {exc}", file=sys.stderr)
                 counts["failed"] += 1
-        try:  # runs of killed jobs (no record, or logged before it) under parents that have ended
+        # Runs of killed jobs (no record, or logged before it) under parents that have ended.
+        try:
             counts["killed"] = end_orphan_runs(client, exp_id)
         except Exception as exc:
             print(f"[lcsc] could not end the runs of killed jobs: {exc}", file=sys.stderr)
@@ -74,6 +79,8 @@ def _sync_registrations(client, path: Path, record: dict, run_id: str | None, co
     """The model registrations a job recorded but could not make (export.register while the store
     was down): made now, against the job's run, and marked done in its record."""
     pending = [r for r in record.get("registrations", []) if isinstance(r, dict) and r.get("version") is None]
+    # Only a job that finished has its model registered: a failed or killed job's export is not
+    # one to publish.
     if not pending or run_id is None or record["status"] != "FINISHED":
         return
     for entry in pending:
@@ -131,6 +138,7 @@ def log_record(client, exp_id: str, record: dict, parent_id: str | None) -> str:
     rid = run.info.run_id
     log_params(client, rid, record["params"])
     metrics = [Metric(*m) for m in record["metrics"]]
+    # MLflow takes at most 1000 metrics in one log_batch request.
     for i in range(0, len(metrics), 1000):
         client.log_batch(rid, metrics=metrics[i : i + 1000])
     for path, folder in record["artifacts"]:
@@ -157,7 +165,8 @@ def log_deferred(client, cfg: dict, invocation: str, parent_id: str) -> None:
             parents = {record["parent_key"]: parent_id}
             _sync_one(client, exp_id, record, parents, counts)
             _sync_registrations(client, path, record, parents.get(record["key"]), counts)
-        except Exception as exc:  # the others still go; `lcsc mlflow-sync` retries this one
+        except Exception as exc:
+            # The others still go; `lcsc mlflow-sync` retries this one.
             print(f"[lcsc] {path}: not logged to MLflow ({exc}); `lcsc mlflow-sync` logs it later", file=sys.stderr)
     logged = counts["created"] + counts["replaced"]
     if logged:
