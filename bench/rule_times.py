@@ -6,7 +6,7 @@ seconds, CPU seconds and peak resident memory). It runs nothing; it reads a run 
     .venv/bin/python bench/rule_times.py results/my-experiment --markdown
 
 The figures depend on the machine, its load and `--cores` (jobs run side by side share the cores):
-compare runs on the same machine. docs/benchmarks.md shows a table this printed.
+compare runs on the same machine.
 """
 
 from __future__ import annotations

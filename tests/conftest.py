@@ -94,6 +94,13 @@ if THREADS == 1:  # the stages the tests start as processes inherit it (torch's 
 
 
 @pytest.fixture(autouse=True)
+def _no_outer_runtime(monkeypatch):
+    """A stage called with --config-json reads the run-time keys the workflow sets in the
+    environment: none from the shell that runs the tests."""
+    monkeypatch.delenv("LCSC_RUNTIME_JSON", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(THREADS)
 

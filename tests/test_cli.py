@@ -17,6 +17,7 @@ from lcsc.kernel.config import runtime_config
 from lcsc.kernel.errors import UsageError
 from lcsc.kernel.paths import Layout
 from lcsc.stages import (
+    RUNTIME_ENV,
     baselines,
     evaluate,
     reference_stats,
@@ -406,6 +407,23 @@ def test_a_rules_slice_and_runtime_keys_place_the_outputs(tiny, tmp_path, monkey
     assert capsys.readouterr().err == (
         "lcsc search: --runtime-json: only together with --config-json (the workflow passes both)\n"
     )
+
+
+def test_the_runtime_keys_come_from_the_workflows_environment_variable(tiny, tmp_path, monkeypatch, capsys):
+    """What the workflow sets (LCSC_RUNTIME_JSON) places the outputs as --runtime-json does; a flag
+    given wins; a bad key in it is one line naming the variable."""
+    cfg, _, _ = tiny
+    runtime = dict(runtime_config(cfg), results_dir=str(tmp_path / "from-env"))
+    monkeypatch.setenv(RUNTIME_ENV, json.dumps(runtime))
+    argv = ["search", "--config-json", json.dumps(stage_config(cfg, "search", "dm")), "--model", "dm"]
+    paths, _, _ = _parsed(monkeypatch, search, argv)
+    assert paths.manifest == Layout(tmp_path / "from-env", "tiny").manifest("dm")
+    flag = dict(runtime, results_dir=str(tmp_path / "from-flag"))
+    paths, _, _ = _parsed(monkeypatch, search, [*argv, "--runtime-json", json.dumps(flag)])
+    assert paths.manifest == Layout(tmp_path / "from-flag", "tiny").manifest("dm")
+    monkeypatch.setenv(RUNTIME_ENV, json.dumps({"search": {"budget": 3}}))
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"lcsc search: {RUNTIME_ENV}: search.budget: not a run-time key")
 
 
 def test_wildcards_name_the_job():

@@ -2,6 +2,8 @@
 this checkout's Snakefile and `use rule * from lcsc` (docs/module.md) runs the same jobs and writes
 the same report as lcsc run directly on the same config."""
 
+import json
+import os
 import subprocess
 
 import pytest
@@ -32,6 +34,20 @@ module lcsc:
 
 
 use rule * from lcsc
+
+from lcsc.kernel import invocation
+
+
+onstart:
+    invocation.start(config)
+
+
+onsuccess:
+    invocation.end(config, ok=True)
+
+
+onerror:
+    invocation.end(config, ok=False)
 """
 
 
@@ -44,9 +60,12 @@ def runs(tmp_path_factory):
 
     user = tmp_path_factory.mktemp("user workflow")  # a space in the user's path
     (user / "config").mkdir()
-    (user / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    # the same config, logged to an MLflow store of its own (where and how a job runs: no result changes)
+    mlflow = {"enabled": True, "tracking_uri": f"sqlite:///{user / 'mlflow.db'}"}
+    (user / "config" / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, mlflow=mlflow)))
     (user / "Snakefile").write_text(WRAPPER.format(snakefile=str(REPO / "Snakefile")))
-    res = subprocess.run([*SNAKEMAKE, "--cores", "2"], cwd=user, capture_output=True, text=True, timeout=900)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LCSC_"))}
+    res = subprocess.run([*SNAKEMAKE, "--cores", "2"], cwd=user, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return direct / "results" / "tiny-module", user / "results" / "tiny-module", res
 
@@ -64,3 +83,15 @@ def test_the_module_runs_every_rule_of_the_workflow(runs):
     for rule in ("train_dm", "train_features", "reference_stats", "baselines", "search", "evaluate", "export"):
         assert f"rule {rule}:" in out, rule
     assert (module / "benchmarks" / "train_dm" / "dm.tsv").read_text().startswith("s\th:m:s")
+
+
+def test_the_users_handlers_make_one_invocation_with_its_parent_run(runs):
+    """Snakemake runs only the main Snakefile's onstart/onsuccess: the user's, calling
+    lcsc.kernel.invocation, give the jobs one invocation and an MLflow parent run, as lcsc's own do."""
+    _, module, res = runs
+    records = sorted((module / "tracking").glob("*/*.json"))
+    assert len({p.parent.name for p in records}) == 1, records  # not one invocation per job
+    parent = json.loads((records[0].parent / "parent.json").read_text())
+    assert parent["status"] == "FINISHED", parent
+    assert len(records) == 1 + len(list((module / "logs").rglob("*.log")))  # the parent and every job
+    assert "MLflow parent run" in res.stdout + res.stderr

@@ -57,7 +57,7 @@ def _config(args, warn: bool = True) -> dict:
         if getattr(args, "runtime_json", None):
             cfg = with_runtime(cfg, _json_object(args.runtime_json, "--runtime-json"))
         elif os.environ.get(RUNTIME_ENV):
-            cfg = with_runtime(cfg, _json_object(os.environ[RUNTIME_ENV], RUNTIME_ENV))
+            cfg = with_runtime(cfg, _json_object(os.environ[RUNTIME_ENV], RUNTIME_ENV), RUNTIME_ENV)
         return validate(apply_overrides(cfg, overrides), cross_checks=False)
     if getattr(args, "runtime_json", None):
         raise ConfigError("--runtime-json: only together with --config-json (the workflow passes both)")

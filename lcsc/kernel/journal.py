@@ -67,8 +67,8 @@ class Journal:
         good = 0
         for number, line in enumerate(lines, start=1):
             try:
-                # A line without its newline is torn even if it parses: kept, the next record would be
-                # appended onto the same line.
+                # A line without its newline is torn even if it parses: if it were kept, the next
+                # record would be appended onto the same line.
                 if not line.endswith(b"\n"):
                     raise ValueError("no newline")
                 record = json.loads(line)

@@ -12,7 +12,7 @@ from torch import nn
 
 def _groups(ch: int) -> int:
     # GroupNorm needs the channel count to divide by the groups: gcd(ch, 8) gives 8 groups where
-    # it can and fewer for odd widths, instead of an error.
+    # it can and fewer for any width that is not a multiple of 8, instead of an error.
     return math.gcd(ch, 8)
 
 

@@ -89,7 +89,8 @@ def run(cfg: dict, paths: Paths, model: str, variant: str, device=None, stage_ru
     )
     print(f"[export] {model}/{variant}: {', '.join(written)} in {out}")
     if stage_run is not None:
-        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        # Not the dot files: Snakemake marks the folder it declared with .snakemake_timestamp.
+        for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")):
             stage_run.log_artifact(path, f"export/{variant}/{path.parent.relative_to(out).as_posix()}".rstrip("/."))
         if cfg["export"]["register"]:
             version = stage_run.register_model(cfg["export"]["register"], f"export/{variant}")

@@ -6,7 +6,13 @@ import re
 import shlex
 import sys
 
-sys.path.insert(0, workflow.basedir)
+# The checkout the rules run the package from: the folder two above this file, where the workflow
+# runs from files on disk (a clone, or a module given by its path). A module fetched from a host
+# (`github(...)`) has none, and its jobs run the installed lcsc package.
+_ROOT = os.path.abspath(os.path.join(str(workflow.current_basedir), "..", ".."))
+LCSC_ROOT = _ROOT if os.path.isfile(os.path.join(_ROOT, "lcsc", "__init__.py")) else None
+if LCSC_ROOT:
+    sys.path.insert(0, LCSC_ROOT)
 
 from lcsc.kernel import inputs as inputs_of
 from lcsc.kernel import variants
@@ -14,7 +20,6 @@ from lcsc.kernel.config import config_warnings, runtime_config, validate
 from lcsc.kernel.errors import ConfigError, FeatureError
 from lcsc.kernel.models import IMPORTED, MODEL_BASES, TRUNCATED, for_model, imported, models, search_nfe, truncation
 from lcsc.kernel.paths import TRAINED_FEATURES, Layout, feature_tag, reference_source
-from lcsc.kernel.tracking import PARENT_ENV
 from lcsc.stages import RUNTIME_ENV, stage_config
 
 try:
@@ -49,22 +54,26 @@ MODELS = models(config)
 # with `device: cpu` asks for none, so it also runs on CPU-only partitions.
 GPUS = 0 if config["device"] == "cpu" else 1
 VARIANTS = {model: variants.names(config, model) for model in MODELS}
-# Rules call `lcsc <stage> ...`, a shell function for `python3 -m lcsc <stage> ...` with this
-# checkout's package on PYTHONPATH (the prefix sets it inside the job: Snakemake drops PYTHONPATH in
-# conda envs). `python3` is the first on PATH: the conda env's under --use-conda (its activation
-# puts it first), else the one next to the interpreter that runs Snakemake, put first here, so an
-# unactivated .venv/bin/snakemake runs the venv's. Bash strict mode, as Snakemake's own prefix.
-os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+# Rules call `lcsc <stage> ...`, a shell function for `<python> -m lcsc <stage> ...`, with the
+# checkout's package first on PYTHONPATH (set inside the job: Snakemake drops PYTHONPATH in conda
+# envs). <python> is the interpreter that runs Snakemake (so an unactivated .venv/bin/snakemake runs
+# the venv's), except in a rule's conda env under --use-conda: its activation changes CONDA_PREFIX
+# from what this process saw, and then the env's own python3 runs the stage. Bash strict mode, as
+# Snakemake's own prefix has it.
+_PYTHONPATH = f"export PYTHONPATH={shlex.quote(LCSC_ROOT)}; " if LCSC_ROOT else ""
+_CONDA_PREFIX = shlex.quote(os.environ.get("CONDA_PREFIX", ""))
 # Where and how jobs run (MLflow, devices, results folder: lcsc.kernel.config.RUNTIME_KEYS) reaches
 # every job through this variable, which Snakemake's rerun triggers ignore; the rules' params carry
 # only what a result depends on. Every job's process inherits it, or parses this file itself.
 os.environ[RUNTIME_ENV] = json.dumps(runtime_config(config), sort_keys=True)
 shell.prefix(
     (
-        f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; "
-        'lcsc() { python3 -m lcsc "$@"; }; '
+        f"set -euo pipefail; {_PYTHONPATH}"
+        f'if [ "${{CONDA_PREFIX:-}}" != {_CONDA_PREFIX} ]; then lcsc_python=python3; '
+        f"else lcsc_python={shlex.quote(sys.executable)}; fi; "
+        'lcsc() { "$lcsc_python" -m lcsc "$@"; }; '
         # training on N processes (train.gpus): `lcsc_train N <stage> ...`, through lcsc.launch above 1
-        'lcsc_train() { local n=$1; shift; if [ "$n" -gt 1 ]; then python3 -m lcsc.launch "$n" "$@"; '
+        'lcsc_train() { local n=$1; shift; if [ "$n" -gt 1 ]; then "$lcsc_python" -m lcsc.launch "$n" "$@"; '
         'else lcsc "$@"; fi; }; '
     )
     .replace("{", "{{")
@@ -198,40 +207,28 @@ def export_inputs(wildcards):
     return inputs
 
 
+# One invocation at a time per results folder, its MLflow parent run, signals forwarded to the jobs
+# (lcsc.kernel.invocation; a workflow that uses lcsc as a module calls the same functions).
 onstart:
+    from lcsc.kernel import invocation
     from lcsc.kernel.errors import LcscError
-    from lcsc.kernel.lock import acquire
-    from lcsc.kernel.tracking import INVOCATION_ENV, new_invocation, start_parent
-    from lcsc.kernel.interrupts import install_forwarding
 
-    install_forwarding()  # SIGINT/SIGTERM reach the jobs
-    invocation = new_invocation()
-    try:  # one invocation writes to a results folder at a time (lcsc.kernel.lock)
-        acquire(config, invocation)
+    try:
+        invocation.start(config)
     except LcscError as exc:
         raise WorkflowError(str(exc)) from None
-    invocation, run_id = start_parent(config, invocation)
-    os.environ[INVOCATION_ENV] = invocation
-    os.environ.pop(PARENT_ENV, None)  # never a parent inherited from an outer process
-    if run_id:
-        os.environ[PARENT_ENV] = run_id
-        print(f"MLflow parent run {run_id} ({config['experiment']}, invocation {invocation})")
 
 
 onsuccess:
-    from lcsc.kernel.lock import release
-    from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
+    from lcsc.kernel import invocation
 
-    end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=True)
-    release()
+    invocation.end(config, ok=True)
 
 
 onerror:
-    from lcsc.kernel.lock import release
-    from lcsc.kernel.tracking import INVOCATION_ENV, end_parent
+    from lcsc.kernel import invocation
 
-    end_parent(config, os.environ.get(INVOCATION_ENV), os.environ.get(PARENT_ENV), ok=False)
-    release()
+    invocation.end(config, ok=False)
 
 
 def search_json(wildcards):

@@ -1,4 +1,5 @@
-"""Typed, validated configuration: the schema in workflow/schemas fills defaults and rejects bad keys.
+"""Typed, validated configuration: the schema beside this file (config.schema.yaml) fills defaults
+and rejects bad keys.
 
 The package: `loading` (the file, the overrides, the schema and `validate`), `cross` (keys that
 are each valid but disagree), `search_keys`, `consistency`, `trail` and `names` (the checks of

@@ -16,7 +16,8 @@ from ..models import imported
 # (renamed: validate's flag `cross_checks` would hide it)
 from .cross import cross_checks as _cross_checks
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+# Inside the package (its package data), so an installed lcsc validates as a checkout does.
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
 
 
 def _schema() -> dict:

@@ -35,13 +35,14 @@ def runtime_config(cfg: dict) -> dict:
     return out
 
 
-def with_runtime(cfg: dict, runtime: dict) -> dict:
-    """`cfg` (a stage's slice) with the runtime keys of `runtime` set; any other key is refused."""
+def with_runtime(cfg: dict, runtime: dict, source: str = "--runtime-json") -> dict:
+    """`cfg` (a stage's slice) with the runtime keys of `runtime` set; any other key is refused,
+    with the `source` of `runtime` named (the flag, or the environment variable the workflow sets)."""
     out = copy.deepcopy(cfg)
     allowed = {".".join(p) for p in RUNTIME_KEYS}
     for dotted, value in flatten(runtime).items():
         if dotted not in allowed and not any(dotted.startswith(a + ".") for a in allowed):
-            raise ConfigError(f"--runtime-json: {dotted}: not a run-time key (those are {', '.join(sorted(allowed))})")
+            raise ConfigError(f"{source}: {dotted}: not a run-time key (those are {', '.join(sorted(allowed))})")
     for path in RUNTIME_KEYS:
         node = runtime
         for key in path:
