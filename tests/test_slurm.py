@@ -117,7 +117,10 @@ def _check_gpus(root: Path, jobs: dict[str, dict[str, str]]) -> None:
     for rule, asked in GPU_REQUESTS.items():
         found = sorted((logs / f"rule_{rule}").rglob("*.log"))
         assert found, f"no SLURM log of a {rule} job under {logs}"
-        for log in found:
+        # what the stage printed is in the job's own log (the rule writes its output there)
+        job_logs = sorted((root / "results" / "tiny-slurm" / "logs" / rule).glob("*.log"))
+        assert job_logs, f"no log of a {rule} job"
+        for log in job_logs:
             text = log.read_text()
             given = re.findall(r"this job was given GPUs \(CUDA_VISIBLE_DEVICES=([0-9,]+)\)", text)
             # every lcsc process in a GPU job saw as many GPUs as it asked for (and torch here none)
