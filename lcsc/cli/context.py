@@ -23,14 +23,8 @@ from ..kernel.config import (
 from ..kernel.errors import ConfigError, UsageError
 from ..kernel.lock import check_writer
 from ..kernel.models import check_model, for_model
-from ..kernel.paths import (
-    Layout,
-    feature_tag,
-    reference_source,
-)
-from ..kernel.tracking import (
-    StageRun,
-)
+from ..kernel.paths import Layout, feature_tag, reference_source
+from ..kernel.tracking import StageRun
 from ..stages import RUNTIME_ENV, job_tags, stage_config
 
 
@@ -54,10 +48,10 @@ def _config(args, warn: bool = True) -> dict:
     if args.config_json:  # a rule's call: its stage's slice, and where and how it runs
         cfg = _json_object(args.config_json, "--config-json")
         # where and how it runs: --runtime-json, else what the workflow sets in the environment
-        if getattr(args, "runtime_json", None):
-            cfg = with_runtime(cfg, _json_object(args.runtime_json, "--runtime-json"))
-        elif os.environ.get(RUNTIME_ENV):
-            cfg = with_runtime(cfg, _json_object(os.environ[RUNTIME_ENV], RUNTIME_ENV), RUNTIME_ENV)
+        given = getattr(args, "runtime_json", None)
+        source, text = ("--runtime-json", given) if given else (RUNTIME_ENV, os.environ.get(RUNTIME_ENV))
+        if text:
+            cfg = with_runtime(cfg, _json_object(text, source), source)
         return validate(apply_overrides(cfg, overrides), cross_checks=False)
     if getattr(args, "runtime_json", None):
         raise ConfigError("--runtime-json: only together with --config-json (the workflow passes both)")

@@ -11,12 +11,11 @@ from .models import search_nfe
 from .paths import Layout, reference_source
 
 
-def search_results(cfg: dict, layout: Layout, model: str, files=None) -> list[Path]:
-    """The coefficients.json (or another file of the search folder, `files`: a Layout method) of
-    each of the model's search.repeats searches, the first one the search.seed's."""
-    files = files or layout.coefficients
+def search_results(cfg: dict, layout: Layout, model: str) -> list[Path]:
+    """The coefficients.json of each of the model's search.repeats searches, the first one the
+    search.seed's."""
     nfe = search_nfe(cfg, model)
-    return [files(model, nfe, r) for r in range(cfg["search"]["repeats"])]
+    return [layout.coefficients(model, nfe, r) for r in range(cfg["search"]["repeats"])]
 
 
 def card_variants(cfg: dict, model: str, variant: str) -> list[str]:
